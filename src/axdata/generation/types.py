@@ -1,0 +1,106 @@
+"""The request/response contract shared by every chat backend (remote LLM client, in-process model)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+
+from axdata.hashing import content_hash
+
+
+class LLMError(RuntimeError):
+    """Base class of every error raised by a chat backend."""
+
+
+class LLMRequestError(LLMError):
+    """A request failed for good (after retries); names the endpoint and the request purpose."""
+
+    def __init__(self, endpoint: str, purpose: str, reason: str):
+        self.endpoint, self.purpose, self.reason = endpoint, purpose, reason
+        super().__init__(f"LLM request for {purpose!r} to {endpoint} failed: {reason}")
+
+
+class BudgetExceededError(LLMError):
+    """Starting a call would take the ledger's spend past `max_usd`."""
+
+
+class StructuredOutputError(LLMError):
+    """A response that should match a JSON schema does not; `text` keeps the raw answer."""
+
+    def __init__(self, text: str, reason: str):
+        self.text, self.reason = text, reason
+        super().__init__(f"Response does not match the requested JSON schema ({reason}): {text[:200]!r}")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0
+    max_tokens: int = 256
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "max_tokens": self.max_tokens, "top_p": self.top_p,
+                "seed": self.seed}
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One chat completion to make.
+
+    `purpose` tags the ledger (genre, positives, judge…); `template_hash` versions the prompt
+    template; `sample_index` distinguishes deliberate repeated samples of the same prompt, so the
+    cache key never depends on call order.
+    """
+
+    messages: tuple[Mapping[str, str], ...]
+    purpose: str
+    params: SamplingParams = SamplingParams()
+    template_hash: str = ""
+    json_schema: Mapping[str, Any] | None = None
+    concept_id: int | None = None
+    sample_index: int = 0
+
+    @classmethod
+    def user(cls, content: str, purpose: str, **kwargs: Any) -> "ChatRequest":
+        return cls(messages=({"role": "user", "content": content},), purpose=purpose, **kwargs)
+
+    def cache_key(self, model: str) -> str:
+        return content_hash(
+            {
+                "model": model,
+                "params": self.params.as_dict(),
+                "messages": [dict(m) for m in self.messages],
+                "template_hash": self.template_hash,
+                "json_schema": self.json_schema,
+                "sample_index": self.sample_index,
+            },
+            length=64,
+        )
+
+
+@dataclass
+class Completion:
+    text: str
+    model: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    cached: bool = False
+    dry_run: bool = False
+    finish_reason: str | None = None
+    parsed: Any = None  # the validated JSON value when the request carried a schema
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class ChatBackend(Protocol):
+    """Anything that answers chat requests: the OpenAI-compatible client or an in-process model."""
+
+    model_name: str
+
+    async def complete(self, request: ChatRequest) -> Completion: ...
+
+    async def complete_many(self, requests: Sequence[ChatRequest], desc: str | None = None) -> list[Completion]:
+        """Answers in the order of `requests`."""
+        ...
