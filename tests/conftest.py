@@ -9,4 +9,4 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-pytest_plugins = ["fixtures_llm", "fixtures_models"]
+pytest_plugins = ["fixtures_llm", "fixtures_models", "fixtures_hub"]

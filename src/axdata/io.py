@@ -18,6 +18,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    # mkstemp creates 0600 files; artefacts should get the usual permissions of a new file.
+    os.chmod(tmp_path, 0o666 & ~_current_umask())
     try:
         yield tmp_path
         with open(tmp_path, "rb") as handle:
@@ -25,6 +27,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

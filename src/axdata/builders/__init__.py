@@ -1,0 +1,110 @@
+"""Dataset builders and the on-disk layout they share (the same layout a Hub dataset repo has).
+
+```
+<out>/<config>/<split>-00000-of-00001.parquet   one config per model/layer setting, splits from axdata.schema
+<out>/<config>/concepts.jsonl                   the config's concepts, AxBench metadata.jsonl format
+```
+Concepts live beside their config's shards because every setting has its own concept list.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import datasets
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from axdata.concepts import Concept, load_concepts, write_concepts_jsonl
+from axdata.io import atomic_path
+from axdata.schema import SPLITS, columns, features
+
+CONCEPTS_FILE = "concepts.jsonl"
+_CONFIG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_config_name(config: str) -> str:
+    """Return `config` if it can name a folder and a Hub dataset config; raise ValueError otherwise."""
+    if not _CONFIG_NAME.fullmatch(config):
+        raise ValueError(f"Config name {config!r} is not usable as a folder / Hub config name; use letters, "
+                         "digits, '.', '_' and '-', starting with a letter or digit (e.g. 'gemma-2-2b-it-l20').")
+    return config
+
+
+def split_files(out_dir: str | Path, config: str, split: str) -> list[Path]:
+    """The shards of one split, in order; empty when the split was never written."""
+    columns(split)  # rejects unknown split names
+    return sorted((Path(out_dir) / config).glob(f"{split}-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9].parquet"))
+
+
+def concepts_path(out_dir: str | Path, config: str) -> Path:
+    return Path(out_dir) / config / CONCEPTS_FILE
+
+
+def list_configs(out_dir: str | Path) -> list[str]:
+    """Configs under `out_dir`: folders that hold at least one split shard."""
+    root = Path(out_dir)
+    if not root.is_dir():
+        return []
+    return sorted(child.name for child in root.iterdir()
+                  if child.is_dir() and any(split_files(root, child.name, split) for split in SPLITS))
+
+
+def list_splits(out_dir: str | Path, config: str) -> list[str]:
+    """Splits written for `config`, in `axdata.schema.SPLITS` order."""
+    return [split for split in SPLITS if split_files(out_dir, config, split)]
+
+
+def write_split(table: pa.Table, out_dir: str | Path, config: str, split: str) -> Path:
+    """Write one split as a single shard, atomically; shards of an earlier write of the split are removed.
+
+    `table` should come from `axdata.schema.conform_table` / `table_from_frame` (it carries the Features).
+    """
+    path = Path(out_dir) / check_config_name(config) / f"{split}-00000-of-00001.parquet"
+    stale = [shard for shard in split_files(out_dir, config, split) if shard != path]
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    for shard in stale:
+        shard.unlink()
+    return path
+
+
+def write_concepts(concepts: list[Concept], out_dir: str | Path, config: str) -> Path:
+    path = concepts_path(out_dir, check_config_name(config))
+    write_concepts_jsonl(path, concepts)
+    return path
+
+
+def read_concepts(out_dir: str | Path, config: str) -> list[Concept]:
+    """The concepts of `config`, ids and order exactly as written."""
+    return load_concepts(concepts_path(out_dir, config), dedupe=False)
+
+
+def read_split(out_dir: str | Path, config: str, split: str) -> pd.DataFrame:
+    """One split as a DataFrame, read straight from its shards (no `datasets` cache)."""
+    return pq.read_table(_existing_files(out_dir, config, split)).to_pandas()
+
+
+def load_split(out_dir: str | Path, config: str, split: str, *, cache_dir: str | Path | None = None
+               ) -> datasets.Dataset:
+    """One split as a `datasets.Dataset`, through a plain `load_dataset("parquet", …)` with the schema's
+    Features (plus the file's own types for columns the schema does not know)."""
+    files = _existing_files(out_dir, config, split)
+    return datasets.load_dataset(
+        "parquet",
+        data_files={split: [str(file) for file in files]},
+        split=split,
+        features=features(split, pq.read_schema(files[0])),
+        cache_dir=None if cache_dir is None else str(cache_dir),
+    )
+
+
+def _existing_files(out_dir: str | Path, config: str, split: str) -> list[Path]:
+    files = split_files(out_dir, config, split)
+    if not files:
+        present = ", ".join(list_splits(out_dir, config)) or "none"
+        raise FileNotFoundError(f"No {split!r} shards in {Path(out_dir) / config} (splits present: {present}); "
+                                "write the split first (e.g. `axbench data import`).")
+    return files

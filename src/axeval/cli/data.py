@@ -1,0 +1,80 @@
+"""`axbench data …`: import AxBench-format data and inspect dataset directories."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from axdata.builders import list_configs, list_splits, read_concepts, split_files
+from axdata.builders.axbench_import import import_axbench
+from axdata.concepts import ConceptFileError
+from axdata.schema import CATEGORIES, GENRES
+
+data_app = typer.Typer(help="Generate, import, inspect and publish concept datasets.", no_args_is_help=True)
+
+
+@data_app.command("import")
+def import_(
+    source_dir: Path = typer.Argument(..., help="One AxBench setting: a repository folder such as "
+                                      "concept10/prod_2b_l20_v1, or a Hub folder such as 2b/l20."),
+    out: Path = typer.Option(..., "--out", help="Dataset directory to write <config>/<split>-*.parquet into."),
+    config: str = typer.Option(..., "--config", help="Config name for this setting, e.g. gemma-2-2b-it-l20."),
+) -> None:
+    """Import AxBench-format data losslessly into our dataset layout and print what was imported."""
+    try:
+        report = import_axbench(source_dir, out, config)
+    except ValueError as error:  # AxBenchImportError, ConceptFileError, SchemaError and bad config names
+        typer.echo(f"Import failed: {error}", err=True)
+        raise typer.Exit(1) from None
+    console = Console()
+    console.print(f"Imported {report.source_dir} ({report.layout} layout) as config [bold]{report.config}[/bold]")
+    table = Table(title=f"{report.out_dir / report.config}")
+    for column in ("split", "rows", *CATEGORIES):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    for split, rows in report.rows.items():
+        counts = report.categories[split]
+        table.add_row(split, str(rows), *(str(counts.get(c, 0)) for c in CATEGORIES))
+    console.print(table)
+    genres = ", ".join(f"{genre} {n}" for genre, n in report.genres.items())
+    console.print(f"concepts: {report.concepts} ({genres}); shared negatives: {report.shared_negatives}")
+
+
+@data_app.command("info")
+def info(directory: Path = typer.Argument(..., help="A dataset directory written by `axbench data import` "
+                                          "or a run's data/ folder.")) -> None:
+    """Configs, splits, rows per split and category, and concepts of a dataset directory."""
+    configs = list_configs(directory)
+    if not configs:
+        typer.echo(f"{directory} holds no dataset configs (no <config>/<split>-*.parquet files); import or "
+                   "generate a dataset first.", err=True)
+        raise typer.Exit(1)
+    console = Console()
+    for config in configs:
+        table = Table(title=f"config {config}")
+        for column in ("split", "rows", *CATEGORIES, "shards"):
+            table.add_column(column, justify="left" if column == "split" else "right")
+        for split in list_splits(directory, config):
+            shards = split_files(directory, config, split)
+            categories = Counter()
+            rows = 0
+            for shard in shards:
+                parquet = pq.ParquetFile(shard)
+                rows += parquet.metadata.num_rows
+                if "category" in parquet.schema_arrow.names:
+                    categories.update(parquet.read(columns=["category"]).column("category").to_pylist())
+            table.add_row(split, str(rows), *(str(categories[c]) if categories else "-" for c in CATEGORIES),
+                          str(len(shards)))
+        console.print(table)
+        try:
+            concepts = read_concepts(directory, config)
+        except ConceptFileError as error:
+            console.print(f"concepts: unreadable ({error})")
+            continue
+        genres = Counter(concept.genre for concept in concepts)
+        by_genre = ", ".join(f"{genre} {genres[genre]}" for genre in GENRES if genres[genre])
+        console.print(f"concepts: {len(concepts)}" + (f" ({by_genre})" if by_genre else ""))

@@ -1,0 +1,77 @@
+"""`axbench run CONFIG` and `axbench demo`: the whole benchmark, stage by stage, with a summary."""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from axeval.config import AxbenchConfig, ConfigError
+from axeval.pipeline import PipelineResult, run_pipeline
+from axeval.stages import default_stages
+
+DEMO_CONFIG = "demo.yaml"
+
+_SET_HELP = "Override a config value: section.key=value (YAML-typed), repeatable."
+
+
+def register_run_commands(app: typer.Typer) -> None:
+    app.command("run")(run)
+    app.command("demo")(demo)
+
+
+def run(
+    config: Path = typer.Argument(..., help="YAML config (sections: run, model, llm, …)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help=_SET_HELP),
+    force: bool = typer.Option(False, help="Re-run every stage even when its outputs are current."),
+) -> None:
+    """Run the benchmark described by CONFIG; stages whose outputs are current are skipped."""
+    _run(config, set_ or [], force)
+
+
+def demo(
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Where the run directory goes."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help=_SET_HELP),
+    force: bool = typer.Option(False, help="Re-run every stage even when its outputs are current."),
+) -> None:
+    """The benchmark on the embedded defaults: embedded target model, embedded LLM, no keys, no network."""
+    overrides = list(set_ or [])
+    if output_dir is not None:
+        overrides.insert(0, f"run.output_dir={output_dir}")
+    with importlib.resources.as_file(importlib.resources.files("axeval") / "configs" / DEMO_CONFIG) as path:
+        _run(path, overrides, force)
+
+
+def _run(config_path: Path, overrides: list[str], force: bool) -> None:
+    console = Console()
+    try:
+        config = AxbenchConfig.load(config_path, overrides)
+    except ConfigError as err:
+        console.print(f"[red]Config error:[/red] {err}")
+        raise typer.Exit(2) from None
+    console.print(f"Run directory: [bold]{config.run_dir}[/bold] (config hash {config.hash()})")
+    result = run_pipeline(config, default_stages(), force=force)
+    print_summary(result, console)
+
+
+def print_summary(result: PipelineResult, console: Console) -> None:
+    table = Table(title="axbench run summary")
+    table.add_column("stage")
+    table.add_column("status")
+    table.add_column("seconds", justify="right")
+    table.add_column("result")
+    for stage in result.stages:
+        summary = json.dumps(stage.summary, ensure_ascii=False, default=str)
+        table.add_row(stage.name, stage.status, f"{stage.seconds:.1f}",
+                      summary if len(summary) < 300 else summary[:297] + "...")
+    console.print(table)
+    if result.llm_totals is not None:
+        t = result.llm_totals
+        console.print(f"LLM: {t.calls} calls, {t.cache_hits} cache hits, {t.prompt_tokens} prompt + "
+                      f"{t.completion_tokens} completion tokens, ${t.cost_usd:.4f}")
+    console.print(f"Done in {result.seconds:.1f} s. Results: [bold]{result.run_dir}[/bold]")

@@ -1,0 +1,166 @@
+"""The run configuration: TRL-style section dataclasses composed into one YAML file.
+
+A config file has one mapping per section (`run`, `model`, `llm`, …). Each section is parsed by
+`transformers.HfArgumentParser` into its dataclass, so unknown keys are errors and every field has
+its `help`. Overrides use dotted keys (`llm.max_usd=0.5`) with YAML-typed values, so `false` is a
+boolean, never the truthy string "false".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+from transformers import HfArgumentParser
+
+from axdata.generation.config import LLMConfig
+from axdata.hashing import content_hash
+from axmethods.models import TargetModelConfig
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the file, the key and the fix."""
+
+
+@dataclass
+class RunSection:
+    name: str = field(default="demo", metadata={"help": "Run name: the run directory is <output_dir>/<name>."})
+    output_dir: str = field(default="runs", metadata={"help": "Folder that holds run directories."})
+    seed: int = field(default=42, metadata={"help": "Global seed; per-row seeds derive from it."})
+    layer: int = field(
+        default=12,
+        metadata={"help": "Decoder layer whose residual stream (output of block L, 0-indexed) is read and steered."},
+    )
+
+
+SECTIONS: dict[str, type] = {"run": RunSection, "model": TargetModelConfig, "llm": LLMConfig}
+
+
+@dataclass
+class AxbenchConfig:
+    run: RunSection = field(default_factory=RunSection)
+    model: TargetModelConfig = field(default_factory=TargetModelConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.output_dir) / self.run.name
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+    def section_hash(self, *names: str) -> str:
+        return content_hash({name: dataclasses.asdict(getattr(self, name)) for name in names})
+
+    def hash(self) -> str:
+        # The output folder and run name say where results go, not what they are.
+        content = self.to_dict()
+        content["run"] = {k: v for k, v in content["run"].items() if k not in ("name", "output_dir")}
+        return content_hash(content)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "<config>") -> "AxbenchConfig":
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: the config must be a mapping of sections ({', '.join(SECTIONS)}).")
+        unknown = sorted(set(raw) - set(SECTIONS) - {"hashes"})
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown section(s) {unknown}; valid sections are {', '.join(SECTIONS)}."
+            )
+        parsed = {}
+        for name, section_cls in SECTIONS.items():
+            values = raw.get(name) or {}
+            if not isinstance(values, dict):
+                raise ConfigError(f"{source}: section {name!r} must be a mapping, got {type(values).__name__}.")
+            _check_types(section_cls, values, f"{source}: {name}")
+            try:
+                (parsed[name],) = HfArgumentParser(section_cls).parse_dict(values, allow_extra_keys=False)
+            except ValueError as err:
+                valid = ", ".join(f.name for f in dataclasses.fields(section_cls))
+                raise ConfigError(f"{source}: section {name!r}: {err}. Valid keys: {valid}.") from err
+        return cls(**parsed)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: Sequence[str] = ()) -> "AxbenchConfig":
+        raw: dict[str, Any] = {}
+        source = "<defaults>"
+        if path is not None:
+            source = str(path)
+            try:
+                raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+            except FileNotFoundError:
+                raise ConfigError(f"Config file {path} does not exist.") from None
+            except yaml.YAMLError as err:
+                raise ConfigError(f"{path} is not valid YAML: {err}") from err
+        return cls.from_dict(apply_overrides(raw, overrides), source)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Return a copy of `raw` with each `section.key=value` override set (value parsed as YAML)."""
+    result = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise ConfigError(f"Override {override!r} must look like section.key=value, e.g. llm.max_usd=0.5.")
+        if section not in SECTIONS:
+            raise ConfigError(f"Override {override!r}: unknown section {section!r}; valid: {', '.join(SECTIONS)}.")
+        result.setdefault(section, {})
+        result[section][name] = yaml.safe_load(value) if value.strip() else None
+    return result
+
+
+def _check_types(section_cls: type, values: dict[str, Any], where: str) -> None:
+    hints = typing.get_type_hints(section_cls)
+    for key, value in values.items():
+        if key not in hints:
+            continue  # HfArgumentParser reports unknown keys with the valid ones
+        if not _matches(value, hints[key]):
+            raise ConfigError(f"{where}.{key}: expected {_type_name(hints[key])}, got {value!r}.")
+        # YAML writes 1 for 1.0; a float field should hold a float.
+        if isinstance(value, int) and not isinstance(value, bool) and _allows(hints[key], float) \
+                and not _allows(hints[key], int):
+            values[key] = float(value)
+
+
+def _members(annotation: Any) -> tuple[Any, ...]:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return typing.get_args(annotation)
+    return (annotation,)
+
+
+def _allows(annotation: Any, kind: type) -> bool:
+    return any(member is kind for member in _members(annotation))
+
+
+def _matches(value: Any, annotation: Any) -> bool:
+    for member in _members(annotation):
+        origin = typing.get_origin(member) or member
+        if member is type(None) and value is None:
+            return True
+        if origin is typing.Literal and value in typing.get_args(member):
+            return True
+        if origin is bool and isinstance(value, bool):
+            return True
+        if origin is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if origin is str and isinstance(value, str):
+            return True
+        if origin in (list, tuple) and isinstance(value, (list, tuple)):
+            return True
+        if origin is dict and isinstance(value, dict):
+            return True
+        if origin is typing.Any:
+            return True
+    return False
+
+
+def _type_name(annotation: Any) -> str:
+    return " or ".join(getattr(m, "__name__", str(m)) for m in _members(annotation))

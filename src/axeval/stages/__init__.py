@@ -1,0 +1,12 @@
+"""The benchmark's stages, in pipeline order."""
+
+from axeval.pipeline import Stage
+from axeval.stages.llm import LLMStage
+from axeval.stages.model import TargetModelStage
+
+
+def default_stages() -> list[Stage]:
+    return [TargetModelStage(), LLMStage()]
+
+
+__all__ = ["LLMStage", "TargetModelStage", "default_stages"]

@@ -1,0 +1,62 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from axeval.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_resource_groups():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for group in ("data", "train", "infer", "eval", "curate", "llm", "run", "demo"):
+        assert group in result.output
+
+
+def test_llm_ledger_groups_entries(tmp_path):
+    entries = [
+        {"model": "m", "purpose": "genre", "concept_id": 0, "prompt_tokens": 10, "completion_tokens": 2,
+         "cost_usd": 0.001, "cached": False, "dry_run": False},
+        {"model": "m", "purpose": "genre", "concept_id": 1, "prompt_tokens": 10, "completion_tokens": 2,
+         "cost_usd": 0.001, "cached": True, "dry_run": False},
+        {"model": "m", "purpose": "judge", "concept_id": 0, "prompt_tokens": 30, "completion_tokens": 5,
+         "cost_usd": 0.003, "cached": False, "dry_run": False},
+    ]
+    (tmp_path / "llm-ledger.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries) + '{"cut')
+    result = runner.invoke(app, ["llm", "ledger", str(tmp_path)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "genre" in result.output and "judge" in result.output
+    assert "0.004000" in result.output  # total cost: cache hits cost nothing, the cut line is ignored
+
+
+def test_config_errors_exit_cleanly(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run: {nmae: x}\n")
+    result = runner.invoke(app, ["run", str(bad)], terminal_width=200)
+    assert result.exit_code == 2
+    assert "nmae" in result.output
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_resumes(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-c", "from axeval.cli import main; main()", "demo", "--output-dir", str(tmp_path)]
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "axbench run summary" in first.stdout
+    run_dir = tmp_path / "demo"
+    facts = json.loads((run_dir / "model.json").read_text())
+    assert facts["num_layers"] == 30 and facts["hidden_size"] == 576
+    assert facts["probe_answer"]
+    llm = json.loads((run_dir / "llm.json").read_text())
+    assert llm["answer"]["genre"] in ("text", "code", "math")
+    assert (run_dir / "config.yaml").exists() and (run_dir / "llm-ledger.jsonl").exists()
+
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert second.stdout.count("skipped") >= 2

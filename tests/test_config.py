@@ -1,0 +1,61 @@
+import pytest
+import yaml
+
+from axeval.config import AxbenchConfig, ConfigError
+
+
+def write(tmp_path, obj):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(obj))
+    return path
+
+
+def test_defaults_and_yaml_sections(tmp_path):
+    config = AxbenchConfig.load(write(tmp_path, {"run": {"name": "x", "layer": 3}, "llm": {"max_usd": 2}}))
+    assert config.run.name == "x" and config.run.layer == 3
+    assert config.llm.max_usd == 2.0 and isinstance(config.llm.max_usd, float)
+    assert config.model.model == "smollm2-135m-instruct"
+    assert config.run_dir.name == "x"
+
+
+def test_overrides_are_yaml_typed(tmp_path):
+    config = AxbenchConfig.load(write(tmp_path, {}), ["llm.dry_run=false", "run.seed=7", "llm.max_usd=0.25"])
+    assert config.llm.dry_run is False  # never the truthy string "false"
+    assert config.run.seed == 7 and config.llm.max_usd == 0.25
+
+
+@pytest.mark.parametrize(
+    "raw, overrides, message",
+    [
+        ({"run": {"nmae": "x"}}, [], "nmae"),
+        ({"runs": {}}, [], "unknown section"),
+        ({"run": {"seed": "seven"}}, [], "run.seed: expected int"),
+        ({"run": ["a"]}, [], "must be a mapping"),
+        ({}, ["llm.max_usd"], "section.key=value"),
+        ({}, ["lm.max_usd=1"], "unknown section"),
+    ],
+)
+def test_bad_config_names_the_problem(tmp_path, raw, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        AxbenchConfig.load(write(tmp_path, raw), overrides)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        AxbenchConfig.load(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        AxbenchConfig.load(bad)
+
+
+def test_hash_ignores_run_location_but_not_content(tmp_path):
+    a = AxbenchConfig.load(None, ["run.name=a", "run.output_dir=/tmp/a"])
+    b = AxbenchConfig.load(None, ["run.name=b"])
+    c = AxbenchConfig.load(None, ["run.layer=5"])
+    assert a.hash() == b.hash() != c.hash()
+
+
+def test_round_trip_through_resolved_dict():
+    config = AxbenchConfig.load(None, ["llm.max_usd=1.5", "run.layer=4"])
+    assert AxbenchConfig.from_dict(config.to_dict()) == config
