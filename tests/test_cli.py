@@ -60,3 +60,24 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path):
     second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert second.returncode == 0, second.stdout + second.stderr
     assert second.stdout.count("skipped") >= 2
+
+
+def test_llm_serve_prints_base_url_and_stops_on_ctrl_c():
+    import signal
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-c", "from axeval.cli import main; main()", "llm", "serve", "--port", str(port),
+           "--n-parallel", "1", "--n-ctx", "1024", "--threads", "1"]
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = process.stdout.readline()
+        assert f"http://127.0.0.1:{port}/v1" in line
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
