@@ -3,14 +3,18 @@
 ```
 <out>/<config>/<split>-00000-of-00001.parquet   one config per model/layer setting, splits from axdata.schema
 <out>/<config>/concepts.jsonl                   the config's concepts, AxBench metadata.jsonl format
+<out>/provenance.json                           optional: how the data was made (generator, hashes, seeds, cost)
 ```
 Concepts live beside their config's shards because every setting has its own concept list.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import datasets
 import pandas as pd
@@ -18,10 +22,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from axdata.concepts import Concept, load_concepts, write_concepts_jsonl
-from axdata.io import atomic_path
+from axdata.io import atomic_path, atomic_write_json
 from axdata.schema import SPLITS, columns, features
 
 CONCEPTS_FILE = "concepts.jsonl"
+PROVENANCE_FILE = "provenance.json"
 _CONFIG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -80,6 +85,30 @@ def write_concepts(concepts: list[Concept], out_dir: str | Path, config: str) ->
 def read_concepts(out_dir: str | Path, config: str) -> list[Concept]:
     """The concepts of `config`, ids and order exactly as written."""
     return load_concepts(concepts_path(out_dir, config), dedupe=False)
+
+
+def write_provenance(provenance: Mapping[str, Any], out_dir: str | Path) -> Path:
+    """Record how the dataset was made (e.g. generator_model, template_hashes, seeds, cost_usd, source_hashes);
+    `axbench data push` puts it in the card's `provenance`."""
+    path = Path(out_dir) / PROVENANCE_FILE
+    atomic_write_json(path, dict(provenance))
+    return path
+
+
+def read_provenance(out_dir: str | Path) -> dict[str, Any]:
+    """The dataset's recorded provenance; empty when none was recorded."""
+    path = Path(out_dir) / PROVENANCE_FILE
+    if not path.is_file():
+        return {}
+    try:
+        provenance = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error}); fix or delete the file (it only feeds the card).") from None
+    if not isinstance(provenance, dict):
+        # ValueError like every other bad-input error here: callers report those to the user.
+        raise ValueError(f"{path}: holds a {type(provenance).__name__}, not a JSON object; "  # noqa: TRY004
+                         'write an object such as {"generator_model": "gpt-4o-mini"}.')
+    return provenance
 
 
 def read_split(out_dir: str | Path, config: str, split: str) -> pd.DataFrame:

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from axdata.builders import check_config_name, write_concepts, write_split
+from axdata.builders import check_config_name, read_provenance, write_concepts, write_provenance, write_split
 from axdata.concepts import Concept, load_concepts
 from axdata.hashing import file_hash
 from axdata.schema import CATEGORIES, GENRES, SHARED_NEGATIVE_ID, conform_table, validate_frame
@@ -159,6 +159,11 @@ def import_axbench(source_dir: str | Path, out_dir: str | Path, config_name: str
         shared_negatives=_count_shared(data.tables["train"]),
         source_hashes={str(path.relative_to(data.source.root)): file_hash(path) for path in sources},
     )
+    provenance = read_provenance(out_dir)
+    provenance.setdefault("generator_model", "gpt-4o-mini (AxBench)")
+    provenance.setdefault("source", "AxBench (stanfordnlp/axbench), imported losslessly")
+    provenance.setdefault("source_hashes", {})[config_name] = report.source_hashes
+    write_provenance(provenance, out_dir)
     logger.info("%s", report.summary())
     return report
 

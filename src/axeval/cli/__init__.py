@@ -7,6 +7,7 @@ import logging
 import typer
 
 from axeval.cli.data import data_app
+from axeval.cli.data_hub import pull, push
 from axeval.cli.llm import llm_app
 from axeval.cli.run import register_run_commands
 
@@ -18,6 +19,8 @@ app = typer.Typer(
     add_completion=False,
 )
 
+data_app.command("push")(push)
+data_app.command("pull")(pull)
 app.add_typer(data_app, name="data")
 app.add_typer(typer.Typer(help="Train a detection / steering method into a steering dictionary."), name="train")
 app.add_typer(typer.Typer(help="Run latent (detection) and steered inference."), name="infer")
