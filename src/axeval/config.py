@@ -19,6 +19,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from axdata.generation.config import LLMConfig
+from axdata.generation.generation_config import GenerationConfig
 from axdata.hashing import content_hash
 from axmethods.models import TargetModelConfig
 
@@ -38,7 +39,12 @@ class RunSection:
     )
 
 
-SECTIONS: dict[str, type] = {"run": RunSection, "model": TargetModelConfig, "llm": LLMConfig}
+SECTIONS: dict[str, type] = {
+    "run": RunSection,
+    "model": TargetModelConfig,
+    "llm": LLMConfig,
+    "data": GenerationConfig,
+}
 
 
 @dataclass
@@ -46,6 +52,7 @@ class AxbenchConfig:
     run: RunSection = field(default_factory=RunSection)
     model: TargetModelConfig = field(default_factory=TargetModelConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
+    data: GenerationConfig = field(default_factory=GenerationConfig)
 
     @property
     def run_dir(self) -> Path:

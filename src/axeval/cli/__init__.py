@@ -7,7 +7,9 @@ import logging
 import typer
 
 from axeval.cli.data import data_app
+from axeval.cli.data_generate import generate
 from axeval.cli.data_hub import pull, push
+from axeval.cli.eval import eval_app
 from axeval.cli.llm import llm_app
 from axeval.cli.run import register_run_commands
 
@@ -19,12 +21,13 @@ app = typer.Typer(
     add_completion=False,
 )
 
+data_app.command("generate")(generate)
 data_app.command("push")(push)
 data_app.command("pull")(pull)
 app.add_typer(data_app, name="data")
 app.add_typer(typer.Typer(help="Train a detection / steering method into a steering dictionary."), name="train")
 app.add_typer(typer.Typer(help="Run latent (detection) and steered inference."), name="infer")
-app.add_typer(typer.Typer(help="Score detection and steering, judge generations, build reports."), name="eval")
+app.add_typer(eval_app, name="eval")
 app.add_typer(typer.Typer(help="Review judge labels with people in Argilla."), name="curate")
 app.add_typer(llm_app, name="llm")
 register_run_commands(app)

@@ -16,6 +16,7 @@ from axeval.pipeline import PipelineResult, run_pipeline
 from axeval.stages import default_stages
 
 DEMO_CONFIG = "demo.yaml"
+DEMO_CONCEPTS = "demo_concepts.csv"
 
 _SET_HELP = "Override a config value: section.key=value (YAML-typed), repeatable."
 
@@ -40,11 +41,13 @@ def demo(
     force: bool = typer.Option(False, help="Re-run every stage even when its outputs are current."),
 ) -> None:
     """The benchmark on the embedded defaults: embedded target model, embedded LLM, no keys, no network."""
-    overrides = list(set_ or [])
-    if output_dir is not None:
-        overrides.insert(0, f"run.output_dir={output_dir}")
-    with importlib.resources.as_file(importlib.resources.files("axeval") / "configs" / DEMO_CONFIG) as path:
-        _run(path, overrides, force)
+    configs = importlib.resources.files("axeval") / "configs"
+    with importlib.resources.as_file(configs / DEMO_CONFIG) as path, \
+            importlib.resources.as_file(configs / DEMO_CONCEPTS) as concepts:
+        overrides = [f"data.concept_path={concepts}"]
+        if output_dir is not None:
+            overrides.append(f"run.output_dir={output_dir}")
+        _run(path, overrides + list(set_ or []), force)
 
 
 def _run(config_path: Path, overrides: list[str], force: bool) -> None:

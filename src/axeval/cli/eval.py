@@ -1,0 +1,185 @@
+"""`axbench eval …`: score detection and steering, run the judge, build reports, publish the metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from axeval.stats import DEFAULT_RESAMPLES, DEFAULT_SEED
+
+eval_app = typer.Typer(help="Score detection and steering, judge generations, build reports.", no_args_is_help=True)
+
+_SET_HELP = "Override a config value: section.key=value (YAML-typed), repeatable, e.g. llm.max_usd=1."
+
+
+def _read(path: Path, what: str) -> pd.DataFrame:
+    if not path.exists():
+        raise typer.BadParameter(f"{path} does not exist; pass the {what} parquet file.")
+    return pd.read_parquet(path)
+
+
+def _jsonable(value: Any) -> Any:
+    # JSON has no NaN: an undefined metric is null.
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if hasattr(value, "item"):
+        return _jsonable(value.item())
+    return value
+
+
+def _by_method(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    return {row["method"]: {k: _jsonable(v) for k, v in row.items() if k != "method"}
+            for row in frame.to_dict("records")}
+
+
+def _print_table(frame: pd.DataFrame, title: str) -> None:
+    table = Table(title=title)
+    for column in frame.columns:
+        table.add_column(str(column), justify="left" if column == "method" else "right")
+    for row in frame.itertuples(index=False):
+        table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
+    Console().print(table)
+
+
+def _fail(error: Exception) -> None:
+    typer.echo(str(error), err=True)
+    raise typer.Exit(1) from None
+
+
+@eval_app.command("detect")
+def detect(
+    latent: Path = typer.Argument(..., help="Latent-inference parquet: method, concept_id, category, score."),
+    imbalance: Path | None = typer.Option(None, help="The latent_imbalance inference parquet (shared "
+                                             "negatives, concept_id -1): adds precision / recall / F1."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON object keyed by method."),
+    resamples: int = typer.Option(DEFAULT_RESAMPLES, help="Bootstrap resamples of the concepts."),
+    seed: int = typer.Option(DEFAULT_SEED, help="Seed of the bootstrap."),
+) -> None:
+    """Per method: mean AUROC over concepts with its 95% CI, and hard-negative accuracy (Youden threshold)."""
+    from axeval import detection
+
+    try:
+        summary = detection.summarize_detection(detection.concept_detection(_read(latent, "latent")), resamples,
+                                                seed=seed)
+        if imbalance is not None:
+            skewed = detection.summarize_imbalance(detection.imbalance_detection(_read(imbalance, "imbalance")),
+                                                   resamples, seed=seed)
+            summary = summary.merge(skewed.add_prefix("imbalance_").rename(columns={"imbalance_method": "method"}),
+                                    on="method", how="left")
+    except ValueError as error:
+        _fail(error)
+    if as_json:
+        typer.echo(json.dumps(_by_method(summary), indent=2))
+    else:
+        _print_table(summary, f"Concept detection: {latent}")
+
+
+@eval_app.command("judge")
+def judge(
+    steering_file: Path = typer.Argument(..., help="Steered generations: method, concept_id, concept, prompt_id, "
+                                         "half, instruction, generation, factor."),
+    out: Path = typer.Option(..., "--out", help="Where the judged parquet goes."),
+    config: Path | None = typer.Option(None, help="A run config: its llm section picks the judge."),
+    set_: list[str] | None = typer.Option(None, "--set", "-s", help=_SET_HELP),
+    temperature: float = typer.Option(0.0, help="Judge temperature (AxBench's final code: 0.0)."),
+    parse_retries: int = typer.Option(2, help="Extra asks after an unparseable answer."),
+    on_parse_failure: str = typer.Option("exclude", help="'exclude' (record and count) or 'raise'."),
+    cache: Path | None = typer.Option(None, help="Response cache (default: llm-cache.sqlite beside --out)."),
+    ledger: Path | None = typer.Option(None, help="Ledger (default: llm-ledger.jsonl beside --out)."),
+) -> None:
+    """Rate every generation on concept, instruction and fluency; write ratings, raw answers and provenance."""
+    from axdata.generation import open_llm
+    from axeval.config import AxbenchConfig, ConfigError
+    from axeval.judge import Judge, JudgeConfig, summarize_judgements, write_judgements
+
+    try:
+        settings = AxbenchConfig.load(config, set_ or [])
+        judge_config = JudgeConfig(temperature=temperature, parse_retries=parse_retries,
+                                   on_parse_failure=on_parse_failure)
+    except (ConfigError, ValueError) as error:
+        _fail(error)
+    generations = _read(steering_file, "steering generations")
+    with open_llm(settings.llm, cache_path=cache or out.parent / "llm-cache.sqlite",
+                  ledger_path=ledger or out.parent / "llm-ledger.jsonl") as client:
+        try:
+            judgements = Judge(client, judge_config).judge(generations)
+        except ValueError as error:
+            _fail(error)
+    summary = summarize_judgements(judgements)
+    if settings.llm.dry_run:
+        typer.echo(f"Dry run: {summary['calls']} judge calls, estimated ${summary['cost_usd']:.4f}; nothing written.")
+        return
+    write_judgements(judgements, out)
+    typer.echo(f"Judged {summary['generations']} generations with {', '.join(summary['judge_model'])} "
+               f"({summary['calls']} calls, ${summary['cost_usd']:.4f}); parse failures: "
+               f"{summary['parse_failures']}. Wrote {out}.")
+
+
+@eval_app.command("steering")
+def steering_(
+    judged: Path = typer.Argument(..., help="Judged generations (`axbench eval judge` output)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON object keyed by method."),
+    baseline: str | None = typer.Option(None, help="Add the winrate against this method (paper: SAE)."),
+    suppression: bool = typer.Option(False, help="Score concept suppression (concept rating inverted)."),
+    resamples: int = typer.Option(DEFAULT_RESAMPLES, help="Bootstrap resamples of the concepts."),
+    seed: int = typer.Option(DEFAULT_SEED, help="Seed of the bootstrap."),
+) -> None:
+    """Per method: held-out steering score at the factor chosen on the selection half, with its 95% CI."""
+    from axeval import steering
+
+    try:
+        scored = steering.score_generations(_read(judged, "judged generations"), suppression=suppression)
+        selected = steering.select_factors(scored)
+        summary = steering.summarize_steering(selected, scored, resamples, seed=seed)
+        if baseline is not None:
+            rates = steering.winrate(selected, baseline)[["method", "winrate"]]
+            summary = summary.merge(rates, on="method", how="left")
+    except ValueError as error:
+        _fail(error)
+    if as_json:
+        typer.echo(json.dumps(_by_method(summary), indent=2))
+    else:
+        _print_table(summary, f"Steering: {judged}")
+
+
+@eval_app.command("report")
+def report(
+    run_dir: Path = typer.Argument(..., help="A run directory (inference/latent.parquet, eval/judgements.parquet)."),
+    out: Path | None = typer.Option(None, help="Output folder (default: RUN_DIR/eval)."),
+    baseline: str | None = typer.Option(None, help="Method to compute winrates against (paper: SAE)."),
+    suppression: bool = typer.Option(False, help="Score concept suppression (concept rating inverted)."),
+    dataset_id: str = typer.Option("pyvene/axbench-concept500", help="Benchmark dataset named in .eval_results."),
+) -> None:
+    """Leaderboard (markdown + self-contained HTML), plots and .eval_results files; prints the summary."""
+    from axeval.report import build_report
+
+    try:
+        result = build_report(run_dir, out, baseline=baseline, suppression=suppression, dataset_id=dataset_id)
+    except (ValueError, FileNotFoundError) as error:
+        _fail(error)
+    typer.echo(result.summary())
+
+
+@eval_app.command("push-metrics")
+def push_metrics(
+    org: str = typer.Argument(..., help="User or organisation that will own the Spaces ORG/concept_detection and "
+                              "ORG/steering."),
+    private: bool = typer.Option(False, help="Create private Spaces."),
+    requirement: str = typer.Option("axbench", help="pip requirement that provides axeval on the Space."),
+) -> None:
+    """Publish both metric modules as Hub Spaces, loadable with evaluate.load("ORG/steering")."""
+    from axeval.metrics.hub import push_metrics as push
+
+    try:
+        pushed = push(org, private=private, requirement=requirement)
+    except ValueError as error:
+        _fail(error)
+    for metric in pushed:
+        typer.echo(f"{metric.name}: {metric.repo_id} ({metric.commit_url})")

@@ -1,0 +1,326 @@
+"""Reports: the leaderboard (methods × metrics with CIs) as markdown and HTML, plots, `.eval_results` files.
+
+`build_report(run_dir or ReportInputs, out_dir)` computes every metric with the plain functions of
+`axeval.detection` / `axeval.steering` and writes into `out_dir` (default `<run_dir>/eval`):
+
+    report.md, report.html          the leaderboard and the per-part tables (HTML self-contained: inline PNGs)
+    detection.parquet, steering.parquet   per-concept tables behind the leaderboard
+    plots/roc.png, plots/steering_factors.png
+    .eval_results/<method>.yaml     Hub eval results, one file per method (upload it to that method's
+                                    model repo as `.eval_results/axbench.yaml`)
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from huggingface_hub import EvalResultEntry, eval_result_entries_to_yaml
+
+# Figures are built without pyplot: no GUI backend, no global state touched in the caller's process.
+from matplotlib.figure import Figure
+
+from axdata.io import atomic_path, atomic_write_text
+from axeval import detection, steering
+from axeval.judge import summarize_judgements
+from axeval.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, ConfidenceInterval
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DATASET_ID = "pyvene/axbench-concept500"
+LATENT_FILE, IMBALANCE_FILE, JUDGEMENTS_FILE = "inference/latent.parquet", "inference/latent_imbalance.parquet", \
+    "eval/judgements.parquet"
+
+
+@dataclass
+class ReportInputs:
+    """The frames a report is built from; any of them may be missing (that part is left out)."""
+
+    detection_rows: pd.DataFrame | None = None
+    imbalance_rows: pd.DataFrame | None = None
+    judgements: pd.DataFrame | None = None
+    title: str = "AxBench report"
+
+    @classmethod
+    def from_run_dir(cls, run_dir: str | Path) -> ReportInputs:
+        root = Path(run_dir)
+        if not root.is_dir():
+            raise FileNotFoundError(f"Run directory {root} does not exist; pass the folder `axbench run` wrote.")
+        frames = {name: _read_optional(root / path) for name, path in (
+            ("detection_rows", LATENT_FILE), ("imbalance_rows", IMBALANCE_FILE), ("judgements", JUDGEMENTS_FILE))}
+        if all(frame is None for frame in frames.values()):
+            raise FileNotFoundError(
+                f"{root} holds none of {LATENT_FILE}, {IMBALANCE_FILE}, {JUDGEMENTS_FILE}; run latent inference "
+                "or the judge first (axbench run CONFIG resumes where it stopped)."
+            )
+        return cls(**frames, title=f"AxBench report: {root.name}")
+
+
+def _read_optional(path: Path) -> pd.DataFrame | None:
+    return pd.read_parquet(path) if path.exists() else None
+
+
+@dataclass
+class Report:
+    """Every table of a report and where its files went."""
+
+    leaderboard: pd.DataFrame
+    detection_summary: pd.DataFrame | None = None
+    imbalance_summary: pd.DataFrame | None = None
+    steering_summary: pd.DataFrame | None = None
+    winrates: pd.DataFrame | None = None
+    judge: dict | None = None
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """The leaderboard as plain text, with the judge provenance and where the report lies."""
+        lines = [_markdown_table(self.leaderboard)]
+        if self.judge:
+            lines.append(
+                f"Judge: {', '.join(self.judge['judge_model'])} (templates {', '.join(self.judge['judge_template_hash'])}, "
+                f"temperature {', '.join(map(str, self.judge['judge_temperature']))}); {self.judge['calls']} calls, "
+                f"${self.judge['cost_usd']:.4f}; parse failures: {self.judge['parse_failures']} of "
+                f"{self.judge['generations']} generations (excluded)."
+            )
+        if "markdown" in self.files:
+            lines.append(f"Report: {self.files['markdown']}")
+        return "\n".join(lines)
+
+
+def build_report(
+    source: str | Path | ReportInputs,
+    out_dir: str | Path | None = None,
+    *,
+    baseline: str | None = None,
+    suppression: bool = False,
+    dataset_id: str = DEFAULT_DATASET_ID,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+) -> Report:
+    """Compute the leaderboard from a run directory (or frames) and write every report file to `out_dir`.
+
+    `baseline` names the method winrates are computed against (paper: SAE); None skips winrates.
+    """
+    if isinstance(source, ReportInputs):
+        inputs = source
+        if out_dir is None:
+            raise ValueError("build_report: pass out_dir when building from frames (there is no run directory).")
+    else:
+        inputs = ReportInputs.from_run_dir(source)
+        out_dir = Path(source) / "eval" if out_dir is None else out_dir
+    out = Path(out_dir)
+    report = Report(leaderboard=pd.DataFrame())
+    plots: dict[str, Path] = {}
+
+    if inputs.detection_rows is not None:
+        per_concept = detection.concept_detection(inputs.detection_rows)
+        report.detection_summary = detection.summarize_detection(per_concept, n_resamples, seed=seed)
+        _write_parquet(per_concept, out / "detection.parquet")
+        report.files["detection"] = out / "detection.parquet"
+        plots["roc"] = _plot_roc(inputs.detection_rows, report.detection_summary, out / "plots" / "roc.png")
+    if inputs.imbalance_rows is not None:
+        per_concept = detection.imbalance_detection(inputs.imbalance_rows)
+        report.imbalance_summary = detection.summarize_imbalance(per_concept, n_resamples, seed=seed)
+    if inputs.judgements is not None:
+        scored = steering.score_generations(inputs.judgements, suppression=suppression)
+        selected = steering.select_factors(scored)
+        report.steering_summary = steering.summarize_steering(selected, scored, n_resamples, seed=seed)
+        if baseline is not None:
+            report.winrates = steering.winrate(selected, baseline)
+        if "judge_model" in inputs.judgements.columns:
+            report.judge = summarize_judgements(inputs.judgements)
+        _write_parquet(selected, out / "steering.parquet")
+        report.files["steering"] = out / "steering.parquet"
+        plots["steering_factors"] = _plot_factor_curves(
+            steering.factor_curves(scored), out / "plots" / "steering_factors.png")
+
+    report.leaderboard = leaderboard(report)
+    report.files |= {f"plot_{name}": path for name, path in plots.items()}
+    report.files["markdown"] = out / "report.md"
+    atomic_write_text(report.files["markdown"], render_markdown(report, inputs.title, plots, out))
+    report.files["html"] = out / "report.html"
+    atomic_write_text(report.files["html"], render_html(report, inputs.title, plots))
+    for method, path in write_eval_results(report, out / ".eval_results", dataset_id).items():
+        report.files[f"eval_results_{method}"] = path
+    logger.info("Wrote the report to %s.", report.files["markdown"])
+    return report
+
+
+def _ci(row: pd.Series, prefix: str) -> str:
+    return ConfidenceInterval(row[f"{prefix}mean"], row[f"{prefix}ci_low"], row[f"{prefix}ci_high"],
+                              int(row[f"{prefix}n"])).format()
+
+
+def leaderboard(report: Report) -> pd.DataFrame:
+    """Methods × metrics as display strings ("0.842 [0.801, 0.880]"), sorted by steering then AUROC."""
+    columns: dict[str, dict[str, str]] = {}
+    sort_keys: dict[str, dict[str, float]] = {}
+
+    def put(method: str, column: str, value: str) -> None:
+        columns.setdefault(column, {})[method] = value
+
+    if report.detection_summary is not None:
+        for _, row in report.detection_summary.iterrows():
+            put(row["method"], "AUROC", _ci(row, "auroc_"))
+            put(row["method"], "Hard-negative acc.", _ci(row, "hard_negative_accuracy_")
+                + f" (n={int(row['n_hard_negatives'])})")
+            sort_keys.setdefault(row["method"], {})["auroc"] = row["auroc_mean"]
+    if report.imbalance_summary is not None:
+        for _, row in report.imbalance_summary.iterrows():
+            put(row["method"], "F1 (1:100)", _ci(row, "f1_"))
+    if report.steering_summary is not None:
+        for _, row in report.steering_summary.iterrows():
+            put(row["method"], "Steering", _ci(row, "score_"))
+            put(row["method"], "Concept / Instr. / Fluency",
+                " / ".join(f"{row[c]:.2f}" for c in steering.RATING_COLUMNS))
+            put(row["method"], "Excluded (parse fail.)", f"{int(row['n_parse_failures'])} / {int(row['n_generations'])}")
+            sort_keys.setdefault(row["method"], {})["steering"] = row["score_mean"]
+    if report.winrates is not None:
+        for _, row in report.winrates.iterrows():
+            put(row["method"], f"Winrate vs {row['baseline']}", f"{100 * row['winrate']:.1f}%")
+    order = pd.DataFrame.from_dict(sort_keys, orient="index").reindex(columns=["steering", "auroc"])
+    methods = order.sort_values(["steering", "auroc"], ascending=False, na_position="last").index.tolist()
+    table = pd.DataFrame({"Method": methods})
+    for column, values in columns.items():
+        table[column] = [values.get(method, "–") for method in methods]
+    return table
+
+
+def _markdown_table(table: pd.DataFrame) -> str:
+    if table.empty:
+        return "(no results)"
+    header = "| " + " | ".join(table.columns) + " |"
+    rule = "|" + "|".join("---" for _ in table.columns) + "|"
+    body = ["| " + " | ".join(str(value).replace("|", "\\|") for value in row) + " |"
+            for row in table.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def _frame_markdown(frame: pd.DataFrame, digits: int = 3) -> str:
+    return _markdown_table(frame.map(lambda v: f"{v:.{digits}f}" if isinstance(v, float) else v))
+
+
+def render_markdown(report: Report, title: str, plots: dict[str, Path], out: Path) -> str:
+    parts = [f"# {title}", "", "Mean over concepts with 95% bootstrap intervals over concepts.", "",
+             "## Leaderboard", "", _markdown_table(report.leaderboard), ""]
+    if report.judge:
+        parts += ["## Judge", "", _markdown_table(pd.DataFrame(
+            [(k, ", ".join(map(str, v)) if isinstance(v, list) else f"{v:.6g}" if isinstance(v, float) else v)
+             for k, v in report.judge.items()],
+            columns=["", "value"])), ""]
+    for heading, frame in (("Concept detection", report.detection_summary), ("Class imbalance", report.imbalance_summary),
+                           ("Steering", report.steering_summary), ("Winrates", report.winrates)):
+        if frame is not None:
+            parts += [f"## {heading}", "", _frame_markdown(frame), ""]
+    for name, path in plots.items():
+        parts += [f"![{name}]({path.relative_to(out).as_posix()})", ""]
+    return "\n".join(parts)
+
+
+def render_html(report: Report, title: str, plots: dict[str, Path]) -> str:
+    """One self-contained page: the tables, and the plots as inline base64 PNGs."""
+    def table(frame: pd.DataFrame) -> str:
+        shown = frame.map(lambda v: f"{v:.3f}" if isinstance(v, float) else v)
+        return shown.to_html(index=False, escape=True, border=0, classes="results")
+
+    body = [f"<h1>{html.escape(title)}</h1>", "<p>Mean over concepts with 95% bootstrap intervals over concepts.</p>",
+            "<h2>Leaderboard</h2>", table(report.leaderboard)]
+    for heading, frame in (("Concept detection", report.detection_summary), ("Class imbalance", report.imbalance_summary),
+                           ("Steering", report.steering_summary), ("Winrates", report.winrates)):
+        if frame is not None:
+            body += [f"<h2>{heading}</h2>", table(frame)]
+    for name, path in plots.items():
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        body.append(f'<h2>{html.escape(name)}</h2><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">')
+    style = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table.results{border-collapse:collapse}"
+             "table.results td,table.results th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:left}"
+             "img{max-width:100%}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def write_eval_results(report: Report, folder: Path, dataset_id: str) -> dict[str, Path]:
+    """One `.eval_results` YAML per method, in the format the Hub reads (`huggingface_hub.EvalResultEntry`)."""
+    entries: dict[str, list[EvalResultEntry]] = {}
+    if report.detection_summary is not None:
+        for _, row in report.detection_summary.dropna(subset=["auroc_mean"]).iterrows():
+            entries.setdefault(row["method"], []).append(EvalResultEntry(
+                dataset_id=dataset_id, task_id="concept_detection", value=round(float(row["auroc_mean"]), 4),
+                notes=f"mean AUROC over {int(row['auroc_n'])} concepts, 95% CI "
+                      f"[{row['auroc_ci_low']:.4f}, {row['auroc_ci_high']:.4f}]"))
+    if report.steering_summary is not None:
+        judge = report.judge or {}
+        judged_by = (f"; judge {', '.join(judge['judge_model'])}, temperature "
+                     f"{', '.join(map(str, judge['judge_temperature']))}, templates "
+                     f"{', '.join(judge['judge_template_hash'])}") if judge else ""
+        for _, row in report.steering_summary.dropna(subset=["score_mean"]).iterrows():
+            entries.setdefault(row["method"], []).append(EvalResultEntry(
+                dataset_id=dataset_id, task_id="steering", value=round(float(row["score_mean"]), 4),
+                notes=f"mean held-out steering score (0-2) over {int(row['score_n'])} concepts, 95% CI "
+                      f"[{row['score_ci_low']:.4f}, {row['score_ci_high']:.4f}]{judged_by}"))
+    paths = {}
+    for method, method_entries in entries.items():
+        path = folder / f"{_slug(method)}.yaml"
+        atomic_write_text(path, yaml.safe_dump(eval_result_entries_to_yaml(method_entries), sort_keys=False,
+                                               allow_unicode=True))
+        paths[method] = path
+    return paths
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "method"
+
+
+def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    return path
+
+
+def _plot_roc(rows: pd.DataFrame, summary: pd.DataFrame, path: Path) -> Path:
+    figure = Figure(figsize=(5.5, 5))
+    axes = figure.subplots()
+    for _, row in summary.dropna(subset=["auroc_mean"]).sort_values("auroc_mean", ascending=False).iterrows():
+        fpr, tpr = detection.mean_roc_curve(rows, row["method"])
+        axes.plot(fpr, tpr, label=f"{row['method']} (AUROC {row['auroc_mean']:.3f})")
+    axes.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance")
+    axes.set(xlabel="False positive rate", ylabel="True positive rate", xlim=(0, 1), ylim=(0, 1.01),
+             title="Concept detection: ROC (mean over concepts)")
+    axes.legend(loc="lower right", fontsize="small")
+    axes.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def _plot_factor_curves(curves: pd.DataFrame, path: Path) -> Path:
+    panels = [("score", "Steering score (harmonic mean)"), *((c, c.replace("_", " ").capitalize())
+                                                            for c in steering.RATING_COLUMNS)]
+    figure = Figure(figsize=(4.2 * len(panels), 4))
+    axes = figure.subplots(1, len(panels), sharey=True)
+    colours = {method: f"C{i}" for i, method in enumerate(sorted(curves["method"].unique()))}
+    for ax, (column, label) in zip(axes, panels):
+        for (method, half), group in curves.groupby(["method", "half"]):
+            style = "-" if half == steering.HELDOUT else "--"
+            if group["factor"].isna().all():  # factor-free: one level, drawn across the axis
+                ax.axhline(group[column].iloc[0], color=colours[method], linestyle=style, alpha=0.8,
+                           label=f"{method} ({half})")
+            else:
+                group = group.sort_values("factor")
+                ax.plot(group["factor"], group[column], style, marker="o", markersize=3,
+                        color=colours[method], label=f"{method} ({half})")
+        ax.set(xlabel="Steering factor", title=label, ylim=(0, 2.05))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("Mean over concepts (0–2)")
+    axes[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize="small")
+    figure.suptitle("Steering: score vs factor (solid: held-out, dashed: selection)")
+    return _save(figure, path)

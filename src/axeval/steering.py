@@ -1,0 +1,196 @@
+"""Steering score: harmonic mean of the judge's three ratings, factor selection, winrate, suppression.
+
+Input: judged generations, one row each: `method, concept_id, prompt_id, half` ("selection" /
+"heldout"), `factor` (NaN or a single value for factor-free methods) and the three 0–2 ratings
+`concept_rating, instruction_rating, fluency_rating` (NaN where the judge's answer could not be parsed).
+
+The rules (AxBench §5.3–5.4): a generation scores the harmonic mean of its three ratings, 0 when any is
+0; per concept and method the factor with the best mean score over the selection prompts is chosen and
+the held-out prompts' mean score at that factor is the concept's score; the leaderboard number is the
+mean over concepts. Unlike AxBench, a generation with an unparsed rating is excluded and counted — a
+parse failure is not a 0.
+
+>>> harmonic_mean(2, 2, 1), harmonic_mean(2, 0, 2), harmonic_mean(2, 2, 2, suppression=True)
+(1.5, 0.0, 0.0)
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from axdata.schema import HALVES
+from axeval.stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED, bootstrap_ci
+
+logger = logging.getLogger(__name__)
+
+SELECTION, HELDOUT = HALVES
+RATING_COLUMNS = ("concept_rating", "instruction_rating", "fluency_rating")
+REQUIRED_COLUMNS = ("method", "concept_id", "prompt_id", "half", "factor", *RATING_COLUMNS)
+MAX_RATING = 2.0
+TIE_TOLERANCE = 1e-6
+# Factor-free methods may carry NaN as their one factor; NaN never equals itself, so group on a sentinel.
+_NO_FACTOR = -np.inf
+
+
+def harmonic_mean(concept: float, instruction: float, fluency: float, suppression: bool = False) -> float:
+    """Harmonic mean of three 0–2 ratings, 0 if any is 0; with `suppression` the concept term is 2 − concept."""
+    return float(_harmonic_mean(np.array([concept]), np.array([instruction]), np.array([fluency]), suppression)[0])
+
+
+def _harmonic_mean(concept: np.ndarray, instruction: np.ndarray, fluency: np.ndarray, suppression: bool) -> np.ndarray:
+    concept_term = MAX_RATING - concept if suppression else concept
+    terms = np.stack([concept_term, instruction, fluency]).astype(float)
+    with np.errstate(divide="ignore"):
+        mean = 3.0 / np.sum(1.0 / terms, axis=0)
+    # 1/0 = inf makes the mean 0 already; this keeps it exact and NaN (a missing rating) stays NaN.
+    return np.where(np.isnan(terms).any(axis=0), np.nan, np.where((terms == 0).any(axis=0), 0.0, mean))
+
+
+def check_judged(judged: pd.DataFrame, source: str = "judged generations") -> None:
+    """Raise ValueError naming missing columns, unknown halves or ratings outside 0–2."""
+    missing = [column for column in REQUIRED_COLUMNS if column not in judged.columns]
+    if missing:
+        raise ValueError(
+            f"{source}: missing column(s) {missing}; run `axbench eval judge` on the steering generations "
+            "first (it adds the three ratings)."
+        )
+    halves = sorted(set(judged["half"].dropna().unique()) - set(HALVES))
+    if halves or judged["half"].isna().any():
+        raise ValueError(f"{source}: column 'half' must hold only {list(HALVES)}; found {halves or 'nulls'}.")
+    for column in RATING_COLUMNS:
+        values = judged[column].dropna()
+        bad = values[(values < 0) | (values > MAX_RATING)]
+        if len(bad):
+            raise ValueError(f"{source}: {column} has values outside [0, 2]: {sorted(set(bad))[:5]}.")
+
+
+def score_generations(judged: pd.DataFrame, suppression: bool = False) -> pd.DataFrame:
+    """The judged rows plus `score` (the harmonic mean) and `excluded` (some rating failed to parse)."""
+    check_judged(judged)
+    scored = judged.copy()
+    ratings = [scored[column].to_numpy(float) for column in RATING_COLUMNS]
+    scored["score"] = _harmonic_mean(*ratings, suppression=suppression)
+    scored["excluded"] = np.isnan(scored["score"].to_numpy())
+    return scored
+
+
+def _mean_by_factor(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows.groupby("_factor")[["score", *RATING_COLUMNS]].mean().sort_index()
+
+
+def _one_concept(group: pd.DataFrame, n_factors: int) -> dict[str, float | int]:
+    valid = group[~group["excluded"]]
+    selection, heldout = valid[valid["half"] == SELECTION], valid[valid["half"] == HELDOUT]
+    counts = {
+        "n_selection": int((group["half"] == SELECTION).sum()),
+        "n_heldout": int((group["half"] == HELDOUT).sum()),
+        "n_excluded": int(group["excluded"].sum()),
+    }
+    undefined = counts | {"factor": np.nan, "score": np.nan} | dict.fromkeys(RATING_COLUMNS, np.nan)
+    if n_factors == 1:
+        best = group["_factor"].iloc[0]
+    elif selection.empty:
+        return undefined
+    else:
+        # idxmax takes the first maximum: ties go to the smallest factor, as AxBench's argmax over sorted factors.
+        best = _mean_by_factor(selection)["score"].idxmax()
+    at_best = heldout[heldout["_factor"] == best]
+    if at_best.empty:
+        return undefined | {"factor": best}
+    return counts | {
+        "factor": best,
+        "score": float(at_best["score"].mean()),
+        **{column: float(at_best[column].mean()) for column in RATING_COLUMNS},
+        "n_scored": len(at_best),
+    }
+
+
+def select_factors(scored: pd.DataFrame) -> pd.DataFrame:
+    """One row per (method, concept): the factor chosen on the selection half and the held-out scores there.
+
+    A method with a single factor value (factor-free methods, NaN allowed) needs no selection. A concept
+    whose selection or held-out rows all failed to parse gets a NaN score, counted by `summarize_steering`.
+    """
+    if "score" not in scored.columns:
+        raise ValueError("select_factors: rows have no 'score'; pass the output of score_generations().")
+    work = scored.assign(_factor=scored["factor"].astype(float).fillna(_NO_FACTOR))
+    records = []
+    for method, rows in work.groupby("method", sort=True):
+        n_factors = rows["_factor"].nunique()
+        if n_factors > 1 and not (rows["half"] == SELECTION).any():
+            raise ValueError(
+                f"judged generations: method {method!r} has {n_factors} factors but no 'selection' rows, so no "
+                "factor can be chosen; generate both halves of the steering prompts."
+            )
+        for concept_id, group in rows.groupby("concept_id", sort=True):
+            records.append({"method": method, "concept_id": int(concept_id), **_one_concept(group, n_factors)})
+    table = pd.DataFrame.from_records(records)
+    table["factor"] = table["factor"].replace(_NO_FACTOR, np.nan)
+    for method, group in table[table["score"].isna()].groupby("method"):
+        logger.warning(
+            "%s: %d concept(s) have no scored held-out generation at their chosen factor (judge parse failures "
+            "or missing rows) and are left out of the mean: %s", method, len(group), group["concept_id"].tolist()[:10])
+    return table
+
+
+def summarize_steering(
+    selected: pd.DataFrame,
+    scored: pd.DataFrame,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    confidence: float = DEFAULT_CONFIDENCE,
+    seed: int = DEFAULT_SEED,
+) -> pd.DataFrame:
+    """One row per method: mean held-out score with its bootstrap CI over concepts, the sub-scores, and the
+    number and share of generations excluded for judge parse failures."""
+    records = []
+    for method, group in selected.groupby("method", sort=True):
+        rows = scored[scored["method"] == method]
+        defined = group.dropna(subset=["score"])
+        records.append({
+            "method": method,
+            **bootstrap_ci(defined["score"].to_numpy(float), n_resamples, confidence, seed).as_dict("score_"),
+            **{column: float(defined[column].mean()) for column in RATING_COLUMNS},
+            "n_concepts": len(group),
+            "n_undefined": len(group) - len(defined),
+            "n_generations": len(rows),
+            "n_parse_failures": int(rows["excluded"].sum()),
+            "parse_failure_rate": float(rows["excluded"].mean()) if len(rows) else float("nan"),
+            "mean_factor": float(defined["factor"].mean()),
+        })
+    return pd.DataFrame.from_records(records)
+
+
+def winrate(selected: pd.DataFrame, baseline: str, tie_tolerance: float = TIE_TOLERANCE) -> pd.DataFrame:
+    """Per method, the share of concepts where it beats `baseline` (ties count ½), over shared concepts.
+
+    Paper Table 3 compares per-concept steering scores against SAE.
+    """
+    if baseline not in set(selected["method"]):
+        raise ValueError(
+            f"winrate: baseline method {baseline!r} is not among the methods {sorted(set(selected['method']))}; "
+            "pick one of them."
+        )
+    pivot = selected.pivot_table(index="concept_id", columns="method", values="score", aggfunc="first")
+    records = []
+    for method in pivot.columns:
+        delta = (pivot[method] - pivot[baseline]).dropna().to_numpy()
+        wins, ties = int(np.sum(delta > tie_tolerance)), int(np.sum(np.abs(delta) <= tie_tolerance))
+        n = len(delta)
+        records.append({
+            "method": method, "baseline": baseline, "n_concepts": n, "wins": wins, "ties": ties,
+            "losses": n - wins - ties, "winrate": (wins + 0.5 * ties) / n if n else float("nan"),
+        })
+    return pd.DataFrame.from_records(records)
+
+
+def factor_curves(scored: pd.DataFrame) -> pd.DataFrame:
+    """Mean score per (method, half, factor): the mean over concepts of each concept's mean over prompts."""
+    valid = scored[~scored["excluded"]].assign(_factor=scored["factor"].astype(float).fillna(_NO_FACTOR))
+    per_concept = valid.groupby(["method", "half", "_factor", "concept_id"])[["score", *RATING_COLUMNS]].mean()
+    curves = per_concept.groupby(level=["method", "half", "_factor"]).mean().reset_index()
+    curves = curves.rename(columns={"_factor": "factor"})
+    curves["factor"] = curves["factor"].replace(_NO_FACTOR, np.nan)
+    return curves

@@ -1,0 +1,127 @@
+"""Reports from synthetic frames and from a run directory: files, leaderboard table, eval results, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from huggingface_hub import parse_eval_result_entries
+from typer.testing import CliRunner
+
+from axeval.cli.eval import eval_app
+from axeval.judge_templates import JUDGE_TEMPLATE_HASH
+from axeval.report import ReportInputs, build_report
+
+FACTORS = (0.5, 1.0, 2.0)
+
+
+def detection_rows() -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    frames = []
+    for method, shift in (("DiffMean", 3.0), ("PCA", 0.5)):
+        for concept_id in range(4):
+            frames.append(pd.DataFrame({
+                "method": method, "concept_id": concept_id,
+                "category": ["positive"] * 10 + ["negative"] * 10 + ["hard negative"] * 2,
+                "score": np.r_[rng.normal(shift, 1, 10), rng.normal(0, 1, 10), rng.normal(shift / 2, 1, 2)],
+            }))
+    return pd.concat(frames, ignore_index=True)
+
+
+def judgements() -> pd.DataFrame:
+    rows = []
+    for concept_id in range(4):
+        for prompt_id in range(4):
+            half = "selection" if prompt_id < 2 else "heldout"
+            for factor in FACTORS:  # DiffMean: best at 1.0 (all 2s), weaker elsewhere
+                concept = 2 if factor >= 1.0 else 1
+                fluency = 2 if factor <= 1.0 else 0
+                rows.append(("DiffMean", concept_id, prompt_id, half, factor, concept, 2, fluency))
+            rows.append(("Prompt", concept_id, prompt_id, half, np.nan, 1, 2, 2))  # factor-free: 1.5 everywhere
+    frame = pd.DataFrame(rows, columns=["method", "concept_id", "prompt_id", "half", "factor", "concept_rating",
+                                        "instruction_rating", "fluency_rating"])
+    frame["parse_status"] = "ok"
+    frame["judge_model"] = "gpt-4o-mini"
+    frame["judge_template_hash"] = JUDGE_TEMPLATE_HASH
+    frame["judge_temperature"] = 0.0
+    frame["judge_calls"] = 3
+    frame["judge_cost_usd"] = 0.0002
+    return frame
+
+
+def test_report_from_frames_writes_every_file_and_a_correct_leaderboard(tmp_path):
+    inputs = ReportInputs(detection_rows=detection_rows(), judgements=judgements(), title="Synthetic")
+    report = build_report(inputs, tmp_path, baseline="Prompt", dataset_id="axbench/concept10")
+    for name in ("markdown", "html", "plot_roc", "plot_steering_factors", "detection", "steering",
+                 "eval_results_DiffMean", "eval_results_PCA", "eval_results_Prompt"):
+        assert report.files[name].exists(), name
+    assert (tmp_path / "plots" / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    board = report.leaderboard.set_index("Method")
+    assert board.index.tolist() == ["DiffMean", "Prompt", "PCA"]  # by steering score, then AUROC
+    assert board.loc["DiffMean", "Steering"] == "2.000 [2.000, 2.000]"
+    assert board.loc["Prompt", "Steering"] == "1.500 [1.500, 1.500]"
+    assert board.loc["PCA", "Steering"] == "–"
+    assert board.loc["Prompt", "AUROC"] == "–"
+    assert board.loc["DiffMean", "Winrate vs Prompt"] == "100.0%"
+    assert board.loc["DiffMean", "Excluded (parse fail.)"] == "0 / 48"
+
+    markdown = report.files["markdown"].read_text(encoding="utf-8")
+    lines = markdown.splitlines()
+    header = lines.index("## Leaderboard") + 2
+    assert lines[header].startswith("| Method | AUROC | Hard-negative acc. |")
+    assert lines[header + 1].startswith("|---|")
+    assert lines[header + 2].startswith("| DiffMean | ")
+    assert "![roc](plots/roc.png)" in markdown
+
+    html = report.files["html"].read_text(encoding="utf-8")
+    assert html.count("data:image/png;base64,") == 2 and "plots/" not in html  # self-contained
+
+    entries = parse_eval_result_entries(yaml.safe_load(report.files["eval_results_DiffMean"].read_text()))
+    assert {e.task_id for e in entries} == {"concept_detection", "steering"}
+    steering_entry = next(e for e in entries if e.task_id == "steering")
+    assert steering_entry.dataset_id == "axbench/concept10" and steering_entry.value == 2.0
+    assert "gpt-4o-mini" in steering_entry.notes and JUDGE_TEMPLATE_HASH in steering_entry.notes
+
+    summary = report.summary()
+    assert "| DiffMean |" in summary and "parse failures: 0 of 64" in summary
+
+    selected = pd.read_parquet(report.files["steering"])
+    assert set(selected[selected["method"] == "DiffMean"]["factor"]) == {1.0}
+
+
+def test_report_from_run_dir_and_cli(tmp_path):
+    run = tmp_path / "run"
+    (run / "inference").mkdir(parents=True)
+    (run / "eval").mkdir()
+    detection_rows().to_parquet(run / "inference" / "latent.parquet")
+    judgements().to_parquet(run / "eval" / "judgements.parquet")
+    runner = CliRunner()
+    result = runner.invoke(eval_app, ["report", str(run)])
+    assert result.exit_code == 0, result.output
+    assert "| DiffMean |" in result.output and str(run / "eval" / "report.md") in result.output
+    assert (run / "eval" / ".eval_results" / "DiffMean.yaml").exists()
+
+    result = runner.invoke(eval_app, ["detect", str(run / "inference" / "latent.parquet"), "--json"])
+    assert result.exit_code == 0, result.output
+    by_method = json.loads(result.output)
+    assert set(by_method) == {"DiffMean", "PCA"}
+    assert by_method["DiffMean"]["auroc_mean"] > by_method["PCA"]["auroc_mean"]
+    assert by_method["DiffMean"]["auroc_ci_low"] <= by_method["DiffMean"]["auroc_mean"]
+    assert "hard_negative_accuracy_mean" in by_method["DiffMean"]
+
+    result = runner.invoke(eval_app, ["steering", str(run / "eval" / "judgements.parquet"), "--json",
+                                      "--baseline", "Prompt"])
+    assert result.exit_code == 0, result.output
+    by_method = json.loads(result.output)
+    assert by_method["DiffMean"]["score_mean"] == 2.0 and by_method["Prompt"]["winrate"] == 0.5
+
+
+def test_report_of_an_empty_run_dir_names_the_missing_inputs(tmp_path):
+    with pytest.raises(FileNotFoundError, match="inference/latent.parquet"):
+        build_report(tmp_path)
+    result = CliRunner().invoke(eval_app, ["steering", str(tmp_path / "missing.parquet")])
+    assert result.exit_code != 0 and "does not exist" in result.output
