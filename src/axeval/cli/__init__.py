@@ -9,7 +9,9 @@ import typer
 from axeval.cli.data import data_app
 from axeval.cli.data_generate import generate
 from axeval.cli.data_hub import pull, push
+from axeval.cli.dictionary import dictionary_app
 from axeval.cli.eval import eval_app
+from axeval.cli.infer import infer_app
 from axeval.cli.llm import llm_app
 from axeval.cli.run import register_run_commands
 
@@ -26,7 +28,8 @@ data_app.command("push")(push)
 data_app.command("pull")(pull)
 app.add_typer(data_app, name="data")
 app.add_typer(typer.Typer(help="Train a detection / steering method into a steering dictionary."), name="train")
-app.add_typer(typer.Typer(help="Run latent (detection) and steered inference."), name="infer")
+app.add_typer(infer_app, name="infer")
+app.add_typer(dictionary_app, name="dictionary")
 app.add_typer(eval_app, name="eval")
 app.add_typer(typer.Typer(help="Review judge labels with people in Argilla."), name="curate")
 app.add_typer(llm_app, name="llm")

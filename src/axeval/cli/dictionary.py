@@ -1,0 +1,75 @@
+"""`axbench dictionary push|pull|convert-axbench`: move steering dictionaries between disk, the Hub and AxBench."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+dictionary_app = typer.Typer(help="Publish, download and convert steering dictionaries.", no_args_is_help=True)
+
+
+@dictionary_app.command("push")
+def push(
+    directory: Path = typer.Argument(..., help="Dictionary directory (holding l<layer>/ folders)."),
+    repo_id: str = typer.Argument(..., help="Hub model repo, e.g. me/gemma-2-2b-it-l20-diffmean."),
+    layer: int | None = typer.Option(None, "--layer", help="Layer folder to push when the directory holds several."),
+    private: bool = typer.Option(False, "--private/--public"),
+    revision: str | None = typer.Option(None, "--revision", help="Branch to push to."),
+    dataset: list[str] = typer.Option([], "--dataset", help="Training dataset id for the card (repeatable)."),
+) -> None:
+    """Upload a dictionary layer folder and its model card to a Hub model repo."""
+    from axmethods.dictionary import DictionaryError, SteeringDictionary
+
+    try:
+        dictionary = SteeringDictionary.load(directory, layer=layer)
+    except DictionaryError as error:
+        typer.echo(f"Push failed: {error}", err=True)
+        raise typer.Exit(1) from None
+    url = dictionary.push_to_hub(repo_id, revision=revision, private=private, datasets=dataset)
+    typer.echo(f"Pushed {dictionary.method} ({dictionary.layer_folder}) to {repo_id}: {url}")
+
+
+@dictionary_app.command("pull")
+def pull(
+    repo_id: str = typer.Argument(..., help="Hub model repo holding l<layer>/ folders."),
+    directory: Path = typer.Argument(..., help="Where to write the dictionary."),
+    layer: int | None = typer.Option(None, "--layer", help="Layer folder to download when the repo holds several."),
+    revision: str | None = typer.Option(None, "--revision"),
+) -> None:
+    """Download a dictionary from the Hub, check it, and save it locally."""
+    from axmethods.dictionary import DictionaryError, SteeringDictionary
+
+    try:
+        dictionary = SteeringDictionary.from_pretrained(repo_id, revision=revision, layer=layer)
+    except DictionaryError as error:
+        typer.echo(f"Pull failed: {error}", err=True)
+        raise typer.Exit(1) from None
+    folder = dictionary.save(directory)
+    typer.echo(f"Saved {dictionary.method} ({dictionary.n_concepts} concepts) to {folder}")
+
+
+@dictionary_app.command("convert-axbench")
+def convert_axbench(
+    source: Path = typer.Argument(..., help="AxBench folder with weight.pt [+ bias.pt] and metadata.jsonl (e.g. l20/)."),
+    directory: Path = typer.Argument(..., help="Where to write the converted dictionary."),
+    method: str = typer.Option(..., "--method", help="Method name, e.g. DiffMean or ReFT-r1."),
+    base_model: str = typer.Option(..., "--base-model", help="Model the dictionary belongs to, e.g. google/gemma-2-2b-it."),
+    layer: int | None = typer.Option(None, "--layer", help="Layer; default: from the folder name (l20 → 20)."),
+    activation: str = typer.Option("identity", "--activation", help="Detection read-out: identity | relu (ReFT-r1)."),
+    hidden_size: int | None = typer.Option(None, "--hidden-size", help="Needed only for a square weight matrix."),
+    calibration: Path | None = typer.Option(None, "--calibration",
+                                            help="AxBench max-activation table (examples/*.json) to calibrate with."),
+) -> None:
+    """Convert an AxBench dictionary (loaded without unpickling code) into safetensors + concepts + card."""
+    from axmethods.convert import convert_axbench as convert
+    from axmethods.dictionary import DictionaryError
+
+    try:
+        dictionary = convert(source, method=method, base_model=base_model, layer=layer, activation=activation,
+                             hidden_size=hidden_size, calibration_file=calibration)
+    except DictionaryError as error:
+        typer.echo(f"Conversion failed: {error}", err=True)
+        raise typer.Exit(1) from None
+    folder = dictionary.save(directory)
+    typer.echo(f"Converted {dictionary.n_concepts} concepts × {dictionary.hidden_size} to {folder}")

@@ -1,0 +1,115 @@
+"""`axbench infer latent|steer`: detection scores and steered generations from steering dictionaries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+infer_app = typer.Typer(help="Run latent (detection) and steered inference.", no_args_is_help=True)
+
+_DICTIONARY_HELP = "A dictionary directory (or Hub model repo id) written by `axbench train` / `dictionary pull`."
+
+
+def _load(dictionaries: list[str], layer: int | None, model: str | None, dtype: str, device: str):
+    from axmethods.dictionary import SteeringDictionary
+    from axmethods.models import load_target_model
+
+    loaded = [SteeringDictionary.from_pretrained(source, layer=layer) for source in dictionaries]
+    target = load_target_model(model or loaded[0].base_model, dtype=dtype, device=device)
+    for dictionary in loaded:
+        dictionary.check_model(target)
+    return loaded, target
+
+
+def _fail(error: Exception) -> typer.Exit:
+    typer.echo(f"Inference failed: {error}", err=True)
+    return typer.Exit(1)
+
+
+@infer_app.command("latent")
+def latent(
+    dictionary: list[str] = typer.Option(..., "--dictionary", help=_DICTIONARY_HELP + " Repeat to score several."),
+    data: Path = typer.Option(..., "--data", help="Dataset directory (<config>/<split>-*.parquet)."),
+    config: str = typer.Option(..., "--config", help="Dataset config, e.g. gemma-2-2b-it-l20."),
+    out: Path = typer.Option(..., "--out", help="Output parquet."),
+    model: str | None = typer.Option(None, "--model", help="Target model; default: the dictionary's base model."),
+    mode: str = typer.Option("latent", "--mode", help="latent | latent_imbalance."),
+    layer: int | None = typer.Option(None, "--layer", help="Layer folder to read when a dictionary holds several."),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16 | float16."),
+    device: str = typer.Option("auto", "--device"),
+    calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate",
+                                   help="In latent mode, write the per-concept max activation back into each "
+                                        "local dictionary directory (the steering calibration)."),
+    fallback: float | None = typer.Option(None, "--calibration-fallback",
+                                          help="Magnitude for concepts whose max activation is ≤ 0 (AxBench: 50); "
+                                               "default: the median of the positive maxima."),
+) -> None:
+    """Score every eval row for every concept in one forward pass per batch; calibrate the dictionaries."""
+    from axdata.builders import read_split
+    from axdata.io import atomic_path
+    from axmethods.dictionary import WEIGHTS_FILE
+    from axmethods.inference.latent import calibrate as calibrate_dictionary
+    from axmethods.inference.latent import latent_inference
+
+    try:
+        dictionaries, target = _load(dictionary, layer, model, dtype, device)
+        latent_split = read_split(data, config, "latent")
+        pool = read_split(data, config, "latent_imbalance") if mode == "latent_imbalance" else None
+        scores = latent_inference(target, dictionaries, latent_split, mode=mode, imbalance_pool=pool,
+                                  batch_size=batch_size)
+    except (ValueError, FileNotFoundError) as error:
+        raise _fail(error) from None
+    with atomic_path(out) as tmp:
+        scores.to_parquet(tmp, index=False)
+    typer.echo(f"Wrote {len(scores)} scores to {out}")
+    if mode == "latent" and calibrate:
+        for source, loaded in zip(dictionary, dictionaries):
+            if not Path(source).exists():
+                typer.echo(f"{source} is a Hub repo: calibration not written back (pull it first).", err=True)
+                continue
+            root = Path(source).parent if (Path(source) / WEIGHTS_FILE).is_file() else Path(source)
+            calibrate_dictionary(loaded, scores, fallback=fallback).save(root)
+            typer.echo(f"Calibrated {loaded.method} in {source}")
+
+
+@infer_app.command("steer")
+def steer(
+    dictionary: str = typer.Option(..., "--dictionary", help=_DICTIONARY_HELP),
+    data: Path = typer.Option(..., "--data", help="Dataset directory (<config>/<split>-*.parquet)."),
+    config: str = typer.Option(..., "--config", help="Dataset config, e.g. gemma-2-2b-it-l20."),
+    out: Path = typer.Option(..., "--out", help="Output parquet (part files beside it make re-runs resume)."),
+    model: str | None = typer.Option(None, "--model", help="Target model; default: the dictionary's base model."),
+    factors: str = typer.Option("0,0.2,0.4,0.6,0.8,1,1.2,1.4,1.6,1.8,2,2.5,3,5", "--factors",
+                                help="Comma-separated steering factors (α = factor × calibration)."),
+    layer: int | None = typer.Option(None, "--layer", help="Layer folder to read when the dictionary holds several."),
+    intervention: str = typer.Option("addition", "--intervention",
+                                     help="addition | clamp | subtract_add | threshold | ablate."),
+    positions: str = typer.Option("all", "--positions", help="all | after_prefix."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
+    temperature: float = typer.Option(1.0, "--temperature"),
+    top_p: float = typer.Option(1.0, "--top-p"),
+    seed: int = typer.Option(42, "--seed"),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    dtype: str = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16 | float16."),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """Generate a steered answer for every (concept, prompt, factor) row of the steering split."""
+    from axdata.builders import read_split
+    from axmethods.inference.sampling import SamplingConfig
+    from axmethods.inference.steering import DictionarySteerer, run_steering
+
+    try:
+        factor_values = [float(value) for value in factors.split(",") if value.strip()]
+    except ValueError:
+        raise _fail(ValueError(f"--factors {factors!r} is not a comma-separated list of numbers (e.g. 0.5,1,2)")) from None
+    try:
+        (loaded,), target = _load([dictionary], layer, model, dtype, device)
+        steerer = DictionarySteerer(loaded, kind=intervention, positions=positions)  # type: ignore[arg-type]
+        sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+        result = run_steering(target, steerer, read_split(data, config, "steering"), out, factors=factor_values,
+                              sampling=sampling, batch_size=batch_size, seed=seed)
+    except (ValueError, FileNotFoundError) as error:
+        raise _fail(error) from None
+    typer.echo(f"Wrote {len(result)} steered generations to {out}")

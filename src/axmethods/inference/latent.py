@@ -1,0 +1,233 @@
+"""Latent (concept-detection) inference: every concept of every dictionary scored in one forward pass.
+
+Each text is a chat transcript (instruction + response, AxBench's detector input). Per token t after the
+chat prefix, concept c scores `activation(h_t · w_c + b_c)` with h_t the output of block L; a text's score
+is the max over those tokens (padding ignored), kept with the argmax token. The forward stops at the
+deepest layer read, and the scores of all n concepts come from one [tokens, d] × [d, n] matmul.
+
+Modes (AxBench §4.1 / §4.2):
+- `latent`: each row of the `latent` split scored for its own concept → one output row per (row, method).
+- `latent_imbalance`: every concept scored on the shared negative pool (`latent_imbalance` split) plus its
+  own positives from the `latent` split → (pool + positives of c) rows per concept and method. Pool rows
+  carry concept_id −1 (shared negatives) and `scored_concept_id` = the concept whose detector scored them.
+
+Calibration (`calibrate`): m_c = max score over concept c's `latent` rows (all categories). Where that
+maximum is ≤ 0 (a ReLU read-out that never fires, or a raw projection that is negative everywhere) or the
+concept has no rows, AxBench used a constant 50; we use the median of the dictionary's positive maxima
+(same scale as the concepts that did fire) unless a `fallback` constant is given (50.0 reproduces
+AxBench), and record which concepts fell back in `calibration_info`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from huggingface_hub.utils import tqdm
+
+from axdata.schema import SHARED_NEGATIVE_ID
+from axmethods.dictionary import DictionaryError, SteeringDictionary
+from axmethods.inference.residuals import layer_outputs, pad_batch, pad_token_id
+from axmethods.models import TargetModel
+
+logger = logging.getLogger(__name__)
+
+LATENT_MODES = ("latent", "latent_imbalance")
+# Bound on the [B, T, n_concepts] score block materialised at once (elements), so 16k-concept
+# dictionaries score in concept chunks instead of allocating gigabytes.
+_MAX_SCORE_ELEMENTS = 1 << 26
+
+
+@dataclass
+class LatentScores:
+    """Max-pooled scores of N texts for a dictionary's n concepts."""
+
+    max_act: torch.Tensor  # [N, n] float32
+    max_index: torch.Tensor  # [N, n] long, token index in the text's own (unpadded) token ids
+    token_ids: list[list[int]]  # the texts' token ids, for the argmax tokens
+
+
+def score_texts(target: TargetModel, dictionaries: Sequence[SteeringDictionary], texts: Sequence[str], *,
+                batch_size: int = 16, progress: bool = True) -> list[LatentScores]:
+    """Max-pooled scores of chat-formatted `texts` for all concepts of each dictionary (one pass per batch)."""
+    for dictionary in dictionaries:
+        dictionary.check_model(target)
+    token_ids = [target.encode(text) for text in texts]
+    too_short = [i for i, ids in enumerate(token_ids) if len(ids) <= target.prefix_length]
+    if too_short:
+        raise ValueError(f"texts {too_short[:10]} have no tokens after the {target.prefix_length}-token chat prefix; "
+                         "score chat transcripts (TargetModel.format_transcript), not bare strings.")
+    dtype = target.dtype
+    weights = [(d.weight.to(target.device, dtype), None if d.bias is None else d.bias.to(target.device))
+               for d in dictionaries]
+    max_act = [torch.empty(len(texts), d.n_concepts) for d in dictionaries]
+    max_index = [torch.empty(len(texts), d.n_concepts, dtype=torch.long) for d in dictionaries]
+    # Longest first, so each batch pads to similar lengths and an out-of-memory shows up at once.
+    order = sorted(range(len(texts)), key=lambda i: -len(token_ids[i]))
+    layers = {d.layer for d in dictionaries}
+    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    for batch in tqdm(batches, desc="latent scores", unit="batch", disable=not progress):
+        input_ids, attention_mask = pad_batch([token_ids[i] for i in batch], pad_token_id(target), side="right")
+        hidden = layer_outputs(target, layers, input_ids, attention_mask)
+        positions = torch.arange(input_ids.shape[1])[None, :]
+        valid = (attention_mask.bool() & (positions >= target.prefix_length)).to(target.device)
+        index = torch.tensor(batch)
+        for k, (dictionary, (weight, bias)) in enumerate(zip(dictionaries, weights)):
+            values, argmax = _max_pool(dictionary, hidden[dictionary.layer], weight, bias, valid)
+            max_act[k][index] = values.cpu()
+            max_index[k][index] = argmax.cpu()
+    return [LatentScores(a, i, token_ids) for a, i in zip(max_act, max_index)]
+
+
+def _max_pool(dictionary: SteeringDictionary, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+              valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    chunk = max(1, _MAX_SCORE_ELEMENTS // (hidden.shape[0] * hidden.shape[1]))
+    values, indices = [], []
+    for start in range(0, weight.shape[0], chunk):
+        scores = (hidden @ weight[start:start + chunk].T).float()  # [B, T, chunk]
+        if bias is not None:
+            scores = scores + bias[start:start + chunk]
+        scores = dictionary.activate(scores).masked_fill(~valid[..., None], float("-inf"))
+        best, where = scores.max(dim=1)
+        values.append(best)
+        indices.append(where)
+    return torch.cat(values, dim=1), torch.cat(indices, dim=1)
+
+
+def latent_inference(target: TargetModel, dictionaries: Sequence[SteeringDictionary], latent: pd.DataFrame, *,
+                     mode: str = "latent", imbalance_pool: pd.DataFrame | None = None, batch_size: int = 16,
+                     progress: bool = True) -> pd.DataFrame:
+    """Scores of the eval rows for each dictionary (see the module docstring), one frame for all methods.
+
+    Columns: method, layer, concept_id, category, score, max_token_index, max_token, row_id (row of the source
+    split), source_split, and — in `latent` mode — the eval row's input, output, output_concept,
+    concept_genre, dataset_category.
+    """
+    if mode not in LATENT_MODES:
+        raise ValueError(f"mode {mode!r} is unknown; use one of {', '.join(LATENT_MODES)}")
+    if mode == "latent":
+        texts_frame = latent.reset_index(drop=True).assign(row_id=np.arange(len(latent)), source_split="latent")
+    else:
+        if imbalance_pool is None:
+            raise ValueError("mode 'latent_imbalance' needs imbalance_pool (the latent_imbalance split's negatives).")
+        positives = latent[latent["category"] == "positive"]
+        texts_frame = pd.concat([
+            imbalance_pool.assign(row_id=np.arange(len(imbalance_pool)), source_split="latent_imbalance"),
+            positives.assign(row_id=positives.index.to_numpy(), source_split="latent"),
+        ], ignore_index=True)
+    texts = [target.format_transcript(i, o) for i, o in zip(texts_frame["input"], texts_frame["output"])]
+    all_scores = score_texts(target, dictionaries, texts, batch_size=batch_size, progress=progress)
+    vocabulary = _token_strings(target)
+    frames = []
+    for dictionary, scores in zip(dictionaries, all_scores):
+        if mode == "latent":
+            frame = _own_concept_rows(dictionary, scores, texts_frame, vocabulary)
+        else:
+            frame = _imbalance_rows(dictionary, scores, texts_frame, vocabulary)
+        frames.append(frame.assign(method=dictionary.method, layer=dictionary.layer))
+    result = pd.concat(frames, ignore_index=True)
+    leading = ["method", "layer", "concept_id", "category", "score", "max_token_index", "max_token", "row_id",
+               "source_split"]
+    return result[leading + [c for c in result.columns if c not in leading]]
+
+
+def _own_concept_rows(dictionary: SteeringDictionary, scores: LatentScores, frame: pd.DataFrame,
+                      vocabulary: np.ndarray) -> pd.DataFrame:
+    concept_ids = frame["concept_id"].tolist()
+    try:
+        rows = dictionary.rows(concept_ids)
+    except DictionaryError as error:
+        raise DictionaryError(f"{error}: the latent split scores each row for its own concept, so the dictionary "
+                              "must cover every concept of the split; train it on the same dataset config.") from None
+    text_index = torch.arange(len(frame))
+    index = scores.max_index[text_index, rows]
+    keep = [c for c in ("input", "output", "output_concept", "concept_genre", "dataset_category") if c in frame]
+    return pd.DataFrame({
+        "concept_id": frame["concept_id"].to_numpy(),
+        "category": frame["category"].to_numpy(),
+        "score": scores.max_act[text_index, rows].numpy(),
+        "max_token_index": index.numpy(),
+        "max_token": _tokens_at(scores.token_ids, text_index.numpy(), index.numpy(), vocabulary),
+        "row_id": frame["row_id"].to_numpy(),
+        "source_split": frame["source_split"].to_numpy(),
+        **{c: frame[c].to_numpy() for c in keep},
+    })
+
+
+def _imbalance_rows(dictionary: SteeringDictionary, scores: LatentScores, frame: pd.DataFrame,
+                    vocabulary: np.ndarray) -> pd.DataFrame:
+    pool = np.flatnonzero((frame["source_split"] == "latent_imbalance").to_numpy())
+    positives = np.flatnonzero((frame["source_split"] == "latent").to_numpy())
+    positive_ids = frame["concept_id"].to_numpy()[positives]
+    known = np.isin(positive_ids, dictionary.concept_ids)
+    if not known.all():
+        logger.warning("%s: %d positives belong to concepts outside the dictionary; they are not scored",
+                       dictionary.method, int((~known).sum()))
+    positives, positive_ids = positives[known], positive_ids[known]
+    n = dictionary.n_concepts
+    # Concept-major: every concept against the whole pool, then each positive against its own concept.
+    text_index = np.concatenate([np.tile(pool, n), positives])
+    concept_rows = np.concatenate([np.repeat(np.arange(n), len(pool)), dictionary.rows(positive_ids.tolist()).numpy()])
+    t, r = torch.from_numpy(text_index), torch.from_numpy(concept_rows)
+    index = scores.max_index[t, r].numpy()
+    scored = np.asarray(dictionary.concept_ids)[concept_rows]
+    is_pool = np.arange(len(text_index)) < n * len(pool)
+    result = pd.DataFrame({
+        # Pool rows are the shared negatives (concept_id -1), scored once by every concept's detector.
+        "concept_id": np.where(is_pool, SHARED_NEGATIVE_ID, scored),
+        "scored_concept_id": scored,
+        "category": np.where(is_pool, "negative", "positive"),
+        "score": scores.max_act[t, r].numpy(),
+        "max_token_index": index,
+        "max_token": _tokens_at(scores.token_ids, text_index, index, vocabulary),
+        "row_id": frame["row_id"].to_numpy()[text_index],
+        "source_split": frame["source_split"].to_numpy()[text_index],
+    })
+    return result.sort_values(["scored_concept_id", "category"], kind="stable", ignore_index=True)
+
+
+def _token_strings(target: TargetModel) -> np.ndarray:
+    """Decoded text of every vocabulary id, so argmax tokens are looked up rather than decoded one by one."""
+    tokenizer = target.tokenizer
+    return np.asarray(tokenizer.batch_decode([[i] for i in range(len(tokenizer))]), dtype=object)
+
+
+def _tokens_at(token_ids: list[list[int]], texts: np.ndarray, positions: np.ndarray, vocabulary: np.ndarray) -> np.ndarray:
+    lengths = np.fromiter((len(ids) for ids in token_ids), dtype=np.int64, count=len(token_ids))
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    flat = np.fromiter((t for ids in token_ids for t in ids), dtype=np.int64, count=int(lengths.sum()))
+    return vocabulary[flat[offsets[texts] + positions]]
+
+
+def calibrate(dictionary: SteeringDictionary, latent_scores: pd.DataFrame, *,
+              fallback: float | None = None) -> SteeringDictionary:
+    """The dictionary with calibration m_c = max `latent`-mode score of concept c (rule: module docstring)."""
+    rows = latent_scores[(latent_scores["method"] == dictionary.method)
+                         & (latent_scores.get("layer", dictionary.layer) == dictionary.layer)
+                         & (latent_scores.get("source_split", "latent") == "latent")]
+    maxima = rows.groupby("concept_id")["score"].max().reindex(dictionary.concept_ids)
+    values = torch.tensor(maxima.to_numpy(dtype=np.float64, na_value=np.nan), dtype=torch.float32)
+    needs_fallback = ~(values > 0)  # also catches NaN (no rows)
+    if fallback is None:
+        fired = values[~needs_fallback]
+        if not len(fired):
+            raise DictionaryError(
+                f"No concept of the {dictionary.method} dictionary has a positive max activation on the latent rows, "
+                "so there is no scale to calibrate with; pass fallback=<magnitude> (AxBench used 50.0) or check "
+                "that the dictionary and the data belong to the same model and layer."
+            )
+        fallback_value, rule = float(fired.quantile(0.5)), "median of the positive maxima"
+    else:
+        fallback_value, rule = float(fallback), "constant"
+    calibration = torch.where(needs_fallback, torch.tensor(fallback_value), values)
+    fell_back = [cid for cid, flag in zip(dictionary.concept_ids, needs_fallback.tolist()) if flag]
+    if fell_back:
+        logger.warning("%s: %d concepts have no positive max activation (%s…); calibrated with %s = %.4g",
+                       dictionary.method, len(fell_back), fell_back[:5], rule, fallback_value)
+    info = {"source": "latent", "statistic": "max score over the concept's latent rows", "rows": len(rows),
+            "fallback_rule": rule, "fallback_value": fallback_value, "fallback_concepts": fell_back}
+    return dictionary.with_calibration(calibration, info)

@@ -1,0 +1,96 @@
+"""Batched sampling with a KV cache where every row draws from its own seeded random stream.
+
+A row's tokens depend only on its prompt, its steering and its seed — not on which rows share its batch,
+the batch size or the padding — because each row's uniforms come from its own `torch.Generator` and a
+token is drawn by inverse-CDF lookup of one uniform in the row's (sorted, top-p-truncated) distribution.
+That makes re-runs and resumed runs reproduce the same generations, which `generate(do_sample=True)`
+under one global seed cannot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from axmethods.inference.residuals import pad_batch, pad_token_id
+from axmethods.models import TargetModel
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """AxBench's steering generation: temperature 1.0, 128 new tokens, no nucleus truncation."""
+
+    max_new_tokens: int = 128
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1 or self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"sampling needs max_new_tokens ≥ 1, temperature ≥ 0 and 0 < top_p ≤ 1; got {self}")
+
+
+def eos_token_ids(target: TargetModel) -> list[int]:
+    """Every id that ends a turn: the generation config's eos ids (e.g. Gemma's <end_of_turn>) and the tokenizer's."""
+    configured = target.model.generation_config.eos_token_id
+    ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+    if target.tokenizer.eos_token_id is not None:
+        ids.add(target.tokenizer.eos_token_id)
+    return sorted(ids)
+
+
+def draw(logits: torch.Tensor, uniforms: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
+    """One token per row from `logits [B, V]` using the rows' uniforms `[B]` in [0, 1)."""
+    if config.temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / config.temperature, dim=-1)
+    # Stable sort: equal probabilities keep their id order whatever the batch, so the lookup is reproducible.
+    sorted_probs, sorted_ids = probs.sort(dim=-1, descending=True, stable=True)
+    if config.top_p < 1:
+        before = sorted_probs.cumsum(dim=-1) - sorted_probs
+        sorted_probs = sorted_probs.masked_fill(before >= config.top_p, 0.0)
+    cdf = sorted_probs.cumsum(dim=-1)
+    target_mass = uniforms.to(cdf.device)[:, None] * cdf[:, -1:]
+    position = torch.searchsorted(cdf, target_mass, right=True).clamp_max(cdf.shape[-1] - 1)
+    return sorted_ids.gather(-1, position).squeeze(-1)
+
+
+@torch.inference_mode()
+def sample(target: TargetModel, prompts: Sequence[Sequence[int]], seeds: Sequence[int],
+           config: SamplingConfig) -> list[list[int]]:
+    """New token ids per prompt (without the prompt, cut after the first end-of-turn token).
+
+    Run it inside `interventions.steering_hooks` to steer: the hook sees the prompt and every new token,
+    with padding-aware `position_ids`.
+    """
+    if len(prompts) != len(seeds):
+        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds; give one seed per row")
+    device = target.device
+    pad = pad_token_id(target)
+    input_ids, attention_mask = pad_batch(prompts, pad, side="left")
+    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)
+    uniforms = torch.stack([torch.rand(config.max_new_tokens, generator=torch.Generator().manual_seed(seed))
+                            for seed in seeds])
+    eos = torch.tensor(eos_token_ids(target), device=device)
+    finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    generated = []
+    outputs = target.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                           use_cache=True, logits_to_keep=1)
+    for step in range(config.max_new_tokens):
+        token = draw(outputs.logits[:, -1], uniforms[:, step], config)
+        token = token.masked_fill(finished, pad)
+        generated.append(token)
+        finished |= torch.isin(token, eos)
+        if bool(finished.all()) or step == config.max_new_tokens - 1:
+            break
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(prompts), 1)], dim=-1)
+        position_ids = position_ids[:, -1:] + 1
+        outputs = target.model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=position_ids,
+                               cache=outputs.cache, use_cache=True, logits_to_keep=1)
+    tokens = torch.stack(generated, dim=1).cpu()
+    # Keep each row up to and including its first end-of-turn token; later positions are padding.
+    ended = torch.isin(tokens, eos.cpu())
+    lengths = torch.where(ended.any(-1), ended.int().argmax(-1) + 1, torch.tensor(tokens.shape[1]))
+    return [row[:length].tolist() for row, length in zip(tokens, lengths.tolist())]

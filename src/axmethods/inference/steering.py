@@ -1,0 +1,198 @@
+"""Steered generation for every (concept, prompt, factor) row of the `steering` split.
+
+Rows of one batch carry different concepts and factors (one `RowSteering` per batch); each row is
+sampled from its own seed (`row_seed`), so a re-run, a resumed run or a run with another batch size
+gives the same generations. Factor-free steerers (prompt steering, LoRA, …) generate one sample per
+prompt instead of one per factor (AxBench generated the same thing 14 times).
+
+Completed batches are written as part files beside the output (`<out>.parts/`), atomically; a re-run with
+the same settings skips them, and the final parquet (with provenance in its schema metadata) replaces the
+parts once every batch is done.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from huggingface_hub.utils import tqdm
+
+from axdata.hashing import content_hash
+from axdata.io import atomic_path
+from axmethods.dictionary import SteeringDictionary
+from axmethods.inference.sampling import SamplingConfig, sample
+from axmethods.interventions import Positions, RowSteering, steering_hooks
+from axmethods.models import TargetModel
+
+logger = logging.getLogger(__name__)
+
+# AxBench's 14 steering factors (§1.8 / §4.4).
+AXBENCH_FACTORS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.5, 3.0, 5.0)
+OUTPUT_COLUMNS = ("concept_id", "concept", "prompt_id", "half", "instruction", "prompt", "factor", "magnitude",
+                  "generation", "method", "seed")
+PROVENANCE_KEY = b"axbench"
+
+
+class Steerer(Protocol):
+    """How a method steers a batch: the instruction it templates and the hooks it installs."""
+
+    method: str
+    factor_free: bool
+
+    def provenance(self) -> dict[str, Any]: ...
+
+    def instructions(self, prompts: pd.DataFrame) -> list[str]:
+        """The instruction to template for each row of the steering split."""
+        ...
+
+    def intervene(self, target: TargetModel, rows: pd.DataFrame) -> tuple[AbstractContextManager[Any], np.ndarray]:
+        """A context manager steering the batch `rows` (in order) and each row's magnitude (NaN if none)."""
+        ...
+
+
+@dataclass
+class DictionarySteerer:
+    """Steering with a dictionary row per concept: α = factor × calibration, `kind` of intervention."""
+
+    dictionary: SteeringDictionary
+    kind: str = "addition"
+    positions: Positions = "all"
+    factor_free: bool = False
+    _checked: Any = field(default=None, init=False, repr=False)
+
+    @property
+    def method(self) -> str:
+        return self.dictionary.method
+
+    def provenance(self) -> dict[str, Any]:
+        return {"dictionary_config_hash": self.dictionary.config_hash, "layer": self.dictionary.layer,
+                "hook_module": self.dictionary.hook_module, "intervention": self.kind, "positions": self.positions,
+                "calibration_info": self.dictionary.calibration_info}
+
+    def instructions(self, prompts: pd.DataFrame) -> list[str]:
+        return prompts["original_prompt"].tolist()
+
+    def intervene(self, target: TargetModel, rows: pd.DataFrame) -> tuple[AbstractContextManager[Any], np.ndarray]:
+        if self._checked is not target:  # once per target: the check warns on a base-model mismatch
+            self.dictionary.check_model(target)
+            self._checked = target
+        steering = RowSteering.from_dictionary(self.dictionary, rows["concept_id"].tolist(), rows["factor"].tolist(),
+                                               self.kind)
+        return steering_hooks(target, self.dictionary.layer, steering, positions=self.positions), \
+            steering.magnitudes.numpy()
+
+
+class UnsteeredBaseline:
+    """No intervention: the target model's own answers, one per prompt (a factor-free reference)."""
+
+    method = "unsteered"
+    factor_free = True
+
+    def provenance(self) -> dict[str, Any]:
+        return {}
+
+    def instructions(self, prompts: pd.DataFrame) -> list[str]:
+        return prompts["original_prompt"].tolist()
+
+    def intervene(self, target: TargetModel, rows: pd.DataFrame) -> tuple[AbstractContextManager[Any], np.ndarray]:
+        return nullcontext(), np.full(len(rows), np.nan)
+
+
+def row_seed(seed: int, concept_id: int, prompt_id: int, factor: float | None) -> int:
+    """The sampling seed of one row: a hash of the run seed and the row's identity (not its position)."""
+    digest = content_hash([seed, int(concept_id), int(prompt_id), None if factor is None else float(factor)])
+    return int(digest, 16) % 2**63  # fits the int64 seed column
+
+
+def plan_rows(steering_split: pd.DataFrame, steerer: Steerer, target: TargetModel, factors: Sequence[float],
+              seed: int) -> pd.DataFrame:
+    """One row per (concept, prompt, factor) — one per (concept, prompt) for a factor-free steerer."""
+    base = pd.DataFrame({
+        "concept_id": steering_split["concept_id"].astype("int64").to_numpy(),
+        "concept": steering_split["input_concept"].to_numpy(),
+        "prompt_id": steering_split["input_id"].astype("int64").to_numpy(),
+        "half": steering_split["half"].to_numpy() if "half" in steering_split else None,
+        "instruction": steerer.instructions(steering_split),
+    })
+    base["prompt"] = [target.format_prompt(text) for text in base["instruction"]]
+    if steerer.factor_free:
+        rows = base.assign(factor=np.nan)
+    else:
+        if not factors:
+            raise ValueError(f"{steerer.method} steers with factors but none were given; pass e.g. --factors 0.5,1,2.")
+        rows = base.merge(pd.DataFrame({"factor": [float(f) for f in factors]}), how="cross")
+    rows["seed"] = [row_seed(seed, c, p, None if np.isnan(f) else f)
+                    for c, p, f in zip(rows["concept_id"], rows["prompt_id"], rows["factor"])]
+    duplicated = rows.duplicated(["concept_id", "prompt_id", "factor"])
+    if duplicated.any():
+        raise ValueError(f"the steering split repeats (concept_id, input_id) pairs, e.g. "
+                         f"{rows.loc[duplicated, ['concept_id', 'prompt_id']].iloc[0].tolist()}; each needs one row.")
+    return rows.sort_values(["concept_id", "prompt_id", "factor"], ignore_index=True)
+
+
+def run_steering(target: TargetModel, steerer: Steerer, steering_split: pd.DataFrame, out: str | Path, *,
+                 factors: Sequence[float] = AXBENCH_FACTORS, sampling: SamplingConfig | None = None,
+                 batch_size: int = 32, seed: int = 42, progress: bool = True) -> pd.DataFrame:
+    """Generate every row, resuming from the part files of an interrupted run; returns and writes `out`."""
+    out = Path(out)
+    sampling = sampling or SamplingConfig()
+    rows = plan_rows(steering_split, steerer, target, factors, seed)
+    provenance = {
+        "method": steerer.method, "model_id": target.model_id, "model_revision": target.revision, "seed": seed,
+        **{f"sampling_{k}": v for k, v in asdict(sampling).items()}, "factors": [float(f) for f in factors],
+        "factor_free": steerer.factor_free, **steerer.provenance(),
+    }
+    prompt_ids = [target.encode(prompt) for prompt in rows["prompt"]]
+    # Similar lengths share a batch (less padding); the order only depends on the rows, so resumes line up.
+    order = sorted(range(len(rows)), key=lambda i: (-len(prompt_ids[i]), i))
+    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    run_id = content_hash({**provenance, "batch_size": batch_size, "rows": rows[["concept_id", "prompt_id", "factor",
+                                                                                 "prompt"]].to_numpy().tolist()})
+    parts_dir = out.with_name(out.name + ".parts")
+    parts = [parts_dir / f"{run_id}-{k:05d}.parquet" for k in range(len(batches))]
+    done = sum(part.exists() for part in parts)
+    if done:
+        logger.info("Resuming %s: %d of %d batches already generated", out, done, len(batches))
+    for batch, part in tqdm(list(zip(batches, parts)), desc=f"steering {steerer.method}", unit="batch",
+                            disable=not progress):
+        if part.exists():
+            continue
+        batch_rows = rows.iloc[batch]
+        context, magnitudes = steerer.intervene(target, batch_rows)
+        with context:
+            tokens = sample(target, [prompt_ids[i] for i in batch], batch_rows["seed"].tolist(), sampling)
+        generated = batch_rows.assign(
+            magnitude=magnitudes.astype(np.float64),
+            generation=target.tokenizer.batch_decode(tokens, skip_special_tokens=True),
+            method=steerer.method,
+        )
+        with atomic_path(part) as tmp:
+            generated.to_parquet(tmp, index=False)
+    result = pd.concat([pd.read_parquet(part) for part in parts], ignore_index=True)
+    result = result.sort_values(["concept_id", "prompt_id", "factor"], ignore_index=True)[list(OUTPUT_COLUMNS)]
+    table = pa.Table.from_pandas(result, preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                           PROVENANCE_KEY: json.dumps(provenance, default=str).encode()})
+    with atomic_path(out) as tmp:
+        pq.write_table(table, tmp)
+    shutil.rmtree(parts_dir, ignore_errors=True)
+    logger.info("Wrote %d steered generations of %s to %s", len(result), steerer.method, out)
+    return result
+
+
+def read_provenance(path: str | Path) -> dict[str, Any]:
+    """The provenance stored in a steering parquet's schema metadata."""
+    metadata = pq.read_schema(path).metadata or {}
+    if PROVENANCE_KEY not in metadata:
+        raise ValueError(f"{path} has no axbench provenance; it was not written by run_steering.")
+    return json.loads(metadata[PROVENANCE_KEY])

@@ -1,0 +1,169 @@
+"""Steering interventions on the residual stream of one layer, with a different (concept, magnitude) per row.
+
+Every kind is one tensor function of the layer output `h [B, T, d]`, the rows' steering vectors `v [B, d]`
+and magnitudes `α [B]` (`α = factor × calibration[concept]`), with `u = v / ‖v‖`:
+
+| kind           | h ←                                   | AxBench name                                   |
+|----------------|---------------------------------------|------------------------------------------------|
+| `addition`     | h + α·v                               | AdditionIntervention (the default)             |
+| `clamp`        | h + (α − h·u)·u   (projection := α)   | SAE-style clamping of the concept's value      |
+| `subtract_add` | h − ReLU(h·u)·u + α·v                 | ReFT-r1 `clamping` (SubspaceIntervention)      |
+| `threshold`    | h + α·v where h·v < α, else h         | ReFT-r1 `thresholding`                         |
+| `ablate`       | h − (h·u)·u        (α unused)         | directional ablation                            |
+
+The same function runs as a plain forward hook (`steering_hooks`, `steer`) and as a pyvene intervention
+(`pyvene_steering_model`) on `model.layers[L].output`; both touch every position (prompt, chat tokens and
+generated tokens) unless `positions="after_prefix"` (hooks only: it reads the decoder layer's
+`position_ids`, which generate and our sampler make padding-aware).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+if TYPE_CHECKING:
+    from axmethods.dictionary import SteeringDictionary
+    from axmethods.models import TargetModel
+
+logger = logging.getLogger(__name__)
+
+InterventionKind = Literal["addition", "clamp", "subtract_add", "threshold", "ablate"]
+INTERVENTION_KINDS: tuple[str, ...] = ("addition", "clamp", "subtract_add", "threshold", "ablate")
+Positions = Literal["all", "after_prefix"]
+
+
+class InterventionError(ValueError):
+    """An intervention does not fit the batch or the model it is applied to."""
+
+
+@dataclass
+class RowSteering:
+    """Per-row steering of one batch: row b gets `kind` with vector `vectors[b]` and magnitude `magnitudes[b]`."""
+
+    vectors: torch.Tensor  # [B, d]
+    magnitudes: torch.Tensor  # [B]
+    kind: str = "addition"
+
+    def __post_init__(self) -> None:
+        if self.kind not in INTERVENTION_KINDS:
+            raise InterventionError(f"intervention kind {self.kind!r} is unknown; use one of {', '.join(INTERVENTION_KINDS)}")
+        if self.vectors.ndim != 2 or tuple(self.magnitudes.shape) != (self.vectors.shape[0],):
+            raise InterventionError(f"vectors must be [B, d] and magnitudes [B]; got {tuple(self.vectors.shape)} and "
+                                    f"{tuple(self.magnitudes.shape)}")
+
+    @classmethod
+    def from_dictionary(cls, dictionary: SteeringDictionary, concept_ids: Sequence[int], factors: Sequence[float],
+                        kind: str = "addition") -> RowSteering:
+        """Row b steers towards `concept_ids[b]` with α = `factors[b]` × that concept's calibration."""
+        if len(concept_ids) != len(factors):
+            raise InterventionError(f"{len(concept_ids)} concept_ids but {len(factors)} factors; give one factor per row")
+        rows = dictionary.rows(concept_ids)
+        return cls(dictionary.steering_vectors[rows], dictionary.steering_magnitudes(concept_ids, factors), kind)
+
+    def apply(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`hidden [B, T, d]` intervened on; positions where `mask [B, T]` is False are left as they were."""
+        if hidden.shape[0] != self.vectors.shape[0]:
+            raise InterventionError(
+                f"the batch has {hidden.shape[0]} rows but the steering was built for {self.vectors.shape[0]}; build "
+                "one RowSteering per batch (one concept and factor per row)."
+            )
+        # fp32 for the projections: bf16 dot products over d≈2k lose the small values clamping relies on.
+        h = hidden.float()
+        v = self.vectors.to(h.device)[:, None, :]
+        alpha = self.magnitudes.to(h.device)[:, None, None]
+        u = v / v.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+        if self.kind == "addition":
+            steered = h + alpha * v
+        elif self.kind == "clamp":
+            steered = h + (alpha - (h * u).sum(-1, keepdim=True)) * u
+        elif self.kind == "subtract_add":
+            steered = h - torch.relu((h * u).sum(-1, keepdim=True)) * u + alpha * v
+        elif self.kind == "threshold":
+            below = (h * v).sum(-1, keepdim=True) < alpha
+            steered = torch.where(below, h + alpha * v, h)
+        else:  # ablate
+            steered = h - (h * u).sum(-1, keepdim=True) * u
+        if mask is not None:
+            steered = torch.where(mask[..., None].to(h.device), steered, h)
+        return steered.to(hidden.dtype)
+
+
+@contextmanager
+def steering_hooks(target: TargetModel, layer: int, steering: RowSteering, *,
+                   positions: Positions = "all") -> Iterator[RowSteering]:
+    """Apply `steering` to the output of decoder block `layer` for every forward inside the block.
+
+    The hook is removed on exit, also when the body raises.
+    """
+    if positions not in ("all", "after_prefix"):
+        raise InterventionError(f"positions {positions!r} is unknown; use 'all' or 'after_prefix'")
+    prefix = target.prefix_length
+
+    def hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
+        hidden = output[0] if isinstance(output, tuple) else output
+        mask = None
+        if positions == "after_prefix":
+            position_ids = kwargs.get("position_ids")
+            if position_ids is None:
+                raise InterventionError(
+                    f"positions='after_prefix' needs the position_ids that {type(module).__name__} receives; this "
+                    "forward passed none. Pass padding-aware position_ids, or use positions='all'."
+                )
+            mask = (position_ids >= prefix).expand(hidden.shape[0], hidden.shape[1])
+        steered = steering.apply(hidden, mask)
+        return (steered, *output[1:]) if isinstance(output, tuple) else steered
+
+    handle = target.residual_module(layer).register_forward_hook(hook, with_kwargs=True)
+    try:
+        yield steering
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def steer(target: TargetModel, dictionary: SteeringDictionary, concept_ids: Sequence[int], factors: Sequence[float],
+          *, kind: str = "addition", positions: Positions = "all") -> Iterator[RowSteering]:
+    """Steer row b of every batch run inside the block towards `concept_ids[b]` with `factors[b]`."""
+    dictionary.check_model(target)
+    steering = RowSteering.from_dictionary(dictionary, concept_ids, factors, kind)
+    with steering_hooks(target, dictionary.layer, steering, positions=positions):
+        yield steering
+
+
+def _pyvene_intervention_class() -> type:
+    # pyvene prints a banner and imports heavy modules on import: import it only when asked for.
+    import pyvene
+
+    class PyveneRowSteering(pyvene.SourcelessIntervention, pyvene.DistributedRepresentationIntervention):
+        """pyvene wrapper of `RowSteering.apply` (all positions: pyvene hands over the whole [B, T, d] output)."""
+
+        def __init__(self, steering: RowSteering, **kwargs: Any) -> None:
+            super().__init__(**kwargs, keep_last_dim=True)
+            self.steering = steering
+
+        def forward(self, base: torch.Tensor, source: Any = None, subspaces: Any = None) -> torch.Tensor:
+            return self.steering.apply(base)
+
+    return PyveneRowSteering
+
+
+def pyvene_steering_model(target: TargetModel, layer: int, steering: RowSteering) -> Any:
+    """An `IntervenableModel` applying `steering` at `model.layers[layer].output` (every position).
+
+    Run it with `unit_locations=None` (and `intervene_on_prompt=True` for `generate`).
+    """
+    import pyvene
+
+    intervention = _pyvene_intervention_class()(steering, embed_dim=target.hidden_size)
+    config = pyvene.IntervenableConfig(representations=[{
+        "layer": layer, "component": target.pyvene_component(layer), "intervention": intervention,
+    }])
+    model = pyvene.IntervenableModel(config, target.model)
+    model.disable_model_gradients()
+    return model
