@@ -33,6 +33,8 @@ def test_overrides_are_yaml_typed(tmp_path):
         ({"run": ["a"]}, [], "must be a mapping"),
         ({}, ["llm.max_usd"], "section.key=value"),
         ({}, ["lm.max_usd=1"], "unknown section"),
+        ({}, ["methods.train=[diffmean, nosuch]"], "Unknown method 'nosuch'"),
+        ({}, ["methods.train=[diffmean]"], "report.baseline='prompt-steering' is not among"),
     ],
 )
 def test_bad_config_names_the_problem(tmp_path, raw, overrides, message):

@@ -21,6 +21,8 @@ from transformers import HfArgumentParser
 from axdata.generation.config import LLMConfig
 from axdata.generation.generation_config import GenerationConfig
 from axdata.hashing import content_hash
+from axeval.judge import JudgeConfig
+from axmethods.methods import get_method
 from axmethods.models import TargetModelConfig
 
 
@@ -37,6 +39,54 @@ class RunSection:
         default=12,
         metadata={"help": "Decoder layer whose residual stream (output of block L, 0-indexed) is read and steered."},
     )
+    dataset_dir: str | None = field(
+        default=None,
+        metadata={"help": "Use this dataset directory (from `axbench data import|pull|generate`) instead of "
+                          "generating data in the run; `data.dataset_config` picks its config."},
+    )
+
+
+@dataclass
+class MethodsSection:
+    train: list[str] = field(
+        default_factory=lambda: ["diffmean", "reft-r1", "prompt-steering"],
+        metadata={"help": "Methods to train and evaluate (axmethods.methods.METHODS names or AxBench class names)."},
+    )
+    settings: dict[str, dict[str, Any]] = field(
+        default_factory=dict,
+        metadata={"help": "Per-method config overrides, e.g. {reft-r1: {epochs: 3}}."},
+    )
+
+
+@dataclass
+class InferenceSection:
+    factors: list[float] = field(
+        default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.5, 3.0, 5.0],
+        metadata={"help": "Steering factors (× each concept's calibration); AxBench's 14 by default."},
+    )
+    max_new_tokens: int = field(default=128, metadata={"help": "New tokens per steered generation (paper: 128)."})
+    temperature: float = field(default=1.0, metadata={"help": "Steering sampling temperature (paper: 1.0)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling of steered generations."})
+    intervention: str = field(default="addition", metadata={"help": "addition | clamp | subtract_add | threshold."})
+    positions: str = field(default="all", metadata={"help": "Steer 'all' positions or only 'after_prefix'."})
+    latent_batch_size: int = field(default=16, metadata={"help": "Texts per forward pass in latent inference."})
+    steering_batch_size: int = field(default=32, metadata={"help": "Rows per batch in steered generation."})
+    unsteered_baseline: bool = field(
+        default=True, metadata={"help": "Also generate the unsteered model's answers (a factor-free reference)."}
+    )
+
+
+@dataclass
+class ReportSection:
+    baseline: str | None = field(
+        default="prompt-steering",
+        metadata={"help": "Method that winrates are computed against (paper: SAE); null skips winrates."},
+    )
+    suppression: bool = field(default=False, metadata={"help": "Score concept suppression (inverted concept score)."})
+    n_resamples: int = field(default=1000, metadata={"help": "Bootstrap resamples for the 95% CIs."})
+    dataset_id: str | None = field(
+        default=None, metadata={"help": "Hub dataset id recorded in .eval_results (default: the run's data dir)."}
+    )
 
 
 SECTIONS: dict[str, type] = {
@@ -44,6 +94,10 @@ SECTIONS: dict[str, type] = {
     "model": TargetModelConfig,
     "llm": LLMConfig,
     "data": GenerationConfig,
+    "methods": MethodsSection,
+    "inference": InferenceSection,
+    "judge": JudgeConfig,
+    "report": ReportSection,
 }
 
 
@@ -53,6 +107,10 @@ class AxbenchConfig:
     model: TargetModelConfig = field(default_factory=TargetModelConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     data: GenerationConfig = field(default_factory=GenerationConfig)
+    methods: MethodsSection = field(default_factory=MethodsSection)
+    inference: InferenceSection = field(default_factory=InferenceSection)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    report: ReportSection = field(default_factory=ReportSection)
 
     @property
     def run_dir(self) -> Path:
@@ -90,7 +148,30 @@ class AxbenchConfig:
             except ValueError as err:
                 valid = ", ".join(f.name for f in dataclasses.fields(section_cls))
                 raise ConfigError(f"{source}: section {name!r}: {err}. Valid keys: {valid}.") from err
-        return cls(**parsed)
+        config = cls(**parsed)
+        config._check_methods(source)
+        return config
+
+    def _check_methods(self, source: str) -> None:
+        """Fail at load time, not after hours of compute, on a method name or baseline that cannot work."""
+        names = []
+        for name in self.methods.train:
+            try:
+                names.append(get_method(name).name)
+            except KeyError as err:
+                raise ConfigError(f"{source}: methods.train: {err.args[0]}") from None
+        baseline = self.report.baseline
+        if baseline is None:
+            return
+        candidates = names + (["unsteered"] if self.inference.unsteered_baseline else [])
+        try:
+            resolved = baseline if baseline == "unsteered" else get_method(baseline).name
+        except KeyError:
+            resolved = baseline
+        if resolved not in candidates:
+            raise ConfigError(f"{source}: report.baseline={baseline!r} is not among the evaluated methods "
+                              f"{candidates}; add it to methods.train, pick one of those, or set it to null.")
+        self.report.baseline = resolved
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: Sequence[str] = ()) -> "AxbenchConfig":

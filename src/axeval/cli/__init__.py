@@ -12,6 +12,7 @@ from axeval.cli.data_hub import pull, push
 from axeval.cli.dictionary import dictionary_app
 from axeval.cli.eval import eval_app
 from axeval.cli.infer import infer_app
+from axeval.cli.train import train
 from axeval.cli.llm import llm_app
 from axeval.cli.run import register_run_commands
 
@@ -27,7 +28,7 @@ data_app.command("generate")(generate)
 data_app.command("push")(push)
 data_app.command("pull")(pull)
 app.add_typer(data_app, name="data")
-app.add_typer(typer.Typer(help="Train a detection / steering method into a steering dictionary."), name="train")
+app.command("train")(train)
 app.add_typer(infer_app, name="infer")
 app.add_typer(dictionary_app, name="dictionary")
 app.add_typer(eval_app, name="eval")

@@ -58,7 +58,7 @@ def _run(config_path: Path, overrides: list[str], force: bool) -> None:
         console.print(f"[red]Config error:[/red] {err}")
         raise typer.Exit(2) from None
     console.print(f"Run directory: [bold]{config.run_dir}[/bold] (config hash {config.hash()})")
-    result = run_pipeline(config, default_stages(), force=force)
+    result = run_pipeline(config, default_stages(config), force=force)
     print_summary(result, console)
 
 
@@ -68,11 +68,16 @@ def print_summary(result: PipelineResult, console: Console) -> None:
     table.add_column("status")
     table.add_column("seconds", justify="right")
     table.add_column("result")
+    leaderboard = None
     for stage in result.stages:
-        summary = json.dumps(stage.summary, ensure_ascii=False, default=str)
+        shown = {k: v for k, v in stage.summary.items() if k != "leaderboard"}
+        leaderboard = stage.summary.get("leaderboard", leaderboard)
+        summary = json.dumps(shown, ensure_ascii=False, default=str)
         table.add_row(stage.name, stage.status, f"{stage.seconds:.1f}",
                       summary if len(summary) < 300 else summary[:297] + "...")
     console.print(table)
+    if leaderboard:
+        console.print(leaderboard, markup=False, highlight=False)
     if result.llm_totals is not None:
         t = result.llm_totals
         console.print(f"LLM: {t.calls} calls, {t.cache_hits} cache hits, {t.prompt_tokens} prompt + "

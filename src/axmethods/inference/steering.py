@@ -29,7 +29,7 @@ from huggingface_hub.utils import tqdm
 
 from axdata.hashing import content_hash
 from axdata.io import atomic_path
-from axmethods.dictionary import SteeringDictionary
+from axmethods.dictionary import DictionaryError, SteeringDictionary
 from axmethods.inference.sampling import SamplingConfig, sample
 from axmethods.interventions import Positions, RowSteering, steering_hooks
 from axmethods.models import TargetModel
@@ -90,6 +90,42 @@ class DictionarySteerer:
                                                self.kind)
         return steering_hooks(target, self.dictionary.layer, steering, positions=self.positions), \
             steering.magnitudes.numpy()
+
+
+@dataclass
+class PromptSteerer:
+    """Prompt steering: the concept's LLM-written instruction prepended to the user turn; no hooks, no factor."""
+
+    dictionary: SteeringDictionary
+    factor_free: bool = True
+
+    @property
+    def method(self) -> str:
+        return self.dictionary.method
+
+    def provenance(self) -> dict[str, Any]:
+        return {"dictionary_config_hash": self.dictionary.config_hash,
+                "template_hash": self.dictionary.config.get("template_hash")}
+
+    def instructions(self, prompts: pd.DataFrame) -> list[str]:
+        by_concept = {c.concept_id: c.extra.get("steering_prompt") for c in self.dictionary.concepts}
+        missing = sorted({int(cid) for cid in prompts["concept_id"] if not by_concept.get(int(cid))})
+        if missing:
+            raise DictionaryError(f"the {self.method} dictionary has no steering prompt for concepts {missing[:10]}; "
+                                  "refit it on the same dataset config.")
+        return [f"{by_concept[int(cid)]}\n\nQuestion: {prompt}"
+                for cid, prompt in zip(prompts["concept_id"], prompts["original_prompt"])]
+
+    def intervene(self, target: TargetModel, rows: pd.DataFrame) -> tuple[AbstractContextManager[Any], np.ndarray]:
+        return nullcontext(), np.full(len(rows), np.nan)
+
+
+def steerer_for(dictionary: SteeringDictionary, *, kind: str = "addition", positions: Positions = "all") -> Steerer:
+    """The steerer a dictionary's method calls for (its config records how it steers)."""
+    if dictionary.config.get("steering") == "prompt":
+        return PromptSteerer(dictionary)
+    return DictionarySteerer(dictionary, kind=kind, positions=positions,
+                             factor_free=bool(dictionary.config.get("factor_free", False)))
 
 
 class UnsteeredBaseline:

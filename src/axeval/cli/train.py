@@ -1,0 +1,92 @@
+"""`axbench train METHOD`: fit one method on a dataset's `train` split into a steering dictionary."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import NoReturn
+
+import typer
+
+logger = logging.getLogger(__name__)
+
+
+def train(
+    method: str = typer.Argument(..., help="Method name: diffmean, pca, lat, probe, reft-r1, ssv, sae, sae-a, bow, "
+                                 "prompt-steering, prompt-detection (AxBench class names work too)."),
+    data: Path = typer.Option(..., "--data", help="Dataset directory (<config>/<split>-*.parquet), e.g. written "
+                              "by `axbench data import` or a run's data/ folder."),
+    config: str | None = typer.Option(None, "--config", help="Dataset config name; may be left out when the "
+                                      "directory holds exactly one."),
+    model: str = typer.Option("smollm2-135m-instruct", "--model", help="Target model: embedded name, .gguf file, "
+                              "checkpoint directory or Hub id."),
+    layer: int = typer.Option(..., "--layer", help="Layer L: read / steer the output of decoder block L."),
+    out: Path = typer.Option(..., "--out", help="Dictionary directory to write (l<L>/weights.safetensors, ...)."),
+    settings: list[str] = typer.Option([], "--set", help="Method config field as key=value (repeatable), e.g. "
+                                       "--set epochs=3 --set lr=0.01; `--set help=1` lists the fields."),
+    dtype: str = typer.Option("auto", "--dtype", help="Model dtype: auto | float32 | bfloat16 | float16."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
+    max_concepts: int | None = typer.Option(None, "--max-concepts", help="Train only the first N concepts."),
+) -> None:
+    """Fit METHOD on the `train` split and save the steering dictionary to --out."""
+    import dataclasses
+
+    from axdata.builders import list_configs, read_concepts, read_split
+    from axmethods.methods import MethodConfigError, TrainingDataError, get_method, parse_config
+    from axmethods.models import load_target_model
+
+    try:
+        method_class = get_method(method)
+    except KeyError as error:
+        _fail(str(error.args[0]))
+    overrides = _parse_settings(settings)
+    if "help" in overrides:
+        for item in dataclasses.fields(method_class.config_class):
+            typer.echo(f"{item.name} (default {item.default!r}): {item.metadata.get('help', '')}")
+        raise typer.Exit(0)
+    try:
+        method_config = parse_config(method_class.config_class, overrides)
+    except MethodConfigError as error:
+        _fail(str(error))
+
+    configs = list_configs(data)
+    if config is None:
+        if len(configs) != 1:
+            _fail(f"{data} holds dataset configs {configs or 'none'}; pick one with --config NAME.")
+        config = configs[0]
+    elif config not in configs:
+        _fail(f"{data} has no dataset config {config!r}; it holds {configs or 'none'}.")
+    concepts = read_concepts(data, config)[:max_concepts]
+    train_df = read_split(data, config, "train")
+
+    target = load_target_model(model, dtype=dtype, device=device)
+    kwargs = {}
+    if method_class.name == "prompt-steering" and method_config.llm_prompts:
+        from axmethods.chat_backend import TransformersChatBackend
+
+        # Without a configured generator LLM, the target model itself writes the steering instructions.
+        kwargs["backend"] = TransformersChatBackend(target)
+    started = time.perf_counter()
+    try:
+        dictionary = method_class(method_config, **kwargs).fit(target, train_df, concepts, layer)
+    except (TrainingDataError, MethodConfigError, ValueError, FileNotFoundError) as error:
+        _fail(f"Training {method_class.name} failed: {error}")
+    folder = dictionary.save(out)
+    typer.echo(f"Trained {method_class.name} on {len(concepts)} concepts of {data}/{config} at layer {layer} in "
+               f"{time.perf_counter() - started:.1f} s; wrote {folder}")
+
+
+def _parse_settings(settings: list[str]) -> dict[str, str]:
+    values = {}
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep or not key.strip():
+            _fail(f"--set {setting!r} is not key=value; write e.g. --set lr=0.01.")
+        values[key.strip().replace("-", "_")] = value.strip()
+    return values
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(message, err=True)
+    raise typer.Exit(1)

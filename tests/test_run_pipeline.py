@@ -1,0 +1,113 @@
+"""`axbench run` end to end on a tiny random model and a deterministic stand-in LLM: every stage, resumable."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pandas as pd
+import pytest
+import yaml
+from fixtures_llm import FaultServer, ok
+from generation_helpers import RoutingServer
+from typer.testing import CliRunner
+
+from axeval.cli import app
+from axeval.config import AxbenchConfig
+from axeval.pipeline import run_pipeline
+from axeval.stages import default_stages
+
+STAGES = ["model", "llm", "data", "train", "latent", "steering", "judge", "report"]
+
+
+class JudgingServer(RoutingServer):
+    """The generation stand-in, plus judge ratings that depend only on the rated text."""
+
+    def _next(self, body):
+        schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("schema") or {}
+        if "rating" in schema.get("properties", {}):
+            FaultServer._next(self, body)
+            digest = int(hashlib.sha256(body["messages"][-1]["content"].encode()).hexdigest(), 16)
+            return ok(json.dumps({"reason": "stand-in", "rating": digest % 3}), prompt_tokens=60, completion_tokens=12)
+        if "Classify the topic" in body["messages"][-1]["content"]:  # the `llm` stage's endpoint check
+            FaultServer._next(self, body)
+            return ok(json.dumps({"genre": "code"}))
+        return super()._next(body)
+
+
+@pytest.fixture
+def llm_server():
+    server = JudgingServer().start()
+    yield server
+    server.stop()
+
+
+def write_config(tmp_path, tiny_llama_dir, llm_server) -> tuple:
+    concepts = tmp_path / "concepts.csv"
+    concepts.write_text("rivers and river banks,https://example.org/0\nPython list comprehensions,\n")
+    config = {
+        "run": {"name": "r", "output_dir": str(tmp_path / "runs"), "layer": 1},
+        "model": {"model": str(tiny_llama_dir), "device": "cpu", "dtype": "float32"},
+        "llm": {"endpoint": llm_server.base_url, "model": "gpt-4o-mini", "backoff_base_s": 0.0,
+                "structured_output": "json_schema"},
+        "data": {"concept_path": str(concepts), "num_of_examples": 4, "output_length": 8,
+                 "latent_num_of_examples": 4, "imbalance_factor": 2, "steering_num_of_examples": 4},
+        "methods": {"train": ["diffmean", "reft-r1", "prompt-steering"], "settings": {"reft-r1": {"epochs": 1}}},
+        "inference": {"factors": [0.5, 2.0], "max_new_tokens": 6, "steering_batch_size": 8},
+        "report": {"baseline": "prompt-steering", "n_resamples": 50},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path, tmp_path / "runs" / "r"
+
+
+def test_full_run_writes_every_artefact_and_resumes(tmp_path, tiny_llama_dir, llm_server):
+    path, run_dir = write_config(tmp_path, tiny_llama_dir, llm_server)
+    result = CliRunner().invoke(app, ["run", str(path)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "axbench run summary" in result.output and "diffmean" in result.output
+
+    latent = pd.read_parquet(run_dir / "inference" / "latent.parquet")
+    assert set(latent["method"]) == {"diffmean", "reft-r1"}  # prompt steering has no residual read-out
+    assert (run_dir / "inference" / "latent_imbalance.parquet").exists()
+    steering = pd.read_parquet(run_dir / "inference" / "steering.parquet")
+    per_method = steering.groupby("method").size().to_dict()
+    # 2 concepts x 4 prompts, x 2 factors for the vector methods, once for the factor-free ones.
+    assert per_method == {"diffmean": 16, "reft-r1": 16, "prompt-steering": 8, "unsteered": 8}
+    prompts = steering[steering["method"] == "prompt-steering"]["instruction"]
+    assert prompts.str.contains("Question: ").all()
+    judgements = pd.read_parquet(run_dir / "eval" / "judgements.parquet")
+    assert len(judgements) == len(steering) and (judgements["parse_status"] == "ok").all()
+    report = (run_dir / "eval" / "report.md").read_text()
+    for method in ("diffmean", "reft-r1", "prompt-steering"):
+        assert method in report
+    assert list((run_dir / "eval" / ".eval_results").glob("*.yaml"))
+    written = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert written["hashes"]["config"] and written["hashes"]["templates"]
+
+    # Everything is current: a second run makes no LLM call and re-runs no stage.
+    calls = len(llm_server.requests)
+    config = AxbenchConfig.load(path)
+    again = run_pipeline(config, default_stages(config))
+    assert [s.name for s in again.stages] == STAGES
+    assert {s.status for s in again.stages} == {"skipped"}
+    assert len(llm_server.requests) == calls
+
+    # A changed steering setting re-runs steering and what depends on it, nothing upstream.
+    config = AxbenchConfig.load(path, ["inference.factors=[1.0]"])
+    third = run_pipeline(config, default_stages(config))
+    ran = [s.name for s in third.stages if s.status == "ran"]
+    assert ran == ["steering", "judge", "report"]
+
+
+def test_run_on_an_existing_dataset_skips_generation(tmp_path, tiny_llama_dir, llm_server):
+    path, run_dir = write_config(tmp_path, tiny_llama_dir, llm_server)
+    config = AxbenchConfig.load(path, ["methods.train=[diffmean]", "report.baseline=unsteered"])
+    run_pipeline(config, default_stages(config)[:3])  # model, llm, data: a dataset to reuse
+    reuse = AxbenchConfig.load(path, ["run.name=reuse", f"run.dataset_dir={run_dir / 'data'}",
+                                      "methods.train=[diffmean]", "report.baseline=unsteered"])
+    stages = default_stages(reuse)
+    assert "data" not in [s.name for s in stages]
+    result = run_pipeline(reuse, stages)
+    assert result.stages[-1].name == "report"
+    assert (tmp_path / "runs" / "reuse" / "eval" / "report.md").exists()
