@@ -199,3 +199,16 @@ def test_cli_errors_exit_cleanly(tmp_path):
     assert result.exit_code == 1 and "Config name 'a/b'" in result.output
     result = runner.invoke(data_app, ["info", str(tmp_path)])
     assert result.exit_code == 1 and "holds no dataset configs" in result.output
+
+
+def test_cli_import_positional_form_defaults_the_config_name_and_info_shows_provenance(tmp_path):
+    if not SHARED.exists():
+        pytest.skip(f"AxBench data not found at {SHARED} (the ../shared folder beside the repository)")
+    runner = CliRunner()
+    out = tmp_path / "out"
+    result = runner.invoke(data_app, ["import", str(_setting("2b_l20")), str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "prod_2b_l20_v1" / "train-00000-of-00001.parquet").exists()
+    info = runner.invoke(data_app, ["info", str(out)], terminal_width=200)
+    assert info.exit_code == 0 and "provenance" in info.output and "source_hashes" in info.output
+    assert runner.invoke(data_app, ["import", str(_setting("2b_l20"))]).exit_code == 2

@@ -61,3 +61,14 @@ def test_hash_ignores_run_location_but_not_content(tmp_path):
 def test_round_trip_through_resolved_dict():
     config = AxbenchConfig.load(None, ["llm.max_usd=1.5", "run.layer=4"])
     assert AxbenchConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize("name", ["2b-l10", "2b-l20", "9b-l20", "9b-l31"])
+def test_paper_configs_load(name):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "paper" / f"{name}.yaml"
+    config = AxbenchConfig.load(path)
+    assert config.model.model.startswith("google/gemma-2-")
+    assert config.llm.model == "gpt-4o-mini" and config.data.num_of_examples == 144
+    assert "reft-r1" in config.methods.train and len(config.inference.factors) == 14

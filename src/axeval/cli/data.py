@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from axdata.builders import list_configs, list_splits, read_concepts, split_files
+from axdata.builders import list_configs, list_splits, read_concepts, read_provenance, split_files
 from axdata.builders.axbench_import import import_axbench
 from axdata.concepts import ConceptFileError
 from axdata.schema import CATEGORIES, GENRES
@@ -22,10 +22,18 @@ data_app = typer.Typer(help="Generate, import, inspect and publish concept datas
 def import_(
     source_dir: Path = typer.Argument(..., help="One AxBench setting: a repository folder such as "
                                       "concept10/prod_2b_l20_v1, or a Hub folder such as 2b/l20."),
-    out: Path = typer.Option(..., "--out", help="Dataset directory to write <config>/<split>-*.parquet into."),
-    config: str = typer.Option(..., "--config", help="Config name for this setting, e.g. gemma-2-2b-it-l20."),
+    out_dir: Path | None = typer.Argument(None, help="Dataset directory to write <config>/<split>-*.parquet into."),
+    out: Path | None = typer.Option(None, "--out", help="Same as OUT_DIR."),
+    config: str | None = typer.Option(None, "--config", help="Config name for this setting, e.g. gemma-2-2b-it-l20; "
+                                      "default: the source folder's name (e.g. prod_2b_l20_v1 or 2b-l20)."),
 ) -> None:
     """Import AxBench-format data losslessly into our dataset layout and print what was imported."""
+    if out_dir is None and out is None or out_dir is not None and out is not None and out_dir != out:
+        typer.echo("Give the output directory once: as OUT_DIR or as --out.", err=True)
+        raise typer.Exit(2)
+    out = out_dir if out_dir is not None else out
+    if config is None:
+        config = _default_config_name(source_dir)
     try:
         report = import_axbench(source_dir, out, config)
     except ValueError as error:  # AxBenchImportError, ConceptFileError, SchemaError and bad config names
@@ -42,6 +50,14 @@ def import_(
     console.print(table)
     genres = ", ".join(f"{genre} {n}" for genre, n in report.genres.items())
     console.print(f"concepts: {report.concepts} ({genres}); shared negatives: {report.shared_negatives}")
+
+
+def _default_config_name(source_dir: Path) -> str:
+    """prod_2b_l20_v1 → prod_2b_l20_v1; a Hub-layout folder 2b/l20 → 2b-l20."""
+    resolved = source_dir.resolve()
+    if resolved.name.startswith("l") and resolved.name[1:].isdigit():
+        return f"{resolved.parent.name}-{resolved.name}"
+    return resolved.name
 
 
 @data_app.command("info")
@@ -78,3 +94,7 @@ def info(directory: Path = typer.Argument(..., help="A dataset directory written
         genres = Counter(concept.genre for concept in concepts)
         by_genre = ", ".join(f"{genre} {genres[genre]}" for genre in GENRES if genres[genre])
         console.print(f"concepts: {len(concepts)}" + (f" ({by_genre})" if by_genre else ""))
+    provenance = read_provenance(directory)
+    if provenance:
+        console.print("provenance:")
+        console.print_json(data=provenance)
