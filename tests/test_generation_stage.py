@@ -7,7 +7,7 @@ import json
 import pytest
 from generation_helpers import RoutingServer
 
-from axdata.builders import list_splits, read_concepts, read_split
+from axdata.builders import list_splits, read_concepts, read_provenance, read_split
 from axdata.generation.generation_config import GenerationConfig
 from axdata.generation.ledger import Ledger
 from axdata.generation.report import cost_projection
@@ -54,6 +54,8 @@ def test_stage_writes_the_dataset_and_is_skipped_when_current(tmp_path, tiny_lla
     assert summary["rows"]["train"] == 6 + 4 and summary["failures"] == 0
     assert summary["training_usd_per_concept_at_gpt_4o_mini"] < 0.01
     assert (tmp_path / "r" / "generation_report.json").exists()
+    provenance = read_provenance(data_dir)["generation"][name]
+    assert provenance["generator_model"] == "gpt-4o-mini" and provenance["template_hashes"]
 
 
 def test_stage_without_concepts_names_the_fix(tmp_path, tiny_llama_dir):

@@ -28,7 +28,7 @@ from typing import Any
 import pandas as pd
 from huggingface_hub.utils import tqdm
 
-from axdata.builders import write_concepts, write_split
+from axdata.builders import read_provenance, write_concepts, write_provenance, write_split
 from axdata.concepts import Concept
 from axdata.generation.asking import Failure
 from axdata.generation.contrast import contrast_concepts
@@ -285,11 +285,16 @@ def _imbalance_pool(config: GenerationConfig, latent: pd.DataFrame) -> tuple[pd.
 
 
 def write_dataset(frames: dict[str, pd.DataFrame], concepts: Sequence[Concept], report: dict[str, Any], *,
-                  out_dir: str | Path, dataset_config: str, report_path: str | Path) -> GenerationResult:
-    """Validate and write every split, the concepts (with genres) and the report."""
+                  out_dir: str | Path, dataset_config: str, report_path: str | Path,
+                  provenance: dict[str, Any] | None = None) -> GenerationResult:
+    """Validate and write every split, the concepts (with genres), the provenance (for the card) and the report."""
     for split, frame in frames.items():
         write_split(table_from_frame(frame, split, source=f"generated {split}"), out_dir, dataset_config, split)
     write_concepts(list(concepts), out_dir, dataset_config)
+    if provenance is not None:
+        recorded = read_provenance(out_dir)
+        recorded.setdefault("generation", {})[dataset_config] = provenance
+        write_provenance(recorded, out_dir)
     report = {"dataset_config": dataset_config, "out_dir": str(out_dir), **report}
     atomic_write_json(report_path, report)
     return GenerationResult(Path(out_dir), dataset_config, report["rows"], Path(report_path), report)
@@ -312,5 +317,13 @@ async def generate_dataset(
     `report_path` (default: `<work_dir>/generation_report.json`)."""
     frames, with_genres, report = await run_generation(concepts, config, llm=llm, target=target,
                                                        work_dir=work_dir, truncate=truncate, pool=pool)
+    provenance = {
+        "generator_model": llm.model_name,
+        "target_model": target.model_name,
+        "template_hashes": template_versions(),
+        "seed": config.seed,
+        "cost_usd": report["ledger"]["total"]["cost_usd"],
+        "training_usd_per_concept_at_gpt_4o_mini": report["cost_projection"]["training_usd_per_concept"],
+    }
     return write_dataset(frames, with_genres, report, out_dir=out_dir, dataset_config=dataset_config,
-                         report_path=report_path or Path(work_dir) / REPORT_FILE)
+                         report_path=report_path or Path(work_dir) / REPORT_FILE, provenance=provenance)
