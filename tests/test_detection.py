@@ -129,3 +129,12 @@ def test_mean_roc_curve_spans_zero_to_one():
     fpr, tpr = mean_roc_curve(rows, "M")
     assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0.0, 0.0, 1.0, 1.0)
     assert tpr[1] == pytest.approx(1.0)  # perfectly separable
+
+
+def test_unscored_rows_are_excluded_and_counted(caplog):
+    rows = _rows("M", 0, [0.9, 0.8, float("nan")], [0.1, float("nan")])
+    table = concept_detection(rows)
+    assert table.loc[0, "auroc"] == 1.0 and table.loc[0, "n_unscored"] == 2
+    assert (table.loc[0, "n_positive"], table.loc[0, "n_negative"]) == (2, 1)
+    assert summarize_detection(table, n_resamples=10).loc[0, "n_unscored"] == 2
+    assert "excluded" in caplog.text

@@ -248,3 +248,13 @@ def test_infer_cli_latent_calibrates_then_steers(tiny_llama_target, tiny_llama_d
     assert len(pd.read_parquet(tmp_path / "steer.parquet")) == len(steering_frame()) * 2
     result = runner.invoke(infer_app, ["steer", *common, "--out", str(tmp_path / "s.parquet"), "--factors", "a,b"])
     assert result.exit_code == 1 and "comma-separated" in result.output
+
+
+def test_latent_inference_rejects_an_unknown_detector_and_skips_steering_only(tiny_llama_target) -> None:
+    target = tiny_llama_target
+    odd = make_dictionary(target, config={"detector": "oracle"})
+    with pytest.raises(DictionaryError, match="oracle"):
+        latent_inference(target, [odd], latent_frame(), progress=False)
+    prompt_only = make_dictionary(target, method="prompt-steering", config={"steering": "prompt", "detector": "none"})
+    scores = latent_inference(target, [prompt_only, make_dictionary(target)], latent_frame(), progress=False)
+    assert set(scores["method"]) == {"DiffMean"} and len(scores) == len(latent_frame())

@@ -47,11 +47,21 @@ def check_rows(rows: pd.DataFrame, source: str = "detection rows") -> None:
     unknown = sorted(set(rows["category"].dropna().unique()) - set(CATEGORIES))
     if unknown:
         raise ValueError(f"{source}: unknown category value(s) {unknown}; expected one of {list(CATEGORIES)}.")
-    if rows["category"].isna().any() or rows["score"].isna().any():
+    if rows["category"].isna().any():
         raise ValueError(
-            f"{source}: {int(rows['category'].isna().sum())} row(s) without a category and "
-            f"{int(rows['score'].isna().sum())} without a score; re-run latent inference for them or drop them."
+            f"{source}: {int(rows['category'].isna().sum())} row(s) without a category; every row must be a "
+            "positive, negative or hard negative."
         )
+
+
+def _scored(rows: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Rows with a score. A missing score (e.g. a rating the prompt detector could not parse) is excluded and
+    counted, never turned into a number."""
+    unscored = rows["score"].isna()
+    if unscored.any():
+        counts = rows[unscored].groupby("method").size().to_dict()
+        logger.warning("%s: rows without a score are excluded from the metrics: %s", source, counts)
+    return rows[~unscored]
 
 
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -144,8 +154,11 @@ def concept_detection(rows: pd.DataFrame) -> pd.DataFrame:
     """
     check_rows(rows)
     own = rows[rows["concept_id"] != SHARED_NEGATIVE_ID]
+    unscored = own["score"].isna().groupby([own["method"], own["concept_id"]]).sum()
+    own = _scored(own, "detection rows")
     records = [
-        {"method": method, "concept_id": int(concept_id), **_one_concept(group)}
+        {"method": method, "concept_id": int(concept_id), **_one_concept(group),
+         "n_unscored": int(unscored.get((method, concept_id), 0))}
         for (method, concept_id), group in own.groupby(["method", "concept_id"], sort=True)
     ]
     table = pd.DataFrame.from_records(records)
@@ -181,6 +194,7 @@ def summarize_detection(
             **bootstrap_ci(hard.to_numpy(), n_resamples, confidence, seed).as_dict("hard_negative_accuracy_"),
             "n_hard_negative_concepts": len(hard),
             "n_hard_negatives": int(group["n_hard_negative"].sum()),
+            "n_unscored": int(group["n_unscored"].sum()) if "n_unscored" in group else 0,
             "macro_accuracy": float(group["macro_accuracy"].mean()),
             "f1": float(group["f1"].mean()),
         })
@@ -198,6 +212,7 @@ def imbalance_detection(rows: pd.DataFrame, thresholds: Mapping[tuple[str, int],
     optimistic bound that the `threshold_source` column names.
     """
     check_rows(rows, "imbalance rows")
+    rows = _scored(rows, "imbalance rows")
     shared = rows[rows["concept_id"] == SHARED_NEGATIVE_ID]
     if shared.empty:
         raise ValueError(

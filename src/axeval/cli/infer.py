@@ -13,13 +13,28 @@ _DICTIONARY_HELP = "A dictionary directory (or Hub model repo id) written by `ax
 
 def _load(dictionaries: list[str], layer: int | None, model: str | None, dtype: str, device: str):
     from axmethods.dictionary import SteeringDictionary
+    from axmethods.inference.latent import check_dictionary
     from axmethods.models import load_target_model
 
     loaded = [SteeringDictionary.from_pretrained(source, layer=layer) for source in dictionaries]
     target = load_target_model(model or loaded[0].base_model, dtype=dtype, device=device)
     for dictionary in loaded:
-        dictionary.check_model(target)
+        check_dictionary(dictionary, target)  # text detectors (BoW) have a vocabulary-sized weight
     return loaded, target
+
+
+def _resolve_config(data: Path, config: str | None) -> str:
+    """`--config`, or the dataset's only config when it is left out."""
+    if config is not None:
+        return config
+    from axdata.builders import list_configs
+
+    configs = list_configs(data)
+    if len(configs) == 1:
+        return configs[0]
+    if not configs:
+        raise FileNotFoundError(f"{data} holds no dataset config (<config>/<split>-*.parquet); check --data.")
+    raise ValueError(f"{data} holds {len(configs)} configs ({', '.join(configs)}); choose one with --config.")
 
 
 def _fail(error: Exception) -> typer.Exit:
@@ -31,7 +46,8 @@ def _fail(error: Exception) -> typer.Exit:
 def latent(
     dictionary: list[str] = typer.Option(..., "--dictionary", help=_DICTIONARY_HELP + " Repeat to score several."),
     data: Path = typer.Option(..., "--data", help="Dataset directory (<config>/<split>-*.parquet)."),
-    config: str = typer.Option(..., "--config", help="Dataset config, e.g. gemma-2-2b-it-l20."),
+    config: str | None = typer.Option(None, "--config", help="Dataset config, e.g. gemma-2-2b-it-l20; "
+                                                              "optional when the dataset holds only one."),
     out: Path = typer.Option(..., "--out", help="Output parquet."),
     model: str | None = typer.Option(None, "--model", help="Target model; default: the dictionary's base model."),
     mode: str = typer.Option("latent", "--mode", help="latent | latent_imbalance."),
@@ -46,14 +62,17 @@ def latent(
                                           help="Magnitude for concepts whose max activation is ≤ 0 (AxBench: 50); "
                                                "default: the median of the positive maxima."),
 ) -> None:
-    """Score every eval row for every concept in one forward pass per batch; calibrate the dictionaries."""
+    """Score every eval row for every concept of every dictionary (residual dictionaries in one forward pass per
+    batch, BoW on the transcripts, prompt detection through the target model; steering-only methods are skipped);
+    calibrate the residual dictionaries."""
     from axdata.builders import read_split
     from axdata.io import atomic_path
     from axmethods.dictionary import WEIGHTS_FILE
     from axmethods.inference.latent import calibrate as calibrate_dictionary
-    from axmethods.inference.latent import latent_inference
+    from axmethods.inference.latent import detector_kind, latent_inference
 
     try:
+        config = _resolve_config(data, config)
         dictionaries, target = _load(dictionary, layer, model, dtype, device)
         latent_split = read_split(data, config, "latent")
         pool = read_split(data, config, "latent_imbalance") if mode == "latent_imbalance" else None
@@ -64,8 +83,16 @@ def latent(
     with atomic_path(out) as tmp:
         scores.to_parquet(tmp, index=False)
     typer.echo(f"Wrote {len(scores)} scores to {out}")
+    for method, count in scores.attrs.get("nan_scores", {}).items():
+        if count:
+            typer.echo(f"{method}: {count} scores are NaN (answers without a parsable rating)", err=True)
+    for loaded in dictionaries:
+        if detector_kind(loaded) == "none":
+            typer.echo(f"Skipped {loaded.method}: a steering-only method has no detector.", err=True)
     if mode == "latent" and calibrate:
         for source, loaded in zip(dictionary, dictionaries):
+            if detector_kind(loaded) != "residual":
+                continue  # only residual-stream dictionaries steer with a calibrated magnitude
             if not Path(source).exists():
                 typer.echo(f"{source} is a Hub repo: calibration not written back (pull it first).", err=True)
                 continue
@@ -78,7 +105,8 @@ def latent(
 def steer(
     dictionary: str = typer.Option(..., "--dictionary", help=_DICTIONARY_HELP),
     data: Path = typer.Option(..., "--data", help="Dataset directory (<config>/<split>-*.parquet)."),
-    config: str = typer.Option(..., "--config", help="Dataset config, e.g. gemma-2-2b-it-l20."),
+    config: str | None = typer.Option(None, "--config", help="Dataset config, e.g. gemma-2-2b-it-l20; "
+                                                              "optional when the dataset holds only one."),
     out: Path = typer.Option(..., "--out", help="Output parquet (part files beside it make re-runs resume)."),
     model: str | None = typer.Option(None, "--model", help="Target model; default: the dictionary's base model."),
     factors: str = typer.Option("0,0.2,0.4,0.6,0.8,1,1.2,1.4,1.6,1.8,2,2.5,3,5", "--factors",
@@ -98,15 +126,17 @@ def steer(
     """Generate a steered answer for every (concept, prompt, factor) row of the steering split."""
     from axdata.builders import read_split
     from axmethods.inference.sampling import SamplingConfig
-    from axmethods.inference.steering import DictionarySteerer, run_steering
+    from axmethods.inference.steering import run_steering, steerer_for
 
     try:
         factor_values = [float(value) for value in factors.split(",") if value.strip()]
     except ValueError:
         raise _fail(ValueError(f"--factors {factors!r} is not a comma-separated list of numbers (e.g. 0.5,1,2)")) from None
     try:
+        config = _resolve_config(data, config)
         (loaded,), target = _load([dictionary], layer, model, dtype, device)
-        steerer = DictionarySteerer(loaded, kind=intervention, positions=positions)  # type: ignore[arg-type]
+        # Refuses detection-only dictionaries (BoW, prompt-detection) with a clear message.
+        steerer = steerer_for(loaded, kind=intervention, positions=positions)  # type: ignore[arg-type]
         sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
         result = run_steering(target, steerer, read_split(data, config, "steering"), out, factors=factor_values,
                               sampling=sampling, batch_size=batch_size, seed=seed)

@@ -13,9 +13,9 @@ from axdata.io import atomic_path
 from axeval.pipeline import RunContext, Stage
 from axeval.stages.dataset import run_dataset
 from axmethods.dictionary import SteeringDictionary
-from axmethods.inference.latent import calibrate, latent_inference
+from axmethods.inference.latent import calibrate, check_dictionary, detector_kind, latent_inference
 from axmethods.inference.sampling import SamplingConfig
-from axmethods.inference.steering import UnsteeredBaseline, run_steering, steerer_for
+from axmethods.inference.steering import UnsteeredBaseline, can_steer, run_steering, steerer_for
 from axmethods.methods import get_method
 
 logger = logging.getLogger(__name__)
@@ -31,8 +31,11 @@ def dictionary_dir(ctx: RunContext, method: str) -> Path:
 
 def load_dictionaries(ctx: RunContext) -> list[SteeringDictionary]:
     target = ctx.target_model()
-    return [SteeringDictionary.load(dictionary_dir(ctx, name), expect_model=target, layer=ctx.config.run.layer)
-            for name in method_names(ctx)]
+    dictionaries = [SteeringDictionary.load(dictionary_dir(ctx, name), layer=ctx.config.run.layer)
+                    for name in method_names(ctx)]
+    for dictionary in dictionaries:
+        check_dictionary(dictionary, target)  # a text detector's (BoW) weight spans its vocabulary, not d
+    return dictionaries
 
 
 class TrainStage(Stage):
@@ -81,20 +84,23 @@ class LatentStage(Stage):
         dataset = run_dataset(ctx)
         target = ctx.target_model()
         dictionaries = load_dictionaries(ctx)
-        # Methods without a residual read-out (prompt steering) have nothing to score here.
-        detectors = [d for d in dictionaries if d.config.get("detection_activation") != "external"]
+        # Every method goes in: latent_inference routes each to its detector and skips steering-only ones.
         latent = dataset.split("latent")
         batch = ctx.config.inference.latent_batch_size
-        scores = latent_inference(target, detectors, latent, batch_size=batch)
+        scores = latent_inference(target, dictionaries, latent, batch_size=batch)
         _write(scores, ctx.run_dir.inference_dir / "latent.parquet")
-        for dictionary in detectors:
-            calibrated = calibrate(dictionary, scores)
-            calibrated.save(dictionary_dir(ctx, dictionary.method), datasets=[str(dataset.directory)])
+        detectors = [d for d in dictionaries if detector_kind(d) != "none"]
+        for dictionary in dictionaries:
+            if detector_kind(dictionary) == "residual":  # only residual read-outs calibrate a steering magnitude
+                calibrated = calibrate(dictionary, scores)
+                calibrated.save(dictionary_dir(ctx, dictionary.method), datasets=[str(dataset.directory)])
         summary: dict[str, Any] = {"rows": len(scores), "methods": [d.method for d in detectors]}
+        if any(scores.attrs.get("nan_scores", {}).values()):
+            summary["nan_scores"] = scores.attrs["nan_scores"]
         if dataset.has_split("latent_imbalance"):
             pool = dataset.split("latent_imbalance")
             pool = pool[pool["category"] == "negative"]
-            imbalance = latent_inference(target, detectors, latent, mode="latent_imbalance", imbalance_pool=pool,
+            imbalance = latent_inference(target, dictionaries, latent, mode="latent_imbalance", imbalance_pool=pool,
                                          batch_size=batch)
             _write(imbalance, ctx.run_dir.inference_dir / "latent_imbalance.parquet")
             summary["imbalance_rows"] = len(imbalance)
@@ -116,8 +122,12 @@ class SteeringStage(Stage):
         settings = ctx.config.inference
         target = ctx.target_model()
         prompts = run_dataset(ctx).split("steering")
-        steerers = [steerer_for(d, kind=settings.intervention, positions=settings.positions)
-                    for d in load_dictionaries(ctx)]
+        steerers = []
+        for dictionary in load_dictionaries(ctx):
+            if not can_steer(dictionary):
+                logger.info("%s is detection-only (steering = none): skipped in the steering stage", dictionary.method)
+                continue
+            steerers.append(steerer_for(dictionary, kind=settings.intervention, positions=settings.positions))
         if settings.unsteered_baseline:
             steerers.append(UnsteeredBaseline())
         sampling = SamplingConfig(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,

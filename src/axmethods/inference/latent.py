@@ -16,13 +16,26 @@ maximum is ≤ 0 (a ReLU read-out that never fires, or a raw projection that is 
 concept has no rows, AxBench used a constant 50; we use the median of the dictionary's positive maxima
 (same scale as the concepts that did fire) unless a `fallback` constant is given (50.0 reproduces
 AxBench), and record which concepts fell back in `calibration_info`.
+
+Detector routing (`detector_kind`): `latent_inference` takes the dictionaries of every method and scores each
+with its own detector, on the same rows and with the same output columns:
+- `residual` (DiffMean, PCA, Probe, ReFT-r1, SAE, …): the one-pass residual read-out above;
+- `text` (BoW, `config["detector"] == "text"`): `BoW.score_texts` on the same chat transcripts;
+  `max_token_index` / `max_token` are null;
+- `target-model` (PromptDetection): the target model itself, through a chat backend (by default a
+  `TransformersChatBackend` of the target), rates each (row, concept) pair on the row's `output`; answers
+  without a rating stay NaN, are counted in `result.attrs["nan_scores"]` and logged; token columns null;
+- `none` (PromptSteering and other steering-only methods): skipped with an info log.
+Only residual dictionaries have a steering calibration (`calibrate`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,6 +50,7 @@ from axmethods.models import TargetModel
 logger = logging.getLogger(__name__)
 
 LATENT_MODES = ("latent", "latent_imbalance")
+DETECTOR_KINDS = ("residual", "text", "target-model", "none")
 # Bound on the [B, T, n_concepts] score block materialised at once (elements), so 16k-concept
 # dictionaries score in concept chunks instead of allocating gigabytes.
 _MAX_SCORE_ELEMENTS = 1 << 26
@@ -98,17 +112,50 @@ def _max_pool(dictionary: SteeringDictionary, hidden: torch.Tensor, weight: torc
     return torch.cat(values, dim=1), torch.cat(indices, dim=1)
 
 
+def detector_kind(dictionary: SteeringDictionary) -> str:
+    """How `dictionary` detects its concepts: "residual", "text", "target-model" or "none" (see the module doc)."""
+    detector = dictionary.config.get("detector")
+    if detector in ("text", "target-model", "none"):
+        return detector
+    if detector not in (None, "residual"):
+        raise DictionaryError(f"The {dictionary.method} dictionary declares detector {detector!r}; known detectors: "
+                              f"{', '.join(DETECTOR_KINDS)}.")
+    if dictionary.config.get("detection_activation") == "external" or dictionary.config.get("steering") == "prompt":
+        return "none"  # an external detector this code does not know (or none at all): nothing to score here
+    return "residual"
+
+
+def check_dictionary(dictionary: SteeringDictionary, target: TargetModel) -> None:
+    """`dictionary.check_model(target)`, except for text detectors (their weight is over a vocabulary, not d)."""
+    if detector_kind(dictionary) != "text":
+        dictionary.check_model(target)
+
+
+# One (text index, concept row) → (scores, token index or None) lookup per dictionary.
+_Scorer = Callable[[np.ndarray, np.ndarray], "tuple[np.ndarray, np.ndarray | None]"]
+ChatBackendArg = Any  # a ChatBackend, or a zero-argument factory of one (called only when needed)
+
+
 def latent_inference(target: TargetModel, dictionaries: Sequence[SteeringDictionary], latent: pd.DataFrame, *,
                      mode: str = "latent", imbalance_pool: pd.DataFrame | None = None, batch_size: int = 16,
-                     progress: bool = True) -> pd.DataFrame:
+                     progress: bool = True, chat_backend: ChatBackendArg = None) -> pd.DataFrame:
     """Scores of the eval rows for each dictionary (see the module docstring), one frame for all methods.
+
+    Dictionaries of any method: each is routed to its detector (`detector_kind`); steering-only ones are skipped.
+    `chat_backend`: a ChatBackend or a factory of one for target-model detectors (PromptDetection); default a
+    `TransformersChatBackend` of `target`.
 
     Columns: method, layer, concept_id, category, score, max_token_index, max_token, row_id (row of the source
     split), source_split, and — in `latent` mode — the eval row's input, output, output_concept,
-    concept_genre, dataset_category.
+    concept_genre, dataset_category. `max_token_index` / `max_token` are null for non-residual detectors.
+    `result.attrs["nan_scores"]` counts NaN scores per method (target-model answers without a rating).
     """
     if mode not in LATENT_MODES:
         raise ValueError(f"mode {mode!r} is unknown; use one of {', '.join(LATENT_MODES)}")
+    kinds = [detector_kind(d) for d in dictionaries]
+    for dictionary, kind in zip(dictionaries, kinds):
+        if kind == "none":
+            logger.info("%s: steering-only method (no detector); skipped in latent inference", dictionary.method)
     if mode == "latent":
         texts_frame = latent.reset_index(drop=True).assign(row_id=np.arange(len(latent)), source_split="latent")
     else:
@@ -120,46 +167,116 @@ def latent_inference(target: TargetModel, dictionaries: Sequence[SteeringDiction
             positives.assign(row_id=positives.index.to_numpy(), source_split="latent"),
         ], ignore_index=True)
     texts = [target.format_transcript(i, o) for i, o in zip(texts_frame["input"], texts_frame["output"])]
-    all_scores = score_texts(target, dictionaries, texts, batch_size=batch_size, progress=progress)
-    vocabulary = _token_strings(target)
-    frames = []
-    for dictionary, scores in zip(dictionaries, all_scores):
-        if mode == "latent":
-            frame = _own_concept_rows(dictionary, scores, texts_frame, vocabulary)
+    residual = [d for d, kind in zip(dictionaries, kinds) if kind == "residual"]
+    residual_scores = dict(zip(map(id, residual), score_texts(target, residual, texts, batch_size=batch_size,
+                                                              progress=progress))) if residual else {}
+    vocabulary = _token_strings(target) if residual else None
+    backend = None
+    frames, nan_scores = [], {}
+    for dictionary, kind in zip(dictionaries, kinds):
+        if kind == "none":
+            continue
+        if kind == "residual":
+            scorer = _residual_scorer(residual_scores[id(dictionary)])
+        elif kind == "text":
+            scorer = _matrix_scorer(_bow_scores(dictionary, texts))
         else:
-            frame = _imbalance_rows(dictionary, scores, texts_frame, vocabulary)
+            if backend is None:
+                backend = _resolve_backend(chat_backend, target)
+            scorer = _target_model_scorer(dictionary, backend, texts_frame["output"].tolist())
+        rows = _own_concept_rows if mode == "latent" else _imbalance_rows
+        frame = rows(dictionary, scorer, texts_frame, residual_scores.get(id(dictionary)), vocabulary)
+        nan_scores[dictionary.method] = int(frame["score"].isna().sum())
+        if nan_scores[dictionary.method]:
+            logger.warning("%s: %d of %d scores are NaN (answers without a parsable rating)", dictionary.method,
+                           nan_scores[dictionary.method], len(frame))
         frames.append(frame.assign(method=dictionary.method, layer=dictionary.layer))
-    result = pd.concat(frames, ignore_index=True)
     leading = ["method", "layer", "concept_id", "category", "score", "max_token_index", "max_token", "row_id",
                "source_split"]
-    return result[leading + [c for c in result.columns if c not in leading]]
+    if not frames:
+        logger.warning("no dictionary with a detector among %s", [d.method for d in dictionaries])
+        result = pd.DataFrame({c: pd.Series(dtype=object) for c in leading})
+    else:
+        result = pd.concat(frames, ignore_index=True)
+        result = result[leading + [c for c in result.columns if c not in leading]]
+    result.attrs["nan_scores"] = nan_scores
+    return result
 
 
-def _own_concept_rows(dictionary: SteeringDictionary, scores: LatentScores, frame: pd.DataFrame,
-                      vocabulary: np.ndarray) -> pd.DataFrame:
+def _resolve_backend(chat_backend: ChatBackendArg, target: TargetModel) -> Any:
+    if chat_backend is None:
+        from axmethods.chat_backend import TransformersChatBackend
+
+        return TransformersChatBackend(target)
+    if not hasattr(chat_backend, "complete_many") and callable(chat_backend):
+        return chat_backend()
+    return chat_backend
+
+
+def _bow_scores(dictionary: SteeringDictionary, texts: Sequence[str]) -> torch.Tensor:
+    from axmethods.methods.bow import BoW
+
+    return BoW.score_texts(dictionary, texts)
+
+
+def _residual_scorer(scores: LatentScores) -> _Scorer:
+    def lookup(text_index: np.ndarray, concept_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        t, r = torch.from_numpy(text_index), torch.from_numpy(concept_rows)
+        return scores.max_act[t, r].numpy(), scores.max_index[t, r].numpy()
+    return lookup
+
+
+def _matrix_scorer(matrix: torch.Tensor) -> _Scorer:
+    def lookup(text_index: np.ndarray, concept_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        return matrix[torch.from_numpy(text_index), torch.from_numpy(concept_rows)].float().numpy(), None
+    return lookup
+
+
+def _target_model_scorer(dictionary: SteeringDictionary, backend: Any, outputs: list[str]) -> _Scorer:
+    from axmethods.methods.prompt import PromptDetection, PromptDetectionConfig
+
+    known = {f.name for f in dataclasses.fields(PromptDetectionConfig)}
+    method = PromptDetection(PromptDetectionConfig(**{k: v for k, v in dictionary.config.items() if k in known}))
+    names = [concept.concept for concept in dictionary.concepts]
+
+    def lookup(text_index: np.ndarray, concept_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        ratings = method.score_texts(backend, [names[r] for r in concept_rows], [outputs[t] for t in text_index])
+        return np.asarray(ratings, dtype=np.float32), None
+    return lookup
+
+
+def _token_columns(index: np.ndarray | None, token_ids: list[list[int]] | None, text_index: np.ndarray,
+                   vocabulary: np.ndarray | None) -> dict[str, Any]:
+    if index is None or token_ids is None or vocabulary is None:
+        return {"max_token_index": pd.array([pd.NA] * len(text_index), dtype="Int64"),
+                "max_token": np.full(len(text_index), None, dtype=object)}
+    return {"max_token_index": index, "max_token": _tokens_at(token_ids, text_index, index, vocabulary)}
+
+
+def _own_concept_rows(dictionary: SteeringDictionary, scorer: _Scorer, frame: pd.DataFrame,
+                      scores: LatentScores | None, vocabulary: np.ndarray | None) -> pd.DataFrame:
     concept_ids = frame["concept_id"].tolist()
     try:
         rows = dictionary.rows(concept_ids)
     except DictionaryError as error:
         raise DictionaryError(f"{error}: the latent split scores each row for its own concept, so the dictionary "
                               "must cover every concept of the split; train it on the same dataset config.") from None
-    text_index = torch.arange(len(frame))
-    index = scores.max_index[text_index, rows]
+    text_index = np.arange(len(frame))
+    values, index = scorer(text_index, rows.numpy())
     keep = [c for c in ("input", "output", "output_concept", "concept_genre", "dataset_category") if c in frame]
     return pd.DataFrame({
         "concept_id": frame["concept_id"].to_numpy(),
         "category": frame["category"].to_numpy(),
-        "score": scores.max_act[text_index, rows].numpy(),
-        "max_token_index": index.numpy(),
-        "max_token": _tokens_at(scores.token_ids, text_index.numpy(), index.numpy(), vocabulary),
+        "score": values,
+        **_token_columns(index, None if scores is None else scores.token_ids, text_index, vocabulary),
         "row_id": frame["row_id"].to_numpy(),
         "source_split": frame["source_split"].to_numpy(),
         **{c: frame[c].to_numpy() for c in keep},
     })
 
 
-def _imbalance_rows(dictionary: SteeringDictionary, scores: LatentScores, frame: pd.DataFrame,
-                    vocabulary: np.ndarray) -> pd.DataFrame:
+def _imbalance_rows(dictionary: SteeringDictionary, scorer: _Scorer, frame: pd.DataFrame,
+                    scores: LatentScores | None, vocabulary: np.ndarray | None) -> pd.DataFrame:
     pool = np.flatnonzero((frame["source_split"] == "latent_imbalance").to_numpy())
     positives = np.flatnonzero((frame["source_split"] == "latent").to_numpy())
     positive_ids = frame["concept_id"].to_numpy()[positives]
@@ -172,8 +289,7 @@ def _imbalance_rows(dictionary: SteeringDictionary, scores: LatentScores, frame:
     # Concept-major: every concept against the whole pool, then each positive against its own concept.
     text_index = np.concatenate([np.tile(pool, n), positives])
     concept_rows = np.concatenate([np.repeat(np.arange(n), len(pool)), dictionary.rows(positive_ids.tolist()).numpy()])
-    t, r = torch.from_numpy(text_index), torch.from_numpy(concept_rows)
-    index = scores.max_index[t, r].numpy()
+    values, index = scorer(text_index, concept_rows)
     scored = np.asarray(dictionary.concept_ids)[concept_rows]
     is_pool = np.arange(len(text_index)) < n * len(pool)
     result = pd.DataFrame({
@@ -181,9 +297,8 @@ def _imbalance_rows(dictionary: SteeringDictionary, scores: LatentScores, frame:
         "concept_id": np.where(is_pool, SHARED_NEGATIVE_ID, scored),
         "scored_concept_id": scored,
         "category": np.where(is_pool, "negative", "positive"),
-        "score": scores.max_act[t, r].numpy(),
-        "max_token_index": index,
-        "max_token": _tokens_at(scores.token_ids, text_index, index, vocabulary),
+        "score": values,
+        **_token_columns(index, None if scores is None else scores.token_ids, text_index, vocabulary),
         "row_id": frame["row_id"].to_numpy()[text_index],
         "source_split": frame["source_split"].to_numpy()[text_index],
     })
@@ -206,6 +321,9 @@ def _tokens_at(token_ids: list[list[int]], texts: np.ndarray, positions: np.ndar
 def calibrate(dictionary: SteeringDictionary, latent_scores: pd.DataFrame, *,
               fallback: float | None = None) -> SteeringDictionary:
     """The dictionary with calibration m_c = max `latent`-mode score of concept c (rule: module docstring)."""
+    if detector_kind(dictionary) != "residual":
+        raise DictionaryError(f"The {dictionary.method} dictionary has no residual detector, so it has no steering "
+                              "calibration; calibrate residual-stream dictionaries only.")
     rows = latent_scores[(latent_scores["method"] == dictionary.method)
                          & (latent_scores.get("layer", dictionary.layer) == dictionary.layer)
                          & (latent_scores.get("source_split", "latent") == "latent")]

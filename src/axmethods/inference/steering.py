@@ -120,8 +120,21 @@ class PromptSteerer:
         return nullcontext(), np.full(len(rows), np.nan)
 
 
+def can_steer(dictionary: SteeringDictionary) -> bool:
+    """Whether the dictionary's method steers at all (detection-only methods — BoW, PromptDetection — say
+    `config["steering"] == "none"`)."""
+    return dictionary.config.get("steering") != "none"
+
+
 def steerer_for(dictionary: SteeringDictionary, *, kind: str = "addition", positions: Positions = "all") -> Steerer:
-    """The steerer a dictionary's method calls for (its config records how it steers)."""
+    """The steerer a dictionary's method calls for (its config records how it steers).
+
+    Raises DictionaryError for detection-only dictionaries (`steering == "none"`): they have no intervention.
+    """
+    if not can_steer(dictionary):
+        raise DictionaryError(f"The {dictionary.method} dictionary is detection-only (steering = none): it has no "
+                              "steering intervention. Steer with a steering method's dictionary (e.g. DiffMean, "
+                              "ReFT-r1, prompt-steering); use this one with `infer latent`.")
     if dictionary.config.get("steering") == "prompt":
         return PromptSteerer(dictionary)
     return DictionarySteerer(dictionary, kind=kind, positions=positions,
