@@ -239,29 +239,8 @@ class EmbeddedLLMServer:
         self.stop()
 
 
-def embedded_llm_server(
-    model: str = DEFAULT_EMBEDDED_MODEL,
-    *,
-    port: int | None = None,
-    n_parallel: int = 4,
-    n_ctx: int = 8192,
-    threads: int | None = None,
-    startup_timeout_s: float = 120.0,
-    log_path: str | Path | None = None,
-) -> EmbeddedLLMServer:
-    """`with embedded_llm_server() as server:` → `server.base_url`, `server.model`; stopped on exit."""
-    return EmbeddedLLMServer(
-        model,
-        port=port,
-        n_parallel=n_parallel,
-        n_ctx=n_ctx,
-        threads=threads,
-        startup_timeout_s=startup_timeout_s,
-        log_path=log_path,
-    )
-
-
-# ---- foreground mode ----------------------------------------------------------------------------------
+# `with embedded_llm_server() as server:` → `server.base_url`, `server.model`; stopped on exit.
+embedded_llm_server = EmbeddedLLMServer
 
 
 def serve_forever(

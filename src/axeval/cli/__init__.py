@@ -7,8 +7,6 @@ import logging
 import typer
 
 from axeval.cli.data import data_app
-from axeval.cli.data_generate import generate
-from axeval.cli.data_hub import pull, push
 from axeval.cli.dictionary import dictionary_app
 from axeval.cli.eval import eval_app
 from axeval.cli.infer import infer_app
@@ -24,15 +22,12 @@ app = typer.Typer(
     add_completion=False,
 )
 
-data_app.command("generate")(generate)
-data_app.command("push")(push)
-data_app.command("pull")(pull)
 app.add_typer(data_app, name="data")
 app.command("train")(train)
 app.add_typer(infer_app, name="infer")
 app.add_typer(dictionary_app, name="dictionary")
 app.add_typer(eval_app, name="eval")
-app.add_typer(typer.Typer(help="Review judge labels with people in Argilla."), name="curate")
+app.add_typer(typer.Typer(help="Review judge labels with people in Argilla (not built yet)."), name="curate")
 app.add_typer(llm_app, name="llm")
 register_run_commands(app)
 

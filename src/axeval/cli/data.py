@@ -14,6 +14,8 @@ from axdata.builders import list_configs, list_splits, read_concepts, read_prove
 from axdata.builders.axbench_import import import_axbench
 from axdata.concepts import ConceptFileError
 from axdata.schema import CATEGORIES, GENRES
+from axeval.cli.data_generate import generate
+from axeval.cli.data_hub import pull, push
 
 data_app = typer.Typer(help="Generate, import, inspect and publish concept datasets.", no_args_is_help=True)
 
@@ -98,3 +100,8 @@ def info(directory: Path = typer.Argument(..., help="A dataset directory written
     if provenance:
         console.print("provenance:")
         console.print_json(data=provenance)
+
+
+data_app.command("generate")(generate)
+data_app.command("push")(push)
+data_app.command("pull")(pull)
