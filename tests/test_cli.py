@@ -46,7 +46,7 @@ def test_config_errors_exit_cleanly(tmp_path):
 def test_demo_runs_end_to_end_and_resumes(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-c", "from axeval.cli import main; main()", "demo", "--output-dir", str(tmp_path)]
-    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "axbench run summary" in first.stdout
     run_dir = tmp_path / "demo"
@@ -56,10 +56,15 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path):
     llm = json.loads((run_dir / "llm.json").read_text())
     assert llm["answer"]["genre"] in ("text", "code", "math")
     assert (run_dir / "config.yaml").exists() and (run_dir / "llm-ledger.jsonl").exists()
+    report = (run_dir / "eval" / "report.md").read_text()
+    for method in ("diffmean", "reft-r1", "prompt-steering"):
+        assert method in report
+    assert list((run_dir / "eval" / "plots").glob("*.png"))
+    assert str(run_dir / "eval" / "report.md") in first.stdout.replace("\n", "")
 
-    second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert second.returncode == 0, second.stdout + second.stderr
-    assert second.stdout.count("skipped") >= 2
+    assert second.stdout.count("skipped") == 8
 
 
 def test_llm_serve_prints_base_url_and_stops_on_ctrl_c():

@@ -83,3 +83,6 @@ def print_summary(result: PipelineResult, console: Console) -> None:
         console.print(f"LLM: {t.calls} calls, {t.cache_hits} cache hits, {t.prompt_tokens} prompt + "
                       f"{t.completion_tokens} completion tokens, ${t.cost_usd:.4f}")
     console.print(f"Done in {result.seconds:.1f} s. Results: [bold]{result.run_dir}[/bold]")
+    report = result.run_dir / "eval" / "report.md"
+    if report.exists():
+        console.print(f"Report: [bold]{report}[/bold] (and report.html beside it)", soft_wrap=True)
