@@ -105,7 +105,7 @@ def test_run_on_an_existing_dataset_skips_generation(tmp_path, tiny_llama_dir, l
     config = AxbenchConfig.load(path, ["methods.train=[diffmean]", "report.baseline=unsteered"])
     run_pipeline(config, default_stages(config)[:3])  # model, llm, data: a dataset to reuse
     reuse = AxbenchConfig.load(path, ["run.name=reuse", f"run.dataset_dir={run_dir / 'data'}",
-                                      "methods.train=[diffmean]", "report.baseline=unsteered"])
+                                      "methods.train=[diffmean, pca]", "report.baseline=unsteered"])
     stages = default_stages(reuse)
     assert "data" not in [s.name for s in stages]
     result = run_pipeline(reuse, stages)

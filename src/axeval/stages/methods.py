@@ -16,7 +16,9 @@ from axmethods.dictionary import SteeringDictionary
 from axmethods.inference.latent import calibrate, check_dictionary, detector_kind, latent_inference
 from axmethods.inference.sampling import SamplingConfig
 from axmethods.inference.steering import UnsteeredBaseline, can_steer, run_steering, steerer_for
+from axmethods.activations import ActivationCollector
 from axmethods.methods import get_method
+from axmethods.methods.base import ActivationMethod
 
 logger = logging.getLogger(__name__)
 
@@ -57,13 +59,23 @@ class TrainStage(Stage):
         train, concepts = dataset.split("train"), dataset.concepts()
         target, layer = ctx.target_model(), ctx.config.run.layer
         summary = {}
+        # Activation methods with the same read-out settings share one collector, so the shared negatives
+        # go through the model once per run, not once per method.
+        collectors: dict[tuple[Any, ...], ActivationCollector] = {}
         for name in ctx.config.methods.train:
             method_class = get_method(name)
             settings = ctx.config.methods.settings.get(name) or ctx.config.methods.settings.get(method_class.name) or {}
             kwargs = {"backend": ctx.llm()} if method_class.name == "prompt-steering" else {}
             method = method_class(settings, **kwargs)
             logger.info("training %s on %d concepts", method_class.name, len(concepts))
-            dictionary = method.fit(target, train, concepts, layer)
+            if isinstance(method, ActivationMethod):
+                cfg = method.config
+                key = (cfg.activation_batch_size, cfg.activation_dtype, cfg.max_length)
+                if key not in collectors:
+                    collectors[key] = method.collector(target, layer)
+                dictionary = method.fit(target, train, concepts, layer, collector=collectors[key])
+            else:
+                dictionary = method.fit(target, train, concepts, layer)
             dictionary.save(dictionary_dir(ctx, method_class.name), datasets=[str(dataset.directory)])
             summary[method_class.name] = {"concepts": dictionary.n_concepts}
         return summary
