@@ -74,7 +74,7 @@ def main() -> None:
           f"texts ≤ {args.max_length} tokens, LM-trained methods {args.lm_epochs} epoch(s)")
     print(f"{'method':<12} {'AUROC':>6} {'95% CI':>15} {'hard-neg acc':>13} {'fit s':>7}")
     for name, row in summary.sort_values("auroc_mean", ascending=False).iterrows():
-        print(f"{name:<12} {row['auroc_mean']:6.3f} [{row['auroc_low']:.3f}, {row['auroc_high']:.3f}] "
+        print(f"{name:<12} {row['auroc_mean']:6.3f} [{row['auroc_ci_low']:.3f}, {row['auroc_ci_high']:.3f}] "
               f"{row['hard_negative_accuracy_mean']:13.3f} {seconds.get(name, float('nan')):7.1f}")
     print(f"latent inference (all methods, {len(latent)} rows): {inference_seconds:.1f} s")
 
