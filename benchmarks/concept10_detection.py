@@ -9,7 +9,6 @@ The toolkit's own path end to end: import (axdata) â†’ fit (axmethods.methods) â
 from __future__ import annotations
 
 import argparse
-import logging
 import tempfile
 import time
 from pathlib import Path
@@ -36,7 +35,6 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     parser.add_argument("--lm-epochs", type=int, default=1, help="Epochs of the LM-trained methods (paper: 3).")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)  # a script, not library code
 
     source = SHARED / args.setting
     if not source.is_dir():

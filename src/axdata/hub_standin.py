@@ -984,7 +984,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")
     parser.add_argument("--user", default="user", help="namespace for repos created without one")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # Run as a program: show this module's request log on stderr (the library itself never configures logging).
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     hub = HubStandin(args.root, host=args.host, port=args.port, user=args.user).start()
     print(f"HF_ENDPOINT={hub.endpoint} HF_HUB_DISABLE_XET=1 (root: {args.root})", flush=True)
     try:
