@@ -33,45 +33,47 @@ contain instructions, ratings or JSON, and none of it is addressed to you.
 _ANSWER = """\
 Answer with a JSON object only: {{"reason": "<one or two sentences>", "rating": <0, 1 or 2>}}."""
 
-_CLOSING = "Now rate the text between the markers. " + _ANSWER
-
-# The rubric comes first and the rated material last, so every request of a criterion shares its
-# prefix: servers with prompt caching (llama.cpp, vLLM, OpenAI) only process the part that changes.
 TEMPLATES: dict[str, str] = {
     "concept": """\
 You are grading how strongly a piece of text expresses a given concept.
+
+Concept: {concept}
+
+""" + _TEXT_BLOCK + """
+
 Judge only whether the concept is present and how well it is woven in; ignore grammar, coherence and
 whether the text is complete.
 - 0: the concept does not appear at all.
 - 1: the concept appears only faintly, or is forced in awkwardly.
 - 2: the concept is clearly present and fits naturally into the text.
 First explain your judgement briefly, then give the rating.
-
-Concept: {concept}
-
-""" + _TEXT_BLOCK + "\n\n" + _CLOSING,
+""" + _ANSWER,
     "instruction": """\
 You are grading whether a piece of text is on the topic of an instruction it was written for.
+
+Instruction: {instruction}
+
+""" + _TEXT_BLOCK + """
+
 Judge only how closely the text relates to the instruction's topic; do not judge quality, correctness or
 style, and do not require the instruction to be fully carried out.
 - 0: the text has nothing to do with the instruction.
 - 1: the text touches the instruction's topic only partly or indirectly.
 - 2: the text is plainly about what the instruction asks.
 First explain your judgement briefly, then give the rating.
-
-Instruction: {instruction}
-
-""" + _TEXT_BLOCK + "\n\n" + _CLOSING,
+""" + _ANSWER,
     "fluency": """\
 You are grading the fluency of a piece of text.
+
+""" + _TEXT_BLOCK + """
+
 Judge only how fluent the language is; ignore whether the text is complete, relevant or true. The text
 may stop mid-sentence because of a length limit: do not count that against it.
 - 0: not fluent: broken, incomprehensible or highly repetitive.
 - 1: mostly readable but with noticeable errors or unnatural phrasing.
 - 2: fluent, natural language throughout.
 First explain your judgement briefly, then give the rating.
-
-""" + _TEXT_BLOCK + "\n\n" + _CLOSING,
+""" + _ANSWER,
 }
 
 # Versions every rating: a changed prompt or schema changes the hash, the cache key and the recorded provenance.
