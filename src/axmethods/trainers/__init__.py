@@ -1,0 +1,26 @@
+"""Preference-trained and LM-objective steering on TRL (RePS, BiPO, "Lang."), plus SFT / LoRA-SFT baselines.
+
+    from axmethods.trainers import RePSConfig, RePSTrainer
+    trainer = RePSTrainer(model=target, args=RePSConfig(layer=10), train_dataset=preference_df, concepts=concepts)
+    trainer.train()
+    dictionary = trainer.export()
+
+`TRAINED_METHODS` names every method of the family with its paper preset; `train_steering_method` is what
+`axbench train NAME` and the pipeline call.
+"""
+
+from axmethods.trainers.artifacts import AdapterSteerer, ConceptAdapters, load_steering_artifact
+from axmethods.trainers.config import RePSConfig
+from axmethods.trainers.data import PreferenceDataError, preference_frame
+from axmethods.trainers.methods import (
+    TRAINED_METHODS,
+    TrainedMethod,
+    get_trained_method,
+    is_trained_method,
+    train_steering_method,
+)
+from axmethods.trainers.reps_trainer import RePSTrainer
+
+__all__ = ["TRAINED_METHODS", "AdapterSteerer", "ConceptAdapters", "PreferenceDataError", "RePSConfig",
+           "RePSTrainer", "TrainedMethod", "get_trained_method", "is_trained_method", "load_steering_artifact",
+           "preference_frame", "train_steering_method"]

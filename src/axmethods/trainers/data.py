@@ -1,0 +1,216 @@
+"""Preference pairs as training rows: tokenised, with per-concept batches and precomputed reference log-likelihoods.
+
+The `preference` split (spec §1.6) holds, per concept, the instruction `input`, the concept response
+`winning_output` (y_c) and the target model's own answer `losing_output` (y). `preference_frame` makes one
+from a `train` split when a dataset has none (AxBench's Concept10 import, for instance): the positives'
+outputs win, the target model's greedy answers lose.
+
+The base model is frozen, so log p_ref(y|x) never changes during training: it is computed once per pair
+before the first step (no-grad, batched), not once per step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import datasets
+import pandas as pd
+import torch
+from huggingface_hub.utils import tqdm
+
+from axdata.concepts import Concept
+from axmethods.inference.residuals import pad_token_id
+from axmethods.inference.sampling import SamplingConfig, sample
+from axmethods.models import TargetModel
+
+logger = logging.getLogger(__name__)
+
+PREFERENCE_COLUMNS = ("input", "winning_output", "losing_output", "concept_id")
+
+
+class PreferenceDataError(ValueError):
+    """The preference pairs cannot be built or do not cover the concepts to train."""
+
+
+def check_preference_frame(frame: pd.DataFrame, concepts: Sequence[Concept], source: str) -> pd.DataFrame:
+    """The rows of `frame` that belong to `concepts`, or an error naming what is missing and the fix."""
+    missing = set(PREFERENCE_COLUMNS) - set(frame.columns)
+    if missing:
+        raise PreferenceDataError(f"{source} lacks columns {sorted(missing)}; pass the `preference` split or build it "
+                                  "with axmethods.trainers.preference_frame(target, train_split, concepts).")
+    wanted = {c.concept_id for c in concepts}
+    rows = frame[frame["concept_id"].isin(wanted)]
+    absent = sorted(wanted - set(rows["concept_id"]))
+    if absent:
+        raise PreferenceDataError(f"{source} has no preference pairs for concepts {absent[:10]}; generate the "
+                                  "preference split for them (axbench data generate) or drop them.")
+    empty = rows["winning_output"].fillna("").str.strip().eq("") | rows["losing_output"].fillna("").str.strip().eq("")
+    if empty.any():
+        logger.warning("%s: dropping %d pairs with an empty response", source, int(empty.sum()))
+        rows = rows[~empty]
+    return rows.reset_index(drop=True)
+
+
+def preference_frame(target: TargetModel, train_df: pd.DataFrame, concepts: Sequence[Concept], *,
+                     max_new_tokens: int = 128, batch_size: int = 16, progress: bool = True) -> pd.DataFrame:
+    """Preference pairs from a `train` split: each positive wins over the target model's greedy answer."""
+    ids = {c.concept_id for c in concepts}
+    positives = train_df[(train_df["category"] == "positive") & train_df["concept_id"].isin(ids)]
+    if positives.empty:
+        raise PreferenceDataError("the train split has no positives for the concepts to train; nothing to pair.")
+    instructions = positives["input"].astype(str).tolist()
+    unique = list(dict.fromkeys(instructions))
+    prompts = [target.encode(target.format_prompt(text)) for text in unique]
+    order = sorted(range(len(unique)), key=lambda i: -len(prompts[i]))
+    answers: dict[str, str] = {}
+    greedy = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0)
+    for start in tqdm(range(0, len(order), batch_size), desc="losing outputs (target model, greedy)",
+                      disable=not progress):
+        batch = order[start:start + batch_size]
+        tokens = sample(target, [prompts[i] for i in batch], [0] * len(batch), greedy)
+        for i, text in zip(batch, target.tokenizer.batch_decode(tokens, skip_special_tokens=True)):
+            answers[unique[i]] = text.strip()
+    frame = positives.rename(columns={"output": "winning_output"}).copy()
+    frame["losing_output"] = [answers[text] for text in instructions]
+    frame["losing_generator"] = target.model_id
+    return frame.reset_index(drop=True)
+
+
+@dataclass
+class PairRows:
+    """Tokenised pairs: row i belongs to concept index `concept[i]` (into the trained concept list)."""
+
+    concept: list[int]
+    prompt: list[list[int]]
+    winning: list[list[int]]
+    losing: list[list[int]]
+
+    def __len__(self) -> int:
+        return len(self.concept)
+
+    def to_dataset(self, ref_winning: torch.Tensor, ref_losing: torch.Tensor) -> datasets.Dataset:
+        return datasets.Dataset.from_dict({
+            "concept_index": self.concept, "prompt_ids": self.prompt, "winning_ids": self.winning,
+            "losing_ids": self.losing, "ref_winning_logp": ref_winning.tolist(), "ref_losing_logp": ref_losing.tolist(),
+        })
+
+
+def tokenize_pairs(target: TargetModel, frame: pd.DataFrame, concepts: Sequence[Concept], *,
+                   max_prompt_length: int, max_response_length: int) -> PairRows:
+    """AxBench's LM view: chat-templated user turn + generation prompt, then the raw response (no EOS)."""
+    index = {c.concept_id: i for i, c in enumerate(concepts)}
+    rows = PairRows([], [], [], [])
+    for record in frame.itertuples(index=False):
+        rows.concept.append(index[int(record.concept_id)])
+        rows.prompt.append(target.encode(target.format_prompt(str(record.input)))[-max_prompt_length:])
+        rows.winning.append(target.encode(str(record.winning_output))[:max_response_length])
+        rows.losing.append(target.encode(str(record.losing_output))[:max_response_length])
+    empty = [i for i in range(len(rows)) if not rows.winning[i] or not rows.losing[i]]
+    if empty:
+        raise PreferenceDataError(f"{len(empty)} pairs have a response that encodes to no tokens (e.g. row {empty[0]})")
+    return rows
+
+
+@dataclass
+class SequenceBatch:
+    """Right-padded prompt + response sequences and which positions are response tokens."""
+
+    input_ids: torch.Tensor  # [N, T]
+    attention_mask: torch.Tensor  # [N, T]
+    response_mask: torch.Tensor  # [N, T] bool: token t is a response token (predicted from t−1)
+    prompt_mask: torch.Tensor  # [N, T] bool: prompt tokens after the chat prefix
+
+    def to(self, device: torch.device) -> SequenceBatch:
+        return SequenceBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.response_mask,
+                                                     self.prompt_mask)))
+
+
+def pad_sequences(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad: int,
+                  prefix_length: int) -> SequenceBatch:
+    lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
+    width = max(lengths)
+    input_ids = torch.full((len(lengths), width), pad, dtype=torch.long)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        input_ids[i, :lengths[i]] = torch.tensor([*p, *r])
+    position = torch.arange(width)[None]
+    total = torch.tensor(lengths)[:, None]
+    prompt_length = torch.tensor([len(p) for p in prompts])[:, None]
+    return SequenceBatch(input_ids, (position < total).long(), (position >= prompt_length) & (position < total),
+                         (position >= prefix_length) & (position < prompt_length))
+
+
+def sequence_logps(logits: torch.Tensor, batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of the response tokens' log-probabilities per sequence, and the number of response tokens."""
+    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
+    mask = batch.response_mask[:, 1:]
+    return (logps * mask).sum(-1), mask.sum(-1)
+
+
+@torch.no_grad()
+def reference_logps(target: TargetModel, rows: PairRows, batch_size: int, progress: bool = True
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p_ref(y_c|x) and log p_ref(y|x) per pair under the unsteered model, longest sequences batched together."""
+    pad = pad_token_id(target)
+    texts = [(p, w) for p, w in zip(rows.prompt, rows.winning)] + [(p, lo) for p, lo in zip(rows.prompt, rows.losing)]
+    order = sorted(range(len(texts)), key=lambda i: -(len(texts[i][0]) + len(texts[i][1])))
+    values = torch.zeros(len(texts))
+    was_training = target.model.training
+    target.model.eval()
+    try:
+        for start in tqdm(range(0, len(order), batch_size), desc="reference log-likelihoods", disable=not progress):
+            chunk = order[start:start + batch_size]
+            batch = pad_sequences([texts[i][0] for i in chunk], [texts[i][1] for i in chunk], pad,
+                                  target.prefix_length).to(target.device)
+            logits = target.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                  use_cache=False).logits
+            values[chunk] = sequence_logps(logits, batch)[0].float().cpu()
+    finally:
+        target.model.train(was_training)
+    return values[:len(rows)], values[len(rows):]
+
+
+class ConceptBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Each micro-batch holds `per_concept` pairs of every concept (reshuffled each epoch).
+
+    With each concept's loss averaged over its own rows and summed over concepts, and row-local
+    optimiser updates, training k concepts together equals k single-concept runs.
+    """
+
+    def __init__(self, concept_of_row: Sequence[int], per_concept: int, seed: int) -> None:
+        by_concept: dict[int, list[int]] = {}
+        for row, concept in enumerate(concept_of_row):
+            by_concept.setdefault(int(concept), []).append(row)
+        self.groups = [torch.tensor(rows) for _, rows in sorted(by_concept.items())]
+        self.per_concept = per_concept
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return math.ceil(max(len(g) for g in self.groups) / self.per_concept)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        shuffled = [g[torch.randperm(len(g), generator=generator)] for g in self.groups]
+        for step in range(len(self)):
+            yield [int(r) for g in shuffled for r in g[step * self.per_concept:(step + 1) * self.per_concept]]
+
+
+class PairCollator:
+    """Dataset rows → the tensors `RePSTrainer.compute_loss` needs (sequences are built there, per pair kind)."""
+
+    def __call__(self, features: list[dict]) -> dict[str, object]:
+        return {
+            "concept_index": torch.tensor([f["concept_index"] for f in features], dtype=torch.long),
+            "prompt_ids": [f["prompt_ids"] for f in features],
+            "winning_ids": [f["winning_ids"] for f in features],
+            "losing_ids": [f["losing_ids"] for f in features],
+            "ref_winning_logp": torch.tensor([f["ref_winning_logp"] for f in features]),
+            "ref_losing_logp": torch.tensor([f["ref_losing_logp"] for f in features]),
+        }

@@ -1,0 +1,259 @@
+"""`RePSTrainer`: preference-trained (RePS, BiPO) and LM-objective steering on TRL's trainer infrastructure.
+
+    trainer = RePSTrainer(model=target, args=RePSConfig(layer=10), train_dataset=pairs, concepts=concepts)
+    trainer.train()
+    dictionary = trainer.export()           # a SteeringDictionary (vector) or ConceptAdapters (LoRA / LoReFT)
+
+`model` is an `axmethods.models.TargetModel` (the frozen base model and its chat facts); `train_dataset` is a
+`preference` split frame (input, winning_output, losing_output, concept_id). The base model's weights never
+receive gradients and are bitwise unchanged; the intervention's parameters are fp32 with a leading concept
+axis, so every concept of the run trains in the same forward passes (see `ConceptBatchSampler`).
+
+Each step, for each pair kind and each example, one factor α is drawn from `steering_factors`:
+- `orig_add`: steer with +α; the concept response y_c should win over the model's own answer y;
+- `orig_sub`: steer with the concept removed (`null_it_out`) or −α (`negate`); y should win over y_c.
+Both kinds' winning and losing sequences go through the model in one stacked forward.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from trl.trainer.base_trainer import _BaseTrainer
+
+from axdata.concepts import Concept
+from axmethods.inference.residuals import pad_token_id
+from axmethods.models import TargetModel
+from axmethods.trainers import losses
+from axmethods.trainers.config import RePSConfig
+from axmethods.trainers.data import (
+    ConceptBatchSampler,
+    PairCollator,
+    check_preference_frame,
+    pad_sequences,
+    reference_logps,
+    sequence_logps,
+    tokenize_pairs,
+)
+from axmethods.trainers.parameterisations import ConceptIntervention, RowPlan, new_intervention
+
+logger = logging.getLogger(__name__)
+
+REPS_CITATION = """\
+@inproceedings{wu2025reps,
+  title     = {Improved Representation Steering for Language Models},
+  author    = {Wu, Zhengxuan and Yu, Qinan and Arora, Aryaman and Manning, Christopher D. and Potts, Christopher},
+  year      = {2025},
+  eprint    = {2505.20809},
+  archivePrefix = {arXiv}
+}"""
+
+
+def default_intervention_layers(num_layers: int) -> list[int]:
+    """The paper's LoRA / LoReFT layers [5, 10, 15, 20] of Gemma-2-2B's 26, at the same depths of this model."""
+    return sorted({min(num_layers - 1, round(layer * num_layers / 26)) for layer in (5, 10, 15, 20)})
+
+
+class SteeringModel(nn.Module):
+    """The frozen target model with a concept intervention: the only parameters that train are the intervention's."""
+
+    def __init__(self, target: TargetModel, intervention: ConceptIntervention) -> None:
+        super().__init__()
+        self.base = target.model
+        self.intervention = intervention.to(target.device)
+        self.target = target
+
+    @property
+    def config(self) -> Any:
+        return self.base.config
+
+    def train(self, mode: bool = True) -> SteeringModel:
+        super().train(mode)
+        self.base.eval()  # the base model's dropout stays off: the reference and the policy see the same model
+        return self
+
+
+class RePSTrainer(_BaseTrainer):
+    """Trainer for RePS (reference-free scaled SimPO), BiPO (DPO) and "Lang." (LM loss) steering interventions."""
+
+    _tag_names = ["trl", "axbench", "steering", "reps"]
+    _name = "RePS"
+    _paper = {
+        "title": "Improved Representation Steering for Language Models",
+        "id": "2505.20809",
+        "citation": REPS_CITATION,
+    }
+
+    def __init__(self, model: TargetModel, args: RePSConfig | None = None, train_dataset: pd.DataFrame | None = None,
+                 processing_class: Any = None, *, concepts: Sequence[Concept], callbacks: list | None = None,
+                 method_name: str = "reps") -> None:
+        if not isinstance(model, TargetModel):
+            raise TypeError(f"RePSTrainer takes an axmethods TargetModel as `model` (load_target_model(...)); got "
+                            f"{type(model).__name__}.")
+        if train_dataset is None:
+            raise ValueError("RePSTrainer needs a train_dataset: the preference split (input, winning_output, "
+                             "losing_output, concept_id).")
+        args = args or RePSConfig()
+        if not concepts:
+            raise ValueError("RePSTrainer needs at least one concept.")
+        self.concepts = list(concepts)
+        self.method_name = method_name
+        self.target = model
+        layers = self._layers(args, model)
+        generator = torch.Generator().manual_seed(args.seed)
+        intervention = new_intervention(
+            args.parameterisation, model, len(self.concepts), layers, rank=args.low_rank_dimension,
+            dropout=args.intervention_dropout, lora_alpha=args.lora_alpha, lora_target_module=args.lora_target_module,
+            init_std=args.init_std, train_bias=args.train_bias, generator=generator)
+        frame = check_preference_frame(train_dataset, self.concepts, "the preference data")
+        rows = tokenize_pairs(model, frame, self.concepts, max_prompt_length=args.max_prompt_length,
+                              max_response_length=args.max_response_length)
+        ref_winning, ref_losing = reference_logps(model, rows, args.reference_batch_size,
+                                                  progress=not args.disable_tqdm)
+        self._frozen = [(p, p.requires_grad) for p in model.model.parameters()]
+        for parameter, _ in self._frozen:
+            parameter.requires_grad_(False)
+        self._factor_generator = torch.Generator().manual_seed(args.seed + 1)
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+        super().__init__(model=SteeringModel(model, intervention), args=args, train_dataset=rows.to_dataset(
+            ref_winning, ref_losing), data_collator=PairCollator(), processing_class=processing_class or model.tokenizer,
+            callbacks=callbacks)
+
+    @staticmethod
+    def _layers(args: RePSConfig, target: TargetModel) -> list[int]:
+        if args.parameterisation == "vector":
+            if args.layer is None:
+                raise ValueError("RePSConfig.layer is required for a steering vector: the block whose output it "
+                                 "steers (e.g. --layer 10).")
+            return [args.layer]
+        return list(args.intervention_layers or default_intervention_layers(target.num_layers))
+
+    @property
+    def intervention(self) -> ConceptIntervention:
+        return self.model.intervention
+
+    def get_train_dataloader(self) -> DataLoader:
+        sampler = ConceptBatchSampler(self.train_dataset["concept_index"], self.args.per_device_train_batch_size,
+                                      self.args.seed)
+        loader = DataLoader(self.train_dataset, batch_sampler=sampler, collate_fn=self.data_collator,
+                            num_workers=self.args.dataloader_num_workers)
+        return self.accelerator.prepare(loader)
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            for parameter, flag in self._frozen:
+                parameter.requires_grad_(flag)
+
+    def _plan(self, kind: str, concept: torch.Tensor, factor: torch.Tensor, n_responses: int) -> RowPlan:
+        """The intervention of one pair kind for its stacked winning (+ losing) sequences."""
+        concepts = concept.repeat(n_responses)
+        if kind == "orig_add":
+            return RowPlan(concepts, factor.repeat(n_responses))
+        if self.args.subtraction_type == "null_it_out":
+            return RowPlan(concepts, torch.zeros_like(factor).repeat(n_responses),
+                           subtract=torch.ones(len(concepts), dtype=torch.bool, device=concept.device))
+        return RowPlan(concepts, (-factor).repeat(n_responses))
+
+    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> torch.Tensor:
+        cfg: RePSConfig = self.args
+        device = self.target.device
+        concept = inputs["concept_index"].to(device)
+        n = len(concept)
+        kinds = cfg.pair_kinds
+        responses = [inputs["winning_ids"]] if cfg.loss_type == "lm" else [inputs["winning_ids"], inputs["losing_ids"]]
+        choices = torch.tensor(cfg.steering_factors, dtype=torch.float32)
+        plans, prompts, targets = [], [], []
+        for kind in kinds:
+            factor = choices[torch.randint(len(choices), (n,), generator=self._factor_generator)].to(device)
+            plans.append(self._plan(kind, concept, factor, len(responses)))
+            for texts in responses:
+                prompts += inputs["prompt_ids"]
+                targets += texts
+        batch = pad_sequences(prompts, targets, pad_token_id(self.target), self.target.prefix_length).to(device)
+        plan = RowPlan(torch.cat([p.concepts for p in plans]), torch.cat([p.factors for p in plans]),
+                       subtract=_cat_optional([p.subtract for p in plans], [len(p.concepts) for p in plans], device),
+                       mask=batch.prompt_mask if cfg.intervention_positions == "prompt" else None)
+        with self.intervention.applied(self.target, plan):
+            logits = model.base(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        logps, lengths = sequence_logps(logits, batch)
+        per_row = []
+        width = n * len(responses)
+        for index, kind in enumerate(kinds):
+            part = slice(index * width, (index + 1) * width)
+            kind_logps, kind_lengths = logps[part], lengths[part]
+            winning, len_winning = kind_logps[:n], kind_lengths[:n]
+            if cfg.loss_type == "lm":
+                per_row.append(losses.language_modelling(winning, len_winning))
+                self._metrics["logps/winning"].append(float((winning.detach() / len_winning.clamp_min(1)).mean()))
+                continue
+            losing, len_losing = kind_logps[n:], kind_lengths[n:]
+            ref_w, ref_l = inputs["ref_winning_logp"].to(device), inputs["ref_losing_logp"].to(device)
+            if kind == "orig_sub":  # the model's own answer is the chosen one
+                winning, losing, len_winning, len_losing, ref_w, ref_l = losing, winning, len_losing, len_winning, \
+                    ref_l, ref_w
+            if cfg.loss_type == "scaled_simpo":
+                loss = losses.scaled_simpo(winning, losing, len_winning, len_losing, ref_w, ref_l, cfg.simpo_scaler)
+            else:
+                loss = losses.dpo(winning, losing, ref_w, ref_l, cfg.beta)
+            per_row.append(loss)
+            margin = winning / len_winning.clamp_min(1) - losing / len_losing.clamp_min(1)
+            self._metrics[f"margin/{kind}"].append(float(margin.detach().mean()))
+            self._metrics[f"loss/{kind}"].append(float(loss.detach().mean()))
+        total = losses.per_concept_sum(torch.cat(per_row), concept.repeat(len(kinds)), len(self.concepts))
+        return total
+
+    def _clip_grad_norm(self, model: nn.Module) -> torch.Tensor:
+        """Each concept's gradient clipped on its own (a joint norm would couple the concepts); returns the max."""
+        k = len(self.concepts)
+        grads = [p.grad for p in self.intervention.parameters() if p.grad is not None]
+        norms = torch.stack([g.reshape(k, -1).float().pow(2).sum(1) for g in grads]).sum(0).sqrt()
+        scale = (self.args.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+        for grad in grads:  # concept-major: a leading axis of k × (layers) rows
+            grad.mul_(scale.repeat_interleave(grad.shape[0] // k).to(grad.dtype).view(-1, *[1] * (grad.ndim - 1)))
+        return norms.max()
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        if mode == "train":
+            logs = {**logs, **{key: sum(values) / len(values) for key, values in self._metrics.items() if values}}
+            self._metrics.clear()
+        super().log(logs, start_time)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Checkpoints hold the intervention only (safetensors); the base model is unchanged and not copied."""
+        from safetensors.torch import save_file
+
+        folder = Path(output_dir or self.args.output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.intervention.concept_parameters().items()},
+                  str(folder / "intervention.safetensors"))
+
+    def export(self) -> Any:
+        """The trained result: a `SteeringDictionary` (vector) or `ConceptAdapters` (LoRA / LoReFT)."""
+        from axmethods.trainers.artifacts import export_intervention
+
+        return export_intervention(self.intervention, self.target, self.concepts, self.args,
+                                   method=self.method_name, trainer=self)
+
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
+                          tags: str | list[str] | None = None) -> None:
+        """Write the exported artefact's card (with this trainer's name, paper and tags) into `output_dir`."""
+        self.export().save(self.args.output_dir, datasets=[dataset_name] if dataset_name else ())
+
+
+def _cat_optional(parts: list[torch.Tensor | None], sizes: list[int], device: torch.device) -> torch.Tensor | None:
+    if all(part is None for part in parts):
+        return None
+    return torch.cat([part if part is not None else torch.zeros(size, dtype=torch.bool, device=device)
+                      for part, size in zip(parts, sizes)])
