@@ -6,6 +6,8 @@
     report.md, report.html          the leaderboard and the per-part tables (HTML self-contained: inline PNGs)
     detection.parquet, steering.parquet   per-concept tables behind the leaderboard
     plots/roc.png, plots/steering_factors.png
+    plots/agreement_<dataset>.png   judge–human confusion matrices, when `<run_dir>/curation/<dataset>/` holds
+                                    labels pulled by `axbench curate pull` (section "Judge–human agreement")
     .eval_results/<method>.yaml     Hub eval results, one file per method (upload it to that method's
                                     model repo as `.eval_results/axbench.yaml`)
 """
@@ -46,6 +48,7 @@ class ReportInputs:
     imbalance_rows: pd.DataFrame | None = None
     judgements: pd.DataFrame | None = None
     title: str = "AxBench report"
+    curations: list[Path] = field(default_factory=list)  # labels folders (axbench curate pull)
 
     @classmethod
     def from_run_dir(cls, run_dir: str | Path) -> ReportInputs:
@@ -59,7 +62,9 @@ class ReportInputs:
                 f"{root} holds none of {LATENT_FILE}, {IMBALANCE_FILE}, {JUDGEMENTS_FILE}; run latent inference "
                 "or the judge first (axbench run CONFIG resumes where it stopped)."
             )
-        return cls(**frames, title=f"AxBench report: {root.name}")
+        from axeval.curation.labels import find_curations
+
+        return cls(**frames, title=f"AxBench report: {root.name}", curations=find_curations(root))
 
 
 def _read_optional(path: Path) -> pd.DataFrame | None:
@@ -76,6 +81,7 @@ class Report:
     steering_summary: pd.DataFrame | None = None
     winrates: pd.DataFrame | None = None
     judge: dict | None = None
+    agreement: dict[str, pd.DataFrame] = field(default_factory=dict)  # curation dataset → agreement table
     files: dict[str, Path] = field(default_factory=dict)
 
     def summary(self) -> str:
@@ -140,6 +146,8 @@ def build_report(
         plots["steering_factors"] = _plot_factor_curves(
             steering.factor_curves(scored), out / "plots" / "steering_factors.png")
 
+    for folder in inputs.curations:
+        plots[f"agreement_{folder.name}"] = _agreement(report, folder, out / "plots" / f"agreement_{folder.name}.png")
     report.leaderboard = leaderboard(report)
     report.files |= {f"plot_{name}": path for name, path in plots.items()}
     report.files["markdown"] = out / "report.md"
@@ -218,6 +226,8 @@ def render_markdown(report: Report, title: str, plots: dict[str, Path], out: Pat
                            ("Steering", report.steering_summary), ("Winrates", report.winrates)):
         if frame is not None:
             parts += [f"## {heading}", "", _frame_markdown(frame), ""]
+    for dataset, frame in report.agreement.items():
+        parts += [f"## Judge–human agreement: `{dataset}`", "", _AGREEMENT_NOTE, "", _frame_markdown(frame), ""]
     for name, path in plots.items():
         parts += [f"![{name}]({path.relative_to(out).as_posix()})", ""]
     return "\n".join(parts)
@@ -235,6 +245,9 @@ def render_html(report: Report, title: str, plots: dict[str, Path]) -> str:
                            ("Steering", report.steering_summary), ("Winrates", report.winrates)):
         if frame is not None:
             body += [f"<h2>{heading}</h2>", table(frame)]
+    for dataset, frame in report.agreement.items():
+        body += [f"<h2>Judge–human agreement: {html.escape(dataset)}</h2>", f"<p>{html.escape(_AGREEMENT_NOTE)}</p>",
+                 table(frame)]
     for name, path in plots.items():
         data = base64.b64encode(path.read_bytes()).decode("ascii")
         body.append(f'<h2>{html.escape(name)}</h2><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">')
@@ -243,6 +256,22 @@ def render_html(report: Report, title: str, plots: dict[str, Path]) -> str:
              "img{max-width:100%}")
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+_AGREEMENT_NOTE = ("Judge vs people (axbench curate): quadratic-weighted Cohen's kappa, Spearman rho, exact "
+                   "agreement and mean |difference| per criterion and for the harmonic-mean score (kappa and exact "
+                   "on the score rounded to 0/1/2); inter-annotator kappa is the mean over annotator pairs on "
+                   "shared records. NaN: undefined (constant ratings, too few items).")
+
+
+def _agreement(report: Report, folder: Path, plot: Path) -> Path:
+    """Judge–human agreement of one labels folder: a table in the report and the confusion-matrix plot."""
+    from axeval.curation.agreement import judge_human_agreement
+    from axeval.curation.labels import plot_confusion, read_labels
+
+    result = judge_human_agreement(read_labels(folder))
+    report.agreement[folder.name] = result.table()
+    return plot_confusion(result, plot)
 
 
 def write_eval_results(report: Report, folder: Path, dataset_id: str) -> dict[str, Path]:

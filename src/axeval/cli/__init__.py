@@ -6,6 +6,7 @@ import logging
 
 import typer
 
+from axeval.cli.curate import curate_app
 from axeval.cli.data import data_app
 from axeval.cli.dictionary import dictionary_app
 from axeval.cli.eval import eval_app
@@ -27,7 +28,7 @@ app.command("train")(train)
 app.add_typer(infer_app, name="infer")
 app.add_typer(dictionary_app, name="dictionary")
 app.add_typer(eval_app, name="eval")
-app.add_typer(typer.Typer(help="Review judge labels with people in Argilla (not built yet)."), name="curate")
+app.add_typer(curate_app, name="curate")
 app.add_typer(llm_app, name="llm")
 register_run_commands(app)
 
