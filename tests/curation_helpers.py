@@ -33,6 +33,8 @@ def judged_frame(n_prompts: int = 3, seed: int = 0) -> pd.DataFrame:
     frame["judge_model"] = "stand-in-judge"
     frame["judge_template_hash"] = JUDGE_TEMPLATE_HASH
     frame["judge_temperature"] = 0.0
+    frame["judge_calls"] = 3
+    frame["judge_cost_usd"] = 0.0
     return frame
 
 
