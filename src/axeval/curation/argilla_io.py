@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,7 +72,10 @@ def review_settings(client: Any, min_submitted: int = 1) -> Any:
 
 
 def get_dataset(client: Any, name: str, workspace: str) -> Any | None:
-    return client.datasets(name=name, workspace=workspace)
+    """The dataset, or None when the workspace has none of that name (without the client's warning)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return client.datasets(name=name, workspace=workspace)
 
 
 def push_records(client: Any, records: list[ReviewRecord], name: str, *, workspace: str | None = None,
