@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.axbench-installed
 PIP_CONSTRAINTS := $(if $(TORCH_CONSTRAINTS),-c $(TORCH_CONSTRAINTS))
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint clean argilla
 
 setup: $(STAMP)
 
@@ -29,6 +29,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# A local Argilla server (argilla-server + osmem-server + redis) for `axbench curate`; its own venv .argilla-venv.
+argilla: setup
+	$(BIN)/python -m axeval.curation.local_server --install
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -99,7 +99,6 @@ class LocalArgilla:
                "ARGILLA_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
                "ARGILLA_SEARCH_ENGINE": "opensearch",
                "ARGILLA_ELASTICSEARCH": f"http://127.0.0.1:{search_port}",
-               "ARGILLA_ENABLE_TELEMETRY": "0",
                "HF_HUB_DISABLE_TELEMETRY": "1"}
         for key in ("ARGILLA_API_KEY", "ARGILLA_API_URL"):  # the server's own settings must not see a client's
             env.pop(key, None)
@@ -249,6 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.install:
         seconds = ensure_server_venv(args.venv)
         print(f"server venv {args.venv}: " + (f"installed in {seconds:.0f} s" if seconds else "already installed"))
+    import signal
+
+    def _interrupt(*_: object) -> None:  # `kill`/`timeout` send SIGTERM: stop the children too, as on Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)
     server = LocalArgilla(home=args.home, venv=args.venv, port=args.port)
     server.start()
     print(f"Argilla is up at {server.api_url} (started in {server.start_seconds:.1f} s); data in {server.home}")
