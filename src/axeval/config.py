@@ -22,7 +22,7 @@ from axdata.generation.config import LLMConfig
 from axdata.generation.generation_config import GenerationConfig
 from axdata.hashing import content_hash
 from axeval.judge import JudgeConfig
-from axmethods.methods import get_method
+from axmethods.trainers.methods import canonical_method_name
 from axmethods.models import TargetModelConfig
 
 
@@ -50,7 +50,8 @@ class RunSection:
 class MethodsSection:
     train: list[str] = field(
         default_factory=lambda: ["diffmean", "reft-r1", "prompt-steering"],
-        metadata={"help": "Methods to train and evaluate (axmethods.methods.METHODS names or AxBench class names)."},
+        metadata={"help": "Methods to train and evaluate (axmethods.methods.METHODS names, AxBench class names, or "
+                          "trained steering methods: reps, bipo, lang-vector, lora, loreft, sft, ...)."},
     )
     settings: dict[str, dict[str, Any]] = field(
         default_factory=dict,
@@ -157,7 +158,7 @@ class AxbenchConfig:
         names = []
         for name in self.methods.train:
             try:
-                names.append(get_method(name).name)
+                names.append(canonical_method_name(name))
             except KeyError as err:
                 raise ConfigError(f"{source}: methods.train: {err.args[0]}") from None
         baseline = self.report.baseline
@@ -165,7 +166,7 @@ class AxbenchConfig:
             return
         candidates = names + (["unsteered"] if self.inference.unsteered_baseline else [])
         try:
-            resolved = baseline if baseline == "unsteered" else get_method(baseline).name
+            resolved = baseline if baseline == "unsteered" else canonical_method_name(baseline)
         except KeyError:
             resolved = baseline
         if resolved not in candidates:

@@ -15,11 +15,13 @@ def _load(dictionaries: list[str], layer: int | None, model: str | None, dtype: 
     from axmethods.dictionary import SteeringDictionary
     from axmethods.inference.latent import check_dictionary
     from axmethods.models import load_target_model
+    from axmethods.trainers.artifacts import load_steering_artifact
 
-    loaded = [SteeringDictionary.from_pretrained(source, layer=layer) for source in dictionaries]
+    loaded = [load_steering_artifact(source, layer=layer) for source in dictionaries]
     target = load_target_model(model or loaded[0].base_model, dtype=dtype, device=device)
     for dictionary in loaded:
-        check_dictionary(dictionary, target)  # text detectors (BoW) have a vocabulary-sized weight
+        if isinstance(dictionary, SteeringDictionary):
+            check_dictionary(dictionary, target)  # text detectors (BoW) have a vocabulary-sized weight
     return loaded, target
 
 
@@ -67,13 +69,19 @@ def latent(
     calibrate the residual dictionaries."""
     from axdata.builders import read_split
     from axdata.io import atomic_path
-    from axmethods.dictionary import WEIGHTS_FILE
+    from axmethods.dictionary import WEIGHTS_FILE, SteeringDictionary
     from axmethods.inference.latent import calibrate as calibrate_dictionary
     from axmethods.inference.latent import detector_kind, latent_inference
 
     try:
         config = _resolve_config(data, config)
-        dictionaries, target = _load(dictionary, layer, model, dtype, device)
+        loaded_all, target = _load(dictionary, layer, model, dtype, device)
+        dictionaries = [d for d in loaded_all if isinstance(d, SteeringDictionary)]
+        for skipped in loaded_all:
+            if not isinstance(skipped, SteeringDictionary):
+                typer.echo(f"Skipped {skipped.method}: its adapters steer but have no detector.", err=True)
+        if not dictionaries:
+            raise ValueError("none of --dictionary is a steering dictionary; latent inference needs a detector.")
         latent_split = read_split(data, config, "latent")
         pool = read_split(data, config, "latent_imbalance") if mode == "latent_imbalance" else None
         scores = latent_inference(target, dictionaries, latent_split, mode=mode, imbalance_pool=pool,
@@ -90,9 +98,13 @@ def latent(
         if detector_kind(loaded) == "none":
             typer.echo(f"Skipped {loaded.method}: a steering-only method has no detector.", err=True)
     if mode == "latent" and calibrate:
-        for source, loaded in zip(dictionary, dictionaries):
-            if detector_kind(loaded) != "residual":
+        from axmethods.trainers.artifacts import is_fixed_calibration
+
+        for source, loaded in zip(dictionary, loaded_all):
+            if not isinstance(loaded, SteeringDictionary) or detector_kind(loaded) != "residual":
                 continue  # only residual-stream dictionaries steer with a calibrated magnitude
+            if is_fixed_calibration(loaded):
+                continue  # RePS-family vectors steer with the raw factor
             if not Path(source).exists():
                 typer.echo(f"{source} is a Hub repo: calibration not written back (pull it first).", err=True)
                 continue
@@ -109,8 +121,9 @@ def steer(
                                                               "optional when the dataset holds only one."),
     out: Path = typer.Option(..., "--out", help="Output parquet (part files beside it make re-runs resume)."),
     model: str | None = typer.Option(None, "--model", help="Target model; default: the dictionary's base model."),
-    factors: str = typer.Option("0,0.2,0.4,0.6,0.8,1,1.2,1.4,1.6,1.8,2,2.5,3,5", "--factors",
-                                help="Comma-separated steering factors (α = factor × calibration)."),
+    factors: str | None = typer.Option(None, "--factors",
+                                       help="Comma-separated steering factors (α = factor × calibration); default: "
+                                            "the method's own grid (RePS family) or AxBench's 14 factors."),
     layer: int | None = typer.Option(None, "--layer", help="Layer folder to read when the dictionary holds several."),
     intervention: str = typer.Option("addition", "--intervention",
                                      help="addition | clamp | subtract_add | threshold | ablate."),
@@ -126,17 +139,19 @@ def steer(
     """Generate a steered answer for every (concept, prompt, factor) row of the steering split."""
     from axdata.builders import read_split
     from axmethods.inference.sampling import SamplingConfig
-    from axmethods.inference.steering import run_steering, steerer_for
+    from axmethods.inference.steering import AXBENCH_FACTORS, run_steering
+    from axmethods.trainers.artifacts import steerer_for_artifact
 
     try:
-        factor_values = [float(value) for value in factors.split(",") if value.strip()]
+        factor_values = [float(value) for value in factors.split(",") if value.strip()] if factors else None
     except ValueError:
         raise _fail(ValueError(f"--factors {factors!r} is not a comma-separated list of numbers (e.g. 0.5,1,2)")) from None
     try:
         config = _resolve_config(data, config)
         (loaded,), target = _load([dictionary], layer, model, dtype, device)
         # Refuses detection-only dictionaries (BoW, prompt-detection) with a clear message.
-        steerer = steerer_for(loaded, kind=intervention, positions=positions)  # type: ignore[arg-type]
+        steerer = steerer_for_artifact(loaded, kind=intervention, positions=positions)  # type: ignore[arg-type]
+        factor_values = factor_values or getattr(steerer, "factors", None) or list(AXBENCH_FACTORS)
         sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
         result = run_steering(target, steerer, read_split(data, config, "steering"), out, factors=factor_values,
                               sampling=sampling, batch_size=batch_size, seed=seed)

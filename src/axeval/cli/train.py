@@ -14,15 +14,19 @@ logger = logging.getLogger(__name__)
 
 def train(
     method: str = typer.Argument(..., help="Method name: diffmean, pca, lat, probe, reft-r1, ssv, sae, sae-a, bow, "
-                                 "prompt-steering, prompt-detection (AxBench class names work too)."),
+                                 "prompt-steering, prompt-detection (AxBench class names work too), or a trained "
+                                 "steering method: reps, reps-lora, reps-loreft, bipo, lang-vector, lang-lora, "
+                                 "lang-loreft, lora, loreft, sft."),
     data: Path = typer.Option(..., "--data", help="Dataset directory (<config>/<split>-*.parquet), e.g. written "
                               "by `axbench data import` or a run's data/ folder."),
     config: str | None = typer.Option(None, "--config", help="Dataset config name; may be left out when the "
                                       "directory holds exactly one."),
     model: str = typer.Option("smollm2-135m-instruct", "--model", help="Target model: embedded name, .gguf file, "
                               "checkpoint directory or Hub id."),
-    layer: int = typer.Option(..., "--layer", help="Layer L: read / steer the output of decoder block L."),
-    out: Path = typer.Option(..., "--out", help="Dictionary directory to write (l<L>/weights.safetensors, ...)."),
+    layer: int = typer.Option(..., "--layer", help="Layer L: read / steer the output of decoder block L (LoRA / "
+                              "LoReFT / SFT methods adapt the layers of their config instead)."),
+    out: Path = typer.Option(..., "--out", help="Directory to write: a dictionary (l<L>/weights.safetensors, ...) "
+                             "or, for LoRA / LoReFT / SFT methods, adapters (adapters.safetensors, peft/, ...)."),
     settings: list[str] = typer.Option([], "--set", help="Method config field as key=value (repeatable), e.g. "
                                        "--set epochs=3 --set lr=0.01; `--set help=1` lists the fields."),
     dtype: str = typer.Option("auto", "--dtype", help="Model dtype: auto | float32 | bfloat16 | float16."),
@@ -35,7 +39,12 @@ def train(
     from axdata.builders import list_configs, read_concepts, read_split
     from axmethods.methods import MethodConfigError, TrainingDataError, get_method, parse_config
     from axmethods.models import load_target_model
+    from axmethods.trainers.methods import is_trained_method
 
+    if is_trained_method(method):
+        _train_steering(method, data, config, model, layer, out, _parse_settings(settings), dtype, device,
+                        max_concepts)
+        return
     try:
         method_class = get_method(method)
     except KeyError as error:
@@ -74,6 +83,58 @@ def train(
         _fail(f"Training {method_class.name} failed: {error}")
     folder = dictionary.save(out)
     typer.echo(f"Trained {method_class.name} on {len(concepts)} concepts of {data}/{config} at layer {layer} in "
+               f"{time.perf_counter() - started:.1f} s; wrote {folder}")
+
+
+def _train_steering(name: str, data: Path, config: str | None, model: str, layer: int, out: Path,
+                    overrides: dict[str, str], dtype: str, device: str, max_concepts: int | None) -> None:
+    """RePS-family and SFT methods: their config is a TrainingArguments subclass; RePS ones train on preference pairs."""
+    import dataclasses
+
+    from axdata.builders import list_configs, read_concepts, read_split
+    from axmethods.models import load_target_model
+    from axmethods.trainers import PreferenceDataError, get_trained_method, preference_frame, train_steering_method
+    from axmethods.trainers.artifacts import save_artifact
+
+    method = get_trained_method(name)
+    if "help" in overrides:
+        config_class = type(method.config())
+        typer.echo(f"{method.name}: {method.description}\nPreset: {dict(method.preset)}")
+        for item in dataclasses.fields(config_class):
+            if item.name in config_class.__annotations__:  # the family's own fields and overridden defaults
+                default = item.default if item.default is not dataclasses.MISSING else item.default_factory()
+                typer.echo(f"{item.name} (default {default!r}): {item.metadata.get('help', '')}")
+        typer.echo("Every transformers TrainingArguments field can be set too.")
+        raise typer.Exit(0)
+    configs = list_configs(data)
+    if config is None:
+        if len(configs) != 1:
+            _fail(f"{data} holds dataset configs {configs or 'none'}; pick one with --config NAME.")
+        config = configs[0]
+    elif config not in configs:
+        _fail(f"{data} has no dataset config {config!r}; it holds {configs or 'none'}.")
+    concepts = read_concepts(data, config)[:max_concepts]
+    try:
+        method.config(overrides)  # bad settings fail before the model loads
+    except ValueError as error:
+        _fail(str(error))
+    target = load_target_model(model, dtype=dtype, device=device)
+    started = time.perf_counter()
+    try:
+        if method.trainer == "sft":
+            frame = read_split(data, config, "train")
+        else:
+            try:
+                frame = read_split(data, config, "preference")
+            except FileNotFoundError:
+                typer.echo(f"{data}/{config} has no preference split: pairing each train positive with "
+                           f"{target.model_id}'s greedy answer.")
+                frame = preference_frame(target, read_split(data, config, "train"), concepts)
+        artifact = train_steering_method(method.name, target, frame, concepts, layer, overrides, progress=typer.echo)
+    except (PreferenceDataError, ValueError, FileNotFoundError) as error:
+        _fail(f"Training {method.name} failed: {error}")
+    folder = save_artifact(artifact, out, datasets=[f"{data}/{config}"], target=target)
+    typer.echo(f"Trained {method.name} on {len(concepts)} concepts of {data}/{config} in "
                f"{time.perf_counter() - started:.1f} s; wrote {folder}")
 
 

@@ -15,29 +15,61 @@ from axeval.stages.dataset import run_dataset
 from axmethods.dictionary import SteeringDictionary
 from axmethods.inference.latent import calibrate, check_dictionary, detector_kind, latent_inference
 from axmethods.inference.sampling import SamplingConfig
-from axmethods.inference.steering import UnsteeredBaseline, can_steer, run_steering, steerer_for
+from axmethods.inference.steering import UnsteeredBaseline, can_steer, run_steering
 from axmethods.activations import ActivationCollector
 from axmethods.methods import get_method
 from axmethods.methods.base import ActivationMethod
+from axmethods.trainers.artifacts import (
+    is_fixed_calibration,
+    load_steering_artifact,
+    save_artifact,
+    steerer_for_artifact,
+)
+from axmethods.trainers.data import preference_frame
+from axmethods.trainers.methods import (
+    canonical_method_name,
+    get_trained_method,
+    is_trained_method,
+    train_steering_method,
+)
 
 logger = logging.getLogger(__name__)
 
 
 def method_names(ctx: RunContext) -> list[str]:
-    return [get_method(name).name for name in ctx.config.methods.train]
+    return [canonical_method_name(name) for name in ctx.config.methods.train]
+
+
+def method_settings(ctx: RunContext, name: str) -> dict[str, Any]:
+    settings = ctx.config.methods.settings
+    return dict(settings.get(name) or settings.get(canonical_method_name(name)) or {})
 
 
 def dictionary_dir(ctx: RunContext, method: str) -> Path:
     return ctx.run_dir.dictionaries_dir / method
 
 
-def load_dictionaries(ctx: RunContext) -> list[SteeringDictionary]:
+def artifact_marker(ctx: RunContext, name: str) -> Path:
+    """The file a finished training of method `name` leaves: a dictionary's weights or an adapter folder's config."""
+    if is_trained_method(name) and get_trained_method(name).produces_adapters:
+        return dictionary_dir(ctx, name) / "config.json"
+    return dictionary_dir(ctx, name) / f"l{ctx.config.run.layer}" / "weights.safetensors"
+
+
+def load_artifacts(ctx: RunContext) -> list[Any]:
+    """Every method's trained result: steering dictionaries, and adapters / fine-tuned weights of trained methods."""
     target = ctx.target_model()
-    dictionaries = [SteeringDictionary.load(dictionary_dir(ctx, name), layer=ctx.config.run.layer)
-                    for name in method_names(ctx)]
-    for dictionary in dictionaries:
-        check_dictionary(dictionary, target)  # a text detector's (BoW) weight spans its vocabulary, not d
-    return dictionaries
+    artifacts = [load_steering_artifact(dictionary_dir(ctx, name), layer=ctx.config.run.layer)
+                 for name in method_names(ctx)]
+    for artifact in artifacts:
+        if isinstance(artifact, SteeringDictionary):
+            check_dictionary(artifact, target)  # a text detector's (BoW) weight spans its vocabulary, not d
+    return artifacts
+
+
+def load_dictionaries(ctx: RunContext) -> list[SteeringDictionary]:
+    """The steering dictionaries only: what latent inference can score (adapters have no detector)."""
+    return [artifact for artifact in load_artifacts(ctx) if isinstance(artifact, SteeringDictionary)]
 
 
 class TrainStage(Stage):
@@ -51,8 +83,7 @@ class TrainStage(Stage):
                 "data": dataset.fingerprint("train")}
 
     def outputs(self, ctx: RunContext) -> list[Path]:
-        return [dictionary_dir(ctx, name) / f"l{ctx.config.run.layer}" / "weights.safetensors"
-                for name in method_names(ctx)]
+        return [artifact_marker(ctx, name) for name in method_names(ctx)]
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         dataset = run_dataset(ctx)
@@ -63,8 +94,11 @@ class TrainStage(Stage):
         # go through the model once per run, not once per method.
         collectors: dict[tuple[Any, ...], ActivationCollector] = {}
         for name in ctx.config.methods.train:
+            if is_trained_method(name):
+                summary.update(self._train_steering(ctx, dataset, name))
+                continue
             method_class = get_method(name)
-            settings = ctx.config.methods.settings.get(name) or ctx.config.methods.settings.get(method_class.name) or {}
+            settings = method_settings(ctx, name)
             kwargs = {"backend": ctx.llm()} if method_class.name == "prompt-steering" else {}
             method = method_class(settings, **kwargs)
             logger.info("training %s on %d concepts", method_class.name, len(concepts))
@@ -79,6 +113,25 @@ class TrainStage(Stage):
             dictionary.save(dictionary_dir(ctx, method_class.name), datasets=[str(dataset.directory)])
             summary[method_class.name] = {"concepts": dictionary.n_concepts}
         return summary
+
+    @staticmethod
+    def _train_steering(ctx: RunContext, dataset: Any, name: str) -> dict[str, Any]:
+        """RePS-family methods train on the preference split (built from train positives when the data has none)."""
+        method = get_trained_method(name)
+        target, concepts = ctx.target_model(), dataset.concepts()
+        if method.trainer == "sft":
+            data = dataset.split("train")
+        elif dataset.has_split("preference"):
+            data = dataset.split("preference")
+        else:
+            logger.info("%s: the dataset has no preference split; pairing the train positives with the target "
+                        "model's greedy answers", method.name)
+            data = preference_frame(target, dataset.split("train"), concepts)
+        logger.info("training %s on %d concepts", method.name, len(concepts))
+        artifact = train_steering_method(method.name, target, data, concepts, ctx.config.run.layer,
+                                         method_settings(ctx, name))
+        save_artifact(artifact, dictionary_dir(ctx, method.name), datasets=[str(dataset.directory)], target=target)
+        return {method.name: {"concepts": artifact.n_concepts, "pairs": len(data)}}
 
 
 class LatentStage(Stage):
@@ -103,7 +156,8 @@ class LatentStage(Stage):
         _write(scores, ctx.run_dir.inference_dir / "latent.parquet")
         detectors = [d for d in dictionaries if detector_kind(d) != "none"]
         for dictionary in dictionaries:
-            if detector_kind(dictionary) == "residual":  # only residual read-outs calibrate a steering magnitude
+            # Only residual read-outs calibrate a steering magnitude; RePS-family vectors steer with the raw factor.
+            if detector_kind(dictionary) == "residual" and not is_fixed_calibration(dictionary):
                 calibrated = calibrate(dictionary, scores)
                 calibrated.save(dictionary_dir(ctx, dictionary.method), datasets=[str(dataset.directory)])
         summary: dict[str, Any] = {"rows": len(scores), "methods": [d.method for d in detectors]}
@@ -135,18 +189,19 @@ class SteeringStage(Stage):
         target = ctx.target_model()
         prompts = run_dataset(ctx).split("steering")
         steerers = []
-        for dictionary in load_dictionaries(ctx):
-            if not can_steer(dictionary):
-                logger.info("%s is detection-only (steering = none): skipped in the steering stage", dictionary.method)
+        for artifact in load_artifacts(ctx):
+            if isinstance(artifact, SteeringDictionary) and not can_steer(artifact):
+                logger.info("%s is detection-only (steering = none): skipped in the steering stage", artifact.method)
                 continue
-            steerers.append(steerer_for(dictionary, kind=settings.intervention, positions=settings.positions))
+            steerers.append(steerer_for_artifact(artifact, kind=settings.intervention, positions=settings.positions))
         if settings.unsteered_baseline:
             steerers.append(UnsteeredBaseline())
         sampling = SamplingConfig(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
                                   top_p=settings.top_p)
         frames = [
             run_steering(target, steerer, prompts, ctx.run_dir.inference_dir / "steering" / f"{steerer.method}.parquet",
-                         factors=settings.factors, sampling=sampling, batch_size=settings.steering_batch_size,
+                         factors=getattr(steerer, "factors", None) or settings.factors, sampling=sampling,
+                         batch_size=settings.steering_batch_size,
                          seed=ctx.config.run.seed)
             for steerer in steerers
         ]

@@ -74,6 +74,12 @@ class DictionarySteerer:
     def method(self) -> str:
         return self.dictionary.method
 
+    @property
+    def factors(self) -> list[float] | None:
+        """The method's own factor grid (RePS-family vectors carry one), or None for the run's grid."""
+        grid = self.dictionary.config.get("steering_factors")
+        return [float(f) for f in grid] if grid else None
+
     def provenance(self) -> dict[str, Any]:
         return {"dictionary_config_hash": self.dictionary.config_hash, "layer": self.dictionary.layer,
                 "hook_module": self.dictionary.hook_module, "intervention": self.kind, "positions": self.positions,
@@ -189,6 +195,26 @@ def plan_rows(steering_split: pd.DataFrame, steerer: Steerer, target: TargetMode
     return rows.sort_values(["concept_id", "prompt_id", "factor"], ignore_index=True)
 
 
+def plan_batches(rows: pd.DataFrame, prompt_ids: Sequence[Sequence[int]], batch_size: int, *,
+                 by_concept: bool = False) -> list[list[int]]:
+    """Row indices of each batch: similar lengths share a batch (less padding).
+
+    The order only depends on the rows, so resumes line up. With `by_concept` (steerers that swap a whole
+    concept's weights in, e.g. full fine-tuning) every batch holds one concept's rows.
+    """
+    if not by_concept:
+        order = sorted(range(len(rows)), key=lambda i: (-len(prompt_ids[i]), i))
+        return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    concept_ids = rows["concept_id"].tolist()
+    order = sorted(range(len(rows)), key=lambda i: (concept_ids[i], -len(prompt_ids[i]), i))
+    batches: list[list[int]] = []
+    for i in order:
+        if not batches or len(batches[-1]) == batch_size or concept_ids[batches[-1][0]] != concept_ids[i]:
+            batches.append([])
+        batches[-1].append(i)
+    return batches
+
+
 def run_steering(target: TargetModel, steerer: Steerer, steering_split: pd.DataFrame, out: str | Path, *,
                  factors: Sequence[float] = AXBENCH_FACTORS, sampling: SamplingConfig | None = None,
                  batch_size: int = 32, seed: int = 42, progress: bool = True) -> pd.DataFrame:
@@ -202,9 +228,7 @@ def run_steering(target: TargetModel, steerer: Steerer, steering_split: pd.DataF
         "factor_free": steerer.factor_free, **steerer.provenance(),
     }
     prompt_ids = [target.encode(prompt) for prompt in rows["prompt"]]
-    # Similar lengths share a batch (less padding); the order only depends on the rows, so resumes line up.
-    order = sorted(range(len(rows)), key=lambda i: (-len(prompt_ids[i]), i))
-    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    batches = plan_batches(rows, prompt_ids, batch_size, by_concept=getattr(steerer, "batch_by_concept", False))
     run_id = content_hash({**provenance, "batch_size": batch_size, "rows": rows[["concept_id", "prompt_id", "factor",
                                                                                  "prompt"]].to_numpy().tolist()})
     parts_dir = out.with_name(out.name + ".parts")

@@ -19,7 +19,15 @@ from axmethods.trainers.methods import (
     is_trained_method,
     train_steering_method,
 )
-from axmethods.trainers.reps_trainer import RePSTrainer
+
+
+def __getattr__(name: str) -> object:
+    # TRL is a heavy import; only code that trains pays for it.
+    if name == "RePSTrainer":
+        from axmethods.trainers.reps_trainer import RePSTrainer
+
+        return RePSTrainer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["TRAINED_METHODS", "AdapterSteerer", "ConceptAdapters", "PreferenceDataError", "RePSConfig",
            "RePSTrainer", "TrainedMethod", "get_trained_method", "is_trained_method", "load_steering_artifact",

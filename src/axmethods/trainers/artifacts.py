@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +37,8 @@ from axdata.concepts import Concept, load_concepts, write_concepts_jsonl
 from axdata.hashing import content_hash
 from axdata.io import atomic_path, atomic_write_json, atomic_write_text
 from axmethods.dictionary import DictionaryError, SteeringDictionary
+from axmethods.inference.steering import Steerer, steerer_for
+from axmethods.interventions import Positions
 from axmethods.models import TargetModel
 from axmethods.trainers.parameterisations import (
     ConceptIntervention,
@@ -49,6 +51,7 @@ from axmethods.trainers.parameterisations import (
 
 if TYPE_CHECKING:
     from axmethods.trainers.config import RePSConfig
+    from axmethods.trainers.finetuned import FinetunedConcepts
 
 logger = logging.getLogger(__name__)
 
@@ -292,19 +295,42 @@ def export_peft(adapters: ConceptAdapters, target: TargetModel, out: Path) -> li
     return written
 
 
-def load_steering_artifact(directory: str | Path, layer: int | None = None) -> SteeringDictionary | ConceptAdapters:
-    """A method's trained result: `ConceptAdapters` if the folder holds adapters, a `SteeringDictionary` otherwise."""
-    root = Path(directory)
+def load_steering_artifact(directory: str | Path, layer: int | None = None
+                           ) -> SteeringDictionary | ConceptAdapters | FinetunedConcepts:
+    """A method's trained result: `ConceptAdapters` if the folder holds adapters, `FinetunedConcepts` if it holds
+    per-concept fine-tuned weights (full SFT), a `SteeringDictionary` otherwise.
+
+    `directory` may also be a Hub model repo id (downloaded first).
+    """
+    root = Path(directory).expanduser()
+    if not root.exists():
+        from huggingface_hub import snapshot_download
+
+        root = Path(snapshot_download(str(directory)))
     if (root / ADAPTERS_FILE).is_file():
         return ConceptAdapters.load(root)
+    from axmethods.trainers.finetuned import FinetunedConcepts, is_finetuned_folder
+
+    if is_finetuned_folder(root):
+        return FinetunedConcepts.load(root)
     return SteeringDictionary.load(root, layer=layer)
 
 
-def artifact_marker(directory: Path, method_is_adapter: bool, layer: int) -> Path:
-    """The file whose presence says a method's training finished."""
-    return directory / ADAPTERS_FILE if method_is_adapter else directory / f"l{layer}" / "weights.safetensors"
+def save_artifact(artifact: Any, directory: str | Path, *, datasets: Sequence[str] = (),
+                  target: TargetModel | None = None) -> Path:
+    """Save any trained result; adapters also get their peft export when the target model is at hand."""
+    if isinstance(artifact, SteeringDictionary):
+        return artifact.save(directory, datasets=datasets)
+    return artifact.save(directory, datasets=datasets, target=target)
 
 
-def describe(artifact: SteeringDictionary | ConceptAdapters) -> Mapping[str, Any]:
-    kind = "adapters" if isinstance(artifact, ConceptAdapters) else "dictionary"
-    return {"kind": kind, "method": artifact.method, "concepts": artifact.n_concepts}
+def steerer_for_artifact(artifact: Any, *, kind: str = "addition", positions: Positions = "all") -> Steerer:
+    """The steerer of any trained result: a dictionary's (by its method's steering kind), adapters', fine-tunes'."""
+    if isinstance(artifact, ConceptAdapters):
+        return AdapterSteerer(artifact)
+    if isinstance(artifact, SteeringDictionary):
+        return steerer_for(artifact, kind=kind, positions=positions)
+    if hasattr(artifact, "steerer"):
+        return artifact.steerer()
+    raise DictionaryError(f"cannot steer with a {type(artifact).__name__}; pass a SteeringDictionary, "
+                          "ConceptAdapters or FinetunedConcepts.")

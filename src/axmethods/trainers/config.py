@@ -45,8 +45,6 @@ class RePSConfig(TrainingArguments):
     logging_steps: float = field(default=10, metadata={"help": "Log loss and margins every N optimiser steps."})
     save_strategy: str = field(default="no", metadata={"help": "Trainer checkpoints: 'no' (the result is "
                                                                "exported at the end) | 'steps' | 'epoch'."})
-    report_to: str | list[str] | None = field(default="none", metadata={"help": "Experiment trackers "
-                                                                                "(none, wandb, trackio, ...)."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: the collator needs every "
                                                                          "column."})
 

@@ -87,10 +87,12 @@ TRAINED_METHODS: dict[str, TrainedMethod] = {m.name: m for m in (
                    "low_rank_dimension": 4, "subtraction_type": "negate"}),
     TrainedMethod("lora", "AxBench's LoRA baseline (§3.12) as LoRA-SFT per concept with TRL's SFTTrainer + peft "
                   "(r 4, alpha 32, rsLoRA, o_proj, 24 epochs, lr 9e-4).",
-                  {"peft": True}, trainer="sft"),
+                  {"peft": True, "per_device_train_batch_size": 18, "gradient_accumulation_steps": 2,
+                   "num_train_epochs": 24.0, "learning_rate": 9e-4}, trainer="sft"),
     TrainedMethod("sft", "Full fine-tuning per concept with TRL's SFTTrainer on its positives (8 epochs, lr 4e-5; "
                   "the paper ran it on 20 concepts).",
-                  {"peft": False}, trainer="sft"),
+                  {"peft": False, "per_device_train_batch_size": 18, "gradient_accumulation_steps": 4,
+                   "num_train_epochs": 8.0, "learning_rate": 4e-5}, trainer="sft"),
 )}
 
 
@@ -178,3 +180,15 @@ def join_results(results: Sequence[SteeringDictionary | ConceptAdapters]) -> Ste
     values = {key: torch.cat([r.intervention.concept_parameters()[key] for r in results])
               for key in first.intervention.concept_parameters()}
     return dataclasses.replace(first, intervention=load_values(build_intervention(spec), values), concepts=concepts)
+
+
+def canonical_method_name(name: str) -> str:
+    """The registry name of any method: a detection/steering method (`axmethods.methods`) or a trained one here."""
+    from axmethods.methods import get_method
+
+    if is_trained_method(name):
+        return get_trained_method(name).name
+    try:
+        return get_method(name).name
+    except KeyError as error:
+        raise KeyError(f"{error.args[0]} Trained steering methods: {', '.join(TRAINED_METHODS)}.") from None
