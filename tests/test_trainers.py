@@ -279,3 +279,18 @@ def test_cli_trains_reps_and_lora_then_steers_with_their_own_factor_grids(tiny_l
     result = runner.invoke(app, ["train", "bipo", "--data", str(data), "--layer", "1", "--out", str(tmp_path / "y"),
                                  "--set", "help=1"])
     assert result.exit_code == 0 and "simpo_scaler" in result.output
+
+
+def test_batched_reference_logps_equal_one_sequence_at_a_time(tiny_target) -> None:
+    from axmethods.trainers.data import reference_logps, tokenize_pairs
+
+    rows = tokenize_pairs(tiny_target, preference_df().head(5), CONCEPTS, max_prompt_length=64,
+                          max_response_length=16)
+    winning, losing = reference_logps(tiny_target, rows, batch_size=4, progress=False)
+    for i in range(len(rows)):
+        for response, value in ((rows.winning[i], winning[i]), (rows.losing[i], losing[i])):
+            ids = torch.tensor([rows.prompt[i] + response])
+            with torch.no_grad():
+                logps = torch.log_softmax(tiny_target.model(input_ids=ids).logits[0, :-1].float(), -1)
+            expected = logps[len(rows.prompt[i]) - 1:].gather(-1, ids[0, len(rows.prompt[i]):, None]).sum()
+            torch.testing.assert_close(value, expected, atol=1e-4, rtol=1e-5)

@@ -116,36 +116,63 @@ def tokenize_pairs(target: TargetModel, frame: pd.DataFrame, concepts: Sequence[
 
 @dataclass
 class SequenceBatch:
-    """Right-padded prompt + response sequences and which positions are response tokens."""
+    """Prompts left-padded and responses right-padded, so every response starts at the same column.
 
-    input_ids: torch.Tensor  # [N, T]
-    attention_mask: torch.Tensor  # [N, T]
-    response_mask: torch.Tensor  # [N, T] bool: token t is a response token (predicted from t−1)
-    prompt_mask: torch.Tensor  # [N, T] bool: prompt tokens after the chat prefix
+    That lets the model compute logits for the response columns only (`logits_to_keep`): the vocabulary
+    projection and its softmax are a large share of a small model's step, and prompt logits are never used.
+    """
+
+    input_ids: torch.Tensor  # [N, P + R]
+    attention_mask: torch.Tensor  # [N, P + R]
+    position_ids: torch.Tensor  # [N, P + R], padding-aware
+    response_mask: torch.Tensor  # [N, R] bool: response column j holds a real token
+    prompt_mask: torch.Tensor  # [N, P + R] bool: prompt tokens after the chat prefix
+    prompt_width: int  # P
+
+    @property
+    def logits_to_keep(self) -> int:
+        """Logits of the last R + 1 columns: position P − 1 predicts the first response token."""
+        return self.response_mask.shape[1] + 1
 
     def to(self, device: torch.device) -> SequenceBatch:
-        return SequenceBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.response_mask,
-                                                     self.prompt_mask)))
+        return SequenceBatch(self.input_ids.to(device), self.attention_mask.to(device), self.position_ids.to(device),
+                             self.response_mask.to(device), self.prompt_mask.to(device), self.prompt_width)
 
 
 def pad_sequences(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad: int,
                   prefix_length: int) -> SequenceBatch:
-    lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
-    width = max(lengths)
-    input_ids = torch.full((len(lengths), width), pad, dtype=torch.long)
+    prompt_width = max(len(p) for p in prompts)
+    response_width = max(len(r) for r in responses)
+    n = len(prompts)
+    input_ids = torch.full((n, prompt_width + response_width), pad, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    prompt_mask = torch.zeros_like(input_ids, dtype=torch.bool)
     for i, (p, r) in enumerate(zip(prompts, responses)):
-        input_ids[i, :lengths[i]] = torch.tensor([*p, *r])
-    position = torch.arange(width)[None]
-    total = torch.tensor(lengths)[:, None]
-    prompt_length = torch.tensor([len(p) for p in prompts])[:, None]
-    return SequenceBatch(input_ids, (position < total).long(), (position >= prompt_length) & (position < total),
-                         (position >= prefix_length) & (position < prompt_length))
+        start = prompt_width - len(p)
+        input_ids[i, start:prompt_width + len(r)] = torch.tensor([*p, *r])
+        attention_mask[i, start:prompt_width + len(r)] = 1
+        prompt_mask[i, start + prefix_length:prompt_width] = True
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)
+    lengths = torch.tensor([len(r) for r in responses])[:, None]
+    response_mask = torch.arange(response_width)[None] < lengths
+    return SequenceBatch(input_ids, attention_mask, position_ids, response_mask, prompt_mask, prompt_width)
+
+
+def forward_logits(model: torch.nn.Module, batch: SequenceBatch) -> torch.Tensor:
+    """Logits of the response columns (and the column before them) only."""
+    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                 use_cache=False, logits_to_keep=batch.logits_to_keep).logits
 
 
 def sequence_logps(logits: torch.Tensor, batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum of the response tokens' log-probabilities per sequence, and the number of response tokens."""
-    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
-    mask = batch.response_mask[:, 1:]
+    """Sum of the response tokens' log-probabilities per sequence, and the number of response tokens.
+
+    `logits` are `forward_logits`' [N, R + 1, V]: column j predicts response token j (the last is unused).
+    """
+    logits = logits[:, :-1].float()
+    targets = batch.input_ids[:, batch.prompt_width:]
+    logps = logits.gather(-1, targets[..., None]).squeeze(-1) - logits.logsumexp(-1)
+    mask = batch.response_mask
     return (logps * mask).sum(-1), mask.sum(-1)
 
 
@@ -164,9 +191,7 @@ def reference_logps(target: TargetModel, rows: PairRows, batch_size: int, progre
             chunk = order[start:start + batch_size]
             batch = pad_sequences([texts[i][0] for i in chunk], [texts[i][1] for i in chunk], pad,
                                   target.prefix_length).to(target.device)
-            logits = target.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                  use_cache=False).logits
-            values[chunk] = sequence_logps(logits, batch)[0].float().cpu()
+            values[chunk] = sequence_logps(forward_logits(target.model, batch), batch)[0].float().cpu()
     finally:
         target.model.train(was_training)
     return values[:len(rows)], values[len(rows):]

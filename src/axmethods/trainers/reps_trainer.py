@@ -38,6 +38,7 @@ from axmethods.trainers.data import (
     ConceptBatchSampler,
     PairCollator,
     check_preference_frame,
+    forward_logits,
     pad_sequences,
     reference_logps,
     sequence_logps,
@@ -185,7 +186,7 @@ class RePSTrainer(_BaseTrainer):
                        subtract=_cat_optional([p.subtract for p in plans], [len(p.concepts) for p in plans], device),
                        mask=batch.prompt_mask if cfg.intervention_positions == "prompt" else None)
         with self.intervention.applied(self.target, plan):
-            logits = model.base(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+            logits = forward_logits(model.base, batch)
         logps, lengths = sequence_logps(logits, batch)
         per_row = []
         width = n * len(responses)
