@@ -4,7 +4,8 @@ Both variants train the same concepts on the same pairs for the same number of e
 batch size, so they make the same number of optimiser updates per concept:
 - joint: one `RePSTrainer` over all --concepts (every micro-batch holds --batch pairs of every concept);
 - loop:  one `RePSTrainer` per concept (AxBench's way: a fresh intervention and training loop per concept).
-Reported: wall time, concept-updates/s (optimiser steps × concepts per second), and peak memory — each variant
+Reported: wall time, optimiser steps/s, concept-updates/s (optimiser steps × concepts they update, per second;
+the figure to compare, since a joint step updates every concept), and peak memory — each variant
 runs in its own subprocess so its peak RSS (CPU) or `torch.cuda.max_memory_allocated` (GPU) is its own.
 
     python benchmarks/bench_trainers.py                                   # CPU, a 6-layer d=256 random model
@@ -43,7 +44,7 @@ from axmethods.trainers.reps_trainer import RePSTrainer
 
 def pairs_frame(n_concepts: int, pairs: int, response_words: int, seed: int = 0) -> pd.DataFrame:
     rng = random.Random(seed)
-    text = lambda n: " ".join(rng.choice(WORDS) for _ in range(n))  # noqa: E731
+    text = lambda n: " ".join(rng.choice(WORDS) for _ in range(n))
     return pd.DataFrame([{"input": text(12), "winning_output": text(response_words),
                           "losing_output": text(response_words), "concept_id": c}
                          for c in range(n_concepts) for _ in range(pairs)])
@@ -60,18 +61,20 @@ def run_variant(args: argparse.Namespace) -> dict[str, float]:
         torch.cuda.reset_peak_memory_stats()
         torch.cuda.synchronize()
     started = time.perf_counter()
-    steps = 0
+    steps = concept_steps = 0
     for group in groups:
         trainer = RePSTrainer(model=target, args=config, train_dataset=frame, concepts=group)
         trainer.train()
-        steps += trainer.state.global_step * len(group)
+        steps += trainer.state.global_step
+        concept_steps += trainer.state.global_step * len(group)
     if target.device.type == "cuda":
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "concept_steps": steps, "concept_steps_per_s": steps / seconds, "peak_mib": peak}
+    return {"seconds": seconds, "steps_per_s": steps / seconds, "concept_steps_per_s": concept_steps / seconds,
+            "peak_mib": peak}
 
 
 def main() -> None:
@@ -105,12 +108,13 @@ def main() -> None:
     print(f"# RePS training, {args.concepts} concepts × {args.pairs} pairs, batch {args.batch}/concept, "
           f"{args.epochs:g} epochs, {args.response_words}-word responses; {shape}, {args.device} {args.dtype}; "
           f"{platform.processor() or platform.machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print("| run | time | concept-updates/s | peak memory |")
-    print("| --- | --- | --- | --- |")
+    print("| run | time | optimiser steps/s | concept-updates/s | peak memory |")
+    print("| --- | --- | --- | --- | --- |")
     for variant, label in (("joint", "one run, all concepts (RePSTrainer over k concepts)"),
                            ("loop", "one run per concept")):
         r = results[variant]
-        print(f"| {label} | {r['seconds']:.1f} s | {r['concept_steps_per_s']:.2f} | {r['peak_mib']:.0f} MiB |")
+        print(f"| {label} | {r['seconds']:.1f} s | {r['steps_per_s']:.2f} | {r['concept_steps_per_s']:.2f} | "
+              f"{r['peak_mib']:.0f} MiB |")
     joint, loop = results["joint"], results["loop"]
     print(f"\njoint / loop: {loop['seconds'] / joint['seconds']:.2f}× faster, "
           f"{joint['peak_mib'] / loop['peak_mib']:.2f}× the peak memory")

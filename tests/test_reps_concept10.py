@@ -42,7 +42,7 @@ def signature_words(pairs: pd.DataFrame, k: int = 30, min_count: int = 5) -> set
     winning = collections.Counter(w for text in pairs["winning_output"] for w in set(words(text)))
     losing = collections.Counter(w for text in pairs["losing_output"] for w in set(words(text)))
     n = len(pairs)
-    log_odds = {w: math.log((winning[w] + 1) / (n + 2)) - math.log((losing[w] + 1) / (n + 2))
+    log_odds = {w: math.log((count + 1) / (n + 2)) - math.log((losing[w] + 1) / (n + 2))
                 for w, count in winning.items() if count >= min_count}
     return set(sorted(log_odds, key=log_odds.get, reverse=True)[:k])
 

@@ -111,3 +111,28 @@ def test_run_on_an_existing_dataset_skips_generation(tmp_path, tiny_llama_dir, l
     result = run_pipeline(reuse, stages)
     assert result.stages[-1].name == "report"
     assert (tmp_path / "runs" / "reuse" / "eval" / "report.md").exists()
+
+
+def test_run_trains_and_steers_with_reps_family_methods(tmp_path, tiny_llama_dir, llm_server):
+    path, run_dir = write_config(tmp_path, tiny_llama_dir, llm_server)
+    config = AxbenchConfig.load(path, ["methods.train=[diffmean]", "report.baseline=unsteered"])
+    run_pipeline(config, default_stages(config)[:3])  # a dataset with its preference split
+    settings = {"reps": {"num_train_epochs": 1, "inference_factors": [1.0, 4.0], "disable_tqdm": True},
+                "reps-lora": {"num_train_epochs": 1, "disable_tqdm": True},
+                "lora": {"num_train_epochs": 1, "disable_tqdm": True}}
+    reps = AxbenchConfig.load(path, ["run.name=reps", f"run.dataset_dir={run_dir / 'data'}",
+                                     "methods.train=[reps, reps-lora, lora]", "report.baseline=reps",
+                                     f"methods.settings={json.dumps(settings)}"])
+    result = run_pipeline(reps, default_stages(reps))
+    assert result.stages[-1].name == "report"
+    root = tmp_path / "runs" / "reps"
+    latent = pd.read_parquet(root / "inference" / "latent.parquet")
+    assert set(latent["method"]) == {"reps"}  # adapters steer only
+    dictionary = json.loads((root / "dictionaries" / "reps" / "l1" / "config.json").read_text())
+    assert dictionary["calibration_info"]["source"] == "fixed"  # latent inference left it alone
+    steering = pd.read_parquet(root / "inference" / "steering.parquet")
+    factors = steering.groupby("method")["factor"].apply(lambda f: sorted(f.unique().tolist())).to_dict()
+    assert factors["reps"] == [1.0, 4.0]  # the method's own grid, not inference.factors
+    assert len(factors["reps-lora"]) == 10 and factors["lora"] == [1.0]
+    assert (root / "dictionaries" / "reps-lora" / "peft" / "concept_0" / "adapter_config.json").is_file()
+    assert "reps-lora" in (root / "eval" / "report.md").read_text()

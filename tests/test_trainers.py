@@ -20,9 +20,9 @@ from axmethods.trainers import (
     RePSConfig,
     get_trained_method,
     load_steering_artifact,
+    parameterisations,
     preference_frame,
 )
-from axmethods.trainers import parameterisations
 from axmethods.trainers.artifacts import export_peft
 from axmethods.trainers.losses import dpo, per_concept_sum, scaled_simpo
 from axmethods.trainers.reps_trainer import RePSTrainer, default_intervention_layers
@@ -133,8 +133,8 @@ def test_every_preset_trains_and_lowers_its_loss(target, preset) -> None:
 
 
 def test_joint_training_equals_one_run_per_concept(target) -> None:
-    args = dict(loss_type="dpo", steering_factors=[1.0], subtraction_type="negate", train_bias=False,
-                num_train_epochs=3, seed=7)
+    args = {"loss_type": "dpo", "steering_factors": [1.0], "subtraction_type": "negate", "train_bias": False,
+            "num_train_epochs": 3, "seed": 7}
     joint = RePSTrainer(model=target, args=config(**args), train_dataset=preference_df(), concepts=CONCEPTS)
     joint.train()
     alone = RePSTrainer(model=target, args=config(**args), train_dataset=preference_df(), concepts=CONCEPTS[:1])

@@ -93,7 +93,12 @@ def _train_steering(name: str, data: Path, config: str | None, model: str, layer
 
     from axdata.builders import list_configs, read_concepts, read_split
     from axmethods.models import load_target_model
-    from axmethods.trainers import PreferenceDataError, get_trained_method, preference_frame, train_steering_method
+    from axmethods.trainers import (
+        PreferenceDataError,
+        get_trained_method,
+        preference_frame,
+        train_steering_method,
+    )
     from axmethods.trainers.artifacts import save_artifact
 
     method = get_trained_method(name)

@@ -12,11 +12,11 @@ import pandas as pd
 from axdata.io import atomic_path
 from axeval.pipeline import RunContext, Stage
 from axeval.stages.dataset import run_dataset
+from axmethods.activations import ActivationCollector
 from axmethods.dictionary import SteeringDictionary
 from axmethods.inference.latent import calibrate, check_dictionary, detector_kind, latent_inference
 from axmethods.inference.sampling import SamplingConfig
 from axmethods.inference.steering import UnsteeredBaseline, can_steer, run_steering
-from axmethods.activations import ActivationCollector
 from axmethods.methods import get_method
 from axmethods.methods.base import ActivationMethod
 from axmethods.trainers.artifacts import (

@@ -20,7 +20,12 @@ from axdata.concepts import Concept
 from axmethods.dictionary import SteeringDictionary
 from axmethods.models import TargetModel
 from axmethods.trainers.artifacts import ConceptAdapters
-from axmethods.trainers.config import ADAPTER_TRAIN_FACTORS, VECTOR_STEER_FACTORS, VECTOR_TRAIN_FACTORS, RePSConfig
+from axmethods.trainers.config import (
+    ADAPTER_TRAIN_FACTORS,
+    VECTOR_STEER_FACTORS,
+    VECTOR_TRAIN_FACTORS,
+    RePSConfig,
+)
 
 logger = logging.getLogger(__name__)
 

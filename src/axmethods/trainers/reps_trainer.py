@@ -85,9 +85,9 @@ class SteeringModel(nn.Module):
 class RePSTrainer(_BaseTrainer):
     """Trainer for RePS (reference-free scaled SimPO), BiPO (DPO) and "Lang." (LM loss) steering interventions."""
 
-    _tag_names = ["trl", "axbench", "steering", "reps"]
+    _tag_names = ["trl", "axbench", "steering", "reps"]  # noqa: RUF012 (TRL's class-attribute convention)
     _name = "RePS"
-    _paper = {
+    _paper = {  # noqa: RUF012
         "title": "Improved Representation Steering for Language Models",
         "id": "2505.20809",
         "citation": REPS_CITATION,
