@@ -129,7 +129,7 @@ def test_stacked_lora_equals_the_peft_adapter_it_was_read_from(lora_run, tiny_ll
     from peft import PeftModel
 
     target, adapters, _ = lora_run
-    folders = export_peft(adapters, target, tmp_path / "peft")
+    folders = export_peft(adapters, tmp_path / "peft")
     ids = torch.tensor([target.encode(target.format_prompt("Write a short poem.") + "The sea")])
     for concept, folder in zip(adapters.concepts, folders):
         base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)

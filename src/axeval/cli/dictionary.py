@@ -11,23 +11,25 @@ dictionary_app = typer.Typer(help="Publish, download and convert steering dictio
 
 @dictionary_app.command("push")
 def push(
-    directory: Path = typer.Argument(..., help="Dictionary directory (holding l<layer>/ folders)."),
+    directory: Path = typer.Argument(..., help="Dictionary directory (holding l<layer>/ folders), or an adapters / "
+                                     "fine-tuned folder of a trained method."),
     repo_id: str = typer.Argument(..., help="Hub model repo, e.g. me/gemma-2-2b-it-l20-diffmean."),
     layer: int | None = typer.Option(None, "--layer", help="Layer folder to push when the directory holds several."),
     private: bool = typer.Option(False, "--private/--public"),
     revision: str | None = typer.Option(None, "--revision", help="Branch to push to."),
     dataset: list[str] = typer.Option([], "--dataset", help="Training dataset id for the card (repeatable)."),
 ) -> None:
-    """Upload a dictionary layer folder and its model card to a Hub model repo."""
-    from axmethods.dictionary import DictionaryError, SteeringDictionary
+    """Upload a dictionary layer folder (or a trained method's adapters / fine-tuned weights) and its card."""
+    from axmethods.dictionary import DictionaryError
+    from axmethods.trainers.artifacts import load_steering_artifact, push_artifact
 
     try:
-        dictionary = SteeringDictionary.load(directory, layer=layer)
-    except DictionaryError as error:
+        artifact = load_steering_artifact(directory, layer=layer)
+    except (DictionaryError, FileNotFoundError) as error:
         typer.echo(f"Push failed: {error}", err=True)
         raise typer.Exit(1) from None
-    url = dictionary.push_to_hub(repo_id, revision=revision, private=private, datasets=dataset)
-    typer.echo(f"Pushed {dictionary.method} ({dictionary.layer_folder}) to {repo_id}: {url}")
+    url = push_artifact(artifact, repo_id, revision=revision, private=private, datasets=dataset)
+    typer.echo(f"Pushed {artifact.method} ({artifact.n_concepts} concepts) to {repo_id}: {url}")
 
 
 @dictionary_app.command("pull")
@@ -37,16 +39,17 @@ def pull(
     layer: int | None = typer.Option(None, "--layer", help="Layer folder to download when the repo holds several."),
     revision: str | None = typer.Option(None, "--revision"),
 ) -> None:
-    """Download a dictionary from the Hub, check it, and save it locally."""
-    from axmethods.dictionary import DictionaryError, SteeringDictionary
+    """Download a dictionary (or adapters / fine-tuned weights) from the Hub, check it, and save it locally."""
+    from axmethods.dictionary import DictionaryError
+    from axmethods.trainers.artifacts import load_steering_artifact, save_artifact
 
     try:
-        dictionary = SteeringDictionary.from_pretrained(repo_id, revision=revision, layer=layer)
+        artifact = load_steering_artifact(repo_id, layer=layer, revision=revision)
     except DictionaryError as error:
         typer.echo(f"Pull failed: {error}", err=True)
         raise typer.Exit(1) from None
-    folder = dictionary.save(directory)
-    typer.echo(f"Saved {dictionary.method} ({dictionary.n_concepts} concepts) to {folder}")
+    folder = save_artifact(artifact, directory)
+    typer.echo(f"Saved {artifact.method} ({artifact.n_concepts} concepts) to {folder}")
 
 
 @dictionary_app.command("convert-axbench")

@@ -138,7 +138,7 @@ def _train_steering(name: str, data: Path, config: str | None, model: str, layer
         artifact = train_steering_method(method.name, target, frame, concepts, layer, overrides, progress=typer.echo)
     except (PreferenceDataError, ValueError, FileNotFoundError) as error:
         _fail(f"Training {method.name} failed: {error}")
-    folder = save_artifact(artifact, out, datasets=[f"{data}/{config}"], target=target)
+    folder = save_artifact(artifact, out, datasets=[f"{data}/{config}"])
     typer.echo(f"Trained {method.name} on {len(concepts)} concepts of {data}/{config} in "
                f"{time.perf_counter() - started:.1f} s; wrote {folder}")
 

@@ -130,7 +130,7 @@ class TrainStage(Stage):
         logger.info("training %s on %d concepts", method.name, len(concepts))
         artifact = train_steering_method(method.name, target, data, concepts, ctx.config.run.layer,
                                          method_settings(ctx, name))
-        save_artifact(artifact, dictionary_dir(ctx, method.name), datasets=[str(dataset.directory)], target=target)
+        save_artifact(artifact, dictionary_dir(ctx, method.name), datasets=[str(dataset.directory)])
         return {method.name: {"concepts": artifact.n_concepts, "pairs": len(data)}}
 
 

@@ -161,8 +161,8 @@ class ConceptAdapters:
             logger.warning("The %s adapters were trained on %s but are applied to %s", self.method, self.base_model,
                            target.model_id)
 
-    def save(self, directory: str | Path, *, datasets: Sequence[str] = (), target: TargetModel | None = None) -> Path:
-        """Write the folder atomically (file by file); with `target`, LoRA adapters are also exported for peft."""
+    def save(self, directory: str | Path, *, datasets: Sequence[str] = ()) -> Path:
+        """Write the folder atomically (file by file); LoRA adapters are also exported for peft (`peft/`)."""
         root = Path(directory)
         root.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.contiguous() for k, v in self.intervention.concept_parameters().items()}
@@ -173,8 +173,8 @@ class ConceptAdapters:
             "format": ADAPTERS_FORMAT, "format_version": 1, "method": self.method, "base_model": self.base_model,
             "base_model_revision": self.base_model_revision, "intervention": self.intervention.spec(),
             "config": self.config, "config_hash": self.config_hash})
-        if target is not None and isinstance(self.intervention, LoRAIntervention):
-            export_peft(self, target, root / "peft")
+        if isinstance(self.intervention, LoRAIntervention) and self.intervention.module_paths:
+            export_peft(self, root / "peft")
         atomic_write_text(root / CARD_FILE, self.model_card(datasets=datasets))
         logger.info("Saved the %s adapters (%d concepts, %s) to %s", self.method, self.n_concepts,
                     self.parameterisation, root)
@@ -210,20 +210,6 @@ class ConceptAdapters:
         from huggingface_hub import snapshot_download
 
         return cls.load(snapshot_download(str(repo_id_or_dir), revision=revision))
-
-    def push_to_hub(self, repo_id: str, *, revision: str | None = None, private: bool | None = None,
-                    target: TargetModel | None = None) -> str:
-        from huggingface_hub import HfApi
-
-        api = HfApi()
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            self.save(tmp, target=target)
-            card = Path(tmp) / CARD_FILE
-            card.write_text(self.model_card(repo_id=repo_id))
-            commit = api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision,
-                                       commit_message=f"Upload {self.method} adapters ({self.n_concepts} concepts)")
-        return commit.oid
 
     def model_card(self, *, datasets: Sequence[str] = (), repo_id: str | None = None) -> str:
         metadata = {"library_name": "axbench", "base_model": self.base_model,
@@ -261,52 +247,52 @@ class AdapterSteerer:
         return self.adapters.steer(target, rows["concept_id"].tolist(), factors), np.asarray(factors, dtype=float)
 
 
-def export_peft(adapters: ConceptAdapters, target: TargetModel, out: Path) -> list[Path]:
-    """Each concept's LoRA as a peft adapter folder (factor 1), loadable with `PeftModel.from_pretrained`."""
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+def export_peft(adapters: ConceptAdapters, out: Path) -> list[Path]:
+    """Each concept's LoRA as a peft adapter folder (factor 1), loadable with `PeftModel.from_pretrained`.
+
+    Written directly in peft's saved format (adapter_config.json + adapter_model.safetensors keyed
+    `base_model.model.<module>.lora_{A,B}.weight`): no model is needed to export.
+    """
+    from peft import LoraConfig
 
     intervention = adapters.intervention
     if not isinstance(intervention, LoRAIntervention):
         raise DictionaryError(f"only LoRA adapters export to peft; these are {adapters.parameterisation}.")
-    module_name = intervention.target_module.rsplit(".", 1)[-1]
+    if not intervention.module_paths:
+        raise DictionaryError("these LoRA adapters do not record their modules' names in the model; re-train them "
+                              "with this version to export to peft.")
     config = LoraConfig(r=intervention.rank, lora_alpha=intervention.alpha, use_rslora=intervention.rslora,
-                        lora_dropout=intervention.dropout, target_modules=[module_name],
-                        layers_to_transform=intervention.layers, bias="none", task_type="CAUSAL_LM")
+                        lora_dropout=intervention.dropout, target_modules=[intervention.target_module.rsplit(".")[-1]],
+                        layers_to_transform=intervention.layers, bias="none", task_type="CAUSAL_LM",
+                        base_model_name_or_path=adapters.base_model, revision=adapters.base_model_revision)
     values = intervention.concept_parameters()
     written = []
-    # peft wraps the model in place; it is unwrapped below so the target model is left as it was.
-    peft_model = get_peft_model(target.model, config)
-    try:
-        for index, concept in enumerate(adapters.concepts):
-            state = {}
-            for site, layer in enumerate(intervention.layers):
-                prefix = f"base_model.model.{target.residual_module_path(layer)}.{intervention.target_module}"
-                state[f"{prefix}.lora_A.weight"] = values["lora_A"][index, site]
-                state[f"{prefix}.lora_B.weight"] = values["lora_B"][index, site]
-            result = set_peft_model_state_dict(peft_model, state)
-            if result.unexpected_keys:
-                raise DictionaryError(f"peft did not recognise LoRA keys {result.unexpected_keys[:3]}; the model's "
-                                      "module paths differ from the adapters' target module.")
-            folder = out / f"concept_{concept.concept_id}"
-            peft_model.save_pretrained(str(folder))
-            written.append(folder)
-    finally:
-        peft_model.unload()
+    for index, concept in enumerate(adapters.concepts):
+        folder = out / f"concept_{concept.concept_id}"
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {}
+        for site, path in enumerate(intervention.module_paths):
+            tensors[f"base_model.model.{path}.lora_A.weight"] = values["lora_A"][index, site].contiguous()
+            tensors[f"base_model.model.{path}.lora_B.weight"] = values["lora_B"][index, site].contiguous()
+        with atomic_path(folder / "adapter_model.safetensors") as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "pt"})
+        config.save_pretrained(str(folder))
+        written.append(folder)
     return written
 
 
-def load_steering_artifact(directory: str | Path, layer: int | None = None
+def load_steering_artifact(directory: str | Path, layer: int | None = None, *, revision: str | None = None
                            ) -> SteeringDictionary | ConceptAdapters | FinetunedConcepts:
     """A method's trained result: `ConceptAdapters` if the folder holds adapters, `FinetunedConcepts` if it holds
     per-concept fine-tuned weights (full SFT), a `SteeringDictionary` otherwise.
 
-    `directory` may also be a Hub model repo id (downloaded first).
+    `directory` may also be a Hub model repo id (downloaded first, at `revision`).
     """
     root = Path(directory).expanduser()
     if not root.exists():
         from huggingface_hub import snapshot_download
 
-        root = Path(snapshot_download(str(directory)))
+        root = Path(snapshot_download(str(directory), revision=revision))
     if (root / ADAPTERS_FILE).is_file():
         return ConceptAdapters.load(root)
     from axmethods.trainers.finetuned import FinetunedConcepts, is_finetuned_folder
@@ -316,12 +302,31 @@ def load_steering_artifact(directory: str | Path, layer: int | None = None
     return SteeringDictionary.load(root, layer=layer)
 
 
-def save_artifact(artifact: Any, directory: str | Path, *, datasets: Sequence[str] = (),
-                  target: TargetModel | None = None) -> Path:
-    """Save any trained result; adapters also get their peft export when the target model is at hand."""
+def save_artifact(artifact: Any, directory: str | Path, *, datasets: Sequence[str] = ()) -> Path:
+    """Save any trained result (dictionary, adapters, fine-tuned weights) with its card."""
+    return artifact.save(directory, datasets=datasets)
+
+
+def push_artifact(artifact: Any, repo_id: str, *, revision: str | None = None, private: bool | None = None,
+                  datasets: Sequence[str] = (), token: str | None = None) -> str:
+    """Upload any trained result with its card to a Hub model repo (created if missing); returns the commit URL.
+
+    Adapter and fine-tuned folders replace the repo's files of the same folder layout (stale concepts go).
+    """
     if isinstance(artifact, SteeringDictionary):
-        return artifact.save(directory, datasets=datasets)
-    return artifact.save(directory, datasets=datasets, target=target)
+        return artifact.push_to_hub(repo_id, revision=revision, private=private, datasets=datasets, token=token)
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="axbench-artifact-") as staging:
+        artifact.save(staging, datasets=datasets)
+        atomic_write_text(Path(staging) / CARD_FILE, artifact.model_card(datasets=datasets, repo_id=repo_id))
+        commit = api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=staging, revision=revision,
+                                   commit_message=f"Upload {artifact.method} ({artifact.n_concepts} concepts)",
+                                   delete_patterns=["*"])
+    logger.info("Pushed the %s result to %s", artifact.method, repo_id)
+    return str(commit)
 
 
 def steerer_for_artifact(artifact: Any, *, kind: str = "addition", positions: Positions = "all") -> Steerer:

@@ -116,11 +116,8 @@ class FinetunedConcepts:
             logger.warning("The %s weights were fine-tuned from %s but are swapped into %s", self.method,
                            self.base_model, target.model_id)
 
-    def save(self, directory: str | Path, *, datasets: Sequence[str] = (), target: TargetModel | None = None) -> Path:
-        """Write the folder atomically (file by file).
-
-        `target` is accepted so every trained result saves the same way; full weights need no export step.
-        """
+    def save(self, directory: str | Path, *, datasets: Sequence[str] = ()) -> Path:
+        """Write the folder atomically (file by file)."""
         root = Path(directory)
         root.mkdir(parents=True, exist_ok=True)
         saved: dict[int, Path] = {}

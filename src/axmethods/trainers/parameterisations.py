@@ -137,10 +137,13 @@ class LoRAIntervention(ConceptIntervention):
 
     def __init__(self, n_concepts: int, layers: Sequence[int], in_features: int, out_features: int, *,
                  rank: int = 4, alpha: float = 32.0, dropout: float = 0.0, rslora: bool = True,
-                 target_module: str = "self_attn.o_proj", generator: torch.Generator | None = None) -> None:
+                 target_module: str = "self_attn.o_proj", module_paths: Sequence[str] | None = None,
+                 generator: torch.Generator | None = None) -> None:
         super().__init__(n_concepts, layers)
         self.rank, self.alpha, self.dropout, self.rslora = rank, alpha, dropout, rslora
         self.target_module = target_module
+        # The adapted modules' full names in the model (what peft's files key by), e.g. model.layers.3.self_attn.o_proj.
+        self.module_paths = list(module_paths) if module_paths is not None else None
         n = len(self.layers)
         # peft's init: A kaiming-uniform(a=√5) → U(±1/√in), B zeros (the adapter starts as the identity).
         bound = 1 / math.sqrt(in_features)
@@ -169,7 +172,7 @@ class LoRAIntervention(ConceptIntervention):
     def spec(self) -> dict[str, Any]:
         return {**super().spec(), "in_features": self.lora_A.shape[-1], "out_features": self.lora_B.shape[-2],
                 "rank": self.rank, "alpha": self.alpha, "dropout": self.dropout, "rslora": self.rslora,
-                "target_module": self.target_module}
+                "target_module": self.target_module, "module_paths": self.module_paths}
 
 
 class LoReFTIntervention(ConceptIntervention):
@@ -220,6 +223,10 @@ class LoReFTIntervention(ConceptIntervention):
                 "dropout": self.dropout}
 
 
+def lora_module_paths(target: TargetModel, layers: Sequence[int], target_module: str) -> list[str]:
+    return [f"{target.residual_module_path(layer)}.{target_module}" for layer in layers]
+
+
 def build_intervention(spec: dict[str, Any]) -> ConceptIntervention:
     """An (untrained) intervention from `ConceptIntervention.spec()`; load values with `load_values`."""
     spec = dict(spec)
@@ -229,7 +236,7 @@ def build_intervention(spec: dict[str, Any]) -> ConceptIntervention:
     if kind == "lora":
         return LoRAIntervention(spec["n_concepts"], spec["layers"], spec["in_features"], spec["out_features"],
                                 rank=spec["rank"], alpha=spec["alpha"], dropout=spec["dropout"], rslora=spec["rslora"],
-                                target_module=spec["target_module"])
+                                target_module=spec["target_module"], module_paths=spec.get("module_paths"))
     if kind == "loreft":
         return LoReFTIntervention(spec["n_concepts"], spec["layers"], spec["hidden_size"], rank=spec["rank"],
                                   dropout=spec["dropout"])
@@ -261,6 +268,7 @@ def new_intervention(parameterisation: str, target: TargetModel, n_concepts: int
                 "lora_target_module to the attention output projection's path inside a block.") from None
         return LoRAIntervention(n_concepts, layers, projection.in_features, projection.out_features, rank=rank,
                                 alpha=lora_alpha, dropout=dropout, target_module=lora_target_module,
+                                module_paths=lora_module_paths(target, layers, lora_target_module),
                                 generator=generator)
     if parameterisation == "loreft":
         return LoReFTIntervention(n_concepts, layers, target.hidden_size, rank=rank, dropout=dropout,

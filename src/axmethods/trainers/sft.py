@@ -34,7 +34,7 @@ from axdata.io import atomic_path
 from axmethods.models import TargetModel
 from axmethods.trainers.artifacts import ConceptAdapters
 from axmethods.trainers.finetuned import FinetunedConcepts, concept_weights_path
-from axmethods.trainers.parameterisations import LoRAIntervention
+from axmethods.trainers.parameterisations import LoRAIntervention, lora_module_paths
 from axmethods.trainers.reps_trainer import default_intervention_layers
 
 logger = logging.getLogger(__name__)
@@ -221,7 +221,8 @@ def _train_lora_sft(target: TargetModel, data: pd.DataFrame, concepts: Sequence[
     projection = target.residual_module(layers[0]).get_submodule(config.lora_target_module)
     intervention = LoRAIntervention(len(concepts), layers, projection.in_features, projection.out_features,
                                     rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout,
-                                    rslora=config.use_rslora, target_module=config.lora_target_module)
+                                    rslora=config.use_rslora, target_module=config.lora_target_module,
+                                    module_paths=lora_module_paths(target, layers, config.lora_target_module))
     losses: dict[str, float | None] = {}
     for index, concept in enumerate(concepts):
         peft_config = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, use_rslora=config.use_rslora,
