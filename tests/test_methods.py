@@ -96,7 +96,7 @@ def test_registry_and_config_parsing():
 
 
 def test_diffmean_matches_token_weighted_means(target, train_df):
-    dictionary = DiffMean().fit(target, train_df, CONCEPTS, LAYER)
+    dictionary = DiffMean({"activation_dtype": "model"}).fit(target, train_df, CONCEPTS, LAYER)
     assert dictionary.weight.shape == (2, target.hidden_size)
     torch.testing.assert_close(dictionary.weight.norm(dim=1), torch.ones(2))
     assert dictionary.activation == "identity" and dictionary.hook_module.endswith(f"layers.{LAYER}")
@@ -128,7 +128,7 @@ def test_pca_and_lat_are_unit_and_deterministic(target, train_df, method):
 
 
 def test_pca_equals_sklearn_first_component(target, train_df):
-    weight = PCA().fit(target, train_df, CONCEPTS, LAYER).weight
+    weight = PCA({"activation_dtype": "model"}).fit(target, train_df, CONCEPTS, LAYER).weight
     data = TrainingSet.from_frame(train_df, CONCEPTS)
     acts = ActivationCollector(target, LAYER, progress=False).collect(data.transcripts(target))
     tokens = torch.cat([acts.text(i) for i in data.members[1][data.labels[1] == 1].tolist()]).numpy()

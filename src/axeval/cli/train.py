@@ -36,7 +36,7 @@ def train(
     """Fit METHOD on the `train` split and save the steering dictionary to --out."""
     import dataclasses
 
-    from axdata.builders import list_configs, read_concepts, read_split
+    from axdata.builders import read_concepts, read_split
     from axmethods.methods import MethodConfigError, TrainingDataError, get_method, parse_config
     from axmethods.models import load_target_model
     from axmethods.trainers.methods import is_trained_method
@@ -59,13 +59,7 @@ def train(
     except MethodConfigError as error:
         _fail(str(error))
 
-    configs = list_configs(data)
-    if config is None:
-        if len(configs) != 1:
-            _fail(f"{data} holds dataset configs {configs or 'none'}; pick one with --config NAME.")
-        config = configs[0]
-    elif config not in configs:
-        _fail(f"{data} has no dataset config {config!r}; it holds {configs or 'none'}.")
+    config = _dataset_config(data, config)
     concepts = read_concepts(data, config)[:max_concepts]
     train_df = read_split(data, config, "train")
 
@@ -91,7 +85,7 @@ def _train_steering(name: str, data: Path, config: str | None, model: str, layer
     """RePS-family and SFT methods: their config is a TrainingArguments subclass; RePS ones train on preference pairs."""
     import dataclasses
 
-    from axdata.builders import list_configs, read_concepts, read_split
+    from axdata.builders import read_concepts, read_split
     from axmethods.models import load_target_model
     from axmethods.trainers import (
         PreferenceDataError,
@@ -111,13 +105,7 @@ def _train_steering(name: str, data: Path, config: str | None, model: str, layer
                 typer.echo(f"{item.name} (default {default!r}): {item.metadata.get('help', '')}")
         typer.echo("Every transformers TrainingArguments field can be set too.")
         raise typer.Exit(0)
-    configs = list_configs(data)
-    if config is None:
-        if len(configs) != 1:
-            _fail(f"{data} holds dataset configs {configs or 'none'}; pick one with --config NAME.")
-        config = configs[0]
-    elif config not in configs:
-        _fail(f"{data} has no dataset config {config!r}; it holds {configs or 'none'}.")
+    config = _dataset_config(data, config)
     concepts = read_concepts(data, config)[:max_concepts]
     try:
         method.config(overrides)  # bad settings fail before the model loads
@@ -141,6 +129,20 @@ def _train_steering(name: str, data: Path, config: str | None, model: str, layer
     folder = save_artifact(artifact, out, datasets=[f"{data}/{config}"])
     typer.echo(f"Trained {method.name} on {len(concepts)} concepts of {data}/{config} in "
                f"{time.perf_counter() - started:.1f} s; wrote {folder}")
+
+
+def _dataset_config(data: Path, config: str | None) -> str:
+    """--config, or the dataset's only config."""
+    from axdata.builders import list_configs
+
+    configs = list_configs(data)
+    if config is None:
+        if len(configs) != 1:
+            _fail(f"{data} holds dataset configs {configs or 'none'}; pick one with --config NAME.")
+        return configs[0]
+    if config not in configs:
+        _fail(f"{data} has no dataset config {config!r}; it holds {configs or 'none'}.")
+    return config
 
 
 def _parse_settings(settings: list[str]) -> dict[str, str]:

@@ -18,7 +18,6 @@ Layout of a `ConceptAdapters` folder (and Hub model repo):
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from collections.abc import Sequence
@@ -40,6 +39,7 @@ from axmethods.dictionary import DictionaryError, SteeringDictionary
 from axmethods.inference.steering import Steerer, steerer_for
 from axmethods.interventions import Positions
 from axmethods.models import TargetModel
+from axmethods.trainers.folder import CONFIG_FILE, read_folder_config
 from axmethods.trainers.parameterisations import (
     ConceptIntervention,
     LoRAIntervention,
@@ -56,8 +56,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ADAPTERS_FORMAT = "axbench-concept-adapters"
-ADAPTERS_FILE, CONFIG_FILE, CONCEPTS_FILE, CARD_FILE = "adapters.safetensors", "config.json", "concepts.jsonl", \
-    "README.md"
+ADAPTERS_FILE, CONCEPTS_FILE, CARD_FILE = "adapters.safetensors", "concepts.jsonl", "README.md"
 # The training settings worth recording with a result (TrainingArguments has ~120 fields, mostly plumbing).
 RECORDED_FIELDS = (
     "parameterisation", "loss_type", "preference_pairs", "steering_factors", "subtraction_type", "simpo_scaler",
@@ -183,16 +182,8 @@ class ConceptAdapters:
     @classmethod
     def load(cls, directory: str | Path) -> ConceptAdapters:
         root = Path(directory)
-        config_path = root / CONFIG_FILE
-        if not config_path.is_file():
-            raise FileNotFoundError(f"{root} has no {CONFIG_FILE}; pass a folder written by ConceptAdapters.save "
-                                    "(axbench train lora|loreft|lang-lora|lang-loreft).")
-        try:
-            record = json.loads(config_path.read_text())
-        except json.JSONDecodeError as error:
-            raise DictionaryError(f"{config_path} is not valid JSON ({error}); re-export the adapters.") from None
-        if record.get("format") != ADAPTERS_FORMAT:
-            raise DictionaryError(f"{config_path} is not an axbench adapters config (format {record.get('format')!r}).")
+        record = read_folder_config(root, ADAPTERS_FORMAT, "ConceptAdapters.save (axbench train reps-lora, "
+                                                          "lang-loreft, lora, ...)")
         intervention = build_intervention(record["intervention"])
         try:
             load_values(intervention, load_file(str(root / ADAPTERS_FILE)))

@@ -36,12 +36,12 @@ from axdata.hashing import content_hash
 from axdata.io import atomic_path, atomic_write_json, atomic_write_text
 from axmethods.dictionary import DictionaryError
 from axmethods.models import TargetModel
+from axmethods.trainers.folder import CONFIG_FILE, read_folder_config
 
 logger = logging.getLogger(__name__)
 
 FINETUNED_FORMAT = "axbench-finetuned-concepts"
-CONFIG_FILE, CONCEPTS_FILE, CARD_FILE, WEIGHTS_FILE = "config.json", "concepts.jsonl", "README.md", \
-    "model.safetensors"
+CONCEPTS_FILE, CARD_FILE, WEIGHTS_FILE = "concepts.jsonl", "README.md", "model.safetensors"
 
 
 def concept_weights_path(root: Path, concept_id: int) -> Path:
@@ -139,17 +139,7 @@ class FinetunedConcepts:
     @classmethod
     def load(cls, directory: str | Path) -> FinetunedConcepts:
         root = Path(directory)
-        config_path = root / CONFIG_FILE
-        if not config_path.is_file():
-            raise FileNotFoundError(f"{root} has no {CONFIG_FILE}; pass a folder written by FinetunedConcepts.save "
-                                    "(axbench train sft).")
-        try:
-            record = json.loads(config_path.read_text())
-        except json.JSONDecodeError as error:
-            raise DictionaryError(f"{config_path} is not valid JSON ({error}); re-export the weights.") from None
-        if record.get("format") != FINETUNED_FORMAT:
-            raise DictionaryError(f"{config_path} is not an axbench fine-tuned concepts config (format "
-                                  f"{record.get('format')!r}); load it with load_steering_artifact.")
+        record = read_folder_config(root, FINETUNED_FORMAT, "FinetunedConcepts.save (axbench train sft)")
         concepts = load_concepts(root / CONCEPTS_FILE)
         files = {c.concept_id: concept_weights_path(root, c.concept_id) for c in concepts}
         absent = [str(path) for path in files.values() if not path.is_file()]
