@@ -63,7 +63,7 @@ def test_round_trip_through_resolved_dict():
     assert AxbenchConfig.from_dict(config.to_dict()) == config
 
 
-@pytest.mark.parametrize("name", ["2b-l10", "2b-l20", "9b-l20", "9b-l31"])
+@pytest.mark.parametrize("name", ["2b-l10", "2b-l20", "9b-l20", "9b-l31", "2b-l20-reps"])
 def test_paper_configs_load(name):
     from pathlib import Path
 
@@ -72,3 +72,13 @@ def test_paper_configs_load(name):
     assert config.model.model.startswith("google/gemma-2-")
     assert config.llm.model == "gpt-4o-mini" and config.data.num_of_examples == 144
     assert "reft-r1" in config.methods.train and len(config.inference.factors) == 14
+
+
+def test_unknown_method_settings_fail_at_load():
+    with pytest.raises(ConfigError, match=r"methods.settings.reps has no field\(s\) \['lr'\]"):
+        AxbenchConfig.load(None, ["methods.train=[reps]", "methods.settings={reps: {lr: 0.1}}"])
+    with pytest.raises(ConfigError, match=r"methods.settings.reft-r1 has no field\(s\) \['epoch'\]"):
+        AxbenchConfig.load(None, ["methods.settings={reft-r1: {epoch: 1}}"])
+    config = AxbenchConfig.load(None, ["methods.train=[reps]", "methods.settings={reps: {learning_rate: 0.1}}",
+                                       "report.baseline=null"])
+    assert config.methods.settings["reps"] == {"learning_rate": 0.1}

@@ -22,7 +22,7 @@ from axdata.generation.config import LLMConfig
 from axdata.generation.generation_config import GenerationConfig
 from axdata.hashing import content_hash
 from axeval.judge import JudgeConfig
-from axmethods.trainers.methods import canonical_method_name
+from axmethods.trainers.methods import canonical_method_name, setting_names
 from axmethods.models import TargetModelConfig
 
 
@@ -161,6 +161,14 @@ class AxbenchConfig:
                 names.append(canonical_method_name(name))
             except KeyError as err:
                 raise ConfigError(f"{source}: methods.train: {err.args[0]}") from None
+        for name, values in self.methods.settings.items():
+            try:
+                unknown = sorted(set(values or {}) - setting_names(name))
+            except KeyError as err:
+                raise ConfigError(f"{source}: methods.settings: {err.args[0]}") from None
+            if unknown:
+                raise ConfigError(f"{source}: methods.settings.{name} has no field(s) {unknown}; "
+                                  f"`axbench train {name} --set help=1` lists them.")
         baseline = self.report.baseline
         if baseline is None:
             return

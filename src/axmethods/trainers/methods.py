@@ -197,3 +197,18 @@ def canonical_method_name(name: str) -> str:
         return get_method(name).name
     except KeyError as error:
         raise KeyError(f"{error.args[0]} Trained steering methods: {', '.join(TRAINED_METHODS)}.") from None
+
+
+def setting_names(name: str) -> set[str]:
+    """The fields `methods.settings.<name>` may set: the method's config dataclass fields."""
+    if is_trained_method(name):
+        method = get_trained_method(name)
+        if method.trainer == "sft":
+            from axmethods.trainers.sft import SFTSteeringConfig as config_class
+        else:
+            config_class = RePSConfig
+    else:
+        from axmethods.methods import get_method
+
+        config_class = get_method(name).config_class
+    return {f.name for f in dataclasses.fields(config_class)}
