@@ -212,7 +212,7 @@ def test_steering_stage_skips_detection_only_dictionaries(fitted, tmp_path: Path
                             for c in (0, 1)])
     ctx, dataset = _stage_context(tmp_path, fitted.target, prompts)
     monkeypatch.setattr(stage_methods, "run_dataset", lambda ctx: dataset)
-    monkeypatch.setattr(stage_methods, "load_dictionaries",
+    monkeypatch.setattr(stage_methods, "load_artifacts",
                         lambda ctx: [steerable, fitted.bow, fitted.detection, fitted.steering])
     with caplog.at_level(logging.INFO, logger="axeval.stages.methods"):
         summary = stage_methods.SteeringStage().run(ctx)
