@@ -170,6 +170,7 @@ def test_vector_export_save_load_steers_identically(target, tmp_path: Path) -> N
         torch.testing.assert_close(_logits(target, text), expected, atol=1e-5, rtol=1e-5)
     card = (tmp_path / "reps" / "README.md").read_text()
     assert "reps" in card and "l1/weights.safetensors" in card
+    assert "## Training" in card and "scaled_simpo" in card and "margin/orig_add:" in card
 
 
 @pytest.mark.parametrize("preset", ["reps-lora", "reps-loreft"])

@@ -129,6 +129,9 @@ def _train_steering(name: str, data: Path, config: str | None, model: str, layer
     folder = save_artifact(artifact, out, datasets=[f"{data}/{config}"])
     typer.echo(f"Trained {method.name} on {len(concepts)} concepts of {data}/{config} in "
                f"{time.perf_counter() - started:.1f} s; wrote {folder}")
+    for key, values in artifact.config.get("training_summary", {}).items():
+        if isinstance(values, dict):
+            typer.echo(f"  {key}: {values['first']} → {values['last']}")
 
 
 def _dataset_config(data: Path, config: str | None) -> str:

@@ -69,10 +69,24 @@ RECORDED_FIELDS = (
 
 def training_record(args: RePSConfig, trainer: Any | None) -> dict[str, Any]:
     record = {name: getattr(args, name) for name in RECORDED_FIELDS}
+    # `steering_factors` of a result is its inference grid (what steerers read); the training draws are kept apart.
+    record["training_factors"] = record.pop("steering_factors")
     if trainer is not None:
         record.update(trainer=type(trainer).__name__, trainer_name=trainer._name, paper=trainer._paper.get("title"),
-                      paper_id=trainer._paper.get("id"), tags=list(trainer._tag_names))
+                      paper_id=trainer._paper.get("id"), tags=list(trainer._tag_names),
+                      training_summary=training_summary(trainer.state.log_history))
     return record
+
+
+def training_summary(log_history: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """First and last logged loss / margins and the optimiser steps: what a card or a CLI summary shows."""
+    logged = [entry for entry in log_history if "loss" in entry]
+    summary: dict[str, Any] = {"steps": max((entry.get("step", 0) for entry in log_history), default=0)}
+    for key in ("loss", "margin/orig_add", "margin/orig_sub", "logps/winning"):
+        values = [entry[key] for entry in logged if key in entry]
+        if values:
+            summary[key] = {"first": round(float(values[0]), 4), "last": round(float(values[-1]), 4)}
+    return summary
 
 
 def export_intervention(intervention: ConceptIntervention, target: TargetModel, concepts: Sequence[Concept],
