@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
 
@@ -87,13 +87,9 @@ def _train_steering(name: str, data: Path, config: str | None, model: str, layer
 
     from axdata.builders import read_concepts, read_split
     from axmethods.models import load_target_model
-    from axmethods.trainers import (
-        PreferenceDataError,
-        get_trained_method,
-        preference_frame,
-        train_steering_method,
-    )
+    from axmethods.trainers import PreferenceDataError, get_trained_method, train_steering_method
     from axmethods.trainers.artifacts import save_artifact
+    from axmethods.trainers.methods import training_frame
 
     method = get_trained_method(name)
     if "help" in overrides:
@@ -114,15 +110,13 @@ def _train_steering(name: str, data: Path, config: str | None, model: str, layer
     target = load_target_model(model, dtype=dtype, device=device)
     started = time.perf_counter()
     try:
-        if method.trainer == "sft":
-            frame = read_split(data, config, "train")
-        else:
+        def split_or_none(split: str) -> Any:
             try:
-                frame = read_split(data, config, "preference")
+                return read_split(data, config, split)
             except FileNotFoundError:
-                typer.echo(f"{data}/{config} has no preference split: pairing each train positive with "
-                           f"{target.model_id}'s greedy answer.")
-                frame = preference_frame(target, read_split(data, config, "train"), concepts)
+                return None
+
+        frame = training_frame(method.name, target, concepts, split_or_none, overrides, notify=typer.echo)
         artifact = train_steering_method(method.name, target, frame, concepts, layer, overrides, progress=typer.echo)
     except (PreferenceDataError, ValueError, FileNotFoundError) as error:
         _fail(f"Training {method.name} failed: {error}")

@@ -25,12 +25,12 @@ from axmethods.trainers.artifacts import (
     save_artifact,
     steerer_for_artifact,
 )
-from axmethods.trainers.data import preference_frame
 from axmethods.trainers.methods import (
     canonical_method_name,
     get_trained_method,
     is_trained_method,
     train_steering_method,
+    training_frame,
 )
 
 logger = logging.getLogger(__name__)
@@ -116,20 +116,14 @@ class TrainStage(Stage):
 
     @staticmethod
     def _train_steering(ctx: RunContext, dataset: Any, name: str) -> dict[str, Any]:
-        """RePS-family methods train on the preference split (built from train positives when the data has none)."""
+        """RePS-family methods train on the preference split (see `training_frame` for datasets without one)."""
         method = get_trained_method(name)
         target, concepts = ctx.target_model(), dataset.concepts()
-        if method.trainer == "sft":
-            data = dataset.split("train")
-        elif dataset.has_split("preference"):
-            data = dataset.split("preference")
-        else:
-            logger.info("%s: the dataset has no preference split; pairing the train positives with the target "
-                        "model's greedy answers", method.name)
-            data = preference_frame(target, dataset.split("train"), concepts)
+        settings = method_settings(ctx, name)
+        data = training_frame(method.name, target, concepts,
+                              lambda split: dataset.split(split) if dataset.has_split(split) else None, settings)
         logger.info("training %s on %d concepts", method.name, len(concepts))
-        artifact = train_steering_method(method.name, target, data, concepts, ctx.config.run.layer,
-                                         method_settings(ctx, name))
+        artifact = train_steering_method(method.name, target, data, concepts, ctx.config.run.layer, settings)
         save_artifact(artifact, dictionary_dir(ctx, method.name), datasets=[str(dataset.directory)])
         return {method.name: {"concepts": artifact.n_concepts, "pairs": len(data)}}
 

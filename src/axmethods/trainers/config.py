@@ -42,7 +42,8 @@ class RePSConfig(TrainingArguments):
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping applied to each concept's "
                                                                 "parameters separately (paper: 1.0); 0 = none."})
-    logging_steps: float = field(default=10, metadata={"help": "Log loss and margins every N optimiser steps."})
+    logging_steps: float = field(default=0.1, metadata={"help": "Log loss and margins every N optimiser steps "
+                                                                "(below 1: that fraction of all steps)."})
     save_strategy: str = field(default="no", metadata={"help": "Trainer checkpoints: 'no' (the result is "
                                                                "exported at the end) | 'steps' | 'epoch'."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: the collator needs every "

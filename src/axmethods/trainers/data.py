@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import datasets
+import numpy as np
 import pandas as pd
 import torch
 from huggingface_hub.utils import tqdm
@@ -35,9 +36,14 @@ class PreferenceDataError(ValueError):
     """The preference pairs cannot be built or do not cover the concepts to train."""
 
 
-def check_preference_frame(frame: pd.DataFrame, concepts: Sequence[Concept], source: str) -> pd.DataFrame:
-    """The rows of `frame` that belong to `concepts`, or an error naming what is missing and the fix."""
-    missing = set(PREFERENCE_COLUMNS) - set(frame.columns)
+def check_preference_frame(frame: pd.DataFrame, concepts: Sequence[Concept], source: str, *,
+                           with_losing: bool = True) -> pd.DataFrame:
+    """The rows of `frame` that belong to `concepts`, or an error naming what is missing and the fix.
+
+    `with_losing=False` (the LM objective) needs no `losing_output`.
+    """
+    needed = set(PREFERENCE_COLUMNS) - (set() if with_losing else {"losing_output"})
+    missing = needed - set(frame.columns)
     if missing:
         raise PreferenceDataError(f"{source} lacks columns {sorted(missing)}; pass the `preference` split or build it "
                                   "with axmethods.trainers.preference_frame(target, train_split, concepts).")
@@ -47,20 +53,27 @@ def check_preference_frame(frame: pd.DataFrame, concepts: Sequence[Concept], sou
     if absent:
         raise PreferenceDataError(f"{source} has no preference pairs for concepts {absent[:10]}; generate the "
                                   "preference split for them (axbench data generate) or drop them.")
-    empty = rows["winning_output"].fillna("").str.strip().eq("") | rows["losing_output"].fillna("").str.strip().eq("")
+    responses = ["winning_output", "losing_output"] if with_losing else ["winning_output"]
+    empty = np.logical_or.reduce([rows[c].fillna("").astype(str).str.strip().eq("").to_numpy() for c in responses])
     if empty.any():
         logger.warning("%s: dropping %d pairs with an empty response", source, int(empty.sum()))
         rows = rows[~empty]
     return rows.reset_index(drop=True)
 
 
-def preference_frame(target: TargetModel, train_df: pd.DataFrame, concepts: Sequence[Concept], *,
-                     max_new_tokens: int = 128, batch_size: int = 16, progress: bool = True) -> pd.DataFrame:
-    """Preference pairs from a `train` split: each positive wins over the target model's greedy answer."""
+def positives_frame(train_df: pd.DataFrame, concepts: Sequence[Concept]) -> pd.DataFrame:
+    """The concepts' train positives as winning outputs: all the LM objective needs (no losing answers)."""
     ids = {c.concept_id for c in concepts}
     positives = train_df[(train_df["category"] == "positive") & train_df["concept_id"].isin(ids)]
     if positives.empty:
         raise PreferenceDataError("the train split has no positives for the concepts to train; nothing to pair.")
+    return positives.rename(columns={"output": "winning_output"}).reset_index(drop=True)
+
+
+def preference_frame(target: TargetModel, train_df: pd.DataFrame, concepts: Sequence[Concept], *,
+                     max_new_tokens: int = 128, batch_size: int = 16, progress: bool = True) -> pd.DataFrame:
+    """Preference pairs from a `train` split: each positive wins over the target model's greedy answer."""
+    positives = positives_frame(train_df, concepts)
     instructions = positives["input"].astype(str).tolist()
     unique = list(dict.fromkeys(instructions))
     prompts = [target.encode(target.format_prompt(text)) for text in unique]
@@ -73,7 +86,7 @@ def preference_frame(target: TargetModel, train_df: pd.DataFrame, concepts: Sequ
         tokens = sample(target, [prompts[i] for i in batch], [0] * len(batch), greedy)
         for i, text in zip(batch, target.tokenizer.batch_decode(tokens, skip_special_tokens=True)):
             answers[unique[i]] = text.strip()
-    frame = positives.rename(columns={"output": "winning_output"}).copy()
+    frame = positives.copy()
     frame["losing_output"] = [answers[text] for text in instructions]
     frame["losing_generator"] = target.model_id
     return frame.reset_index(drop=True)
@@ -99,7 +112,7 @@ class PairRows:
 
 
 def tokenize_pairs(target: TargetModel, frame: pd.DataFrame, concepts: Sequence[Concept], *,
-                   max_prompt_length: int, max_response_length: int) -> PairRows:
+                   max_prompt_length: int, max_response_length: int, with_losing: bool = True) -> PairRows:
     """AxBench's LM view: chat-templated user turn + generation prompt, then the raw response (no EOS)."""
     index = {c.concept_id: i for i, c in enumerate(concepts)}
     rows = PairRows([], [], [], [])
@@ -107,8 +120,9 @@ def tokenize_pairs(target: TargetModel, frame: pd.DataFrame, concepts: Sequence[
         rows.concept.append(index[int(record.concept_id)])
         rows.prompt.append(target.encode(target.format_prompt(str(record.input)))[-max_prompt_length:])
         rows.winning.append(target.encode(str(record.winning_output))[:max_response_length])
-        rows.losing.append(target.encode(str(record.losing_output))[:max_response_length])
-    empty = [i for i in range(len(rows)) if not rows.winning[i] or not rows.losing[i]]
+        losing = getattr(record, "losing_output", None)
+        rows.losing.append(target.encode(str(losing))[:max_response_length] if with_losing else [])
+    empty = [i for i in range(len(rows)) if not rows.winning[i] or (with_losing and not rows.losing[i])]
     if empty:
         raise PreferenceDataError(f"{len(empty)} pairs have a response that encodes to no tokens (e.g. row {empty[0]})")
     return rows

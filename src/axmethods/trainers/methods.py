@@ -143,6 +143,35 @@ def _is_list_field(config_class: type, name: str) -> bool:
     return False
 
 
+def training_frame(name: str, target: TargetModel, concepts: Sequence[Concept],
+                   read_split: Callable[[str], pd.DataFrame | None], overrides: Mapping[str, Any] | None = None,
+                   *, notify: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """What method `name` trains on. `read_split(split)` gives a split of the dataset, or None if it has none.
+
+    SFT methods: the train split. RePS-family methods: the preference split; without one, the train positives
+    (LM objective: they are all it needs) or pairs of each positive with the target model's greedy answer.
+    """
+    from axmethods.trainers.data import positives_frame, preference_frame
+
+    method = get_trained_method(name)
+    train = read_split("train")
+    if method.trainer == "sft":
+        if train is None:
+            raise FileNotFoundError(f"{method.name} trains on the train split, and the dataset has none.")
+        return train
+    preference = read_split("preference")
+    if preference is not None:
+        return preference
+    if train is None:
+        raise FileNotFoundError(f"{method.name} trains on the preference split (or the train split's positives), "
+                                "and the dataset has neither.")
+    if method.config(overrides).loss_type == "lm":
+        return positives_frame(train, concepts)
+    (notify or logger.info)(f"{method.name}: the dataset has no preference split; pairing each train positive "
+                            f"with {target.model_id}'s greedy answer")
+    return preference_frame(target, train, concepts)
+
+
 def train_steering_method(name: str, target: TargetModel, data: pd.DataFrame, concepts: Sequence[Concept],
                           layer: int | None, overrides: Mapping[str, Any] | None = None, *,
                           progress: Callable[[str], None] | None = None) -> SteeringDictionary | ConceptAdapters:

@@ -114,11 +114,15 @@ class RePSTrainer(_BaseTrainer):
             args.parameterisation, model, len(self.concepts), layers, rank=args.low_rank_dimension,
             dropout=args.intervention_dropout, lora_alpha=args.lora_alpha, lora_target_module=args.lora_target_module,
             init_std=args.init_std, train_bias=args.train_bias, generator=generator)
-        frame = check_preference_frame(train_dataset, self.concepts, "the preference data")
+        pairs = args.loss_type != "lm"  # the LM objective needs neither losing answers nor a reference
+        frame = check_preference_frame(train_dataset, self.concepts, "the preference data", with_losing=pairs)
         rows = tokenize_pairs(model, frame, self.concepts, max_prompt_length=args.max_prompt_length,
-                              max_response_length=args.max_response_length)
-        ref_winning, ref_losing = reference_logps(model, rows, args.reference_batch_size,
-                                                  progress=not args.disable_tqdm)
+                              max_response_length=args.max_response_length, with_losing=pairs)
+        if pairs:
+            ref_winning, ref_losing = reference_logps(model, rows, args.reference_batch_size,
+                                                      progress=not args.disable_tqdm)
+        else:
+            ref_winning = ref_losing = torch.zeros(len(rows))
         self._frozen = [(p, p.requires_grad) for p in model.model.parameters()]
         for parameter, _ in self._frozen:
             parameter.requires_grad_(False)
