@@ -44,7 +44,11 @@ PROVENANCE_KEY = b"axbench"
 
 
 class Steerer(Protocol):
-    """How a method steers a batch: the instruction it templates and the hooks it installs."""
+    """How a method steers a batch: the instruction it templates and the hooks it installs.
+
+    Optional attributes: `factors` (the method's own factor grid, used instead of the run's) and
+    `batch_by_concept` (every batch holds one concept's rows, for steerers that swap weights in).
+    """
 
     method: str
     factor_free: bool
