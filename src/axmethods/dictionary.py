@@ -120,6 +120,11 @@ class SteeringDictionary:
         return [c.concept_id for c in self.concepts]
 
     @property
+    def calibration_fixed(self) -> bool:
+        """Whether the calibration is set by the method (RePS-family vectors: 1), not by latent inference."""
+        return self.config.get("calibration") == "fixed"
+
+    @property
     def config_hash(self) -> str:
         return content_hash({"method": self.method, "config": self.config})
 

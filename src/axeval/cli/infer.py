@@ -98,18 +98,17 @@ def latent(
         if detector_kind(loaded) == "none":
             typer.echo(f"Skipped {loaded.method}: a steering-only method has no detector.", err=True)
     if mode == "latent" and calibrate:
-        from axmethods.trainers.artifacts import is_fixed_calibration
-
         for source, loaded in zip(dictionary, loaded_all):
             if not isinstance(loaded, SteeringDictionary) or detector_kind(loaded) != "residual":
                 continue  # only residual-stream dictionaries steer with a calibrated magnitude
-            if is_fixed_calibration(loaded):
-                continue  # RePS-family vectors steer with the raw factor
+            calibrated = calibrate_dictionary(loaded, scores, fallback=fallback)
+            if calibrated is loaded:
+                continue  # its method sets the calibration (RePS family): nothing to write back
             if not Path(source).exists():
                 typer.echo(f"{source} is a Hub repo: calibration not written back (pull it first).", err=True)
                 continue
             root = Path(source).parent if (Path(source) / WEIGHTS_FILE).is_file() else Path(source)
-            calibrate_dictionary(loaded, scores, fallback=fallback).save(root)
+            calibrated.save(root)
             typer.echo(f"Calibrated {loaded.method} in {source}")
 
 

@@ -93,7 +93,7 @@ def _train_steering(name: str, data: Path, config: str | None, model: str, layer
 
     method = get_trained_method(name)
     if "help" in overrides:
-        config_class = type(method.config())
+        config_class = method.config_class
         typer.echo(f"{method.name}: {method.description}\nPreset: {dict(method.preset)}")
         for item in dataclasses.fields(config_class):
             if item.name in config_class.__annotations__:  # the family's own fields and overridden defaults
@@ -104,7 +104,7 @@ def _train_steering(name: str, data: Path, config: str | None, model: str, layer
     config = _dataset_config(data, config)
     concepts = read_concepts(data, config)[:max_concepts]
     try:
-        method.config(overrides)  # bad settings fail before the model loads
+        method_config = method.config(overrides, layer=layer)  # bad settings fail before the model loads
     except ValueError as error:
         _fail(str(error))
     target = load_target_model(model, dtype=dtype, device=device)
@@ -116,8 +116,8 @@ def _train_steering(name: str, data: Path, config: str | None, model: str, layer
             except FileNotFoundError:
                 return None
 
-        frame = training_frame(method.name, target, concepts, split_or_none, overrides, notify=typer.echo)
-        artifact = train_steering_method(method.name, target, frame, concepts, layer, overrides, progress=typer.echo)
+        frame = training_frame(method.name, target, concepts, split_or_none, method_config, notify=typer.echo)
+        artifact = train_steering_method(method.name, target, frame, concepts, method_config, progress=typer.echo)
     except (PreferenceDataError, ValueError, FileNotFoundError) as error:
         _fail(f"Training {method.name} failed: {error}")
     folder = save_artifact(artifact, out, datasets=[f"{data}/{config}"])

@@ -19,12 +19,7 @@ from axmethods.inference.sampling import SamplingConfig
 from axmethods.inference.steering import UnsteeredBaseline, can_steer, run_steering
 from axmethods.methods import get_method
 from axmethods.methods.base import ActivationMethod
-from axmethods.trainers.artifacts import (
-    is_fixed_calibration,
-    load_steering_artifact,
-    save_artifact,
-    steerer_for_artifact,
-)
+from axmethods.trainers.artifacts import load_steering_artifact, save_artifact, steerer_for_artifact
 from axmethods.trainers.methods import (
     canonical_method_name,
     get_trained_method,
@@ -119,11 +114,11 @@ class TrainStage(Stage):
         """RePS-family methods train on the preference split (see `training_frame` for datasets without one)."""
         method = get_trained_method(name)
         target, concepts = ctx.target_model(), dataset.concepts()
-        settings = method_settings(ctx, name)
+        config = method.config(method_settings(ctx, name), layer=ctx.config.run.layer)
         data = training_frame(method.name, target, concepts,
-                              lambda split: dataset.split(split) if dataset.has_split(split) else None, settings)
+                              lambda split: dataset.split(split) if dataset.has_split(split) else None, config)
         logger.info("training %s on %d concepts", method.name, len(concepts))
-        artifact = train_steering_method(method.name, target, data, concepts, ctx.config.run.layer, settings)
+        artifact = train_steering_method(method.name, target, data, concepts, config)
         save_artifact(artifact, dictionary_dir(ctx, method.name), datasets=[str(dataset.directory)])
         return {method.name: {"concepts": artifact.n_concepts, "pairs": len(data)}}
 
@@ -150,10 +145,10 @@ class LatentStage(Stage):
         _write(scores, ctx.run_dir.inference_dir / "latent.parquet")
         detectors = [d for d in dictionaries if detector_kind(d) != "none"]
         for dictionary in dictionaries:
-            # Only residual read-outs calibrate a steering magnitude; RePS-family vectors steer with the raw factor.
-            if detector_kind(dictionary) == "residual" and not is_fixed_calibration(dictionary):
+            if detector_kind(dictionary) == "residual":  # only residual read-outs calibrate a steering magnitude
                 calibrated = calibrate(dictionary, scores)
-                calibrated.save(dictionary_dir(ctx, dictionary.method), datasets=[str(dataset.directory)])
+                if calibrated is not dictionary:
+                    calibrated.save(dictionary_dir(ctx, dictionary.method), datasets=[str(dataset.directory)])
         summary: dict[str, Any] = {"rows": len(scores), "methods": [d.method for d in detectors]}
         if any(scores.attrs.get("nan_scores", {}).values()):
             summary["nan_scores"] = scores.attrs["nan_scores"]

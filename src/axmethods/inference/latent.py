@@ -320,7 +320,12 @@ def _tokens_at(token_ids: list[list[int]], texts: np.ndarray, positions: np.ndar
 
 def calibrate(dictionary: SteeringDictionary, latent_scores: pd.DataFrame, *,
               fallback: float | None = None) -> SteeringDictionary:
-    """The dictionary with calibration m_c = max `latent`-mode score of concept c (rule: module docstring)."""
+    """The dictionary with calibration m_c = max `latent`-mode score of concept c (rule: module docstring).
+
+    A dictionary whose method fixes its calibration (`calibration_fixed`) is returned as it is.
+    """
+    if dictionary.calibration_fixed:
+        return dictionary
     if detector_kind(dictionary) != "residual":
         raise DictionaryError(f"The {dictionary.method} dictionary has no residual detector, so it has no steering "
                               "calibration; calibrate residual-stream dictionaries only.")

@@ -39,7 +39,7 @@ from axmethods.dictionary import DictionaryError, SteeringDictionary
 from axmethods.inference.steering import Steerer, steerer_for
 from axmethods.interventions import Positions
 from axmethods.models import TargetModel
-from axmethods.trainers.folder import CONFIG_FILE, read_folder_config
+from axmethods.trainers.folder import CONFIG_FILE, ConceptResult, read_folder_config
 from axmethods.trainers.parameterisations import (
     ConceptIntervention,
     LoRAIntervention,
@@ -110,13 +110,8 @@ def export_intervention(intervention: ConceptIntervention, target: TargetModel, 
                            config={**record, "steering_factors": factors})
 
 
-def is_fixed_calibration(dictionary: SteeringDictionary) -> bool:
-    """Whether latent inference must leave the dictionary's calibration alone (RePS-family vectors)."""
-    return dictionary.config.get("calibration") == "fixed"
-
-
 @dataclass
-class ConceptAdapters:
+class ConceptAdapters(ConceptResult):
     """LoRA / LoReFT parameters of many concepts, with the facts needed to steer with them."""
 
     intervention: ConceptIntervention
@@ -132,24 +127,12 @@ class ConceptAdapters:
                                   f"{self.intervention.n_concepts}; they must match one to one.")
 
     @property
-    def n_concepts(self) -> int:
-        return len(self.concepts)
-
-    @property
-    def concept_ids(self) -> list[int]:
-        return [c.concept_id for c in self.concepts]
-
-    @property
     def parameterisation(self) -> str:
         return self.intervention.parameterisation
 
     @property
     def config_hash(self) -> str:
         return content_hash({"spec": self.intervention.spec(), "config": self.config})
-
-    @property
-    def steering_factors(self) -> list[float]:
-        return [float(f) for f in self.config.get("steering_factors", [1.0])]
 
     def rows(self, concept_ids: Sequence[int]) -> torch.Tensor:
         index = {cid: i for i, cid in enumerate(self.concept_ids)}
@@ -168,11 +151,6 @@ class ConceptAdapters:
                                                                                   device=target.device))
         return self.intervention.applied(target, plan,
                                          prefill_only=self.config.get("intervention_positions") == "prompt")
-
-    def check_model(self, target: TargetModel) -> None:
-        if target.model_id != self.base_model:
-            logger.warning("The %s adapters were trained on %s but are applied to %s", self.method, self.base_model,
-                           target.model_id)
 
     def save(self, directory: str | Path, *, datasets: Sequence[str] = ()) -> Path:
         """Write the folder atomically (file by file); LoRA adapters are also exported for peft (`peft/`)."""

@@ -36,7 +36,7 @@ from axdata.hashing import content_hash
 from axdata.io import atomic_path, atomic_write_json, atomic_write_text
 from axmethods.dictionary import DictionaryError
 from axmethods.models import TargetModel
-from axmethods.trainers.folder import CONFIG_FILE, read_folder_config
+from axmethods.trainers.folder import CONFIG_FILE, ConceptResult, read_folder_config
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def is_finetuned_folder(directory: str | Path) -> bool:
 
 
 @dataclass
-class FinetunedConcepts:
+class FinetunedConcepts(ConceptResult):
     """Per-concept fully fine-tuned weights of one base model, kept on disk (one safetensors file per concept).
 
     `weight_files[concept_id]` is where that concept's tensors are; right after training they sit in the
@@ -81,18 +81,6 @@ class FinetunedConcepts:
                                   "every concept needs its concept_<id>/model.safetensors.")
 
     @property
-    def n_concepts(self) -> int:
-        return len(self.concepts)
-
-    @property
-    def concept_ids(self) -> list[int]:
-        return [c.concept_id for c in self.concepts]
-
-    @property
-    def steering_factors(self) -> list[float]:
-        return [float(f) for f in self.config.get("steering_factors", [1.0])]
-
-    @property
     def config_hash(self) -> str:
         return content_hash({"format": FINETUNED_FORMAT, "config": self.config})
 
@@ -110,11 +98,6 @@ class FinetunedConcepts:
 
     def steerer(self) -> FinetunedSteerer:
         return FinetunedSteerer(self)
-
-    def check_model(self, target: TargetModel) -> None:
-        if target.model_id != self.base_model:
-            logger.warning("The %s weights were fine-tuned from %s but are swapped into %s", self.method,
-                           self.base_model, target.model_id)
 
     def save(self, directory: str | Path, *, datasets: Sequence[str] = ()) -> Path:
         """Write the folder atomically (file by file)."""

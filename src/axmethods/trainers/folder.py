@@ -1,12 +1,20 @@
-"""The `config.json` every trained-result folder starts with (adapters, fine-tuned weights)."""
+"""What the trained results kept as folders (adapters, fine-tuned weights) share: their concept bookkeeping
+and the `config.json` every such folder starts with."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from axmethods.dictionary import DictionaryError
+
+if TYPE_CHECKING:
+    from axdata.concepts import Concept
+    from axmethods.models import TargetModel
+
+logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 
@@ -25,3 +33,30 @@ def read_folder_config(root: Path, expected_format: str, written_by: str) -> dic
         raise DictionaryError(f"{path} is not an {expected_format} config (format {found!r}); load the folder with "
                               "axmethods.trainers.load_steering_artifact, which recognises every kind.")
     return record
+
+
+class ConceptResult:
+    """Mixin of the folder-kept results: `concepts`, `method`, `base_model` and `config` are dataclass fields."""
+
+    concepts: list[Concept]
+    method: str
+    base_model: str
+    config: dict[str, Any]
+
+    @property
+    def n_concepts(self) -> int:
+        return len(self.concepts)
+
+    @property
+    def concept_ids(self) -> list[int]:
+        return [c.concept_id for c in self.concepts]
+
+    @property
+    def steering_factors(self) -> list[float]:
+        """The factor grid steering inference uses (factor-free methods: [1.0])."""
+        return [float(f) for f in self.config.get("steering_factors", [1.0])]
+
+    def check_model(self, target: TargetModel) -> None:
+        if target.model_id != self.base_model:
+            logger.warning("The %s result was trained on %s but is applied to %s", self.method, self.base_model,
+                           target.model_id)

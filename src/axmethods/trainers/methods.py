@@ -1,7 +1,7 @@
 """The trained steering methods by name: RePS and its baselines as presets of `RePSConfig`, plus SFT ones.
 
-`train_steering_method(name, target, data, concepts, layer, overrides)` is what `axbench train NAME` and the
-pipeline's train stage call. Presets follow the paper's 2B settings (spec §3.12–3.13); any field can be
+`method.config(overrides, layer=L)`, `training_frame(...)` and `train_steering_method(...)` are what
+`axbench train NAME` and the pipeline's train stage call. Presets follow the paper's 2B settings (spec §3.12–3.13); any field can be
 overridden (`--set learning_rate=0.01`).
 """
 
@@ -45,13 +45,18 @@ class TrainedMethod:
     def produces_adapters(self) -> bool:
         return self.trainer == "sft" or self.preset.get("parameterisation", "vector") != "vector"
 
-    def config(self, overrides: Mapping[str, Any] | None = None, **fixed: Any) -> Any:
-        """The method's config: preset, then `overrides` (strings parsed by type), then `fixed`."""
-        if self.trainer == "sft":
-            from axmethods.trainers.sft import SFTSteeringConfig as config_class
-        else:
-            config_class = RePSConfig
-        return parse_training_config(config_class, {**self.preset, **(overrides or {})}, **fixed)
+    @property
+    def config_class(self) -> type:
+        if self.trainer == "sft":  # imports TRL: only when an SFT method is used
+            from axmethods.trainers.sft import SFTSteeringConfig
+
+            return SFTSteeringConfig
+        return RePSConfig
+
+    def config(self, overrides: Mapping[str, Any] | None = None, *, layer: int | None = None) -> Any:
+        """The method's config: preset, then `overrides` (strings parsed by type), then `layer` (RePS family)."""
+        fixed = {"layer": layer} if self.trainer == "reps" and layer is not None else {}
+        return parse_training_config(self.config_class, {**self.preset, **(overrides or {})}, **fixed)
 
 
 TRAINED_METHODS: dict[str, TrainedMethod] = {m.name: m for m in (
@@ -144,9 +149,9 @@ def _is_list_field(config_class: type, name: str) -> bool:
 
 
 def training_frame(name: str, target: TargetModel, concepts: Sequence[Concept],
-                   read_split: Callable[[str], pd.DataFrame | None], overrides: Mapping[str, Any] | None = None,
-                   *, notify: Callable[[str], None] | None = None) -> pd.DataFrame:
-    """What method `name` trains on. `read_split(split)` gives a split of the dataset, or None if it has none.
+                   read_split: Callable[[str], pd.DataFrame | None], config: Any, *,
+                   notify: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """What method `name` (with its `config`) trains on. `read_split(split)` gives a split, or None if absent.
 
     SFT methods: the train split. RePS-family methods: the preference split; without one, the train positives
     (LM objective: they are all it needs) or pairs of each positive with the target model's greedy answer.
@@ -165,7 +170,7 @@ def training_frame(name: str, target: TargetModel, concepts: Sequence[Concept],
     if train is None:
         raise FileNotFoundError(f"{method.name} trains on the preference split (or the train split's positives), "
                                 "and the dataset has neither.")
-    if method.config(overrides).loss_type == "lm":
+    if config.loss_type == "lm":
         return positives_frame(train, concepts)
     (notify or logger.info)(f"{method.name}: the dataset has no preference split; pairing each train positive "
                             f"with {target.model_id}'s greedy answer")
@@ -173,14 +178,13 @@ def training_frame(name: str, target: TargetModel, concepts: Sequence[Concept],
 
 
 def train_steering_method(name: str, target: TargetModel, data: pd.DataFrame, concepts: Sequence[Concept],
-                          layer: int | None, overrides: Mapping[str, Any] | None = None, *,
-                          progress: Callable[[str], None] | None = None) -> SteeringDictionary | ConceptAdapters:
-    """Train method `name` on `data` (the preference split for RePS-family methods, the train split for SFT).
+                          config: Any, *, progress: Callable[[str], None] | None = None
+                          ) -> SteeringDictionary | ConceptAdapters:
+    """Train method `name` with `config` (`method.config(...)`) on `data` (`training_frame`).
 
     Concepts beyond `concepts_per_chunk` are trained chunk by chunk and their results joined.
     """
     method = get_trained_method(name)
-    config = method.config(overrides, **({"layer": layer} if method.trainer == "reps" and layer is not None else {}))
     if method.trainer == "sft":
         from axmethods.trainers.sft import train_sft
 
@@ -231,11 +235,7 @@ def canonical_method_name(name: str) -> str:
 def setting_names(name: str) -> set[str]:
     """The fields `methods.settings.<name>` may set: the method's config dataclass fields."""
     if is_trained_method(name):
-        method = get_trained_method(name)
-        if method.trainer == "sft":
-            from axmethods.trainers.sft import SFTSteeringConfig as config_class
-        else:
-            config_class = RePSConfig
+        config_class = get_trained_method(name).config_class
     else:
         from axmethods.methods import get_method
 
