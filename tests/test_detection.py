@@ -46,15 +46,21 @@ def test_all_tied_scores_give_half():
 
 
 def test_hard_negatives_scored_at_youden_threshold_and_kept_out_of_auroc():
-    # Youden J is 2/3 at 0.8 and at 0.4; the first maximum (the higher threshold, 0.8) is used.
+    # Youden J is "2/3" at 0.8 and at 0.4, but in floating point 1 − 1/3 > 2/3: AxBench's exact
+    # argmax(tpr − fpr) picks 0.4, and so do we (no tolerance: the reference's tie-breaking, to the bit).
     rows = _rows("M", 0, [0.9, 0.8, 0.4], [0.5, 0.1, 0.2], hard=[0.95, 0.3, 0.79, 0.85])
     table = concept_detection(rows)
-    assert table.loc[0, "youden_threshold"] == pytest.approx(0.8)
+    assert table.loc[0, "youden_threshold"] == pytest.approx(0.4)
     assert table.loc[0, "auroc"] == pytest.approx(8 / 9)  # the hard negatives are not in it
-    assert table.loc[0, "hard_negative_accuracy"] == pytest.approx(2 / 4)  # 0.3 and 0.79 fall below 0.8
-    assert table.loc[0, "positive_accuracy"] == pytest.approx(2 / 3)
-    assert table.loc[0, "macro_accuracy"] == pytest.approx((2 / 3 + 2 / 4) / 2)
+    assert table.loc[0, "hard_negative_accuracy"] == pytest.approx(1 / 4)  # only 0.3 falls below 0.4
+    assert table.loc[0, "positive_accuracy"] == pytest.approx(1.0)
+    assert table.loc[0, "macro_accuracy"] == pytest.approx((1.0 + 1 / 4) / 2)
     assert table.loc[0, "n_hard_negative"] == 4
+
+
+def test_exact_youden_ties_go_to_the_highest_threshold():
+    # J = 0.5 exactly at 0.9 (tpr 1/2, fpr 0) and at 0.3 (tpr 1, fpr 1/2): the first maximum, 0.9.
+    assert youden_threshold(np.array([1, 1, 0, 0]), np.array([0.9, 0.3, 0.5, 0.1])) == pytest.approx(0.9)
 
 
 def test_concepts_without_hard_negatives_are_counted_not_averaged_as_zero():

@@ -153,6 +153,35 @@ def test_draw_is_inverse_cdf_with_top_p() -> None:
     assert draw(logits, torch.tensor([0.9, 0.1]), SamplingConfig(temperature=0)).tolist() == [1, 1]
 
 
+def test_top_k_draw_equals_inverse_cdf_of_hf_top_k_and_never_leaves_the_top_50() -> None:
+    """AxBench sampled with HF generate()'s default top-k 50; our seeded draw keeps exactly HF's kept set."""
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 300, generator=generator) * 3
+    logits[0, :60] = 5.0  # ties at the k-th value: HF keeps all of them
+    uniforms = torch.rand(400, 4, generator=generator)
+    # (Which of several exactly tied tokens top-p drops depends on HF's unstable sort; row 0's ties are for top-k.)
+    for config, warpers, rows in ((SamplingConfig(), [TopKLogitsWarper(50)], slice(None)),
+                                  (SamplingConfig(top_p=0.8), [TopKLogitsWarper(50), TopPLogitsWarper(0.8)],
+                                   slice(1, None))):
+        warped = logits[rows].clone()
+        for warper in warpers:
+            warped = warper(None, warped)
+        probs = torch.softmax(warped, dim=-1)
+        sorted_probs, sorted_ids = probs.sort(dim=-1, descending=True, stable=True)
+        cdf = sorted_probs.cumsum(-1)
+        for u in uniforms[:, rows]:
+            ours = draw(logits[rows], u, config)
+            position = torch.searchsorted(cdf, (u[:, None] * cdf[:, -1:]).contiguous(), right=True).clamp_max(299)
+            assert ours.tolist() == sorted_ids.gather(-1, position).squeeze(-1).tolist()
+    top50 = logits[1:].topk(50, dim=-1).indices
+    drawn = torch.stack([draw(logits, u, SamplingConfig()) for u in uniforms])[:, 1:]
+    assert all(bool(torch.isin(drawn[:, row], top50[row]).all()) for row in range(3))
+    full = torch.stack([draw(logits, u, SamplingConfig(top_k=0)) for u in uniforms])[:, 1:]
+    assert not all(bool(torch.isin(full[:, row], top50[row]).all()) for row in range(3))  # top_k=0: full vocabulary
+
+
 def test_sampler_with_cache_matches_greedy_generate(tiny_target) -> None:
     target = tiny_target
     prompts = [target.encode(target.format_prompt(w)) for w in WORDS[:3]]

@@ -96,10 +96,10 @@ def test_good_answers_give_three_ratings_with_provenance(routing_server, tmp_pat
     assert (table["parse_status"] == "ok").all()
     assert set(table["judge_model"]) == {"fault-model"}
     assert set(table["judge_template_hash"]) == {JUDGE_TEMPLATE_HASH}
-    assert set(table["judge_temperature"]) == {0.0}
+    assert set(table["judge_temperature"]) == {0.7}  # AxBench evaluate.py's judge temperature
     assert json.loads(table["judge_config"][0])["on_parse_failure"] == "exclude"
     body = server.requests[0]
-    assert body["temperature"] == 0.0
+    assert body["temperature"] == 0.7
     assert body["response_format"]["type"] == "json_schema"
     assert body["response_format"]["json_schema"]["schema"]["properties"]["rating"]["enum"] == [0, 1, 2]
     write_judgements(table, tmp_path / "judged.parquet")

@@ -133,7 +133,7 @@ def test_pca_equals_sklearn_first_component(target, train_df):
     acts = ActivationCollector(target, LAYER, progress=False).collect(data.transcripts(target))
     tokens = torch.cat([acts.text(i) for i in data.members[1][data.labels[1] == 1].tolist()]).numpy()
     expected = SkPCA(n_components=2).fit(tokens).components_[0]
-    assert abs(float(np.dot(weight[1].numpy(), expected))) == pytest.approx(1.0, abs=1e-4)
+    assert float(np.dot(weight[1].numpy(), expected)) == pytest.approx(1.0, abs=1e-4)  # sklearn's sign too
 
 
 def test_probe_learns_unit_direction_and_honours_accumulation(target, train_df):
@@ -214,6 +214,29 @@ def test_sae_reads_encoder_and_steers_with_decoder(target, train_df, tmp_path):
     assert dictionary.config["sae_features"] == [5, 7]
     with pytest.raises(FileNotFoundError, match="Nothing is downloaded"):
         SAE(SAEConfig(sae_path=str(tmp_path / "missing.npz"))).fit(target, train_df, CONCEPTS, LAYER)
+
+
+def test_sae_steering_magnitude_is_axbench_max_activation(target, train_df, tmp_path):
+    """AxBench steers an SAE feature with factor × its max activation in JumpReLU units: Neuronpedia's maxValue
+    when given, else the latent rows' max JumpReLU activation (score + θ), never score alone."""
+    from axmethods.inference.latent import calibrate
+
+    _write_sae(tmp_path / "params.npz", target.hidden_size, 16)
+    dictionary = SAE(SAEConfig(sae_path=str(tmp_path / "params.npz"))).fit(target, train_df, CONCEPTS, LAYER)
+    scores = pd.DataFrame({"method": "sae", "layer": LAYER, "concept_id": [0, 0, 1], "score": [0.25, 1.5, 2.0]})
+    calibrated = calibrate(dictionary, scores)
+    torch.testing.assert_close(calibrated.calibration, torch.tensor([1.5 + 0.5, 2.0 + 0.5]))
+    torch.testing.assert_close(calibrated.steering_magnitudes([0, 1], [2.0, 1.0]), torch.tensor([4.0, 2.5]))
+
+    (tmp_path / "max.json").write_text('{"5": 12.5, "7": 3.0, "9": 1.0}')
+    neuronpedia = SAE(SAEConfig(sae_path=str(tmp_path / "params.npz"), max_activations=str(tmp_path / "max.json"))
+                      ).fit(target, train_df, CONCEPTS, LAYER)
+    torch.testing.assert_close(neuronpedia.calibration, torch.tensor([12.5, 3.0]))
+    assert calibrate(neuronpedia, scores) is neuronpedia  # the file's values are kept, not re-calibrated
+    (tmp_path / "short.json").write_text('{"5": 12.5}')
+    with pytest.raises(MethodConfigError, match=r"no value for SAE feature\(s\) \[7\]"):
+        SAE(SAEConfig(sae_path=str(tmp_path / "params.npz"), max_activations=str(tmp_path / "short.json"))
+            ).fit(target, train_df, CONCEPTS, LAYER)
 
 
 def test_sae_a_picks_the_planted_feature(target, train_df, tmp_path):

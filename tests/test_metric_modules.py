@@ -41,9 +41,10 @@ def test_concept_detection_loads_by_path_and_matches_the_plain_function():
     assert results["auroc"] == pytest.approx(0.875)
     assert results["auroc_ci_low"] <= results["auroc"] <= results["auroc_ci_high"]
     assert (results["n_concepts"], results["n_hard_negatives"]) == (2, 1)
-    # Concept 0: positives 0.9, 0.7 vs shared 0.95, 0, 0 → best F1 at 0.7: P 2/3, R 1 → 0.8.
-    # Concept 1: positives 0.8, 0.6 → the same counts → 0.8.
-    assert results["imbalance_f1"] == pytest.approx(0.8)
+    # As AxBench: each concept's own rows plus the shared pool 0.95, 0, 0.
+    # Concept 0: positives 0.9, 0.7, negatives 0.2, 0.1 → best F1 at 0.7: P 2/3, R 1 → 0.8.
+    # Concept 1: positives 0.8, 0.6, negatives 0.5, 0.65, hard negative 0.3 → best at 0.6: P 2/4, R 1 → 2/3.
+    assert results["imbalance_f1"] == pytest.approx((0.8 + 2 / 3) / 2)
 
 
 def test_steering_loads_by_path_and_counts_parse_failures():

@@ -22,6 +22,8 @@ from axdata.generation.config import LLMConfig
 from axdata.generation.generation_config import GenerationConfig
 from axdata.hashing import content_hash
 from axeval.judge import JudgeConfig
+from axeval.protocol import check_protocol
+from axmethods.inference.steering import AXBENCH_FACTORS
 from axmethods.trainers.methods import canonical_method_name, setting_names
 from axmethods.models import TargetModelConfig
 
@@ -44,6 +46,15 @@ class RunSection:
         metadata={"help": "Use this dataset directory (from `axbench data import|pull|generate`) instead of "
                           "generating data in the run; `data.dataset_config` picks its config."},
     )
+    protocol: str = field(
+        default="fixed",
+        metadata={"help": "'fixed': AxBench's protocol with its known bugs fixed (default); 'reference': AxBench's "
+                          "own behaviour where restoring it is cheap (parse failure = 0, calibration fallback 50, "
+                          "Probe's ignored gradient accumulation). Every difference: docs/protocol.md."},
+    )
+
+    def __post_init__(self) -> None:
+        check_protocol(self.protocol)
 
 
 @dataclass
@@ -62,12 +73,15 @@ class MethodsSection:
 @dataclass
 class InferenceSection:
     factors: list[float] = field(
-        default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.5, 3.0, 5.0],
-        metadata={"help": "Steering factors (× each concept's calibration); AxBench's 14 by default."},
+        default_factory=lambda: list(AXBENCH_FACTORS),
+        metadata={"help": "Steering factors (× each concept's calibration); default AxBench's 14: 0.2 … 2.0 "
+                          "(step 0.2), 2.5, 3.0, 4.0, 5.0. Methods with their own grid (RePS family) use theirs."},
     )
     max_new_tokens: int = field(default=128, metadata={"help": "New tokens per steered generation (paper: 128)."})
     temperature: float = field(default=1.0, metadata={"help": "Steering sampling temperature (paper: 1.0)."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling of steered generations."})
+    top_k: int = field(default=50, metadata={"help": "Sample steered generations from the k most likely tokens; "
+                                                      "AxBench's HF generate() default is 50; 0 = full vocabulary."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling of steered generations (1 = off)."})
     intervention: str = field(default="addition", metadata={"help": "addition | clamp | subtract_add | threshold."})
     positions: str = field(default="all", metadata={"help": "Steer 'all' positions or only 'after_prefix'."})
     latent_batch_size: int = field(default=16, metadata={"help": "Texts per forward pass in latent inference."})

@@ -1,10 +1,21 @@
 """Concept detection: per-concept AUROC, hard negatives at the Youden threshold, F1 under class imbalance.
 
 Input rows hold one max-pooled latent score each: `method, concept_id, category, score`, `category` one
-of "positive", "negative", "hard negative" (axdata.schema.CATEGORIES). The AUROC compares a concept's
-positives with its negatives; hard negatives never enter it but are scored separately at the concept's
-Youden-J threshold, and a concept without hard negatives is counted as such (AxBench dropped them
-through a label-name mismatch, without a word).
+of "positive", "negative", "hard negative" (axdata.schema.CATEGORIES). Each number equals the one of
+AxBench's evaluator that defines it (docs/protocol.md; the tests compare with re-implementations of the
+reference evaluators on random inputs):
+
+- scores are min-max normalised over each concept's rows first (NaN → 0 when all are equal), as every
+  AxBench latent evaluator does, so ties and thresholds fall exactly where AxBench's do;
+- AUROC (`AUCROCEvaluator`): positives vs negatives; hard negatives never enter it (AxBench drops them
+  through a label-name mismatch; we keep them out on purpose and score them apart, counted);
+- hard negatives (`HardNegativeEvaluator`): accuracy at the Youden-J threshold of positives vs negatives,
+  the first maximum of `tpr − fpr` (the highest threshold among exact ties); macro accuracy = mean of the
+  positive and hard-negative accuracies;
+- balanced P/R/F1 (`LatentStatsEvaluator`): threshold = the F1-maximal point of the precision-recall
+  curve of positives vs negatives; precision, recall and F1 then count every row of the concept, hard
+  negatives as negatives;
+- imbalance F1 (the same evaluator on the concept's own rows plus the ≈1:100 shared negative pool).
 
 >>> import pandas as pd
 >>> rows = pd.DataFrame({
@@ -72,15 +83,25 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(labels, np.asarray(scores, dtype=float)))
 
 
+def normalise(scores: np.ndarray) -> np.ndarray:
+    """Min-max normalised scores, 0 where that is undefined (all equal) — AxBench's per-concept preprocessing."""
+    scores = np.asarray(scores, dtype=float)
+    if not len(scores):
+        return scores
+    low, high = scores.min(), scores.max()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        normalised = (scores - low) / (high - low)
+    return np.nan_to_num(normalised, nan=0.0)
+
+
 def youden_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
     """The score threshold maximising TPR − FPR (predict positive when score ≥ threshold).
 
-    Among tied maxima the highest threshold wins; the tie test is tolerant because 2/3 and 1 − 1/3 differ
-    in floating point. +inf when no finite threshold beats chance (AxBench then reports nothing).
+    The first maximum along scikit-learn's ROC curve, i.e. the highest threshold among exactly tied maxima
+    (`argmax(tpr − fpr)`, as AxBench). +inf when no finite threshold beats chance (AxBench then reports nothing).
     """
     fpr, tpr, thresholds = roc_curve(np.asarray(labels, dtype=int), np.asarray(scores, dtype=float))
-    youden = tpr - fpr
-    return float(thresholds[int(np.flatnonzero(np.isclose(youden, youden.max(), rtol=0, atol=1e-12))[0])])
+    return float(thresholds[int(np.argmax(tpr - fpr))])
 
 
 def max_f1_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -88,9 +109,11 @@ def max_f1_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
     precision, recall, thresholds = precision_recall_curve(
         np.asarray(labels, dtype=int), np.asarray(scores, dtype=float)
     )
-    with np.errstate(divide="ignore", invalid="ignore"):
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
-    return float(thresholds[int(np.argmax(f1[:-1]))])
+    f1 = np.zeros_like(precision)
+    defined = precision + recall > 0
+    f1[defined] = 2 * precision[defined] * recall[defined] / (precision[defined] + recall[defined])
+    # The curve's last point (recall 0) has F1 0, so the first maximum is always a real threshold.
+    return float(thresholds[int(np.argmax(f1))])
 
 
 def precision_recall_f1(labels: np.ndarray, scores: np.ndarray, threshold: float) -> tuple[float, float, float]:
@@ -108,21 +131,31 @@ def _accuracy(correct: np.ndarray) -> float:
     return float(np.mean(correct)) if len(correct) else float("nan")
 
 
+_METRICS = ("auroc", "youden_threshold", "positive_accuracy", "negative_accuracy", "hard_negative_accuracy",
+            "macro_accuracy", "f1_threshold", "precision", "recall", "f1")
+
+
+def _denormalise(value: float, raw: np.ndarray) -> float:
+    """A threshold on the normalised scale, back on the raw score scale (for readers of the per-concept table)."""
+    low, high = float(raw.min()), float(raw.max())
+    return value * (high - low) + low if np.isfinite(value) and high > low else value
+
+
 def _one_concept(group: pd.DataFrame) -> dict[str, float | int]:
     category = group["category"].to_numpy()
-    score = group["score"].to_numpy(dtype=float)
-    positives, negatives, hard = score[category == POSITIVE], score[category == NEGATIVE], score[category == HARD_NEGATIVE]
+    raw = group["score"].to_numpy(dtype=float)
+    score = normalise(raw)
+    is_positive, is_negative, is_hard = category == POSITIVE, category == NEGATIVE, category == HARD_NEGATIVE
+    positives, negatives, hard = score[is_positive], score[is_negative], score[is_hard]
     result: dict[str, float | int] = {
         "n_positive": len(positives), "n_negative": len(negatives), "n_hard_negative": len(hard),
     }
     nan = float("nan")
     if not len(positives) or not len(negatives):
-        return result | dict.fromkeys(
-            ("auroc", "youden_threshold", "positive_accuracy", "negative_accuracy", "hard_negative_accuracy",
-             "macro_accuracy", "f1_threshold", "precision", "recall", "f1"), nan)
-    labels = np.r_[np.ones(len(positives)), np.zeros(len(negatives))]
-    balanced = np.r_[positives, negatives]
-    threshold = youden_threshold(labels, balanced)
+        return result | dict.fromkeys(_METRICS, nan)
+    balanced = is_positive | is_negative
+    labels, balanced_scores = is_positive[balanced].astype(int), score[balanced]
+    threshold = youden_threshold(labels, balanced_scores)
     if np.isfinite(threshold):
         accuracies = {
             "positive_accuracy": _accuracy(positives >= threshold),
@@ -131,15 +164,16 @@ def _one_concept(group: pd.DataFrame) -> dict[str, float | int]:
         }
     else:
         accuracies = dict.fromkeys(("positive_accuracy", "negative_accuracy", "hard_negative_accuracy"), nan)
-    f1_threshold = max_f1_threshold(labels, balanced)
-    precision, recall, f1 = precision_recall_f1(labels, balanced, f1_threshold)
+    f1_threshold = max_f1_threshold(labels, balanced_scores)
+    # AxBench's LatentStatsEvaluator scores every row of the concept, hard negatives counted as negatives.
+    precision, recall, f1 = precision_recall_f1(is_positive, score, f1_threshold)
     return result | {
-        "auroc": auroc(labels, balanced),
-        "youden_threshold": threshold,
+        "auroc": auroc(labels, balanced_scores),
+        "youden_threshold": _denormalise(threshold, raw),
         **accuracies,
         # AxBench's macro accuracy: positives and hard negatives weigh the same.
         "macro_accuracy": (accuracies["positive_accuracy"] + accuracies["hard_negative_accuracy"]) / 2,
-        "f1_threshold": f1_threshold,
+        "f1_threshold": _denormalise(f1_threshold, raw),
         "precision": precision,
         "recall": recall,
         "f1": f1,
@@ -202,14 +236,16 @@ def summarize_detection(
 
 
 def imbalance_detection(rows: pd.DataFrame, thresholds: Mapping[tuple[str, int], float] | None = None) -> pd.DataFrame:
-    """Precision, recall and F1 of each concept's positives against the shared negatives (≈1:100).
+    """Precision, recall and F1 of each concept's detector on its own rows plus the shared negatives (≈1:100).
 
-    Shared negatives have concept_id −1. With a `scored_concept_id` column a shared negative's score counts
-    only for that concept's detector (inference scores every negative with every concept); without it,
-    each shared negative's one score is compared with every concept's positives. A concept's own
-    negatives and hard negatives are not part of this split. `thresholds[(method, concept_id)]` fixes a
-    concept's threshold (e.g. the balanced split's); otherwise the F1-optimal threshold is used, an
-    optimistic bound that the `threshold_source` column names.
+    As AxBench scores class imbalance (its LatentStatsEvaluator on the concept's data plus the shared pool):
+    per concept, the rows are its own positives, negatives and hard negatives (all counted, hard negatives as
+    negatives) and the shared negatives (concept_id −1), scores min-max normalised over those rows. With a
+    `scored_concept_id` column a shared negative's score counts only for that concept's detector (inference
+    scores every negative with every concept); without it, each shared negative's one score is used for every
+    concept. `thresholds[(method, concept_id)]` fixes a concept's threshold on the raw score scale (e.g. one
+    chosen on the balanced split); otherwise the F1-optimal threshold of positives vs negatives is used
+    (AxBench's choice, an optimistic bound), as the `threshold_source` column says.
     """
     check_rows(rows, "imbalance rows")
     rows = _scored(rows, "imbalance rows")
@@ -219,10 +255,12 @@ def imbalance_detection(rows: pd.DataFrame, thresholds: Mapping[tuple[str, int],
             "imbalance rows: no shared negatives (concept_id -1); pass the latent_imbalance inference "
             "output, not the balanced latent split."
         )
-    positives = rows[(rows["concept_id"] != SHARED_NEGATIVE_ID) & (rows["category"] == POSITIVE)]
+    own_rows = rows[rows["concept_id"] != SHARED_NEGATIVE_ID]
     per_concept_scores = SCORED_CONCEPT_COLUMN in rows.columns
     records = []
-    for (method, concept_id), group in positives.groupby(["method", "concept_id"], sort=True):
+    for (method, concept_id), own in own_rows.groupby(["method", "concept_id"], sort=True):
+        if not (own["category"] == POSITIVE).any():
+            continue
         negatives = shared[shared["method"] == method]
         if per_concept_scores:
             negatives = negatives[negatives[SCORED_CONCEPT_COLUMN] == concept_id]
@@ -231,18 +269,36 @@ def imbalance_detection(rows: pd.DataFrame, thresholds: Mapping[tuple[str, int],
                 f"imbalance rows: method {method!r} has positives for concept {concept_id} but no shared "
                 "negatives scored by it; score the shared negatives with every method's detectors."
             )
-        labels = np.r_[np.ones(len(group)), np.zeros(len(negatives))]
-        scores = np.r_[group["score"].to_numpy(float), negatives["score"].to_numpy(float)]
+        group = pd.concat([own, negatives], ignore_index=True)
+        labels = (group["category"] == POSITIVE).to_numpy()
+        raw = group["score"].to_numpy(float)
         key = (method, int(concept_id))
         given = thresholds is not None and key in thresholds
-        threshold = float(thresholds[key]) if given else max_f1_threshold(labels, scores)
-        precision, recall, f1 = precision_recall_f1(labels, scores, threshold)
+        if given:
+            threshold = float(thresholds[key])
+            precision, recall, f1 = precision_recall_f1(labels, raw, threshold)
+        else:
+            score = normalise(raw)
+            balanced = (group["category"] != HARD_NEGATIVE).to_numpy()
+            normalised_threshold = max_f1_threshold(labels[balanced], score[balanced])
+            precision, recall, f1 = precision_recall_f1(labels, score, normalised_threshold)
+            threshold = _denormalise(normalised_threshold, raw)
         records.append({
-            "method": method, "concept_id": int(concept_id), "n_positive": len(group), "n_negative": len(negatives),
+            "method": method, "concept_id": int(concept_id), "n_positive": int(labels.sum()),
+            "n_negative": int((~labels).sum()), "n_shared_negative": len(negatives),
             "threshold": threshold, "threshold_source": "given" if given else "max_f1",
             "precision": precision, "recall": recall, "f1": f1,
         })
     return pd.DataFrame.from_records(records)
+
+
+def imbalance_frame(latent_rows: pd.DataFrame, imbalance_rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows `imbalance_detection` scores: every concept's own rows from latent inference (`latent` mode)
+    and the shared negatives from the `latent_imbalance` mode (its copies of the positives are dropped)."""
+    check_rows(latent_rows, "latent rows")
+    check_rows(imbalance_rows, "imbalance rows")
+    own = latent_rows[latent_rows["concept_id"] != SHARED_NEGATIVE_ID]
+    return pd.concat([own, imbalance_rows[imbalance_rows["concept_id"] == SHARED_NEGATIVE_ID]], ignore_index=True)
 
 
 def summarize_imbalance(

@@ -60,9 +60,10 @@ class JudgeConfig:
     """How the judge asks and what it does with answers it cannot read."""
 
     temperature: float = field(
-        default=0.0,
-        metadata={"help": "Judge sampling temperature. AxBench's final (June 2025) code uses 0.0; its February "
-                  "code 0.7 and the paper says 1.0 — keep it fixed within a comparison."},
+        default=0.7,
+        metadata={"help": "Judge sampling temperature; default 0.7, what AxBench's evaluate.py (stanfordnlp/axbench@"
+                  "e9b8cd4, the leaderboard's code) passes to its judge. The paper's text says 1.0 and later code 0.0; "
+                  "keep it fixed within a comparison. Re-runs stay free and identical: answers are cached by content."},
     )
     max_tokens: int = field(default=256, metadata={"help": "Longest judge answer, in tokens."})
     seed: int | None = field(default=None, metadata={"help": "Sampling seed sent to servers that accept one."})

@@ -108,10 +108,12 @@ def build_report(
     dataset_id: str = DEFAULT_DATASET_ID,
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
+    parse_failures_as_zero: bool = False,
 ) -> Report:
     """Compute the leaderboard from a run directory (or frames) and write every report file to `out_dir`.
 
     `baseline` names the method winrates are computed against (paper: SAE); None skips winrates.
+    `parse_failures_as_zero` scores unparsed judge answers 0, as AxBench did (`protocol: reference`).
     """
     if isinstance(source, ReportInputs):
         inputs = source
@@ -131,10 +133,13 @@ def build_report(
         report.files["detection"] = out / "detection.parquet"
         plots["roc"] = _plot_roc(inputs.detection_rows, report.detection_summary, out / "plots" / "roc.png")
     if inputs.imbalance_rows is not None:
-        per_concept = detection.imbalance_detection(inputs.imbalance_rows)
+        imbalance_rows = inputs.imbalance_rows if inputs.detection_rows is None else \
+            detection.imbalance_frame(inputs.detection_rows, inputs.imbalance_rows)
+        per_concept = detection.imbalance_detection(imbalance_rows)
         report.imbalance_summary = detection.summarize_imbalance(per_concept, n_resamples, seed=seed)
     if inputs.judgements is not None:
-        scored = steering.score_generations(inputs.judgements, suppression=suppression)
+        scored = steering.score_generations(inputs.judgements, suppression=suppression,
+                                            parse_failures_as_zero=parse_failures_as_zero)
         selected = steering.select_factors(scored)
         report.steering_summary = steering.summarize_steering(selected, scored, n_resamples, seed=seed)
         if baseline is not None:

@@ -67,10 +67,21 @@ def check_judged(judged: pd.DataFrame, source: str = "judged generations") -> No
             raise ValueError(f"{source}: {column} has values outside [0, 2]: {sorted(set(bad))[:5]}.")
 
 
-def score_generations(judged: pd.DataFrame, suppression: bool = False) -> pd.DataFrame:
-    """The judged rows plus `score` (the harmonic mean) and `excluded` (some rating failed to parse)."""
+def score_generations(judged: pd.DataFrame, suppression: bool = False,
+                      parse_failures_as_zero: bool = False) -> pd.DataFrame:
+    """The judged rows plus `score` (the harmonic mean) and `excluded` (some rating failed to parse).
+
+    `parse_failures_as_zero` restores AxBench's behaviour (`protocol: reference`): an unparsed rating counts
+    as 0, so the generation scores 0 instead of being excluded. Rows without a `parse_status` column count
+    every missing rating as a parse failure.
+    """
     check_judged(judged)
     scored = judged.copy()
+    if parse_failures_as_zero:
+        failed = scored["parse_status"].eq("parse_failure") if "parse_status" in scored else \
+            pd.Series(True, index=scored.index)
+        for column in RATING_COLUMNS:
+            scored[column] = scored[column].where(~(failed & scored[column].isna()), 0.0)
     ratings = [scored[column].to_numpy(float) for column in RATING_COLUMNS]
     scored["score"] = _harmonic_mean(*ratings, suppression=suppression)
     scored["excluded"] = np.isnan(scored["score"].to_numpy())

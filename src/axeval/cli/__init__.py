@@ -6,6 +6,7 @@ import logging
 
 import typer
 
+from axeval.cli.config import config_app
 from axeval.cli.curate import curate_app
 from axeval.cli.data import data_app
 from axeval.cli.dictionary import dictionary_app
@@ -30,6 +31,7 @@ app.add_typer(dictionary_app, name="dictionary")
 app.add_typer(eval_app, name="eval")
 app.add_typer(curate_app, name="curate")
 app.add_typer(llm_app, name="llm")
+app.add_typer(config_app, name="config")
 register_run_commands(app)
 
 

@@ -14,6 +14,9 @@ from rich.table import Table
 
 from axeval.stats import DEFAULT_RESAMPLES, DEFAULT_SEED
 
+_PROTOCOL_HELP = ("'fixed' (default): unparsed judge answers are excluded and counted; 'reference': they score 0, "
+                  "as in AxBench (docs/protocol.md).")
+
 eval_app = typer.Typer(help="Score detection and steering, judge generations, build reports.", no_args_is_help=True)
 
 _SET_HELP = "Override a config value: section.key=value (YAML-typed), repeatable, e.g. llm.max_usd=1."
@@ -66,11 +69,11 @@ def detect(
     from axeval import detection
 
     try:
-        summary = detection.summarize_detection(detection.concept_detection(_read(latent, "latent")), resamples,
-                                                seed=seed)
+        latent_rows = _read(latent, "latent")
+        summary = detection.summarize_detection(detection.concept_detection(latent_rows), resamples, seed=seed)
         if imbalance is not None:
-            skewed = detection.summarize_imbalance(detection.imbalance_detection(_read(imbalance, "imbalance")),
-                                                   resamples, seed=seed)
+            rows = detection.imbalance_frame(latent_rows, _read(imbalance, "imbalance"))
+            skewed = detection.summarize_imbalance(detection.imbalance_detection(rows), resamples, seed=seed)
             summary = summary.merge(skewed.add_prefix("imbalance_").rename(columns={"imbalance_method": "method"}),
                                     on="method", how="left")
     except ValueError as error:
@@ -130,12 +133,15 @@ def steering_(
     suppression: bool = typer.Option(False, help="Score concept suppression (concept rating inverted)."),
     resamples: int = typer.Option(DEFAULT_RESAMPLES, help="Bootstrap resamples of the concepts."),
     seed: int = typer.Option(DEFAULT_SEED, help="Seed of the bootstrap."),
+    protocol: str = typer.Option("fixed", help=_PROTOCOL_HELP),
 ) -> None:
     """Per method: held-out steering score at the factor chosen on the selection half, with its 95% CI."""
     from axeval import steering
+    from axeval.protocol import check_protocol, parse_failures_score_zero
 
     try:
-        scored = steering.score_generations(_read(judged, "judged generations"), suppression=suppression)
+        scored = steering.score_generations(_read(judged, "judged generations"), suppression=suppression,
+                                            parse_failures_as_zero=parse_failures_score_zero(check_protocol(protocol)))
         selected = steering.select_factors(scored)
         summary = steering.summarize_steering(selected, scored, resamples, seed=seed)
         if baseline is not None:
@@ -156,12 +162,15 @@ def report(
     baseline: str | None = typer.Option(None, help="Method to compute winrates against (paper: SAE)."),
     suppression: bool = typer.Option(False, help="Score concept suppression (concept rating inverted)."),
     dataset_id: str = typer.Option("pyvene/axbench-concept500", help="Benchmark dataset named in .eval_results."),
+    protocol: str = typer.Option("fixed", help=_PROTOCOL_HELP),
 ) -> None:
     """Leaderboard (markdown + self-contained HTML), plots and .eval_results files; prints the summary."""
+    from axeval.protocol import check_protocol, parse_failures_score_zero
     from axeval.report import build_report
 
     try:
-        result = build_report(run_dir, out, baseline=baseline, suppression=suppression, dataset_id=dataset_id)
+        result = build_report(run_dir, out, baseline=baseline, suppression=suppression, dataset_id=dataset_id,
+                              parse_failures_as_zero=parse_failures_score_zero(check_protocol(protocol)))
     except (ValueError, FileNotFoundError) as error:
         _fail(error)
     typer.echo(result.summary())

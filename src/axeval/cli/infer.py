@@ -129,6 +129,8 @@ def steer(
     positions: str = typer.Option("all", "--positions", help="all | after_prefix."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
     temperature: float = typer.Option(1.0, "--temperature"),
+    top_k: int = typer.Option(50, "--top-k", help="Sample from the k most likely tokens (AxBench: HF's default 50); "
+                                                  "0 = the full vocabulary."),
     top_p: float = typer.Option(1.0, "--top-p"),
     seed: int = typer.Option(42, "--seed"),
     batch_size: int = typer.Option(32, "--batch-size"),
@@ -151,7 +153,8 @@ def steer(
         # Refuses detection-only dictionaries (BoW, prompt-detection) with a clear message.
         steerer = steerer_for_artifact(loaded, kind=intervention, positions=positions)  # type: ignore[arg-type]
         factor_values = factor_values or getattr(steerer, "factors", None) or list(AXBENCH_FACTORS)
-        sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+        sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                                  top_p=top_p)
         result = run_steering(target, steerer, read_split(data, config, "steering"), out, factors=factor_values,
                               sampling=sampling, batch_size=batch_size, seed=seed)
     except (ValueError, FileNotFoundError) as error:

@@ -10,6 +10,7 @@ import pandas as pd
 
 from axeval.judge import Judge, summarize_judgements, write_judgements
 from axeval.pipeline import RunContext, Stage
+from axeval.protocol import parse_failures_score_zero
 from axeval.report import build_report
 
 
@@ -38,7 +39,8 @@ class ReportStage(Stage):
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         return {"latent": ctx.stamp_hash("latent"), "judge": ctx.stamp_hash("judge"),
-                "report": dataclasses.asdict(ctx.config.report), "seed": ctx.config.run.seed}
+                "report": dataclasses.asdict(ctx.config.report), "seed": ctx.config.run.seed,
+                "protocol": ctx.config.run.protocol}
 
     def outputs(self, ctx: RunContext) -> list[Path]:
         return [ctx.run_dir.eval_dir / "report.md"]
@@ -48,5 +50,6 @@ class ReportStage(Stage):
         report = build_report(ctx.run_dir.root, ctx.run_dir.eval_dir, baseline=settings.baseline,
                               suppression=settings.suppression,
                               dataset_id=settings.dataset_id or str(ctx.run_dir.data_dir),
-                              n_resamples=settings.n_resamples, seed=ctx.config.run.seed)
+                              n_resamples=settings.n_resamples, seed=ctx.config.run.seed,
+                              parse_failures_as_zero=parse_failures_score_zero(ctx.config.run.protocol))
         return {"report": str(ctx.run_dir.eval_dir / "report.md"), "leaderboard": report.summary()}

@@ -14,6 +14,7 @@ from axeval.pipeline import RunContext, Stage
 from axeval.stages.dataset import run_dataset
 from axmethods.activations import ActivationCollector
 from axmethods.dictionary import SteeringDictionary
+from axeval import protocol
 from axmethods.inference.latent import calibrate, check_dictionary, detector_kind, latent_inference
 from axmethods.inference.sampling import SamplingConfig
 from axmethods.inference.steering import UnsteeredBaseline, can_steer, run_steering
@@ -37,7 +38,8 @@ def method_names(ctx: RunContext) -> list[str]:
 
 def method_settings(ctx: RunContext, name: str) -> dict[str, Any]:
     settings = ctx.config.methods.settings
-    return dict(settings.get(name) or settings.get(canonical_method_name(name)) or {})
+    given = dict(settings.get(name) or settings.get(canonical_method_name(name)) or {})
+    return protocol.method_settings(ctx.config.run.protocol, canonical_method_name(name), given)
 
 
 def dictionary_dir(ctx: RunContext, method: str) -> Path:
@@ -73,7 +75,8 @@ class TrainStage(Stage):
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         dataset = run_dataset(ctx)
-        return {"methods": dataclasses.asdict(ctx.config.methods), "model": ctx.config.section_hash("model"),
+        return {"methods": dataclasses.asdict(ctx.config.methods), "protocol": ctx.config.run.protocol,
+                "model": ctx.config.section_hash("model"),
                 "layer": ctx.config.run.layer, "llm": ctx.config.section_hash("llm"),
                 "data": dataset.fingerprint("train")}
 
@@ -129,6 +132,7 @@ class LatentStage(Stage):
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         return {"train": ctx.stamp_hash("train"), "batch": ctx.config.inference.latent_batch_size,
+                "protocol": ctx.config.run.protocol,
                 "data": run_dataset(ctx).fingerprint("latent", "latent_imbalance")}
 
     def outputs(self, ctx: RunContext) -> list[Path]:
@@ -146,7 +150,8 @@ class LatentStage(Stage):
         detectors = [d for d in dictionaries if detector_kind(d) != "none"]
         for dictionary in dictionaries:
             if detector_kind(dictionary) == "residual":  # only residual read-outs calibrate a steering magnitude
-                calibrated = calibrate(dictionary, scores)
+                calibrated = calibrate(dictionary, scores,
+                                       fallback=protocol.calibration_fallback(ctx.config.run.protocol))
                 if calibrated is not dictionary:
                     calibrated.save(dictionary_dir(ctx, dictionary.method), datasets=[str(dataset.directory)])
         summary: dict[str, Any] = {"rows": len(scores), "methods": [d.method for d in detectors]}
@@ -186,7 +191,7 @@ class SteeringStage(Stage):
         if settings.unsteered_baseline:
             steerers.append(UnsteeredBaseline())
         sampling = SamplingConfig(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-                                  top_p=settings.top_p)
+                                  top_k=settings.top_k, top_p=settings.top_p)
         frames = [
             run_steering(target, steerer, prompts, ctx.run_dir.inference_dir / "steering" / f"{steerer.method}.parquet",
                          factors=getattr(steerer, "factors", None) or settings.factors, sampling=sampling,

@@ -11,7 +11,8 @@ Modes (AxBench §4.1 / §4.2):
   own positives from the `latent` split → (pool + positives of c) rows per concept and method. Pool rows
   carry concept_id −1 (shared negatives) and `scored_concept_id` = the concept whose detector scored them.
 
-Calibration (`calibrate`): m_c = max score over concept c's `latent` rows (all categories). Where that
+Calibration (`calibrate`): m_c = max score over concept c's `latent` rows (all categories); for SAE rows the
+max JumpReLU activation (score + θ, AxBench's unit). Where that
 maximum is ≤ 0 (a ReLU read-out that never fires, or a raw projection that is negative everywhere) or the
 concept has no rows, AxBench used a constant 50; we use the median of the dictionary's positive maxima
 (same scale as the concepts that did fire) unless a `fallback` constant is given (50.0 reproduces
@@ -347,10 +348,17 @@ def calibrate(dictionary: SteeringDictionary, latent_scores: pd.DataFrame, *,
     else:
         fallback_value, rule = float(fallback), "constant"
     calibration = torch.where(needs_fallback, torch.tensor(fallback_value), values)
+    threshold = dictionary.config.get("jumprelu_threshold")
+    if threshold is not None:
+        # SAE rows score ReLU(pre − θ); AxBench's magnitude is the JumpReLU activation itself, pre = score + θ.
+        calibration = torch.where(needs_fallback, calibration,
+                                  calibration + torch.tensor(threshold, dtype=torch.float32))
     fell_back = [cid for cid, flag in zip(dictionary.concept_ids, needs_fallback.tolist()) if flag]
     if fell_back:
         logger.warning("%s: %d concepts have no positive max activation (%s…); calibrated with %s = %.4g",
                        dictionary.method, len(fell_back), fell_back[:5], rule, fallback_value)
-    info = {"source": "latent", "statistic": "max score over the concept's latent rows", "rows": len(rows),
+    statistic = "max JumpReLU activation (score + threshold) over the concept's latent rows" if threshold is not None \
+        else "max score over the concept's latent rows"
+    info = {"source": "latent", "statistic": statistic, "rows": len(rows),
             "fallback_rule": rule, "fallback_value": fallback_value, "fallback_concepts": fell_back}
     return dictionary.with_calibration(calibration, info)

@@ -2,7 +2,8 @@
 
 A row's tokens depend only on its prompt, its steering and its seed — not on which rows share its batch,
 the batch size or the padding — because each row's uniforms come from its own `torch.Generator` and a
-token is drawn by inverse-CDF lookup of one uniform in the row's (sorted, top-p-truncated) distribution.
+token is drawn by inverse-CDF lookup of one uniform in the row's (sorted, top-k- and top-p-truncated)
+distribution.
 That makes re-runs and resumed runs reproduce the same generations, which `generate(do_sample=True)`
 under one global seed cannot.
 """
@@ -20,15 +21,21 @@ from axmethods.models import TargetModel
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """AxBench's steering generation: temperature 1.0, 128 new tokens, no nucleus truncation."""
+    """AxBench's steering generation: temperature 1.0, 128 new tokens, top-k 50, no nucleus truncation.
+
+    AxBench calls HF `generate(do_sample=True, temperature=1.0)`, whose default generation config keeps the 50
+    most likely tokens (`top_k=50`); `top_k=0` samples from the full vocabulary.
+    """
 
     max_new_tokens: int = 128
     temperature: float = 1.0  # 0 = greedy
+    top_k: int = 50  # 0 = no top-k truncation
     top_p: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1 or self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ValueError(f"sampling needs max_new_tokens ≥ 1, temperature ≥ 0 and 0 < top_p ≤ 1; got {self}")
+        if self.max_new_tokens < 1 or self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
+            raise ValueError("sampling needs max_new_tokens ≥ 1, temperature ≥ 0, top_k ≥ 0 and 0 < top_p ≤ 1; "
+                             f"got {self}")
 
 
 def eos_token_ids(target: TargetModel) -> list[int]:
@@ -47,9 +54,15 @@ def draw(logits: torch.Tensor, uniforms: torch.Tensor, config: SamplingConfig) -
     probs = torch.softmax(logits.float() / config.temperature, dim=-1)
     # Stable sort: equal probabilities keep their id order whatever the batch, so the lookup is reproducible.
     sorted_probs, sorted_ids = probs.sort(dim=-1, descending=True, stable=True)
+    if 0 < config.top_k < sorted_probs.shape[-1]:
+        # HF's TopKLogitsWarper keeps every token tied with the k-th probability; so do we.
+        kth = sorted_probs[:, config.top_k - 1:config.top_k]
+        sorted_probs = sorted_probs.masked_fill(sorted_probs < kth, 0.0)
     if config.top_p < 1:
-        before = sorted_probs.cumsum(dim=-1) - sorted_probs
-        sorted_probs = sorted_probs.masked_fill(before >= config.top_p, 0.0)
+        # Nucleus of what top-k kept, renormalised (HF applies top-p after top-k on the remaining tokens).
+        cumulative = sorted_probs.cumsum(dim=-1)
+        before = cumulative - sorted_probs
+        sorted_probs = sorted_probs.masked_fill(before >= config.top_p * cumulative[:, -1:], 0.0)
     cdf = sorted_probs.cumsum(dim=-1)
     target_mass = uniforms.to(cdf.device)[:, None] * cdf[:, -1:]
     position = torch.searchsorted(cdf, target_mass, right=True).clamp_max(cdf.shape[-1] - 1)

@@ -36,10 +36,14 @@ from axmethods.models import TargetModel
 
 logger = logging.getLogger(__name__)
 
-# AxBench's 14 steering factors (§1.8 / §4.4).
-AXBENCH_FACTORS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.5, 3.0, 5.0)
-OUTPUT_COLUMNS = ("concept_id", "concept", "prompt_id", "half", "instruction", "prompt", "factor", "magnitude",
-                  "generation", "method", "seed")
+# AxBench's 14 steering factors, exactly its sweep configs' `steering_factors` (spec §1.8 / §4.4); the one
+# definition every default (run config, `infer steer`, `run_steering`) reads.
+AXBENCH_FACTORS = (0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.5, 3.0, 4.0, 5.0)
+# `instruction` is always the steering split's original instruction (what the judge and reviewers rate the answer
+# against, as AxBench's judge does with `original_prompt`); `model_instruction` is the user turn the model saw
+# (the same text, except for prompt steering, which prepends the concept's steering prompt).
+OUTPUT_COLUMNS = ("concept_id", "concept", "prompt_id", "half", "instruction", "model_instruction", "prompt", "factor",
+                  "magnitude", "generation", "method", "seed")
 PROVENANCE_KEY = b"axbench"
 
 
@@ -56,7 +60,8 @@ class Steerer(Protocol):
     def provenance(self) -> dict[str, Any]: ...
 
     def instructions(self, prompts: pd.DataFrame) -> list[str]:
-        """The instruction to template for each row of the steering split."""
+        """The user-turn text the model answers for each row of the steering split (the judge still rates the
+        answer against the row's original instruction)."""
         ...
 
     def intervene(self, target: TargetModel, rows: pd.DataFrame) -> tuple[AbstractContextManager[Any], np.ndarray]:
@@ -181,9 +186,10 @@ def plan_rows(steering_split: pd.DataFrame, steerer: Steerer, target: TargetMode
         "concept": steering_split["input_concept"].to_numpy(),
         "prompt_id": steering_split["input_id"].astype("int64").to_numpy(),
         "half": steering_split["half"].to_numpy() if "half" in steering_split else None,
-        "instruction": steerer.instructions(steering_split),
+        "instruction": steering_split["original_prompt"].to_numpy(),
+        "model_instruction": steerer.instructions(steering_split),
     })
-    base["prompt"] = [target.format_prompt(text) for text in base["instruction"]]
+    base["prompt"] = [target.format_prompt(text) for text in base["model_instruction"]]
     if steerer.factor_free:
         rows = base.assign(factor=np.nan)
     else:

@@ -2,7 +2,7 @@
 
 Per concept: shuffle its positive tokens, pair the first half with the second half, normalise each
 difference to unit norm, take the first principal component (centred, as sklearn does), unit norm,
-sign arbitrary. The shuffles of all concepts are one argsort of random keys (padding sorts last).
+oriented as sklearn's `components_[0]` (see `pca.sklearn_sign`). The shuffles of all concepts are one argsort of random keys (padding sorts last).
 """
 
 from __future__ import annotations

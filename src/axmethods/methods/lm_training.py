@@ -20,12 +20,11 @@ from huggingface_hub.utils import tqdm
 
 from axmethods.methods.base import TrainingSet
 from axmethods.methods.training import (
-    clip_rows_,
     concept_batches,
     linear_decay,
     normalise_,
     optimizer_steps,
-    remove_parallel_gradient,
+    prepare_gradient_,
 )
 from axmethods.models import TargetModel
 
@@ -140,9 +139,7 @@ def train_lm_rank1(target: TargetModel, layer: int, data: TrainingSet, weight: t
             running += float(per_concept.detach().sum()) / data.n_concepts / schedule.gradient_accumulation_steps
             bar.update(1)
             if micro % schedule.gradient_accumulation_steps == 0 or micro == micro_total:
-                if schedule.unit_norm:
-                    remove_parallel_gradient(weight)
-                clip_rows_(weight, schedule.max_grad_norm)
+                prepare_gradient_(weight, schedule.max_grad_norm, schedule.unit_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)

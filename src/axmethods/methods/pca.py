@@ -1,7 +1,9 @@
 """PCA (AxBench `mean.py: PCA`, spec §3.2): first principal component of the positive tokens.
 
-Mean-centred like sklearn's PCA, unit norm; the sign is whatever the eigensolver returns (AxBench
-fixes no orientation either, which is part of why PCA trails DiffMean in the paper's Table 1).
+Mean-centred like sklearn's PCA, unit norm, and oriented as sklearn orients `PCA(...).components_[0]` (AxBench's
+read-out): `svd_flip` makes the entry of largest magnitude positive. A raw eigenvector's sign is arbitrary and
+agreed with sklearn's in about half of random datasets; the sign flips a concept's AUROC (x → 1 − x) and its
+steering direction, so it has to be the reference's.
 Concepts are batched: their token matrices are gathered into a padded [k, T, d] tensor, and the
 covariances [k, d, d] go through one batched `eigh`.
 """
@@ -51,7 +53,15 @@ def first_component(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     centred = (x - mean[:, None]) * weights
     covariance = centred.transpose(1, 2) @ centred / count[..., None]
     _, vectors = torch.linalg.eigh(covariance)  # ascending eigenvalues: the last column is the top PC
-    return normalise_rows(vectors[..., -1])
+    return sklearn_sign(normalise_rows(vectors[..., -1]))
+
+
+def sklearn_sign(components: torch.Tensor) -> torch.Tensor:
+    """Rows [k, d] flipped so that each row's largest-magnitude entry is positive (sklearn's `svd_flip` with
+    `u_based_decision=False`, which its PCA applies to `components_`; the first such entry on ties)."""
+    largest = components.abs().argmax(dim=-1, keepdim=True)
+    signs = torch.sign(components.gather(-1, largest))
+    return components * torch.where(signs == 0, torch.ones_like(signs), signs)
 
 
 def batched(index: torch.Tensor, size: int, fn) -> torch.Tensor:

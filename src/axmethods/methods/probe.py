@@ -2,8 +2,10 @@
 
 Every non-prefix token inherits its text's label; loss = mean token BCE(sigmoid(h·w), y), no bias,
 optional L1 on w. AdamW with linear decay and no warmup; w is kept at unit norm with the parallel
-gradient removed each step. Fixed AxBench bug: `gradient_accumulation_steps` is honoured (AxBench
-declared 4 but stepped every batch). Works on cached activations, all concepts of a chunk jointly.
+gradient removed each step; w starts from nn.Linear's default init, as AxBench's. Fixed AxBench bug:
+`gradient_accumulation_steps` is honoured (AxBench declared 4 but stepped every batch: 288 steps instead
+of 72; `protocol: reference` restores that). Works on cached activations, all concepts of a chunk jointly.
+Tokens after the chat prefix only, like every detector's read-out (AxBench's probe trained from position 1).
 """
 
 from __future__ import annotations
@@ -47,7 +49,12 @@ class Probe(ActivationMethod):
                   ) -> torch.Tensor:
         cfg = self.config
         values = activations.values
-        init = torch.randn(data.n_concepts, values.shape[1], generator=generator)
+        # AxBench's probe starts from nn.Linear's default init, U(−1/√d, 1/√d), then unit norm; each concept's
+        # from its own seed, so a concept starts the same whichever chunk it trains in.
+        bound = values.shape[1] ** -0.5
+        init = torch.stack([
+            torch.rand(values.shape[1], generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + c.concept_id))
+            for c in data.concepts]) * (2 * bound) - bound
         weight = torch.nn.Parameter(normalise_rows(init).to(values.device))
         optimizer = torch.optim.AdamW([weight], lr=cfg.lr, weight_decay=cfg.weight_decay)
         total = optimizer_steps(data.members, cfg.batch_size, cfg.epochs, cfg.gradient_accumulation_steps)

@@ -3,8 +3,10 @@
 Per token a_i = ReLU(h_i·w); the sequence magnitude m is the mean of the top-k latents; training adds
 m·w at every non-prefix position of prompt + response and minimises the response LM loss on positives
 *and* negatives (so negatives learn a small m) plus a linearly ramped L1 on the non-top-k latents.
-w stays unit-norm (parallel gradient removed before each step, renormalised after). Fixed AxBench bugs:
-fp32 master weights even for a bf16 model, gradient accumulation honoured. All concepts of a chunk
+w stays unit-norm (gradient clipped, then its parallel component removed, before each step — AxBench's order —
+renormalised after). The L1 term divides the non-top-k latents by all intervened positions, as AxBench.
+Fixed AxBench bugs: fp32 master weights even for a bf16 model, gradient accumulation honoured, padding
+never enters the top-k. All concepts of a chunk
 train jointly as one [k, d] parameter indexed per batch row.
 """
 
@@ -84,5 +86,6 @@ def topk_relu_intervention(hidden: torch.Tensor, weight: torch.Tensor, mask: tor
     delta = magnitude[:, None, None] * weight[:, None, :] * mask[..., None]
     in_top = torch.zeros_like(mask).scatter(1, top_index, top_valid)
     rest = mask & ~in_top
-    l1 = (latents * rest).sum(1) / rest.sum(1).clamp(min=1)
+    # AxBench's L1: the non-top-k latents summed, divided by the number of intervened positions (all of them).
+    l1 = (latents * rest).sum(1) / mask.sum(1).clamp(min=1)
     return delta, l1

@@ -10,6 +10,10 @@ it as ReLU(h·W_enc + (b_enc − θ)): zero exactly where JumpReLU is zero and a
 of it elsewhere, so max-pooled scores rank texts identically (same AUROC); the thresholds are kept in
 `config["jumprelu_threshold"]` for readers that want JumpReLU's own values.
 
+Steering magnitude (AxBench §3.7): factor × the feature's max activation in JumpReLU units — Neuronpedia's
+`maxValue` from a local `max_activations` file (AxBench's default), or else the max over the concept's
+latent rows, which `latent.calibrate` converts back to JumpReLU units (max score + θ).
+
 - SAE: the feature is the concept's `ref` (a Neuronpedia URL ending in the feature index) or
   `sae_feature` in `config.features` ({concept_id: index}).
 - SAE-A: per concept, the feature whose max-pooled activation over the concept's 144 training texts has
@@ -92,6 +96,12 @@ class SAEConfig(MethodConfig):
                                                         ".safetensors) with W_enc, W_dec, b_enc, b_dec, threshold."})
     features: str = field(default="", metadata={"help": "JSON {concept_id: feature index} overriding each "
                                                         "concept's Neuronpedia ref (SAE only)."})
+    max_activations: str = field(
+        default="", metadata={"help": "Local JSON file {feature index: max activation} (Neuronpedia's maxValue per "
+                                      "feature, the table AxBench caches as <model>_<sae>_max_activations.json): the "
+                                      "steering magnitude is factor × that value, as in AxBench. Without it, the max "
+                                      "JumpReLU activation over the concept's latent rows (AxBench's "
+                                      "disable_neuronpedia_max_act)."})
 
 
 @dataclass
@@ -109,11 +119,35 @@ class SAE(Method):
             layer: int) -> SteeringDictionary:
         sae = self._load(target)
         features = self.pick_features(sae, target, train_df, concepts, layer)
-        return self.dictionary(
+        maxima = self._max_activations(features)
+        dictionary = self.dictionary(
             target, concepts, layer, sae.W_enc[:, features].T, bias=sae.b_enc[features] - sae.threshold[features],
             steering_weight=sae.W_dec[features],
-            extra_config={"sae_features": features.tolist(), "jumprelu_threshold": sae.threshold[features].tolist()},
+            extra_config={"sae_features": features.tolist(), "jumprelu_threshold": sae.threshold[features].tolist(),
+                          **({"calibration": "fixed"} if maxima is not None else {})},
         )
+        if maxima is None:
+            return dictionary
+        return dictionary.with_calibration(maxima, {"source": "max_activations", "path": self.config.max_activations,
+                                                    "statistic": "Neuronpedia max activation of the feature"})
+
+    def _max_activations(self, features: torch.Tensor) -> torch.Tensor | None:
+        """Each picked feature's max activation from `max_activations` (None without that file)."""
+        if not self.config.max_activations:
+            return None
+        path = Path(self.config.max_activations)
+        try:
+            table = {int(k): float(v) for k, v in json.loads(path.read_text(encoding="utf-8")).items()}
+        except FileNotFoundError:
+            raise MethodConfigError(f"max_activations file {path} does not exist.") from None
+        except (ValueError, TypeError, AttributeError) as err:
+            raise MethodConfigError(f"max_activations file {path} must be a JSON object {{feature index: max "
+                                    f"activation}}: {err}") from None
+        missing = [int(f) for f in features.tolist() if int(f) not in table]
+        if missing:
+            raise MethodConfigError(f"max_activations file {path} has no value for SAE feature(s) {missing[:10]}; "
+                                    "add them or drop max_activations to calibrate on the latent rows.")
+        return torch.tensor([table[int(f)] for f in features.tolist()], dtype=torch.float32)
 
     def pick_features(self, sae: JumpReLUSAE, target: TargetModel, train_df: pd.DataFrame,
                       concepts: Sequence[Concept], layer: int) -> torch.Tensor:

@@ -59,3 +59,11 @@ def clip_rows_(weight: torch.nn.Parameter, max_norm: float) -> None:
         return
     norms = weight.grad.norm(dim=-1, keepdim=True)
     weight.grad *= (max_norm / (norms + 1e-6)).clamp(max=1.0)
+
+
+def prepare_gradient_(weight: torch.nn.Parameter, max_norm: float, unit_norm: bool) -> None:
+    """Before an optimiser step, AxBench's order: clip each row's gradient, then (unit-norm methods) remove its
+    component parallel to the row. The other order would let the clipped gradient reach `max_norm` in full."""
+    clip_rows_(weight, max_norm)
+    if unit_norm:
+        remove_parallel_gradient(weight)
