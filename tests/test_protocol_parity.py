@@ -7,6 +7,8 @@ scikit-learn's PCA sign convention; our code must give their numbers on random i
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -199,5 +201,9 @@ def test_config_show_prints_the_resolved_protocol(tmp_path):
     assert shown["inference"]["factors"] == [0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.5, 3.0, 4.0, 5.0]
     assert shown["inference"]["top_k"] == 50 and shown["judge"]["temperature"] == 0.7
     assert shown["run"]["protocol"] == "reference"
+    paper = Path(__file__).resolve().parents[1] / "configs" / "paper" / "2b-l20.yaml"
+    shown = yaml.safe_load(CliRunner().invoke(app, ["config", "show", str(paper), "--set",
+                                                    "run.protocol=reference"]).output)
+    assert (shown["run"]["protocol"], shown["run"]["layer"], shown["inference"]["top_k"]) == ("reference", 20, 50)
     bad = CliRunner().invoke(app, ["config", "show", "--set", "inference.top_k=many"])
     assert bad.exit_code == 2 and "inference.top_k" in bad.output

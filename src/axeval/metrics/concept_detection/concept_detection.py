@@ -22,9 +22,10 @@ Concept detection as in AxBench: each concept has a detector (a direction, probe
 every text one score (the latent, max-pooled over tokens). Per concept, the AUROC of its positives against
 its negatives; the metric is the mean over concepts with a seeded 95% bootstrap interval over concepts.
 Hard negatives (texts that use a word of the concept in another sense) are not part of the AUROC; they are
-scored separately as the share falling below the concept's Youden-J threshold. With `imbalance=True`, the
-rows with concept id -1 are shared negatives compared with every concept's positives (about 1:100) and the
-metric adds precision, recall and F1 there.
+scored separately as the share falling below the concept's Youden-J threshold, and counted as negatives in
+the F1 (AxBench's LatentStatsEvaluator). With `imbalance=True`, the rows with concept id -1 are shared
+negatives (about 1:100) added to every concept's own rows, and the metric adds precision, recall and F1 there.
+Each number equals AxBench's reference evaluators on the same input.
 """
 
 _KWARGS_DESCRIPTION = """
@@ -43,7 +44,8 @@ Returns:
         Youden threshold (NaN when there are none); hard_negative_accuracy_ci_low / _ci_high,
         n_hard_negative_concepts, n_hard_negatives.
     macro_accuracy (`float`): mean of positive and hard-negative accuracy (AxBench's HardNegativeEvaluator).
-    f1 (`float`): mean F1 at each concept's F1-optimal threshold, positives vs negatives.
+    f1 (`float`): mean F1 over all of a concept's rows (hard negatives as negatives) at its F1-optimal threshold
+        on positives vs negatives.
     per_concept_auroc (`dict`): concept id -> AUROC.
     imbalance_precision, imbalance_recall, imbalance_f1 (+ _ci_low / _ci_high): only with imbalance=True.
 Examples:
