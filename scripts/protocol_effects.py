@@ -2,8 +2,9 @@
 
 SmolLM2-135M-Instruct (embedded) at one layer, AxBench's Concept10 train and latent splits (hard negatives
 included). Prints, per method, the detection numbers under the definitions we used before the parity work
-(`before`) and under AxBench's evaluator definitions (`now`), and for PCA / LAT how many concepts' directions
-had the opposite sign from sklearn's `components_[0]` (and the AUROC either way).
+(`before`) and under AxBench's evaluator definitions (`now`); for PCA / LAT the AUROC with sklearn's sign
+and with the opposite one; and the Probe with its declared gradient accumulation (ours) and with a step per
+batch (AxBench's effective run, `probe-reference-steps`).
 
     python scripts/protocol_effects.py --setting prod_2b_l20_v1 --layer 10 --max-length 96
 """
@@ -11,6 +12,7 @@ had the opposite sign from sklearn's `components_[0]` (and the AUROC either way)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 from pathlib import Path
 
@@ -40,6 +42,8 @@ def before(rows: pd.DataFrame) -> pd.DataFrame:
         fpr, tpr, thresholds = roc_curve(labels, balanced)
         youden = tpr - fpr
         threshold = thresholds[np.flatnonzero(np.isclose(youden, youden.max(), rtol=0, atol=1e-12))[0]]
+        if not np.isfinite(threshold):
+            threshold = np.nan  # no threshold beats chance: no accuracies (as before and as AxBench)
         precision, recall, pr_thresholds = precision_recall_curve(labels, balanced)
         with np.errstate(divide="ignore", invalid="ignore"):
             f1_curve = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
@@ -48,8 +52,9 @@ def before(rows: pd.DataFrame) -> pd.DataFrame:
         tp = float((predicted & (labels == 1)).sum())
         p, r = tp / max(predicted.sum(), 1), tp / labels.sum()
         records.append({"method": method, "concept_id": concept_id,
-                        "hard_negative_accuracy": float(np.mean(hard < threshold)) if len(hard) else np.nan,
-                        "positive_accuracy": float(np.mean(pos >= threshold)),
+                        "hard_negative_accuracy": float(np.mean(hard < threshold))
+                        if len(hard) and np.isfinite(threshold) else np.nan,
+                        "positive_accuracy": float(np.mean(pos >= threshold)) if np.isfinite(threshold) else np.nan,
                         "f1": 2 * p * r / (p + r) if p + r else 0.0})
     table = pd.DataFrame(records)
     table["macro_accuracy"] = (table["positive_accuracy"] + table["hard_negative_accuracy"]) / 2
@@ -76,6 +81,10 @@ def main() -> None:
     dictionaries = [get_method(name)({"max_length": args.max_length}).fit(target, train, concepts, args.layer,
                                                                             collector=collector)
                     for name in args.methods.split(",")]
+    # The Probe as AxBench effectively ran it: an optimiser step per batch (its accumulation ignored).
+    reference_probe = get_method("probe")({"max_length": args.max_length, "gradient_accumulation_steps": 1}).fit(
+        target, train, concepts, args.layer, collector=collector)
+    dictionaries.append(dataclasses.replace(reference_probe, method="probe-reference-steps"))
     rows = latent_inference(target, dictionaries, latent, progress=False)
     now, old = concept_detection(rows), before(rows)
     print(f"Concept10 {args.setting}, SmolLM2-135M L{args.layer}, {len(concepts)} concepts, {len(latent)} rows "
@@ -83,11 +92,12 @@ def main() -> None:
     for metric in ("f1", "hard_negative_accuracy", "macro_accuracy"):
         joined = now.groupby("method")[metric].mean().rename("now").to_frame().join(
             old.groupby("method")[metric].mean().rename("before"))
-        changed = now.set_index(["method", "concept_id"])[metric].sub(
-            old.set_index(["method", "concept_id"])[metric]).abs().gt(1e-12).groupby("method").sum()
+        a, b = now.set_index(["method", "concept_id"])[metric], old.set_index(["method", "concept_id"])[metric]
+        changed = ((a - b).abs().gt(1e-12) | (a.isna() != b.isna())).groupby("method").sum()
         print(f"\n{metric} (mean over concepts), concepts that changed:\n"
               f"{joined.assign(changed=changed).round(4).to_string()}")
     auroc = now.groupby("method")["auroc"].mean()
+    print(f"\nmean AUROC (unchanged by the metric fixes):\n{auroc.round(4).to_string()}")
     for dictionary in dictionaries:
         if dictionary.method in ("pca", "lat"):
             flipped_rows = rows[rows["method"] == dictionary.method].assign(score=lambda f: -f["score"])
