@@ -207,3 +207,42 @@ def test_config_show_prints_the_resolved_protocol(tmp_path):
     assert (shown["run"]["protocol"], shown["run"]["layer"], shown["inference"]["top_k"]) == ("reference", 20, 50)
     bad = CliRunner().invoke(app, ["config", "show", "--set", "inference.top_k=many"])
     assert bad.exit_code == 2 and "inference.top_k" in bad.output
+
+
+def reference_steering(frame: pd.DataFrame) -> tuple[float, dict[int, float]]:
+    """AxBench's steering score: harmonic mean per generation (0 if any rating is 0 or unparsed), per concept the
+    factor with the best mean on the selection half (first on ties, factors ascending), the held-out mean there."""
+    ratings = frame[["concept_rating", "instruction_rating", "fluency_rating"]].fillna(0.0).to_numpy()
+    with np.errstate(divide="ignore"):
+        harmonic = np.where((ratings == 0).any(axis=1), 0.0, 3.0 / np.sum(1.0 / ratings, axis=1))
+    frame = frame.assign(rating=harmonic)
+    scores, chosen = [], {}
+    for concept_id, group in frame.groupby("concept_id"):
+        selection = group[group["half"] == "selection"].groupby("factor")["rating"].mean().sort_index()
+        best = selection.index[int(np.argmax(selection.to_numpy()))]
+        heldout = group[(group["half"] == "heldout") & (group["factor"] == best)]
+        scores.append(heldout["rating"].mean())
+        chosen[int(concept_id)] = float(best)
+    return float(np.mean(scores)), chosen
+
+
+def test_steering_module_equals_the_reference_evaluation_under_the_reference_protocol():
+    from axeval.metrics.steering.steering import Steering
+
+    rng = np.random.default_rng(5)
+    factors = [0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.5, 3.0, 4.0, 5.0]
+    rows = [{"concept_id": c, "prompt_id": p, "half": "selection" if p < 5 else "heldout", "factor": f}
+            for c in range(12) for p in range(10) for f in factors]
+    frame = pd.DataFrame(rows)
+    for column in ("concept_rating", "instruction_rating", "fluency_rating"):
+        values = rng.integers(0, 3, len(frame)).astype(float)
+        values[rng.random(len(frame)) < 0.03] = np.nan  # parse failures
+        frame[column] = values
+    expected_score, expected_factors = reference_steering(frame)
+    results = Steering().compute(
+        concept_ids=frame["concept_id"].tolist(), prompt_ids=frame["prompt_id"].tolist(),
+        halves=frame["half"].tolist(), factors=frame["factor"].tolist(),
+        concept_ratings=frame["concept_rating"].tolist(), instruction_ratings=frame["instruction_rating"].tolist(),
+        fluency_ratings=frame["fluency_rating"].tolist(), protocol="reference", n_resamples=10)
+    assert results["score"] == pytest.approx(expected_score, abs=1e-9)
+    assert results["chosen_factors"] == expected_factors

@@ -24,7 +24,8 @@ harmonic mean of its three ratings (0 if any is 0). Per concept, the steering fa
 score on the "selection" prompts is chosen, and the concept's score is the mean over the "heldout" prompts
 at that factor; the metric is the mean over concepts, with a seeded 95% bootstrap interval over concepts.
 Methods without a factor pass one factor value (NaN allowed). A rating the judge's answer did not yield
-(NaN or None) excludes its generation, and the exclusions are counted; they never count as 0. With
+(NaN or None) excludes its generation, and the exclusions are counted (AxBench scored them 0:
+`protocol="reference"` does too, and then the module equals AxBench's evaluation on the same ratings). With
 `suppression=True` the concept term is 2 - concept: the score rewards keeping the concept out.
 """
 
@@ -39,6 +40,7 @@ Args:
     suppression (`bool`, default False): score concept suppression (concept term inverted).
     n_resamples (`int`, default 1000), confidence (`float`, default 0.95), seed (`int`, default 0):
         the bootstrap over concepts.
+    protocol (`str`, default "fixed"): "reference" scores a missing rating 0, as AxBench did.
 Returns:
     score (`float`): mean over concepts of the held-out score at the chosen factor (0-2);
         score_ci_low, score_ci_high.
@@ -93,7 +95,10 @@ class Steering(evaluate.Metric):
         )
 
     def _compute(self, concept_ids, prompt_ids, halves, factors, concept_ratings, instruction_ratings,
-                 fluency_ratings, suppression=False, n_resamples=1000, confidence=0.95, seed=0):
+                 fluency_ratings, suppression=False, n_resamples=1000, confidence=0.95, seed=0, protocol="fixed"):
+        if protocol not in ("fixed", "reference"):
+            raise ValueError(f"protocol={protocol!r}: use 'fixed' (a missing rating is excluded and counted) or "
+                             "'reference' (it scores 0, as AxBench).")
         judged = pd.DataFrame(
             {
                 "method": "model",
@@ -107,7 +112,7 @@ class Steering(evaluate.Metric):
                 "fluency_rating": pd.Series(fluency_ratings, dtype=float),
             }
         )
-        scored = score_generations(judged, suppression=suppression)
+        scored = score_generations(judged, suppression=suppression, parse_failures_as_zero=protocol == "reference")
         selected = select_factors(scored)
         summary = summarize_steering(selected, scored, n_resamples, confidence, seed).iloc[0]
         return {
