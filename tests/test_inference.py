@@ -12,8 +12,8 @@ import torch
 from typer.testing import CliRunner
 
 from axdata.concepts import Concept
-from axeval.detection import imbalance_detection
 from axeval.cli.infer import infer_app
+from axeval.detection import imbalance_detection
 from axmethods.dictionary import DictionaryError, SteeringDictionary
 from axmethods.inference import sampling as sampling_module
 from axmethods.inference.latent import calibrate, latent_inference, score_texts

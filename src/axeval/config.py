@@ -24,8 +24,8 @@ from axdata.hashing import content_hash
 from axeval.judge import JudgeConfig
 from axeval.protocol import check_protocol
 from axmethods.inference.steering import AXBENCH_FACTORS
-from axmethods.trainers.methods import canonical_method_name, setting_names
 from axmethods.models import TargetModelConfig
+from axmethods.trainers.methods import canonical_method_name, setting_names
 
 
 class ConfigError(ValueError):

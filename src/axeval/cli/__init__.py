@@ -12,9 +12,9 @@ from axeval.cli.data import data_app
 from axeval.cli.dictionary import dictionary_app
 from axeval.cli.eval import eval_app
 from axeval.cli.infer import infer_app
-from axeval.cli.train import train
 from axeval.cli.llm import llm_app
 from axeval.cli.run import register_run_commands
+from axeval.cli.train import train
 
 app = typer.Typer(
     name="axbench",

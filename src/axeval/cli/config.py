@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 import yaml
@@ -15,9 +14,9 @@ config_app = typer.Typer(help="Inspect run configs.", no_args_is_help=True)
 
 @config_app.command("show")
 def show(
-    config: Optional[Path] = typer.Argument(None, help="YAML run config; omitted: the defaults alone."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", "-s",
-                                             help="Override a config value: section.key=value (YAML-typed)."),
+    config: Path | None = typer.Argument(None, help="YAML run config; omitted: the defaults alone."),
+    set_: list[str] | None = typer.Option(None, "--set", "-s",
+                                        help="Override a config value: section.key=value (YAML-typed)."),
 ) -> None:
     """Print the resolved config as YAML: exactly the protocol a run would use (factors, top_k, judge temperature,
     run.protocol, …), validated as `axbench run` validates it."""

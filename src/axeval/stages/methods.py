@@ -10,11 +10,11 @@ from typing import Any
 import pandas as pd
 
 from axdata.io import atomic_path
+from axeval import protocol
 from axeval.pipeline import RunContext, Stage
 from axeval.stages.dataset import run_dataset
 from axmethods.activations import ActivationCollector
 from axmethods.dictionary import SteeringDictionary
-from axeval import protocol
 from axmethods.inference.latent import calibrate, check_dictionary, detector_kind, latent_inference
 from axmethods.inference.sampling import SamplingConfig
 from axmethods.inference.steering import UnsteeredBaseline, can_steer, run_steering
