@@ -210,3 +210,29 @@ def test_real_embedded_judge_returns_well_formed_ratings(embedded_server):
             assert json.loads(row[f"{criterion}_raw"])["rating"] == row[f"{criterion}_rating"]
         else:
             assert math.isnan(row[f"{criterion}_rating"])
+
+
+def test_paid_answers_are_counted_even_when_out_of_schema_and_reused_cost_survives_a_resume(routing_server,
+                                                                                           tmp_path):
+    from axdata.generation import ResponseCache
+
+    prices = {"input_usd_per_mtok": 1.0, "output_usd_per_mtok": 1.0}
+    bad = routing_server(lambda criterion, prompt, nth: ok('{"reason": "x", "rating": 7}', 100, 100))
+    client = _client(bad.base_url, **prices)
+    table = Judge(client, JudgeConfig(parse_retries=1)).judge(_generations("a", "b"))
+    client.close()
+    # 2 generations × 3 criteria × 2 judge attempts, each answered once (llm.max_retries=0): 12 paid answers.
+    assert len(bad.requests) == 12 and int(table["judge_calls"].sum()) == 12
+    assert summarize_judgements(table)["cost_usd"] == pytest.approx(12 * 200 / 1e6)
+    assert (table["parse_status"] == "parse_failure").all()
+
+    good = routing_server(lambda criterion, prompt, nth: ok('{"reason": "x", "rating": 2}', 100, 100))
+    with ResponseCache(tmp_path / "cache.sqlite") as cache:
+        first = Judge(OpenAIChatClient(LLMConfig(endpoint=good.base_url, model="fault-model", **prices),
+                                       good.base_url, cache=cache)).judge(_generations("a"))
+        again = Judge(OpenAIChatClient(LLMConfig(endpoint=good.base_url, model="fault-model", **prices),
+                                       good.base_url, cache=cache)).judge(_generations("a"))
+    assert len(good.requests) == 3  # the second judge (a resume) reused every answer
+    resumed = summarize_judgements(again)
+    assert (resumed["calls"], resumed["cost_usd"], resumed["reused_cost_usd"]) == \
+        (0, pytest.approx(summarize_judgements(first)["cost_usd"]), pytest.approx(3 * 200 / 1e6))

@@ -19,6 +19,7 @@ from axdata.generation import (
     SamplingParams,
     StructuredOutputError,
 )
+from axdata.generation.ledger import Ledger
 from axdata.generation.server import free_port
 
 SCHEMA = {
@@ -160,7 +161,9 @@ def test_invalid_json_answers_are_retried_then_raise(fault_server: FaultServer, 
         assert len(cache) == 0
     assert info.value.text == '{"rating": 7, "reason": "too high"}'
     assert len(fault_server.requests) == 3
-    assert client.ledger.entries == []
+    # Each invalid answer arrived and was paid for: ledgered (as invalid) and reported on the error.
+    assert [entry["valid"] for entry in client.ledger.entries] == [False] * 3
+    assert info.value.answers == 3
 
 
 def test_invalid_json_then_valid_succeeds(fault_server: FaultServer) -> None:
@@ -170,7 +173,8 @@ def test_invalid_json_then_valid_succeeds(fault_server: FaultServer) -> None:
     completion = ask(client, json_schema=SCHEMA)
     assert completion.parsed == {"rating": 1, "reason": "ok"}
     assert len(fault_server.requests) == 3
-    assert client.ledger.totals().calls == 1
+    totals = client.ledger.totals()
+    assert (totals.calls, totals.invalid_answers, completion.answers) == (3, 2, 3)  # one ledger line per answer
 
 
 def test_sampling_params_and_model_go_through(fault_server: FaultServer) -> None:
@@ -204,6 +208,22 @@ def test_budget_is_checked_before_any_request(fault_server: FaultServer) -> None
     with pytest.raises(BudgetExceededError, match="max_usd"):
         ask(client)
     assert fault_server.requests == []
+
+
+def test_budget_counts_answers_that_fail_their_schema(fault_server: FaultServer, tmp_path) -> None:
+    """An out-of-schema answer is paid for: the budget guard stops the retries, the ledger has every answer."""
+    fault_server.default = ok('{"rating": 7, "reason": "too high"}', prompt_tokens=1000, completion_tokens=1000)
+    # $1 per million tokens each way: every answer costs $0.002; a request's worst case is under $0.0015.
+    ledger = Ledger(tmp_path / "ledger.jsonl", max_usd=0.005)
+    client = OpenAIChatClient(LLMConfig(endpoint=fault_server.base_url, model="fault-model", backoff_base_s=0.0,
+                                        max_retries=6, input_usd_per_mtok=1.0, output_usd_per_mtok=1.0,
+                                        max_usd=0.005), fault_server.base_url, ledger=ledger)
+    with pytest.raises(BudgetExceededError):
+        ask(client, json_schema=SCHEMA, params=SamplingParams(max_tokens=16))
+    paid = len(fault_server.requests)
+    assert paid == 3  # $0.002, $0.004, $0.006 spent: the guard refuses the fourth attempt before sending it
+    lines = (tmp_path / "ledger.jsonl").read_text().splitlines()
+    assert len(lines) == paid and client.ledger.totals().cost_usd == pytest.approx(0.002 * paid)
 
 
 def test_missing_key_for_remote_endpoint_names_the_variable(monkeypatch) -> None:

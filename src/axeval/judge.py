@@ -99,7 +99,9 @@ class Rating:
     raw: str
     status: str
     attempts: int
-    cost_usd: float
+    cost_usd: float  # paid for this rating in this session (invalid answers included)
+    answers: int = 0  # paid answers behind it in this session (0 when it came from the cache)
+    reused_cost_usd: float = 0.0  # what cached answers reused for it cost when they were paid for
 
 
 def parse_rating(text: str) -> tuple[int, str]:
@@ -153,30 +155,33 @@ class Judge:
 
     async def rate(self, criterion: str, row: dict[str, Any]) -> Rating:
         """One criterion for one generation, with the retry-then-record policy of the config."""
-        cost, raw, problem = 0.0, "", ""
+        cost, answers, reused, raw, problem = 0.0, 0, 0.0, "", ""
         for attempt in range(self.config.parse_retries + 1):
             try:
                 completion = await self.backend.complete(self._request(criterion, row, attempt))
             except StructuredOutputError as err:
                 raw, problem = err.text, err.reason
+                cost, answers = cost + err.cost_usd, answers + err.answers
                 continue
             cost += completion.cost_usd
+            answers += completion.answers
+            reused += completion.reused_cost_usd
             if completion.dry_run:
-                return Rating(np.nan, "", "", DRY_RUN, attempt + 1, cost)
+                return Rating(np.nan, "", "", DRY_RUN, attempt + 1, cost, answers, reused)
             raw = completion.text
             try:
                 rating, reason = parse_rating(raw)
             except RatingParseError as err:
                 problem = str(err)
                 continue
-            return Rating(float(rating), reason, raw, OK, attempt + 1, cost)
+            return Rating(float(rating), reason, raw, OK, attempt + 1, cost, answers, reused)
         if self.config.on_parse_failure == "raise":
             raise JudgeParseFailure(
                 f"The judge's {criterion} answer for concept {row['concept_id']} could not be parsed after "
                 f"{self.config.parse_retries + 1} attempt(s) ({problem}): {raw[:200]!r}. Use a judge that "
                 "supports JSON-schema output, or set on_parse_failure='exclude' to record and count failures."
             )
-        return Rating(np.nan, "", raw, PARSE_FAILURE, self.config.parse_retries + 1, cost)
+        return Rating(np.nan, "", raw, PARSE_FAILURE, self.config.parse_retries + 1, cost, answers, reused)
 
     async def ajudge(self, generations: pd.DataFrame) -> pd.DataFrame:
         """The generations with three ratings each, their parse status, raw answers and judge provenance."""
@@ -217,10 +222,13 @@ class Judge:
         table["judge_template_hash"] = JUDGE_TEMPLATE_HASH
         table["judge_temperature"] = float(self.config.temperature)
         table["judge_config"] = json.dumps(asdict(self.config), sort_keys=True)
-        costs = np.array([r.cost_usd for r in ratings], dtype=float).reshape(-1, n)
-        table["judge_cost_usd"] = costs.sum(axis=1) if len(table) else np.zeros(0)
-        table["judge_calls"] = np.array([r.attempts for r in ratings], dtype=int).reshape(-1, n).sum(axis=1) \
-            if len(table) else np.zeros(0, dtype=int)
+        def per_row(values: list[float], dtype: type) -> np.ndarray:
+            return np.array(values, dtype=dtype).reshape(-1, n).sum(axis=1) if len(table) else np.zeros(0, dtype)
+
+        # Paid in this session (every answer, invalid ones included) and reused from the response cache.
+        table["judge_cost_usd"] = per_row([r.cost_usd for r in ratings], float)
+        table["judge_calls"] = per_row([r.answers for r in ratings], int)
+        table["judge_reused_cost_usd"] = per_row([r.reused_cost_usd for r in ratings], float)
         failures = int((table["parse_status"] == PARSE_FAILURE).sum())
         if failures:
             logger.warning(
@@ -249,15 +257,19 @@ def check_generations(generations: pd.DataFrame, source: str = "steering generat
 def summarize_judgements(judgements: pd.DataFrame) -> dict[str, Any]:
     """Calls, cost, cost per call and parse failures of a judged frame (for reports and metric cards)."""
     calls = int(judgements["judge_calls"].sum()) if len(judgements) else 0
-    cost = float(judgements["judge_cost_usd"].sum()) if len(judgements) else 0.0
+    paid = float(judgements["judge_cost_usd"].sum()) if len(judgements) else 0.0
+    reused = float(judgements["judge_reused_cost_usd"].sum()) \
+        if len(judgements) and "judge_reused_cost_usd" in judgements else 0.0
+    cost = paid + reused
     return {
         "judge_model": sorted(set(judgements["judge_model"])) if len(judgements) else [],
         "judge_template_hash": sorted(set(judgements["judge_template_hash"])) if len(judgements) else [],
         "judge_temperature": sorted(set(judgements["judge_temperature"])) if len(judgements) else [],
         "generations": len(judgements),
         "calls": calls,
-        "cost_usd": cost,
-        "cost_per_call_usd": cost / calls if calls else 0.0,
+        "cost_usd": cost,  # what the ratings cost, including answers reused from the cache
+        "reused_cost_usd": reused,  # the part of cost_usd paid in an earlier session (cache hits)
+        "cost_per_call_usd": paid / calls if calls else 0.0,
         "parse_failures": int((judgements["parse_status"] == PARSE_FAILURE).sum()) if len(judgements) else 0,
     }
 

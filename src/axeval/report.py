@@ -20,6 +20,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -67,6 +68,11 @@ class ReportInputs:
         return cls(**frames, title=f"AxBench report: {root.name}", curations=find_curations(root))
 
 
+def _reused(judge: dict[str, Any]) -> str:
+    reused = judge.get("reused_cost_usd", 0.0)
+    return f" (${reused:.4f} of it reused from the response cache)" if reused else ""
+
+
 def _read_optional(path: Path) -> pd.DataFrame | None:
     return pd.read_parquet(path) if path.exists() else None
 
@@ -91,7 +97,7 @@ class Report:
             lines.append(
                 f"Judge: {', '.join(self.judge['judge_model'])} (templates {', '.join(self.judge['judge_template_hash'])}, "
                 f"temperature {', '.join(map(str, self.judge['judge_temperature']))}); {self.judge['calls']} calls, "
-                f"${self.judge['cost_usd']:.4f}; parse failures: {self.judge['parse_failures']} of "
+                f"${self.judge['cost_usd']:.4f}{_reused(self.judge)}; parse failures: {self.judge['parse_failures']} of "
                 f"{self.judge['generations']} generations (excluded)."
             )
         if "markdown" in self.files:

@@ -44,7 +44,7 @@ class ResponseCache:
             return None
         completion = Completion(**json.loads(row[0]))
         completion.cached = True
-        completion.cost_usd = 0.0
+        completion.reused_cost_usd, completion.cost_usd, completion.answers = completion.cost_usd, 0.0, 0
         return completion
 
     def put(self, key: str, completion: Completion, purpose: str) -> None:

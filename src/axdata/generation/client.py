@@ -1,9 +1,11 @@
 """One async client for any OpenAI-compatible chat endpoint (OpenAI, vLLM, llama.cpp, the embedded server).
 
 Around each request, in this order: the response cache (a hit makes no call), the concurrency bound,
-the budget guard (refuses before any network I/O), then our own retry loop — the `openai` client runs
-with `max_retries=0` so that every attempt, wait and failure is visible here. Only answers that parsed
-(and, with a JSON schema, validated) are cached and recorded in the ledger.
+then our own retry loop — the `openai` client runs with `max_retries=0` so that every attempt, wait and
+failure is visible here — with the budget guard before every attempt (it refuses before any network I/O).
+Every answer the server returns is recorded in the ledger as it arrives, before validation: an answer that
+fails its JSON schema is paid for, so the ledger and the budget count it. Only answers that parsed (and, with
+a JSON schema, validated) are cached.
 """
 
 from __future__ import annotations
@@ -53,11 +55,12 @@ class _RetryableError(Exception):
 
 
 class _InvalidAnswerError(_RetryableError):
-    """The answer arrived but does not parse or validate against the schema; keeps the raw text."""
+    """The answer arrived (and was paid for) but does not parse or validate against the schema; keeps the raw
+    text and the answer's cost."""
 
-    def __init__(self, reason: str, text: str):
+    def __init__(self, reason: str, text: str, cost_usd: float = 0.0):
         super().__init__(reason)
-        self.text = text
+        self.text, self.cost_usd = text, cost_usd
 
 
 class _FatalError(Exception):
@@ -231,14 +234,9 @@ class OpenAIChatClient:
         async with state.semaphore:
             if abort is not None and abort.is_set():
                 raise _Aborted()
-            reserved = self.ledger.reserve(request, self.prices)
-            try:
-                completion = await self._with_retries(request, state.client)
-            finally:
-                self.ledger.release(reserved)
+            completion = await self._with_retries(request, state.client)
         if self.cache is not None:
             self.cache.put(key, completion, request.purpose)
-        self.ledger.record(request, completion)
         return completion
 
     def _dry_run(self, request: ChatRequest) -> Completion:
@@ -255,10 +253,15 @@ class OpenAIChatClient:
         return completion
 
     async def _with_retries(self, request: ChatRequest, client: openai.AsyncOpenAI) -> Completion:
-        attempt = 0
+        attempt, invalid_answers, invalid_cost = 0, 0, 0.0
         while True:
+            # Every attempt passes the budget guard: retries of invalid answers are paid for too.
+            reserved = self.ledger.reserve(request, self.prices)
             try:
-                return await self._attempt(request, client)
+                completion = await self._attempt(request, client)
+                completion.answers += invalid_answers
+                completion.cost_usd += invalid_cost
+                return completion
             except _SchemaRejectedError:
                 # A mode switch, not a failure: the next attempt does not count against max_retries.
                 logger.warning(
@@ -272,28 +275,34 @@ class OpenAIChatClient:
             except _FatalError as err:
                 raise LLMRequestError(self.base_url, request.purpose, str(err)) from None
             except _RetryableError as err:
-                if attempt >= self.config.max_retries:
-                    reason = (
-                        f"{err.reason} (gave up after {attempt + 1} attempts; "
-                        f"llm.max_retries={self.config.max_retries})"
-                    )
-                    if isinstance(err, _InvalidAnswerError):
-                        raise StructuredOutputError(
-                            err.text, f"{reason}; request {request.purpose!r} to {self.base_url}"
-                        ) from None
-                    raise LLMRequestError(self.base_url, request.purpose, reason) from None
-                delay = self._delay(attempt, err.retry_after_s)
-                logger.info(
-                    "Retrying %r request to %s in %.2f s (attempt %d of %d): %s",
-                    request.purpose,
-                    self.base_url,
-                    delay,
-                    attempt + 2,
-                    self.config.max_retries + 1,
-                    err.reason,
+                failure = err
+            finally:
+                self.ledger.release(reserved)
+            if isinstance(failure, _InvalidAnswerError):
+                invalid_answers, invalid_cost = invalid_answers + 1, invalid_cost + failure.cost_usd
+            if attempt >= self.config.max_retries:
+                reason = (
+                    f"{failure.reason} (gave up after {attempt + 1} attempts; "
+                    f"llm.max_retries={self.config.max_retries})"
                 )
-                attempt += 1
-                await asyncio.sleep(delay)
+                if isinstance(failure, _InvalidAnswerError):
+                    raise StructuredOutputError(
+                        failure.text, f"{reason}; request {request.purpose!r} to {self.base_url}",
+                        answers=invalid_answers, cost_usd=invalid_cost,
+                    ) from None
+                raise LLMRequestError(self.base_url, request.purpose, reason) from None
+            delay = self._delay(attempt, failure.retry_after_s)
+            logger.info(
+                "Retrying %r request to %s in %.2f s (attempt %d of %d): %s",
+                request.purpose,
+                self.base_url,
+                delay,
+                attempt + 2,
+                self.config.max_retries + 1,
+                failure.reason,
+            )
+            attempt += 1
+            await asyncio.sleep(delay)
 
     def _delay(self, attempt: int, retry_after_s: float | None) -> float:
         if retry_after_s is not None:
@@ -339,7 +348,15 @@ class OpenAIChatClient:
             raise _RetryableError(f"connection failed: {err.__cause__ or err}") from None
         except openai.APIStatusError as err:
             raise self._status_error(err, use_response_format) from None
-        return self._parse(body, request)
+        completion = self._parse(body, request)  # the answer's tokens are known: it is paid for
+        try:
+            completion.parsed = self._validated(completion.text, request)
+        except _InvalidAnswerError as err:
+            self.ledger.record(request, completion, valid=False)
+            err.cost_usd = completion.cost_usd
+            raise
+        self.ledger.record(request, completion)
+        return completion
 
     def _status_error(self, err: openai.APIStatusError, sent_response_format: bool) -> Exception:
         status = err.status_code
@@ -375,15 +392,6 @@ class OpenAIChatClient:
         else:
             prompt_tokens, completion_tokens = int(usage["prompt_tokens"]), int(usage["completion_tokens"])
             estimated = False
-        parsed = None
-        if request.json_schema is not None:
-            try:
-                parsed = extract_json(text)
-            except ValueError as err:
-                raise _InvalidAnswerError(str(err), text) from None
-            problems = validate(parsed, request.json_schema)
-            if problems:
-                raise _InvalidAnswerError("; ".join(problems[:5]), text)
         return Completion(
             text=text,
             model=self.model_name,
@@ -391,9 +399,22 @@ class OpenAIChatClient:
             completion_tokens=completion_tokens,
             cost_usd=self.prices.cost(prompt_tokens, completion_tokens),
             finish_reason=choice.get("finish_reason"),
-            parsed=parsed,
             extra={"usage_estimated": True} if estimated else {},
         )
+
+    @staticmethod
+    def _validated(text: str, request: ChatRequest) -> Any:
+        """The answer's JSON value when the request carries a schema (None without one)."""
+        if request.json_schema is None:
+            return None
+        try:
+            parsed = extract_json(text)
+        except ValueError as err:
+            raise _InvalidAnswerError(str(err), text) from None
+        problems = validate(parsed, request.json_schema)
+        if problems:
+            raise _InvalidAnswerError("; ".join(problems[:5]), text)
+        return parsed
 
 
 def _retry_after_s(headers: Mapping[str, str]) -> float | None:

@@ -1,7 +1,8 @@
 """Token and cost ledger with a budget guard.
 
-Every answered request becomes one JSON line in the ledger file (model, purpose, concept, tokens,
-cost, cached / dry-run flags). Totals are derived from those entries, grouped by model, purpose or
+Every answer the server returns becomes one JSON line in the ledger file (model, purpose, concept, tokens,
+cost, cached / dry-run / valid flags), written as it arrives — before it is validated, cached or used — so an
+answer that fails its schema is counted and paid for like any other, and a kill loses no paid answer. Totals are derived from those entries, grouped by model, purpose or
 concept. Before a call starts, `reserve` checks that the spend so far, plus what calls in flight may
 still cost, plus this call's worst case (estimated prompt + `max_tokens` completion) stays within
 `max_usd`; otherwise the call is refused with `BudgetExceededError`.
@@ -67,12 +68,14 @@ class Totals:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+    invalid_answers: int = 0
 
     def add(self, entry: dict) -> None:
         if entry["cached"]:
             self.cache_hits += 1
             return
         self.calls += 1
+        self.invalid_answers += not entry.get("valid", True)
         self.prompt_tokens += entry["prompt_tokens"]
         self.completion_tokens += entry["completion_tokens"]
         self.cost_usd += entry["cost_usd"]
@@ -118,7 +121,8 @@ class Ledger:
         with self._lock:
             self._reserved = max(0.0, self._reserved - amount)
 
-    def record(self, request: ChatRequest, completion: Completion) -> None:
+    def record(self, request: ChatRequest, completion: Completion, *, valid: bool = True) -> None:
+        """One line for one answer (`valid=False`: it arrived, was paid for, and failed its schema)."""
         entry = {
             "time": time.time(),
             "model": completion.model,
@@ -129,6 +133,7 @@ class Ledger:
             "cost_usd": completion.cost_usd,
             "cached": completion.cached,
             "dry_run": completion.dry_run,
+            "valid": valid,
         }
         with self._lock:
             self.entries.append(entry)

@@ -29,10 +29,13 @@ class EmbeddedServerError(LLMError):
 
 
 class StructuredOutputError(LLMError):
-    """A response that should match a JSON schema does not; `text` keeps the raw answer."""
+    """A response that should match a JSON schema does not; `text` keeps the raw answer.
 
-    def __init__(self, text: str, reason: str):
-        self.text, self.reason = text, reason
+    `answers` and `cost_usd` count the invalid answers the server returned (each one paid for and ledgered).
+    """
+
+    def __init__(self, text: str, reason: str, *, answers: int = 0, cost_usd: float = 0.0):
+        self.text, self.reason, self.answers, self.cost_usd = text, reason, answers, cost_usd
         super().__init__(f"Response does not match the requested JSON schema ({reason}): {text[:200]!r}")
 
 
@@ -85,11 +88,17 @@ class ChatRequest:
 
 @dataclass
 class Completion:
+    """One answer. `cost_usd` and `answers` cover every paid answer behind it: invalid answers that were asked
+    again count too. A cache hit costs nothing now (`cost_usd` 0, `answers` 0); `reused_cost_usd` is what it
+    cost when it was paid for."""
+
     text: str
     model: str
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+    answers: int = 1
+    reused_cost_usd: float = 0.0
     cached: bool = False
     dry_run: bool = False
     finish_reason: str | None = None

@@ -121,7 +121,9 @@ def judge(
         return
     write_judgements(judgements, out)
     typer.echo(f"Judged {summary['generations']} generations with {', '.join(summary['judge_model'])} "
-               f"({summary['calls']} calls, ${summary['cost_usd']:.4f}); parse failures: "
+               f"({summary['calls']} calls, ${summary['cost_usd']:.4f}"
+               + (f", ${summary['reused_cost_usd']:.4f} of it reused from the cache" if summary['reused_cost_usd'] else "")
+               + "); parse failures: "
                f"{summary['parse_failures']}. Wrote {out}.")
 
 
