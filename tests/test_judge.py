@@ -109,7 +109,7 @@ def test_good_answers_give_three_ratings_with_provenance(routing_server, tmp_pat
 def test_malformed_answers_are_retried_then_recorded_as_parse_failures(routing_server):
     server = routing_server(lambda criterion, prompt, nth: ok("Rating: [[2]]") if criterion == "concept"
                             else _answer(2))
-    client = _client(server.base_url)
+    client = _client(server.base_url, max_invalid_retries=0)  # the judge's own re-asks only
     table = Judge(client, JudgeConfig(parse_retries=2)).judge(_generations("A cat."))
     client.close()
     row = table.iloc[0]
@@ -123,7 +123,7 @@ def test_malformed_answers_are_retried_then_recorded_as_parse_failures(routing_s
 
 def test_a_retry_that_parses_is_used(routing_server):
     server = routing_server(lambda criterion, prompt, nth: ok("not json") if nth == 0 else _answer(1))
-    client = _client(server.base_url)
+    client = _client(server.base_url, max_invalid_retries=0)
     table = Judge(client, JudgeConfig(parse_retries=1)).judge(_generations("A cat."))
     client.close()
     assert table.loc[0, ["concept_rating", "instruction_rating", "fluency_rating"]].tolist() == [1.0, 1.0, 1.0]
@@ -218,10 +218,10 @@ def test_paid_answers_are_counted_even_when_out_of_schema_and_reused_cost_surviv
 
     prices = {"input_usd_per_mtok": 1.0, "output_usd_per_mtok": 1.0}
     bad = routing_server(lambda criterion, prompt, nth: ok('{"reason": "x", "rating": 7}', 100, 100))
-    client = _client(bad.base_url, **prices)
+    client = _client(bad.base_url, max_invalid_retries=0, **prices)
     table = Judge(client, JudgeConfig(parse_retries=1)).judge(_generations("a", "b"))
     client.close()
-    # 2 generations × 3 criteria × 2 judge attempts, each answered once (llm.max_retries=0): 12 paid answers.
+    # 2 generations × 3 criteria × 2 judge attempts, each answered once (llm.max_invalid_retries=0): 12 answers.
     assert len(bad.requests) == 12 and int(table["judge_calls"].sum()) == 12
     assert summarize_judgements(table)["cost_usd"] == pytest.approx(12 * 200 / 1e6)
     assert (table["parse_status"] == "parse_failure").all()
@@ -236,3 +236,29 @@ def test_paid_answers_are_counted_even_when_out_of_schema_and_reused_cost_surviv
     resumed = summarize_judgements(again)
     assert (resumed["calls"], resumed["cost_usd"], resumed["reused_cost_usd"]) == \
         (0, pytest.approx(summarize_judgements(first)["cost_usd"]), pytest.approx(3 * 200 / 1e6))
+
+
+def test_a_stuck_rating_becomes_a_counted_failure_in_bounded_time(routing_server):
+    import time
+
+    server = routing_server(lambda criterion, prompt, nth: Reply(200, _answer(2).body, delay_s=3.0)
+                            if criterion == "fluency" else _answer(2))
+    client = _client(server.base_url)
+    started = time.perf_counter()
+    table = Judge(client, JudgeConfig(max_seconds_per_rating=0.5)).judge(_generations("A cat."))
+    elapsed = time.perf_counter() - started
+    client.close()
+    row = table.iloc[0]
+    assert row["fluency_status"] == "timeout" and row["parse_status"] == "parse_failure"
+    assert (row["concept_rating"], row["instruction_rating"]) == (2.0, 2.0) and math.isnan(row["fluency_rating"])
+    assert elapsed < 2.5, elapsed  # the 3-second answer was not waited for
+    assert summarize_judgements(table)["parse_failures"] == 1
+
+
+def test_no_re_ask_at_temperature_zero(routing_server):
+    """At temperature 0 the same request gets the same answer: asking again only pays twice."""
+    server = routing_server(lambda criterion, prompt, nth: ok("not json"))
+    client = _client(server.base_url, max_invalid_retries=3)
+    table = Judge(client, JudgeConfig(temperature=0.0, parse_retries=3)).judge(_generations("A cat."))
+    client.close()
+    assert len(server.requests) == 3 and (table["parse_status"] == "parse_failure").all()  # one per criterion

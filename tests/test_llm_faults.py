@@ -155,7 +155,7 @@ def test_json_schema_mode_does_not_fall_back(fault_server: FaultServer) -> None:
 def test_invalid_json_answers_are_retried_then_raise(fault_server: FaultServer, tmp_path) -> None:
     fault_server.default = ok('{"rating": 7, "reason": "too high"}')
     with ResponseCache(tmp_path / "cache.sqlite") as cache:
-        client = make_client(fault_server.base_url, cache, max_retries=2)
+        client = make_client(fault_server.base_url, cache, max_invalid_retries=2)
         with pytest.raises(StructuredOutputError, match="maximum") as info:
             ask(client, json_schema=SCHEMA)
         assert len(cache) == 0
@@ -164,6 +164,14 @@ def test_invalid_json_answers_are_retried_then_raise(fault_server: FaultServer, 
     # Each invalid answer arrived and was paid for: ledgered (as invalid) and reported on the error.
     assert [entry["valid"] for entry in client.ledger.entries] == [False] * 3
     assert info.value.answers == 3
+
+
+def test_an_invalid_answer_to_a_deterministic_request_is_not_asked_again(fault_server: FaultServer) -> None:
+    fault_server.default = ok('{"rating": 7, "reason": "too high"}')
+    client = make_client(fault_server.base_url, max_invalid_retries=5)
+    with pytest.raises(StructuredOutputError, match="none at temperature 0") as info:
+        ask(client, json_schema=SCHEMA, params=SamplingParams(temperature=0.0))
+    assert len(fault_server.requests) == 1 and info.value.answers == 1
 
 
 def test_invalid_json_then_valid_succeeds(fault_server: FaultServer) -> None:
@@ -216,7 +224,7 @@ def test_budget_counts_answers_that_fail_their_schema(fault_server: FaultServer,
     # $1 per million tokens each way: every answer costs $0.002; a request's worst case is under $0.0015.
     ledger = Ledger(tmp_path / "ledger.jsonl", max_usd=0.005)
     client = OpenAIChatClient(LLMConfig(endpoint=fault_server.base_url, model="fault-model", backoff_base_s=0.0,
-                                        max_retries=6, input_usd_per_mtok=1.0, output_usd_per_mtok=1.0,
+                                        max_invalid_retries=6, input_usd_per_mtok=1.0, output_usd_per_mtok=1.0,
                                         max_usd=0.005), fault_server.base_url, ledger=ledger)
     with pytest.raises(BudgetExceededError):
         ask(client, json_schema=SCHEMA, params=SamplingParams(max_tokens=16))

@@ -43,7 +43,7 @@ T = TypeVar("T")
 
 REQUIRED_COLUMNS = ("concept_id", "concept", "instruction", "generation")
 PARSE_FAILURE_POLICIES = ("exclude", "raise")
-OK, PARSE_FAILURE, DRY_RUN = "ok", "parse_failure", "dry_run"
+OK, PARSE_FAILURE, DRY_RUN, TIMEOUT = "ok", "parse_failure", "dry_run", "timeout"
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 
 
@@ -68,8 +68,15 @@ class JudgeConfig:
     max_tokens: int = field(default=256, metadata={"help": "Longest judge answer, in tokens."})
     seed: int | None = field(default=None, metadata={"help": "Sampling seed sent to servers that accept one."})
     parse_retries: int = field(
-        default=2,
-        metadata={"help": "Extra requests after an answer that cannot be parsed, before it counts as a failure."},
+        default=1,
+        metadata={"help": "Extra requests (a new sample) after an answer that cannot be parsed, before it counts as a "
+                  "failure; none at temperature 0, where the same request gets the same answer. The LLM client "
+                  "also re-asks schema-invalid answers (llm.max_invalid_retries)."},
+    )
+    max_seconds_per_rating: float = field(
+        default=120.0,
+        metadata={"help": "Longest time one rating may take, all attempts included; past it the rating is a "
+                  "counted parse failure (status 'timeout'), so no answer can stall a run."},
     )
     on_parse_failure: str = field(
         default="exclude",
@@ -83,10 +90,11 @@ class JudgeConfig:
                 f"JudgeConfig.on_parse_failure={self.on_parse_failure!r} is unknown; use one of "
                 f"{', '.join(PARSE_FAILURE_POLICIES)} (a failure is never turned into a 0)."
             )
-        if self.parse_retries < 0 or self.max_tokens < 1 or self.temperature < 0:
+        if self.parse_retries < 0 or self.max_tokens < 1 or self.temperature < 0 or not self.max_seconds_per_rating > 0:
             raise ValueError(
                 f"JudgeConfig: parse_retries={self.parse_retries}, max_tokens={self.max_tokens}, "
-                f"temperature={self.temperature}: retries and temperature must be ≥ 0, max_tokens ≥ 1."
+                f"temperature={self.temperature}, max_seconds_per_rating={self.max_seconds_per_rating}: retries and "
+                "temperature must be ≥ 0, max_tokens ≥ 1, max_seconds_per_rating > 0."
             )
 
 
@@ -153,10 +161,29 @@ class Judge:
             sample_index=attempt,
         )
 
+    @property
+    def attempts(self) -> int:
+        """Requests per rating: a re-ask at temperature 0 would repeat the same request and get the same answer."""
+        return 1 + (self.config.parse_retries if self.config.temperature > 0 else 0)
+
     async def rate(self, criterion: str, row: dict[str, Any]) -> Rating:
-        """One criterion for one generation, with the retry-then-record policy of the config."""
+        """One criterion for one generation, with the retry-then-record policy of the config, in bounded time."""
+        try:
+            return await asyncio.wait_for(self._rate(criterion, row), self.config.max_seconds_per_rating)
+        except asyncio.TimeoutError:
+            logger.warning("Judge %s: the %s rating of concept %s took over %.0f s (judge.max_seconds_per_rating); "
+                           "recorded as a parse failure.", self.backend.model_name, criterion, row["concept_id"],
+                           self.config.max_seconds_per_rating)
+            if self.config.on_parse_failure == "raise":
+                raise JudgeParseFailure(
+                    f"The judge's {criterion} answer for concept {row['concept_id']} took over "
+                    f"{self.config.max_seconds_per_rating} s (judge.max_seconds_per_rating).") from None
+            # Answers paid during the attempt are in the LLM ledger; the rating records none.
+            return Rating(np.nan, "", "", TIMEOUT, self.attempts, 0.0)
+
+    async def _rate(self, criterion: str, row: dict[str, Any]) -> Rating:
         cost, answers, reused, raw, problem = 0.0, 0, 0.0, "", ""
-        for attempt in range(self.config.parse_retries + 1):
+        for attempt in range(self.attempts):
             try:
                 completion = await self.backend.complete(self._request(criterion, row, attempt))
             except StructuredOutputError as err:
@@ -178,10 +205,10 @@ class Judge:
         if self.config.on_parse_failure == "raise":
             raise JudgeParseFailure(
                 f"The judge's {criterion} answer for concept {row['concept_id']} could not be parsed after "
-                f"{self.config.parse_retries + 1} attempt(s) ({problem}): {raw[:200]!r}. Use a judge that "
+                f"{self.attempts} attempt(s) ({problem}): {raw[:200]!r}. Use a judge that "
                 "supports JSON-schema output, or set on_parse_failure='exclude' to record and count failures."
             )
-        return Rating(np.nan, "", raw, PARSE_FAILURE, self.config.parse_retries + 1, cost, answers, reused)
+        return Rating(np.nan, "", raw, PARSE_FAILURE, self.attempts, cost, answers, reused)
 
     async def ajudge(self, generations: pd.DataFrame) -> pd.DataFrame:
         """The generations with three ratings each, their parse status, raw answers and judge provenance."""
@@ -215,9 +242,10 @@ class Judge:
             table[f"{criterion}_status"] = [r.status for r in mine]
             table[f"{criterion}_attempts"] = [r.attempts for r in mine]
         statuses = table[[f"{c}_status" for c in CRITERIA]]
+        # A timed-out rating is a parse failure of its generation: excluded from the score and counted.
         table["parse_status"] = np.where(
             (statuses == DRY_RUN).any(axis=1), DRY_RUN,
-            np.where((statuses == PARSE_FAILURE).any(axis=1), PARSE_FAILURE, OK))
+            np.where(statuses.isin([PARSE_FAILURE, TIMEOUT]).any(axis=1), PARSE_FAILURE, OK))
         table["judge_model"] = self.backend.model_name
         table["judge_template_hash"] = JUDGE_TEMPLATE_HASH
         table["judge_temperature"] = float(self.config.temperature)

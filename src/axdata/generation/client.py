@@ -280,19 +280,28 @@ class OpenAIChatClient:
                 self.ledger.release(reserved)
             if isinstance(failure, _InvalidAnswerError):
                 invalid_answers, invalid_cost = invalid_answers + 1, invalid_cost + failure.cost_usd
+                # An invalid answer is the server working: ask again at once, a bounded number of times, and
+                # never repeat a deterministic request (it would be the same answer, paid again).
+                allowed = 0 if request.params.temperature == 0 else self.config.max_invalid_retries
+                if invalid_answers > allowed:
+                    raise StructuredOutputError(
+                        failure.text, f"{failure.reason} (gave up after {invalid_answers} answer(s); "
+                        f"llm.max_invalid_retries={self.config.max_invalid_retries}, none at temperature 0); "
+                        f"request {request.purpose!r} to {self.base_url}",
+                        answers=invalid_answers, cost_usd=invalid_cost,
+                    ) from None
+                logger.debug("Re-asking %r request to %s after an invalid answer: %s", request.purpose,
+                             self.base_url, failure.reason)
+                continue
             if attempt >= self.config.max_retries:
                 reason = (
                     f"{failure.reason} (gave up after {attempt + 1} attempts; "
                     f"llm.max_retries={self.config.max_retries})"
                 )
-                if isinstance(failure, _InvalidAnswerError):
-                    raise StructuredOutputError(
-                        failure.text, f"{reason}; request {request.purpose!r} to {self.base_url}",
-                        answers=invalid_answers, cost_usd=invalid_cost,
-                    ) from None
                 raise LLMRequestError(self.base_url, request.purpose, reason) from None
             delay = self._delay(attempt, failure.retry_after_s)
-            logger.info(
+            # Debug level: a progress bar is usually on screen; the final error, if any, says what happened.
+            logger.debug(
                 "Retrying %r request to %s in %.2f s (attempt %d of %d): %s",
                 request.purpose,
                 self.base_url,

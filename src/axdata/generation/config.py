@@ -40,7 +40,14 @@ class LLMConfig:
         default=6,
         metadata={
             "help": "Retries per request after the first attempt (429, 5xx, timeouts, connection "
-            "errors, malformed or schema-invalid answers)."
+            "errors, malformed answers)."
+        },
+    )
+    max_invalid_retries: int = field(
+        default=2,
+        metadata={
+            "help": "Re-asks after an answer that fails its JSON schema (each answer is paid for), without "
+            "backoff; never for a deterministic request (temperature 0), which would get the same answer."
         },
     )
     timeout_s: float = field(default=60.0, metadata={"help": "Timeout of one HTTP attempt, in seconds."})
@@ -127,8 +134,9 @@ class LLMConfig:
             raise ValueError(
                 f"LLMConfig.embedded_threads={self.embedded_threads!r} must be at least 1 or None."
             )
-        if self.max_retries < 0:
-            raise ValueError(f"LLMConfig.max_retries={self.max_retries!r} must be 0 or more.")
+        for name in ("max_retries", "max_invalid_retries"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"LLMConfig.{name}={getattr(self, name)!r} must be 0 or more.")
         for name in ("timeout_s", "backoff_max_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"LLMConfig.{name}={getattr(self, name)!r} must be positive.")

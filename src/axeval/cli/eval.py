@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -91,9 +92,11 @@ def judge(
     out: Path = typer.Option(..., "--out", help="Where the judged parquet goes."),
     config: Path | None = typer.Option(None, help="A run config: its llm section picks the judge."),
     set_: list[str] | None = typer.Option(None, "--set", "-s", help=_SET_HELP),
-    temperature: float = typer.Option(0.0, help="Judge temperature (AxBench's final code: 0.0)."),
-    parse_retries: int = typer.Option(2, help="Extra asks after an unparseable answer."),
-    on_parse_failure: str = typer.Option("exclude", help="'exclude' (record and count) or 'raise'."),
+    temperature: float | None = typer.Option(None, help="Judge temperature (default: the config's judge section, "
+                                                        "0.7 as AxBench's evaluate.py)."),
+    parse_retries: int | None = typer.Option(None, help="Extra asks after an unparseable answer (default: config)."),
+    on_parse_failure: str | None = typer.Option(None, help="'exclude' (record and count) or 'raise' (default: "
+                                                           "config, 'exclude')."),
     cache: Path | None = typer.Option(None, help="Response cache (default: llm-cache.sqlite beside --out)."),
     ledger: Path | None = typer.Option(None, help="Ledger (default: llm-ledger.jsonl beside --out)."),
 ) -> None:
@@ -104,8 +107,10 @@ def judge(
 
     try:
         settings = AxbenchConfig.load(config, set_ or [])
-        judge_config = JudgeConfig(temperature=temperature, parse_retries=parse_retries,
-                                   on_parse_failure=on_parse_failure)
+        # The config's judge section (with --set) is the base; explicit options override it.
+        given = {"temperature": temperature, "parse_retries": parse_retries, "on_parse_failure": on_parse_failure}
+        judge_config = JudgeConfig(**{**dataclasses.asdict(settings.judge),
+                                      **{k: v for k, v in given.items() if v is not None}})
     except (ConfigError, ValueError) as error:
         _fail(error)
     generations = _read(steering_file, "steering generations")
