@@ -115,3 +115,6 @@ def test_cli_generate(tmp_path, tiny_llama_dir):
     assert result.exit_code == 0, result.output
     assert list_splits(tmp_path / "ds", "tiny") == ["train", "latent", "latent_imbalance", "steering", "preference"]
     assert "failures listed in" in result.output
+    # --out elsewhere: nothing lands in the config's run directory; the working files sit beside the dataset.
+    assert not (tmp_path / "r").exists()
+    assert (tmp_path / "ds.generation" / "generation_report.json").exists()

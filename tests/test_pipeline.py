@@ -79,3 +79,27 @@ def test_damaged_stamp_reruns_the_stage(tmp_path):
     (tmp_path / "r" / "stages" / "a.json").write_text("{truncated")
     result = run_pipeline(config_for(tmp_path), [a])
     assert result.stages[0].status == "ran"
+
+
+def test_a_second_run_on_a_locked_run_directory_stops_naming_the_holder(tmp_path):
+    from filelock import FileLock
+    from typer.testing import CliRunner
+
+    from axeval.cli import app
+    from axeval.pipeline import LOCK_FILE, LOCK_OWNER_FILE, RunLockedError, locked_run_directory
+
+    config = config_for(tmp_path)
+    stage = CountingStage("a")
+    with locked_run_directory(config.run_dir):  # the first run, still going
+        assert "pid" in (config.run_dir / LOCK_OWNER_FILE).read_text()
+        with pytest.raises(RunLockedError, match=r"in use by axbench run \(pid \d+"):
+            run_pipeline(config, [stage])
+        assert stage.runs == 0  # nothing ran, nothing was written
+        path = tmp_path / "run.yaml"
+        path.write_text(f"run: {{output_dir: {tmp_path}, name: {config.run.name}}}\n")
+        result = CliRunner().invoke(app, ["run", str(path)])
+        assert result.exit_code == 1 and "Run directory busy" in result.output
+    assert not (config.run_dir / LOCK_OWNER_FILE).exists()
+    run_pipeline(config, [stage])  # released: the next run goes ahead
+    assert stage.runs == 1 and FileLock(config.run_dir / LOCK_FILE).acquire(timeout=0)
+

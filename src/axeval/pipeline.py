@@ -3,27 +3,35 @@
 A stage is current when its stamp (``stages/<name>.json``) holds the same fingerprint: a hash of the
 stage's name, version and declared inputs (config sections, upstream stamps, input files). Stamps
 are written atomically after a stage succeeds, so an interrupted run resumes at the stage it was in.
+A run holds an exclusive lock on its directory for its whole length: two runs never write one directory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from abc import ABC, abstractmethod
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, ClassVar, Sequence, TypeVar
 
+from filelock import FileLock, Timeout
+
 from axdata.generation import ChatBackend, Ledger, open_llm
 from axdata.hashing import content_hash
+from axdata.io import atomic_write_text
 from axeval.config import AxbenchConfig
 from axeval.rundir import RunDirectory
 from axmethods.models import TargetModel, load_target_model
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+LOCK_FILE, LOCK_OWNER_FILE = ".axbench.lock", ".axbench.lock.owner"
 
 
 class RunContext:
@@ -118,9 +126,39 @@ def config_hashes(config: AxbenchConfig, stages: Sequence[Stage]) -> dict[str, A
     return hashes
 
 
+class RunLockedError(RuntimeError):
+    """Another process holds the run directory; the message says who and what to do."""
+
+
+@contextmanager
+def locked_run_directory(root: Path) -> Iterator[None]:
+    """One writer per run directory: an exclusive lock (`filelock`, released by the OS if the holder dies) for the
+    whole run; a second run fails at once, naming the holder, instead of trampling the first one's files."""
+    root.mkdir(parents=True, exist_ok=True)
+    lock, owner = FileLock(root / LOCK_FILE), root / LOCK_OWNER_FILE
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        holder = owner.read_text(encoding="utf-8").strip() if owner.exists() else "another process"
+        raise RunLockedError(f"The run directory {root} is in use by {holder}. Wait for that run to finish (or stop "
+                             "it), or give this run another run.name / run.output_dir.") from None
+    try:
+        atomic_write_text(owner, f"axbench run (pid {os.getpid()} on {socket.gethostname()}, started "
+                                 f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+        yield
+    finally:
+        owner.unlink(missing_ok=True)
+        lock.release()
+
+
 def run_pipeline(config: AxbenchConfig, stages: Sequence[Stage], *, force: bool = False) -> PipelineResult:
+    """Run the stages in order (current ones skipped) inside the run directory's lock."""
+    with locked_run_directory(Path(config.run_dir)):
+        return _run_stages(config, stages, force)
+
+
+def _run_stages(config: AxbenchConfig, stages: Sequence[Stage], force: bool) -> PipelineResult:
     run_dir = RunDirectory(config.run_dir)
-    run_dir.root.mkdir(parents=True, exist_ok=True)
     run_dir.write_config(config.to_dict(), config_hashes(config, stages))
     started = time.perf_counter()
     ctx = RunContext(config, run_dir)

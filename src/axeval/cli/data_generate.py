@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from axeval.config import AxbenchConfig, ConfigError
-from axeval.pipeline import RunContext
+from axeval.pipeline import RunContext, RunLockedError, locked_run_directory
 from axeval.rundir import RunDirectory
 from axeval.stages.data import DataStage, generate_for_run
 
@@ -19,7 +19,9 @@ def generate(
     config: Path | None = typer.Argument(None, help="Run config YAML (sections run, model, llm, data); "
                                             "omitted = the defaults (embedded LLM and target model)."),
     concepts: Path | None = typer.Option(None, "--concepts", help="Concept list; overrides data.concept_path."),
-    out: Path | None = typer.Option(None, "--out", help="Dataset directory; default <run dir>/data."),
+    out: Path | None = typer.Option(None, "--out", help="Dataset directory; default <run dir>/data. With --out, "
+                                                        "the working files (resume units, LLM cache and ledger, "
+                                                        "report) go to <out>.generation/, not the run directory."),
     config_name: str | None = typer.Option(None, "--config-name",
                                               help="Dataset config name; default data.dataset_config or "
                                               "<model>-l<layer>."),
@@ -30,7 +32,8 @@ def generate(
     """Generate train / latent / latent_imbalance / steering / preference splits for a concept list.
 
     Resumable: run the same command again after an interruption and it continues where it stopped.
-    The report (failures, calls, tokens, cost) is written to <run dir>/generation_report.json.
+    The report (failures, calls, tokens, cost) is written to <run dir>/generation_report.json
+    (<out>.generation/generation_report.json with --out).
     """
     console = Console()
     try:
@@ -46,11 +49,16 @@ def generate(
     except ValueError as err:
         console.print(f"[red]Config error:[/red] {err}")
         raise typer.Exit(2) from None
-    run_dir = RunDirectory(run_config.run_dir)
+    # `--out` elsewhere must not write into the config's run directory (another run may own it).
+    run_dir = RunDirectory(out.with_name(out.name + ".generation") if out is not None else run_config.run_dir)
     ctx = RunContext(run_config, run_dir)
     stage = DataStage(data_config)
     try:
-        result = generate_for_run(ctx, data_config, stage.dataset_config(ctx), out or run_dir.data_dir)
+        with locked_run_directory(run_dir.root):
+            result = generate_for_run(ctx, data_config, stage.dataset_config(ctx), out or run_dir.data_dir)
+    except RunLockedError as err:
+        console.print(f"[red]Busy:[/red] {err}", soft_wrap=True)
+        raise typer.Exit(1) from None
     except (ValueError, FileNotFoundError) as err:
         console.print(f"[red]Generation failed:[/red] {err}")
         raise typer.Exit(1) from None

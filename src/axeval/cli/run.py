@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from axeval.config import AxbenchConfig, ConfigError
-from axeval.pipeline import PipelineResult, run_pipeline
+from axeval.pipeline import PipelineResult, RunLockedError, run_pipeline
 from axeval.stages import default_stages
 
 DEMO_CONFIG = "demo.yaml"
@@ -58,7 +58,11 @@ def _run(config_path: Path, overrides: list[str], force: bool) -> None:
         console.print(f"[red]Config error:[/red] {err}")
         raise typer.Exit(2) from None
     console.print(f"Run directory: [bold]{config.run_dir}[/bold] (config hash {config.hash()})")
-    result = run_pipeline(config, default_stages(config), force=force)
+    try:
+        result = run_pipeline(config, default_stages(config), force=force)
+    except RunLockedError as err:
+        console.print(f"[red]Run directory busy:[/red] {err}", soft_wrap=True)
+        raise typer.Exit(1) from None
     print_summary(result, console)
 
 
