@@ -237,3 +237,23 @@ def test_concept10_round_trip(hub_env: HubEnv, tmp_path: Path) -> None:
     assert second.commit_oid != report.commit_oid
     assert datasets.load_dataset(repo_id, "prod_2b_l20_v1", split="train", revision="v1.0.0").num_rows == 936
     assert datasets.load_dataset(repo_id, "prod_2b_l20_v1", split="train", revision="v1.1.0").num_rows == 100
+
+
+def test_a_card_with_a_yaml_alias_bomb_is_refused_without_expanding_it(hub_env: HubEnv, tmp_path: Path) -> None:
+    import resource
+
+    local = make_dataset(tmp_path / "ds")
+    repo_id = hub_env.repo_id("bomb")
+    push_dataset(local, repo_id)
+    # 9 levels of 9 aliases: ~387 million leaves if expanded (safe_load would take gigabytes).
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    bomb = "---\nprovenance:\n" + "\n".join(f"  {line}" for line in levels) + "\n---\n# card\n"
+    assert len(bomb) < 1000
+    HfApi().upload_file(path_or_fileobj=bomb.encode(), path_in_repo="README.md", repo_id=repo_id,
+                        repo_type="dataset")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ValueError, match=r"README.md: YAML aliases \(\*name\) are not accepted"):
+        pull_dataset(repo_id, tmp_path / "pulled")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: nothing was expanded
+    assert not (tmp_path / "pulled").exists()

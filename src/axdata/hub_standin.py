@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import yaml
+from axdata.safe_yaml import UntrustedYAMLError, card_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -617,15 +617,11 @@ class _Api:
 
     @staticmethod
     def _card_data(readme: str) -> dict[str, Any] | None:
-        match = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", readme, re.DOTALL)
-        if match is None:
+        try:  # an uploaded card is untrusted: no aliases, bounded size
+            return card_metadata(readme, "README.md") or None
+        except UntrustedYAMLError as err:
+            logger.warning("cardData left out: %s", err)
             return None
-        try:
-            data = yaml.safe_load(match.group(1))
-        except yaml.YAMLError:
-            logger.warning("README.md has YAML front matter that does not parse; cardData left out")
-            return None
-        return data if isinstance(data, dict) else None
 
     # -- uploads ----------------------------------------------------------------------------------------
     def preupload(self, req: _Request, rev: str, **groups: str) -> _Response:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import logging
 import math
 import os
@@ -32,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets.info import DatasetInfosDict
 from datasets.utils.py_utils import convert_file_size_to_int
-from huggingface_hub import DatasetCard, DatasetCardData, HfApi, snapshot_download
+from huggingface_hub import DatasetCardData, HfApi, snapshot_download
 
 from axdata.builders import (
     CONCEPTS_FILE,
@@ -47,6 +48,7 @@ from axdata.builders import (
 )
 from axdata.builders.builder import config_schema, from_config_layout, to_config_layout
 from axdata.cards import render_card
+from axdata.safe_yaml import card_metadata
 from axdata.io import atomic_path
 from axdata.schema import CATEGORIES, SPLITS, columns
 
@@ -176,6 +178,28 @@ def push_dataset(
     return report
 
 
+MAX_CARD_BYTES = 1 << 20
+MAX_PROVENANCE_BYTES = 256 << 10
+
+
+def _pulled_card_metadata(path: Path, source: str) -> dict[str, Any]:
+    """A pulled card's YAML header, parsed without aliases and within size bounds (a card is untrusted input)."""
+    size = path.stat().st_size
+    if size > MAX_CARD_BYTES:
+        raise ValueError(f"{source} is {size} bytes, more than the {MAX_CARD_BYTES} a dataset card may have; "
+                         "it was not written by `axbench data push`.")
+    return card_metadata(path.read_text(encoding="utf-8", errors="replace"), source)
+
+
+def _check_provenance(provenance: Any, source: str) -> None:
+    if not isinstance(provenance, dict):
+        raise ValueError(f"{source}: 'provenance' must be a mapping, got {type(provenance).__name__}.")
+    size = len(json.dumps(provenance, default=str))
+    if size > MAX_PROVENANCE_BYTES:
+        raise ValueError(f"{source}: 'provenance' is {size} bytes as JSON, more than the {MAX_PROVENANCE_BYTES} "
+                         "accepted; the card was not written by `axbench data push`.")
+
+
 def pull_dataset(repo_id: str, out_dir: str | Path, *, revision: str | None = None,
                  token: str | None = None) -> PullReport:
     """Download `repo_id` at `revision` (a tag such as v1.0.0, a branch or a commit; default main) into a new
@@ -198,12 +222,14 @@ def pull_dataset(repo_id: str, out_dir: str | Path, *, revision: str | None = No
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         configs = _unpack(snapshot, shards, staging)
-        card = DatasetCard.load(snapshot / CARD_FILE) if (snapshot / CARD_FILE).is_file() else None
-        card_data = card.data.to_dict() if card is not None else {}
-        if card_data.get("provenance"):
-            write_provenance(card_data["provenance"], staging)
-        if card is not None:
-            shutil.copyfile(snapshot / CARD_FILE, staging / CARD_FILE)
+        card_path = snapshot / CARD_FILE
+        card_data = _pulled_card_metadata(card_path, f"{repo_id}/{CARD_FILE}") if card_path.is_file() else {}
+        provenance = card_data.get("provenance")
+        if provenance:
+            _check_provenance(provenance, f"{repo_id}/{CARD_FILE}")
+            write_provenance(provenance, staging)
+        if card_path.is_file():
+            shutil.copyfile(card_path, staging / CARD_FILE)
         if out.exists():
             out.rmdir()
         os.replace(staging, out)
