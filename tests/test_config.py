@@ -82,3 +82,32 @@ def test_unknown_method_settings_fail_at_load():
     config = AxbenchConfig.load(None, ["methods.train=[reps]", "methods.settings={reps: {learning_rate: 0.1}}",
                                        "report.baseline=null"])
     assert config.methods.settings["reps"] == {"learning_rate": 0.1}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("inference.steering_batch_size=0", "inference.steering_batch_size = 0: must be greater than 0"),
+    ("inference.max_new_tokens=-1", "inference.max_new_tokens = -1: must be greater than 0"),
+    ("inference.temperature=-1", "inference.temperature = -1.0: must be 0 or more"),
+    ("inference.factors=[]", "inference.factors = \\[\\]: give at least one finite number"),
+    ("inference.top_p=0", "inference.top_p = 0.0: must be in"),
+    ("report.n_resamples=-5", "report.n_resamples = -5: must be greater than 0"),
+    ("run.layer=-2", "run.layer = -2: must be 0 or more"),
+    ("methods.settings={probe: {epochs: -1}}", "methods.settings.probe.epochs = -1: must be greater than 0"),
+    ("methods.settings={reps: {learning_rate: 0}}", "methods.settings.reps.learning_rate = 0: must be greater"),
+    ("methods.settings={reft-r1: {lr: .nan}}", "methods.settings.reft-r1.lr = nan: must be a finite number"),
+])
+def test_bad_numbers_stop_at_load_naming_the_key(tmp_path, override, message):
+    path = tmp_path / "run.yaml"
+    path.write_text("run: {name: x}\n")
+    with pytest.raises(ConfigError, match=f"{path}: .*{message}"):
+        AxbenchConfig.load(path, [override])
+
+
+def test_method_configs_check_their_numbers_wherever_they_are_built():
+    from axmethods.methods import MethodConfigError, get_method, parse_config
+    from axmethods.trainers.methods import get_trained_method
+
+    with pytest.raises(MethodConfigError, match="ProbeConfig.epochs = -1"):
+        parse_config(get_method("probe").config_class, {"epochs": "-1"})
+    with pytest.raises(ValueError, match="num_train_epochs = 0.0: must be greater than 0"):
+        get_trained_method("reps").config({"num_train_epochs": "0"})

@@ -9,6 +9,7 @@ boolean, never the truthy string "false".
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from transformers import HfArgumentParser
 from axdata.generation.config import LLMConfig
 from axdata.generation.generation_config import GenerationConfig
 from axdata.hashing import content_hash
+from axdata.validation import check_dataclass_numbers, check_numbers
 from axeval.judge import JudgeConfig
 from axeval.protocol import check_protocol
 from axmethods.inference.steering import AXBENCH_FACTORS
@@ -55,6 +57,7 @@ class RunSection:
 
     def __post_init__(self) -> None:
         check_protocol(self.protocol)
+        check_dataclass_numbers(self, "run")
 
 
 @dataclass
@@ -90,6 +93,13 @@ class InferenceSection:
         default=True, metadata={"help": "Also generate the unsteered model's answers (a factor-free reference)."}
     )
 
+    def __post_init__(self) -> None:
+        check_dataclass_numbers(self, "inference")
+        if not self.factors or not all(isinstance(f, (int, float)) and math.isfinite(f) for f in self.factors):
+            raise ValueError(f"inference.factors = {self.factors!r}: give at least one finite number.")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"inference.top_p = {self.top_p!r}: must be in (0, 1].")
+
 
 @dataclass
 class ReportSection:
@@ -102,6 +112,9 @@ class ReportSection:
     dataset_id: str | None = field(
         default=None, metadata={"help": "Hub dataset id recorded in .eval_results (default: the run's data dir)."}
     )
+
+    def __post_init__(self) -> None:
+        check_dataclass_numbers(self, "report")
 
 
 SECTIONS: dict[str, type] = {
@@ -161,8 +174,11 @@ class AxbenchConfig:
             try:
                 (parsed[name],) = HfArgumentParser(section_cls).parse_dict(values, allow_extra_keys=False)
             except ValueError as err:
-                valid = ", ".join(f.name for f in dataclasses.fields(section_cls))
-                raise ConfigError(f"{source}: section {name!r}: {err}. Valid keys: {valid}.") from err
+                message = str(err).rstrip(".")
+                if "not used by the HfArgumentParser" in message:  # unknown keys: list the valid ones
+                    valid = ", ".join(f.name for f in dataclasses.fields(section_cls))
+                    message += f". Valid keys: {valid}"
+                raise ConfigError(f"{source}: section {name!r}: {message}.") from None
         config = cls(**parsed)
         config._check_methods(source)
         return config
@@ -183,6 +199,10 @@ class AxbenchConfig:
             if unknown:
                 raise ConfigError(f"{source}: methods.settings.{name} has no field(s) {unknown}; "
                                   f"`axbench train {name} --set help=1` lists them.")
+            try:  # values too, before any data is generated or money spent
+                check_numbers(values or {}, f"methods.settings.{name}")
+            except ValueError as err:
+                raise ConfigError(f"{source}: {err}") from None
         baseline = self.report.baseline
         if baseline is None:
             return

@@ -29,6 +29,7 @@ from transformers import HfArgumentParser
 
 from axdata.concepts import Concept
 from axdata.schema import EMPTY_CONCEPT, SHARED_NEGATIVE_ID
+from axdata.validation import check_dataclass_numbers
 from axmethods.activations import ActivationCollector, TokenActivations, resolve_dtype
 from axmethods.dictionary import SteeringDictionary
 from axmethods.models import TargetModel
@@ -66,6 +67,12 @@ class MethodConfig:
         metadata={"help": "Concepts trained jointly at once; bounds memory (their positives' activations, "
                           "or their rows of an LM training batch)."},
     )
+
+    def __post_init__(self) -> None:
+        try:
+            check_dataclass_numbers(self)
+        except ValueError as err:
+            raise MethodConfigError(str(err)) from None
 
 
 @dataclass

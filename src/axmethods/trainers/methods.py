@@ -17,6 +17,7 @@ import pandas as pd
 from transformers import HfArgumentParser
 
 from axdata.concepts import Concept
+from axdata.validation import check_numbers
 from axmethods.dictionary import SteeringDictionary
 from axmethods.models import TargetModel
 from axmethods.trainers.artifacts import ConceptAdapters
@@ -135,10 +136,11 @@ def parse_training_config(config_class: type, values: Mapping[str, Any], **fixed
     except SystemExit:
         raise ValueError(f"Cannot parse {args} as {config_class.__name__} fields; check each value's type "
                          "(lists: a,b,c).") from None
-    if not typed and not fixed:
-        return parsed
     # Re-run the dataclass checks with the typed values in place.
-    return dataclasses.replace(parsed, **typed, **fixed)
+    result = dataclasses.replace(parsed, **typed, **fixed) if typed or fixed else parsed
+    # Only the values given are range-checked: TrainingArguments keeps sentinels such as max_steps=-1.
+    check_numbers({key: getattr(result, key) for key in values}, config_class.__name__)
+    return result
 
 
 def _is_list_field(config_class: type, name: str) -> bool:
