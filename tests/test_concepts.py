@@ -162,6 +162,13 @@ def test_csv_empty_concept(tmp_path):
     assert ", line 2:" in message and "empty concept" in message
 
 
+def test_csv_with_only_a_ref_column_is_refused(tmp_path):
+    message = _error(_write(tmp_path, "c.csv", f"ref\n{NP}/1\n{NP}/2\n"))
+    assert ", line 1:" in message and "the header 'ref' is not 'concept' or 'concept,ref'" in message
+    message = _error(_write(tmp_path, "d.csv", f"{NP}/1\n{NP}/2\n"))  # no header: a URL is no description
+    assert ", line 1:" in message and "is a URL" in message and "description first" in message
+
+
 def test_txt_urls_need_an_export(tmp_path):
     message = _error(_write(tmp_path, "c.txt", f"{NP}/1\n"))
     assert ", line 1:" in message and "Neuronpedia" in message

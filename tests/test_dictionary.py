@@ -72,6 +72,23 @@ def test_mismatched_files_give_clear_errors(tmp_path: Path) -> None:
         SteeringDictionary.load(folder)
 
 
+def test_reordered_concepts_file_is_caught_not_mislabelled(tmp_path: Path) -> None:
+    folder = make_dictionary().save(tmp_path)
+    lines = (folder / "concepts.jsonl").read_text().splitlines()
+    lines[0], lines[1] = lines[1], lines[0]  # every row still has a concept, but the wrong one
+    (folder / "concepts.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DictionaryError, match=r"lists concept ids \[2, 7, 11, 5\].*belong to \[7, 2, 11, 5\]"):
+        SteeringDictionary.load(folder)
+
+
+def test_non_finite_weights_are_refused_naming_the_concepts() -> None:
+    weight = torch.randn(4, 64)
+    weight[2, 5] = float("nan")
+    with pytest.raises(DictionaryError, match=r"weight holds NaN or infinite values in the rows of concepts \[11\]"):
+        make_dictionary().__class__(weight=weight, concepts=make_dictionary().concepts, layer=0, hook_module="m",
+                                    base_model="b", method="DiffMean")
+
+
 def test_weights_that_are_not_safetensors_are_refused_without_unpickling(tmp_path: Path) -> None:
     folder = make_dictionary().save(tmp_path)
     torch.save({"weight": torch.zeros(4, 64)}, folder / WEIGHTS_FILE)  # a pickle under the safetensors name

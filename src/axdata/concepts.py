@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import random
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,6 +134,10 @@ def _read_text(path: Path) -> str:
     return text
 
 
+_HEADER_WORDS = {"concept", "ref", "reference", "description", "explanation", "id", "url", "link", "feature"}
+_URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+
+
 def _read_csv(path: Path, text: str) -> list[_Entry]:
     reader = csv.reader(io.StringIO(text, newline=""))
     entries = []
@@ -141,13 +146,20 @@ def _read_csv(path: Path, text: str) -> list[_Entry]:
         if not any(cell.strip() for cell in row):
             continue
         cells = [cell.strip() for cell in row]
-        if line == 1 and [cell.lower() for cell in cells] in (["concept"], ["concept", "ref"]):
+        names = [cell.lower() for cell in cells]
+        if line == 1 and names in (["concept"], ["concept", "ref"]):
             continue
+        if line == 1 and set(names) & _HEADER_WORDS:
+            raise ConceptFileError(path, f"the header {','.join(cells)!r} is not 'concept' or 'concept,ref'",
+                                   "make the concept description the first column (header 'concept,ref')", line)
         if len(cells) > 2:
             raise ConceptFileError(path, f"{len(cells)} fields, expected 'concept,ref'",
                                    "quote descriptions that contain commas, or drop the extra columns", line)
         if not cells[0]:
             raise ConceptFileError(path, "empty concept", "write a description in the first column", line)
+        if _URL.match(cells[0]):
+            raise ConceptFileError(path, f"the concept {cells[0][:80]!r} is a URL",
+                                   "put the description first and the Neuronpedia URL second (concept,ref)", line)
         ref = cells[1] if len(cells) == 2 and cells[1] else None
         entries.append(_Entry(f"line {line}", cells[0], ref))
     return entries

@@ -9,7 +9,8 @@ silently 1.0.
 
 On disk (and in a Hub model repo) a dictionary is a layer folder plus a card::
 
-    <root>/l<layer>/weights.safetensors   weight [n, d], and bias / calibration [n], steering_weight [n, d]
+    <root>/l<layer>/weights.safetensors   weight [n, d], and bias / calibration [n], steering_weight [n, d],
+                                          concept_ids [n] (row i's concept, checked against concepts.jsonl)
     <root>/l<layer>/concepts.jsonl        AxBench metadata.jsonl lines, row i = concept i
     <root>/l<layer>/config.json           layer, hook site, base model + revision, method, config (+ hash)
     <root>/README.md                      model card rendered from axdata/hub_cards/dictionary_card.md
@@ -51,6 +52,8 @@ CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"
 _MATRICES = ("weight", "steering_weight")
 _VECTORS = ("bias", "calibration")
+# The concept id of each weight row, stored with the weights so that a reordered concepts.jsonl is caught.
+_ROW_IDS = "concept_ids"
 _LAYER_FOLDER = re.compile(r"l(\d+)")
 
 # Detection read-outs applied to `h @ W.T + b`: ReFT-r1 / SSV use ReLU, mean-difference and probe methods
@@ -101,6 +104,13 @@ class SteeringDictionary:
             raise DictionaryError(f"activation {self.activation!r} is unknown; use one of {', '.join(ACTIVATIONS)}")
         if self.layer < 0:
             raise DictionaryError(f"layer must be ≥ 0, got {self.layer}")
+        for name in ("weight", "steering_weight", "bias", "calibration"):
+            tensor = getattr(self, name)
+            if tensor is not None and not bool(torch.isfinite(tensor).all()):
+                rows = torch.nonzero(~torch.isfinite(tensor.reshape(n, -1)).all(dim=1)).flatten().tolist()
+                raise DictionaryError(f"{name} holds NaN or infinite values in the rows of concepts "
+                                      f"{[ids[row] for row in rows[:10]]}; the method diverged or the file is "
+                                      "damaged — retrain (e.g. a lower learning rate) or re-download it")
         self.weight = self.weight.detach().float().contiguous()
         for name in ("bias", "calibration", "steering_weight"):
             tensor = getattr(self, name)
@@ -188,6 +198,7 @@ class SteeringDictionary:
         folder = Path(directory) / self.layer_folder
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {name: getattr(self, name) for name in (*_MATRICES, *_VECTORS) if getattr(self, name) is not None}
+        tensors[_ROW_IDS] = torch.tensor(self.concept_ids, dtype=torch.int64)
         with atomic_path(folder / WEIGHTS_FILE) as tmp:
             save_file(tensors, str(tmp), metadata={"format": FORMAT, "method": self.method})
         write_concepts_jsonl(folder / CONCEPTS_FILE, self.concepts)
@@ -208,6 +219,7 @@ class SteeringDictionary:
         config = _read_config(folder)
         tensors = _read_tensors(folder)
         concepts = _read_concepts(folder)
+        row_ids = tensors.pop(_ROW_IDS, None)  # absent in dictionaries saved before it was recorded
         try:
             dictionary = cls(
                 weight=tensors["weight"], concepts=concepts, layer=config["layer"],
@@ -219,6 +231,11 @@ class SteeringDictionary:
             )
         except DictionaryError as error:
             raise DictionaryError(f"{folder}: {error}. Fix: re-save the dictionary from its method.") from None
+        if row_ids is not None and row_ids.tolist() != dictionary.concept_ids:
+            raise DictionaryError(
+                f"{folder / CONCEPTS_FILE} lists concept ids {dictionary.concept_ids[:10]}… but the rows of "
+                f"{WEIGHTS_FILE} belong to {row_ids.tolist()[:10]}…: the files were edited or come from different "
+                "dictionaries. Re-save or re-download the whole layer folder.")
         declared = (config.get("n_concepts"), config.get("hidden_size"))
         if declared != (dictionary.n_concepts, dictionary.hidden_size):
             raise DictionaryError(
@@ -351,7 +368,7 @@ def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as error:
         raise DictionaryError(f"{path} is not a readable safetensors file ({error}); re-download or re-save it.") from None
-    unknown = sorted(set(tensors) - {*_MATRICES, *_VECTORS})
+    unknown = sorted(set(tensors) - {*_MATRICES, *_VECTORS, _ROW_IDS})
     if "weight" not in tensors or unknown:
         raise DictionaryError(f"{path} holds tensors {sorted(tensors)}; expected 'weight' and optionally "
                               f"{', '.join(_VECTORS + _MATRICES[1:])}. Re-save the dictionary.")
