@@ -140,29 +140,38 @@ _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 
 def _read_csv(path: Path, text: str) -> list[_Entry]:
     reader = csv.reader(io.StringIO(text, newline=""))
-    entries = []
-    for row in reader:
-        line = reader.line_num
-        if not any(cell.strip() for cell in row):
-            continue
-        cells = [cell.strip() for cell in row]
-        names = [cell.lower() for cell in cells]
-        if line == 1 and names in (["concept"], ["concept", "ref"]):
-            continue
-        if line == 1 and set(names) & _HEADER_WORDS:
-            raise ConceptFileError(path, f"the header {','.join(cells)!r} is not 'concept' or 'concept,ref'",
-                                   "make the concept description the first column (header 'concept,ref')", line)
-        if len(cells) > 2:
-            raise ConceptFileError(path, f"{len(cells)} fields, expected 'concept,ref'",
-                                   "quote descriptions that contain commas, or drop the extra columns", line)
-        if not cells[0]:
-            raise ConceptFileError(path, "empty concept", "write a description in the first column", line)
-        if _URL.match(cells[0]):
-            raise ConceptFileError(path, f"the concept {cells[0][:80]!r} is a URL",
-                                   "put the description first and the Neuronpedia URL second (concept,ref)", line)
-        ref = cells[1] if len(cells) == 2 and cells[1] else None
-        entries.append(_Entry(f"line {line}", cells[0], ref))
+    entries: list[_Entry] = []
+    try:
+        for row in reader:
+            _csv_row(path, reader.line_num, row, entries)
+    except csv.Error as error:  # e.g. a field over the csv module's 128 KiB limit, a stray quote
+        raise ConceptFileError(path, f"not a readable csv ({error})",
+                               "write one concept per line as concept,ref (quote descriptions with commas)",
+                               reader.line_num) from None
     return entries
+
+
+def _csv_row(path: Path, line: int, row: list[str], entries: list[_Entry]) -> None:
+    """Append row `line` of a concept csv to `entries` (blank rows and a `concept[,ref]` header skipped)."""
+    if not any(cell.strip() for cell in row):
+        return
+    cells = [cell.strip() for cell in row]
+    names = [cell.lower() for cell in cells]
+    if line == 1 and names in (["concept"], ["concept", "ref"]):
+        return
+    if line == 1 and set(names) & _HEADER_WORDS:
+        raise ConceptFileError(path, f"the header {','.join(cells)!r} is not 'concept' or 'concept,ref'",
+                               "make the concept description the first column (header 'concept,ref')", line)
+    if len(cells) > 2:
+        raise ConceptFileError(path, f"{len(cells)} fields, expected 'concept,ref'",
+                               "quote descriptions that contain commas, or drop the extra columns", line)
+    if not cells[0]:
+        raise ConceptFileError(path, "empty concept", "write a description in the first column", line)
+    if _URL.match(cells[0]):
+        raise ConceptFileError(path, f"the concept {cells[0][:80]!r} is a URL",
+                               "put the description first and the Neuronpedia URL second (concept,ref)", line)
+    ref = cells[1] if len(cells) == 2 and cells[1] else None
+    entries.append(_Entry(f"line {line}", cells[0], ref))
 
 
 def _read_txt(path: Path, text: str) -> list[_Entry]:
@@ -246,6 +255,11 @@ def _read_neuronpedia(path: Path, text: str) -> list[_Entry]:
         if not description:
             raise ConceptFileError(path, f"explanation {position} has an empty description",
                                    "remove it or give it a description", _item_line(text, position))
+        if not (isinstance(item["modelId"], str) and isinstance(item["layer"], str)
+                and isinstance(item["index"], (int, str)) and not isinstance(item["index"], bool)):
+            raise ConceptFileError(path, f"explanation {position} has a modelId, layer or index of the wrong type "
+                                   "(modelId and layer are text, index a number)",
+                                   "use a Neuronpedia explanations export", _item_line(text, position))
         feature = (item["modelId"], item["layer"], str(item["index"]))
         if feature in seen:
             repeats += 1

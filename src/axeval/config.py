@@ -226,8 +226,13 @@ class AxbenchConfig:
                 raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
             except FileNotFoundError:
                 raise ConfigError(f"Config file {path} does not exist.") from None
+            except (UnicodeDecodeError, IsADirectoryError):
+                raise ConfigError(f"{path} is not a text file; a run config is YAML (see configs/paper/).") from None
             except yaml.YAMLError as err:
-                raise ConfigError(f"{path} is not valid YAML: {err}") from err
+                raise ConfigError(f"{path} is not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: the config must be a mapping of sections ({', '.join(SECTIONS)}), "
+                              f"not a YAML {type(raw).__name__}.")
         return cls.from_dict(apply_overrides(raw, overrides), source)
 
 

@@ -126,6 +126,10 @@ def config_hashes(config: AxbenchConfig, stages: Sequence[Stage]) -> dict[str, A
     return hashes
 
 
+class StageError(RuntimeError):
+    """A stage failed; the message names the stage and the cause (the cause is chained for --debug)."""
+
+
 class RunLockedError(RuntimeError):
     """Another process holds the run directory; the message says who and what to do."""
 
@@ -179,7 +183,13 @@ def _run_stages(config: AxbenchConfig, stages: Sequence[Stage], force: bool) -> 
                 continue
             logger.info("stage %s: %s", stage.name, stage.description)
             t0 = time.perf_counter()
-            summary = stage.run(ctx)
+            try:
+                summary = stage.run(ctx)
+            except Exception as error:  # noqa: BLE001 - re-raised with the stage named, the cause chained
+                cause = str(error).rstrip(".") if isinstance(error, (ValueError, OSError, RuntimeError, LookupError)) \
+                    else f"{type(error).__name__}: {error}"
+                raise StageError(f"stage {stage.name!r} failed: {cause}. Its finished work is kept; fix the cause "
+                                 "and run the same command again to resume.") from error
             seconds = time.perf_counter() - t0
             run_dir.write_stamp(stage.name, {"fingerprint": fingerprint, "seconds": seconds, "summary": summary,
                                              "finished": time.time()})

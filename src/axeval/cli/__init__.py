@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import typer
 
@@ -35,14 +36,39 @@ app.add_typer(config_app, name="config")
 register_run_commands(app)
 
 
-def main() -> None:
+DEBUG_FLAG = "--debug"
+# Errors that describe bad input or a failed outside service, already phrased for a user: one line, exit 1.
+# Anything else is a defect of ours: one line too (with a request to report it); `--debug` shows tracebacks.
+_USER_ERRORS = (ValueError, LookupError, OSError, RuntimeError)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The `axbench` entry point: no traceback for an error unless `--debug` (anywhere on the line) asks for it.
+
+    Exit codes: 0 success, 1 a failure (bad input, a failed stage, an unreachable service), 2 a usage error
+    (unknown command or option, an invalid config).
+    """
     # The CLI is an application: it may configure logging; the library never does.
     from rich.logging import RichHandler
 
-    handler = RichHandler(show_path=False, markup=False, rich_tracebacks=False)
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = DEBUG_FLAG in args
+    args = [arg for arg in args if arg != DEBUG_FLAG]
+    handler = RichHandler(show_path=False, markup=False, rich_tracebacks=debug)
     handler.setFormatter(logging.Formatter("%(message)s"))
     for name in ("axdata", "axmethods", "axeval"):
         logger = logging.getLogger(name)
-        logger.setLevel(logging.INFO)
+        logger.setLevel(logging.DEBUG if debug else logging.INFO)
         logger.addHandler(handler)
-    app()
+    try:
+        app(args=args, prog_name="axbench")
+    except KeyboardInterrupt:
+        print("axbench: interrupted; run the same command again to resume.", file=sys.stderr)
+        raise SystemExit(130) from None
+    except Exception as error:  # noqa: BLE001 - the one place that turns errors into messages
+        if debug:
+            raise
+        kind = "error" if isinstance(error, _USER_ERRORS) else f"internal error ({type(error).__name__})"
+        hint = "" if isinstance(error, _USER_ERRORS) else " This is a bug in axbench: please report it."
+        print(f"axbench: {kind}: {error}{hint} (--debug shows the traceback)", file=sys.stderr)
+        raise SystemExit(1) from None

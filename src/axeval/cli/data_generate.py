@@ -39,7 +39,7 @@ def generate(
     try:
         run_config = AxbenchConfig.load(config, set_ or [])
     except ConfigError as err:
-        console.print(f"[red]Config error:[/red] {err}")
+        console.print(f"[red]Config error:[/red] {err}", soft_wrap=True)
         raise typer.Exit(2) from None
     changes = {key: value for key, value in (("concept_path", str(concepts) if concepts else None),
                                               ("max_concepts", max_concepts), ("dataset_config", config_name))
@@ -47,7 +47,7 @@ def generate(
     try:
         data_config = dataclasses.replace(run_config.data, **changes)
     except ValueError as err:
-        console.print(f"[red]Config error:[/red] {err}")
+        console.print(f"[red]Config error:[/red] {err}", soft_wrap=True)
         raise typer.Exit(2) from None
     # `--out` elsewhere must not write into the config's run directory (another run may own it).
     run_dir = RunDirectory(out.with_name(out.name + ".generation") if out is not None else run_config.run_dir)
@@ -60,7 +60,7 @@ def generate(
         console.print(f"[red]Busy:[/red] {err}", soft_wrap=True)
         raise typer.Exit(1) from None
     except (ValueError, FileNotFoundError) as err:
-        console.print(f"[red]Generation failed:[/red] {err}")
+        console.print(f"[red]Generation failed:[/red] {err}", soft_wrap=True)
         raise typer.Exit(1) from None
     finally:
         ctx.close()

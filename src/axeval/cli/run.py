@@ -55,7 +55,7 @@ def _run(config_path: Path, overrides: list[str], force: bool) -> None:
     try:
         config = AxbenchConfig.load(config_path, overrides)
     except ConfigError as err:
-        console.print(f"[red]Config error:[/red] {err}")
+        console.print(f"[red]Config error:[/red] {err}", soft_wrap=True)
         raise typer.Exit(2) from None
     console.print(f"Run directory: [bold]{config.run_dir}[/bold] (config hash {config.hash()})")
     try:
