@@ -92,6 +92,8 @@ def test_unknown_method_settings_fail_at_load():
     ("inference.top_p=0", "inference.top_p = 0.0: must be in"),
     ("report.n_resamples=-5", "report.n_resamples = -5: must be greater than 0"),
     ("run.layer=-2", "run.layer = -2: must be 0 or more"),
+    ("run.name=../../x", "run.name = '../../x': must be one folder name"),
+    ("run.name=..", "run.name = '..': must be one folder name"),
     ("methods.settings={probe: {epochs: -1}}", "methods.settings.probe.epochs = -1: must be greater than 0"),
     ("methods.settings={reps: {learning_rate: 0}}", "methods.settings.reps.learning_rate = 0: must be greater"),
     ("methods.settings={reft-r1: {lr: .nan}}", "methods.settings.reft-r1.lr = nan: must be a finite number"),

@@ -47,6 +47,8 @@ def test_save_load_round_trip_keeps_rows_and_optional_tensors(tmp_path: Path) ->
                      "from_pretrained"):
         assert expected in card
     assert not list(tmp_path.rglob("*.tmp"))
+    # Every artefact gets the same (umask) permissions; safetensors alone used to come out 0600.
+    assert len({path.stat().st_mode & 0o777 for path in tmp_path.rglob("*") if path.is_file()}) == 1
 
 
 def test_several_layers_need_a_layer_choice(tmp_path: Path) -> None:
@@ -111,7 +113,8 @@ def test_uncalibrated_dictionary_refuses_to_steer() -> None:
         make_dictionary().steering_magnitudes([7], [1.0])
 
 
-def test_push_and_pull_through_the_hub_standin(hub_env, tmp_path: Path) -> None:
+def test_push_and_pull_through_the_hub_standin(hub_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
     from huggingface_hub import HfApi
 
     repo_id = hub_env.repo_id("diffmean")
@@ -125,8 +128,20 @@ def test_push_and_pull_through_the_hub_standin(hub_env, tmp_path: Path) -> None:
     assert_same(first, SteeringDictionary.from_pretrained(repo_id, layer=0))
     assert_same(second, SteeringDictionary.from_pretrained(repo_id, layer=1))
 
+    # Other files in the repo (a training checkpoint) are not the dictionary's: `pull` never downloads them.
+    HfApi().upload_file(path_or_fileobj=b"x" * 4096, path_in_repo="checkpoints/optimizer.pt", repo_id=repo_id)
+    downloaded: list[str] = []
+    real = huggingface_hub.snapshot_download
+
+    def spy(*args, **kwargs):
+        folder = real(*args, **kwargs)
+        downloaded.extend(str(p.relative_to(folder)) for p in Path(folder).rglob("*") if p.is_file())
+        return folder
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", spy)
     result = CliRunner().invoke(dictionary_app, ["pull", repo_id, str(tmp_path / "pulled"), "--layer", "0"])
     assert result.exit_code == 0, result.output
+    assert "l0/weights.safetensors" in downloaded and not any(name.endswith(".pt") for name in downloaded)
     assert_same(first, SteeringDictionary.load(tmp_path / "pulled"))
     result = CliRunner().invoke(dictionary_app, ["push", str(tmp_path / "pulled"), hub_env.repo_id("copy")])
     assert result.exit_code == 0, result.output

@@ -187,3 +187,14 @@ def test_config_defaults() -> None:
     config = LLMConfig()
     assert config.is_embedded and config.model == "smollm2-135m-instruct"
     assert (config.max_concurrency, config.max_retries, config.timeout_s) == (8, 6, 60.0)
+
+
+def test_the_cache_does_not_store_a_huge_answer(tmp_path) -> None:
+    from axdata.generation import ResponseCache
+    from axdata.generation.cache import MAX_CACHED_CHARS
+    from axdata.generation.types import Completion
+
+    with ResponseCache(tmp_path / "cache.sqlite") as cache:
+        cache.put("big", Completion(text="x" * (MAX_CACHED_CHARS + 1), model="m"), "judge")
+        cache.put("small", Completion(text="ok", model="m"), "judge")
+        assert cache.get("big") is None and cache.get("small").text == "ok"

@@ -103,3 +103,12 @@ def test_a_second_run_on_a_locked_run_directory_stops_naming_the_holder(tmp_path
     run_pipeline(config, [stage])  # released: the next run goes ahead
     assert stage.runs == 1 and FileLock(config.run_dir / LOCK_FILE).acquire(timeout=0)
 
+
+
+def test_a_run_removes_temporary_files_a_killed_writer_left(tmp_path):
+    config = config_for(tmp_path)
+    leftover = config.run_dir / "dictionaries" / "diffmean" / "l0" / ".weights.safetensors.abc123.tmp"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"half a file")
+    run_pipeline(config, [CountingStage("a")])
+    assert not leftover.exists()

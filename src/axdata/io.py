@@ -18,10 +18,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    # mkstemp creates 0600 files; artefacts should get the usual permissions of a new file.
-    os.chmod(tmp_path, 0o666 & ~_current_umask())
     try:
         yield tmp_path
+        # mkstemp creates 0600 files, and some writers (safetensors) re-create the file 0600: every artefact gets
+        # the usual permissions of a new file, set after the writer is done.
+        os.chmod(tmp_path, 0o666 & ~_current_umask())
         with open(tmp_path, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp_path, target)

@@ -58,6 +58,10 @@ class RunSection:
     def __post_init__(self) -> None:
         check_protocol(self.protocol)
         check_dataclass_numbers(self, "run")
+        # The run directory is <output_dir>/<name>: a name must not lead anywhere else.
+        if not self.name or self.name in (".", "..") or any(sep in self.name for sep in ("/", "\\", "\0")):
+            raise ValueError(f"run.name = {self.name!r}: must be one folder name (no '/', '\\', '.' or '..'); "
+                             "put the location in run.output_dir.")
 
 
 @dataclass

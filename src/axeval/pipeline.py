@@ -136,17 +136,21 @@ class RunLockedError(RuntimeError):
 
 @contextmanager
 def locked_run_directory(root: Path) -> Iterator[None]:
-    """One writer per run directory: an exclusive lock (`filelock`, released by the OS if the holder dies) for the
-    whole run; a second run fails at once, naming the holder, instead of trampling the first one's files."""
+    """One writer per run directory: an exclusive lock (`filelock`, released by the OS if the holder dies) for
+    the whole run; a second run fails at once, naming the holder, instead of trampling the first one's files."""
     root.mkdir(parents=True, exist_ok=True)
     lock, owner = FileLock(root / LOCK_FILE), root / LOCK_OWNER_FILE
     try:
         lock.acquire(timeout=0)
     except Timeout:
         holder = owner.read_text(encoding="utf-8").strip() if owner.exists() else "another process"
-        raise RunLockedError(f"The run directory {root} is in use by {holder}. Wait for that run to finish (or stop "
-                             "it), or give this run another run.name / run.output_dir.") from None
+        raise RunLockedError(f"The run directory {root} is in use by {holder}. Wait for that run to finish (or "
+                             "stop it), or give this run another run.name / run.output_dir.") from None
     try:
+        # Holding the lock, no one else writes here: temporary files are leftovers of a killed writer.
+        for stale in root.rglob(".*.tmp"):
+            if stale.is_file():
+                stale.unlink(missing_ok=True)
         atomic_write_text(owner, f"axbench run (pid {os.getpid()} on {socket.gethostname()}, started "
                                  f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n")
         yield
@@ -186,10 +190,10 @@ def _run_stages(config: AxbenchConfig, stages: Sequence[Stage], force: bool) -> 
             try:
                 summary = stage.run(ctx)
             except Exception as error:  # noqa: BLE001 - re-raised with the stage named, the cause chained
-                cause = str(error).rstrip(".") if isinstance(error, (ValueError, OSError, RuntimeError, LookupError)) \
-                    else f"{type(error).__name__}: {error}"
-                raise StageError(f"stage {stage.name!r} failed: {cause}. Its finished work is kept; fix the cause "
-                                 "and run the same command again to resume.") from error
+                expected = isinstance(error, (ValueError, OSError, RuntimeError, LookupError))
+                cause = str(error).rstrip(".") if expected else f"{type(error).__name__}: {error}"
+                raise StageError(f"stage {stage.name!r} failed: {cause}. Its finished work is kept; fix the "
+                                 "cause and run the same command again to resume.") from error
             seconds = time.perf_counter() - t0
             run_dir.write_stamp(stage.name, {"fingerprint": fingerprint, "seconds": seconds, "summary": summary,
                                              "finished": time.time()})

@@ -9,6 +9,7 @@ answer in flight.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -16,6 +17,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from axdata.generation.types import Completion
+
+logger = logging.getLogger(__name__)
+# Longest answer text stored (characters); longer ones are used but not cached.
+MAX_CACHED_CHARS = 1 << 20
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
@@ -49,6 +54,11 @@ class ResponseCache:
 
     def put(self, key: str, completion: Completion, purpose: str) -> None:
         if completion.dry_run:
+            return
+        if len(completion.text) > MAX_CACHED_CHARS:
+            # No answer of ours is that long (max_tokens bounds it); a server that sends one must not fill the disk.
+            logger.warning("Not caching a %d-character %r answer (over %d characters).", len(completion.text),
+                           purpose, MAX_CACHED_CHARS)
             return
         stored = asdict(completion) | {"cached": False}
         with self._lock:

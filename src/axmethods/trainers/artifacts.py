@@ -65,6 +65,8 @@ RECORDED_FIELDS = (
     "max_response_length", "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
     "num_train_epochs", "max_steps", "lr_scheduler_type", "weight_decay", "max_grad_norm", "seed",
 )
+# Every file of a dictionary, adapters or fine-tuned weights folder (what `from_pretrained` downloads).
+ARTIFACT_PATTERNS = ["README.md", "*.json", "*.jsonl", "*.safetensors"]
 
 
 def training_record(args: RePSConfig, trainer: Any | None) -> dict[str, Any]:
@@ -192,7 +194,7 @@ class ConceptAdapters(ConceptResult):
             return cls.load(repo_id_or_dir)
         from huggingface_hub import snapshot_download
 
-        return cls.load(snapshot_download(str(repo_id_or_dir), revision=revision))
+        return cls.load(snapshot_download(str(repo_id_or_dir), revision=revision, allow_patterns=ARTIFACT_PATTERNS))
 
     def model_card(self, *, datasets: Sequence[str] = (), repo_id: str | None = None) -> str:
         metadata = {"library_name": "axbench", "base_model": self.base_model,
@@ -275,7 +277,8 @@ def load_steering_artifact(directory: str | Path, layer: int | None = None, *, r
     if not root.exists():
         from huggingface_hub import snapshot_download
 
-        root = Path(snapshot_download(str(directory), revision=revision))
+        # Only the files a trained result is made of: a repo may hold much else (checkpoints, pickles, logs).
+        root = Path(snapshot_download(str(directory), revision=revision, allow_patterns=ARTIFACT_PATTERNS))
     if (root / ADAPTERS_FILE).is_file():
         return ConceptAdapters.load(root)
     from axmethods.trainers.finetuned import FinetunedConcepts, is_finetuned_folder
