@@ -262,3 +262,13 @@ def test_no_re_ask_at_temperature_zero(routing_server):
     table = Judge(client, JudgeConfig(temperature=0.0, parse_retries=3)).judge(_generations("A cat."))
     client.close()
     assert len(server.requests) == 3 and (table["parse_status"] == "parse_failure").all()  # one per criterion
+
+
+def test_the_rating_time_limit_does_not_count_the_queue(routing_server):
+    """Ratings wait for a free slot before their clock starts: 12 ratings of 0.3 s through 2 slots take ~1.8 s,
+    longer than the 1-second limit of each, and none times out."""
+    server = routing_server(lambda criterion, prompt, nth: Reply(200, _answer(2).body, delay_s=0.3))
+    client = _client(server.base_url, max_concurrency=2)
+    table = Judge(client, JudgeConfig(max_seconds_per_rating=1.0)).judge(_generations("a", "b", "c", "d"))
+    client.close()
+    assert (table["parse_status"] == "ok").all() and server.max_in_flight <= 2

@@ -189,6 +189,12 @@ class AxbenchConfig:
 
     def _check_methods(self, source: str) -> None:
         """Fail at load time, not after hours of compute, on a method name or baseline that cannot work."""
+        if not all(isinstance(name, str) for name in self.methods.train):
+            raise ConfigError(f"{source}: methods.train must be a list of method names, got {self.methods.train!r}.")
+        for name, values in self.methods.settings.items():
+            if not isinstance(name, str) or not isinstance(values, dict | None):
+                raise ConfigError(f"{source}: methods.settings must map method names to their settings, e.g. "
+                                  f"{{reft-r1: {{epochs: 3}}}}; got {name!r}: {values!r}.")
         names = []
         for name in self.methods.train:
             try:
@@ -251,7 +257,13 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
         if section not in SECTIONS:
             raise ConfigError(f"Override {override!r}: unknown section {section!r}; valid: {', '.join(SECTIONS)}.")
         result.setdefault(section, {})
-        result[section][name] = yaml.safe_load(value) if value.strip() else None
+        if not isinstance(result[section], dict):
+            raise ConfigError(f"Override {override!r}: section {section!r} of the config is not a mapping.")
+        try:
+            result[section][name] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"Override {override!r}: the value is not valid YAML ({err}); quote text values, "
+                              "e.g. run.name='my run'.") from None
     return result
 
 

@@ -215,9 +215,13 @@ class Judge:
         check_generations(generations)
         rows = generations.to_dict("records")
         bar = tqdm(total=len(rows) * len(CRITERIA), desc="Judging", unit="rating", disable=len(rows) < 2)
+        # As many ratings in progress as the backend serves at once, so that a rating's time limit counts its own
+        # requests, not its wait behind thousands of others.
+        slots = asyncio.Semaphore(_concurrency(self.backend))
 
         async def one(criterion: str, row: dict[str, Any]) -> Rating:
-            rating = await self.rate(criterion, row)
+            async with slots:
+                rating = await self.rate(criterion, row)
             bar.update(1)
             return rating
 
@@ -308,6 +312,12 @@ def write_judgements(judgements: pd.DataFrame, path: str | Path) -> Path:
     with atomic_path(target) as tmp:
         judgements.to_parquet(tmp, index=False)
     return target
+
+
+def _concurrency(backend: ChatBackend) -> int:
+    """The backend's own bound on requests in flight (`llm.max_concurrency`), 8 for backends without one."""
+    config = getattr(backend, "config", None)
+    return max(1, int(getattr(config, "max_concurrency", 8) or 8))
 
 
 def _run(backend: ChatBackend, coro: Coroutine[Any, Any, T]) -> T:

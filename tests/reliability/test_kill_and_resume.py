@@ -1,0 +1,69 @@
+"""SIGKILL `axbench run` inside a stage, run it again, and get exactly the artefacts of an uninterrupted run.
+
+Tiny random model and a deterministic LLM stand-in (`test_run_pipeline`'s): the killed process gets no chance to
+clean up, so this checks what the atomic writes, part files, stamps and caches promise.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_run_pipeline import STAGES, llm_server, write_config  # noqa: F401 - llm_server is a fixture
+from typer.testing import CliRunner
+
+from axeval.cli import app
+
+# The stages that keep partial work (generation units, trained chunks, steering part files, cached ratings).
+KILLED_IN = ["data", "train", "steering", "judge"]
+RATINGS = ["concept_rating", "instruction_rating", "fluency_rating", "parse_status"]
+
+
+def _artefacts(run_dir: Path) -> dict[str, pd.DataFrame]:
+    frames = {str(path.relative_to(run_dir)): pd.read_parquet(path)
+              for path in sorted(run_dir.rglob("*.parquet")) if ".parts" not in str(path)}
+    if "eval/judgements.parquet" in frames:  # what a resumed judge paid differs (cache hits); the ratings do not
+        frames["eval/judgements.parquet"] = frames["eval/judgements.parquet"][RATINGS]
+    return frames
+
+
+def _config(root: Path, tiny_llama_dir: Path, server) -> tuple[Path, Path]:
+    root.mkdir(parents=True)
+    return write_config(root, tiny_llama_dir, server)
+
+
+def _run_in_process(config: Path) -> None:
+    result = CliRunner().invoke(app, ["run", str(config)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.slow
+def test_kill_inside_a_stage_then_resume_gives_the_same_artefacts(tmp_path, tiny_llama_dir, llm_server):
+    baseline_config, baseline_dir = _config(tmp_path / "baseline", tiny_llama_dir, llm_server)
+    _run_in_process(baseline_config)
+    expected = _artefacts(baseline_dir)
+    assert "eval/judgements.parquet" in expected and "inference/steering.parquet" in expected
+    for stage in KILLED_IN:
+        config, run_dir = _config(tmp_path / stage, tiny_llama_dir, llm_server)
+        previous = run_dir / "stages" / f"{STAGES[STAGES.index(stage) - 1]}.json"
+        process = subprocess.Popen([sys.executable, "-c", "from axeval.cli import main; main()", "run", str(config)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while not previous.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # inside the stage
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        assert not (run_dir / "stages" / "report.json").exists(), f"the run finished before the kill in {stage}"
+        _run_in_process(config)
+        resumed = _artefacts(run_dir)
+        assert sorted(resumed) == sorted(expected), stage
+        for name, frame in expected.items():
+            pd.testing.assert_frame_equal(resumed[name].reset_index(drop=True), frame.reset_index(drop=True),
+                                          obj=f"{name} after a kill in {stage}")
