@@ -78,6 +78,7 @@ class FaultServer:
         self.script: deque[Reply] = deque()
         self.default: Reply = ok()
         self.requests: list[dict[str, Any]] = []
+        self.authorizations: list[str] = []  # the Authorization header of every POST
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
@@ -135,6 +136,7 @@ class FaultServer:
 
             def do_POST(self) -> None:
                 raw = self._body()
+                server.authorizations.append(self.headers.get("Authorization", ""))
                 if self.path.rstrip("/") != "/v1/chat/completions":
                     self._send(error(404, f"no route {self.path}"))
                     return
