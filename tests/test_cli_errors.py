@@ -3,12 +3,24 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from axeval.cli import main
+from axeval.cli import LOGGERS, main
+
+
+@pytest.fixture(autouse=True)
+def _no_cli_logging_afterwards():
+    """`main` configures logging as an application does; the rest of the test session must not inherit it."""
+    yield
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in [h for h in logger.handlers if h.get_name() == "axbench-cli"]:
+            logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
 
 
 def _run(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:

@@ -12,7 +12,7 @@ from axdata.generation.generation_config import GenerationConfig
 from axdata.generation.ledger import Ledger
 from axdata.generation.report import cost_projection
 from axeval.config import AxbenchConfig
-from axeval.pipeline import run_pipeline
+from axeval.pipeline import StageError, run_pipeline
 from axeval.stages.data import DataStage, default_dataset_config
 
 
@@ -60,8 +60,9 @@ def test_stage_writes_the_dataset_and_is_skipped_when_current(tmp_path, tiny_lla
 
 def test_stage_without_concepts_names_the_fix(tmp_path, tiny_llama_dir):
     config = _config(tmp_path, "http://127.0.0.1:9/v1", "gpt-4o-mini", tiny_llama_dir)
-    with pytest.raises(ValueError, match="data.concept_path is not set"):
+    with pytest.raises(StageError, match="stage 'data' failed: data.concept_path is not set") as raised:
         run_pipeline(config, [DataStage(GenerationConfig())])
+    assert isinstance(raised.value.__cause__, ValueError)  # the cause is chained (--debug shows it)
 
 
 @pytest.mark.slow

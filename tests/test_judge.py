@@ -272,3 +272,16 @@ def test_the_rating_time_limit_does_not_count_the_queue(routing_server):
     table = Judge(client, JudgeConfig(max_seconds_per_rating=1.0)).judge(_generations("a", "b", "c", "d"))
     client.close()
     assert (table["parse_status"] == "ok").all() and server.max_in_flight <= 2
+
+
+def test_a_bounded_reason_is_part_of_the_schema_sent(routing_server):
+    server = routing_server(lambda criterion, prompt, nth: _answer(2, "x" * (50 if nth else 500)))
+    client = _client(server.base_url)
+    table = Judge(client, JudgeConfig(reason_max_chars=100)).judge(_generations("A cat."))
+    client.close()
+    schema = server.requests[0]["response_format"]["json_schema"]["schema"]
+    assert schema["properties"]["reason"]["maxLength"] == 100
+    # The 500-character reason broke the bound: the client re-asked; the 50-character one was used.
+    assert (table["parse_status"] == "ok").all() and len(server.requests) == 6
+    with pytest.raises(ValueError, match="reason_max_chars=0"):
+        JudgeConfig(reason_max_chars=0)

@@ -35,7 +35,7 @@ from huggingface_hub.utils import tqdm
 
 from axdata.generation import ChatBackend, ChatRequest, SamplingParams, StructuredOutputError
 from axdata.io import atomic_path
-from axeval.judge_templates import CRITERIA, JUDGE_TEMPLATE_HASH, RATING_SCHEMA, TEMPLATE_HASHES, render
+from axeval.judge_templates import CRITERIA, JUDGE_TEMPLATE_HASH, TEMPLATE_HASHES, rating_schema, render
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,12 @@ class JudgeConfig:
                   "failure; none at temperature 0, where the same request gets the same answer. The LLM client "
                   "also re-asks schema-invalid answers (llm.max_invalid_retries)."},
     )
+    reason_max_chars: int | None = field(
+        default=None,
+        metadata={"help": "Bound the answer's reason to this many characters (JSON-schema maxLength) — for servers "
+                  "that enforce the schema as a grammar (llama.cpp, vLLM) and small judges that write past "
+                  "max_tokens; OpenAI's strict mode does not accept it."},
+    )
     max_seconds_per_rating: float = field(
         default=120.0,
         metadata={"help": "Longest time one rating may take, all attempts included; past it the rating is a "
@@ -90,6 +96,8 @@ class JudgeConfig:
                 f"JudgeConfig.on_parse_failure={self.on_parse_failure!r} is unknown; use one of "
                 f"{', '.join(PARSE_FAILURE_POLICIES)} (a failure is never turned into a 0)."
             )
+        if self.reason_max_chars is not None and self.reason_max_chars < 1:
+            raise ValueError(f"JudgeConfig.reason_max_chars={self.reason_max_chars}: must be at least 1 (or null).")
         if self.parse_retries < 0 or self.max_tokens < 1 or self.temperature < 0 or not self.max_seconds_per_rating > 0:
             raise ValueError(
                 f"JudgeConfig: parse_retries={self.parse_retries}, max_tokens={self.max_tokens}, "
@@ -156,7 +164,7 @@ class Judge:
             params=SamplingParams(temperature=self.config.temperature, max_tokens=self.config.max_tokens,
                                   seed=self.config.seed),
             template_hash=TEMPLATE_HASHES[criterion],
-            json_schema=RATING_SCHEMA,
+            json_schema=rating_schema(self.config.reason_max_chars),
             concept_id=int(row["concept_id"]),
             sample_index=attempt,
         )

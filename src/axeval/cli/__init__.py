@@ -40,6 +40,22 @@ DEBUG_FLAG = "--debug"
 # Errors that describe bad input or a failed outside service, already phrased for a user: one line, exit 1.
 # Anything else is a defect of ours: one line too (with a request to report it); `--debug` shows tracebacks.
 _USER_ERRORS = (ValueError, LookupError, OSError, RuntimeError)
+LOGGERS = ("axdata", "axmethods", "axeval")
+
+
+def configure_logging(debug: bool = False) -> None:
+    """One console handler on our loggers (INFO, DEBUG with --debug); calling it again replaces it."""
+    from rich.logging import RichHandler
+
+    handler = RichHandler(show_path=False, markup=False, rich_tracebacks=debug)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.set_name("axbench-cli")
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        for old in [h for h in logger.handlers if h.get_name() == "axbench-cli"]:
+            logger.removeHandler(old)
+        logger.setLevel(logging.DEBUG if debug else logging.INFO)
+        logger.addHandler(handler)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,17 +65,10 @@ def main(argv: list[str] | None = None) -> None:
     (unknown command or option, an invalid config).
     """
     # The CLI is an application: it may configure logging; the library never does.
-    from rich.logging import RichHandler
-
     args = list(sys.argv[1:] if argv is None else argv)
     debug = DEBUG_FLAG in args
     args = [arg for arg in args if arg != DEBUG_FLAG]
-    handler = RichHandler(show_path=False, markup=False, rich_tracebacks=debug)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    for name in ("axdata", "axmethods", "axeval"):
-        logger = logging.getLogger(name)
-        logger.setLevel(logging.DEBUG if debug else logging.INFO)
-        logger.addHandler(handler)
+    configure_logging(debug)
     try:
         app(args=args, prog_name="axbench")
     except KeyboardInterrupt:

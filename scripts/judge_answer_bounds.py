@@ -1,0 +1,69 @@
+"""How bounding the judge's answer changes a small judge: the embedded SmolLM2 judge, reason unbounded vs bounded.
+
+Rates real AxBench Concept10 texts (each latent-split output as the "generation", its concept and instruction)
+with both settings at temperature 0 and prints, per setting, the parse failures, the answer tokens, the wall time,
+and how often the two settings give the same rating (there are no human labels here: agreement between the
+settings, not with people).
+
+    python scripts/judge_answer_bounds.py --rows 40 --reason-max-chars 160
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from axdata.builders import read_concepts, read_split
+from axdata.builders.axbench_import import import_axbench
+from axdata.generation import LLMConfig, open_llm
+from axeval.judge import Judge, JudgeConfig
+from axeval.judge_templates import CRITERIA
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "axbench" / "concept10" / "prod_2b_l20_v1"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=40)
+    parser.add_argument("--reason-max-chars", type=int, default=160)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    args = parser.parse_args()
+    if not SHARED.is_dir():
+        raise SystemExit(f"{SHARED} not found: this script needs the shared AxBench Concept10 data.")
+    with tempfile.TemporaryDirectory() as tmp:
+        import_axbench(SHARED, tmp, "c10")
+        latent = read_split(tmp, "c10", "latent")
+        described = {concept.concept_id: concept.concept for concept in read_concepts(tmp, "c10")}
+    rows = latent.sample(n=args.rows, random_state=0).reset_index(drop=True)
+    generations = pd.DataFrame({"concept_id": rows["concept_id"], "concept": rows["concept_id"].map(described),
+                                "instruction": rows["input"], "generation": rows["output"].str.slice(0, 600)})
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp, \
+            open_llm(LLMConfig(endpoint="embedded", model="smollm2-135m-instruct", max_concurrency=4,
+                               timeout_s=300), cache_path=Path(tmp) / "cache.sqlite") as llm:
+        for name, bound in (("unbounded", None), (f"reason ≤ {args.reason_max_chars} chars", args.reason_max_chars)):
+            config = JudgeConfig(temperature=0.0, max_tokens=args.max_tokens, reason_max_chars=bound,
+                                 max_seconds_per_rating=600)
+            started = time.perf_counter()
+            table = Judge(llm, config).judge(generations)
+            seconds = time.perf_counter() - started
+            results[name] = table
+            tokens = [entry["completion_tokens"] for entry in llm.ledger.session_entries[-len(table) * 3:]]
+            print(f"{name}: {int((table['parse_status'] != 'ok').sum())} of {len(table)} generations with a parse "
+                  f"failure, {len(llm.ledger.session_entries)} answers so far, mean answer tokens "
+                  f"{np.mean(tokens):.1f}, {seconds:.0f} s")
+    a, b = results.values()
+    for criterion in CRITERIA:
+        column = f"{criterion}_rating"
+        both = a[column].notna() & b[column].notna()
+        same = float((a.loc[both, column] == b.loc[both, column]).mean()) if both.any() else float("nan")
+        print(f"{criterion}: the two settings agree on {same:.0%} of {int(both.sum())} ratings both parsed")
+
+
+if __name__ == "__main__":
+    main()
