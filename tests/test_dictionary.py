@@ -83,6 +83,15 @@ def test_reordered_concepts_file_is_caught_not_mislabelled(tmp_path: Path) -> No
         SteeringDictionary.load(folder)
 
 
+def test_concepts_file_without_ids_is_refused_with_the_fix(tmp_path: Path) -> None:
+    folder = make_dictionary().save(tmp_path)
+    lines = [json.loads(line) for line in (folder / "concepts.jsonl").read_text().splitlines()]
+    (folder / "concepts.jsonl").write_text("".join(json.dumps({k: v for k, v in line.items() if k != "concept_id"})
+                                                   + "\n" for line in lines))
+    with pytest.raises(DictionaryError, match="every line needs a concept_id"):
+        SteeringDictionary.load(folder)
+
+
 def test_non_finite_weights_are_refused_naming_the_concepts() -> None:
     weight = torch.randn(4, 64)
     weight[2, 5] = float("nan")

@@ -80,6 +80,9 @@ def test_training_set_uses_positives_and_same_genre_shared_negatives(train_df):
         TrainingSet.from_frame(train_df, [Concept(9, "ghost")])
     with pytest.raises(TrainingDataError, match="genre 'math'"):
         TrainingSet.from_frame(train_df, [Concept(0, "the sea", genres=("math",))])
+    with pytest.raises(TrainingDataError, match=r"'output' column has 1 row\(s\) that are not text \(first: row 3\)"):
+        TrainingSet.from_frame(train_df.assign(output=[None if i == 3 else o for i, o in enumerate(train_df["output"])]),
+                               CONCEPTS)
 
 
 def test_registry_and_config_parsing():

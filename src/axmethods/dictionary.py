@@ -382,7 +382,8 @@ def _read_concepts(folder: Path) -> list[Concept]:
     except ConceptFileError as error:
         raise DictionaryError(str(error)) from None
     # load_concepts sorts by id, but row i of the weights is line i of the file.
-    order = [json.loads(line)["concept_id"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    order = [json.loads(line).get("concept_id") for line in path.read_text(encoding="utf-8").splitlines()
+             if line.strip()]
     if None in order:
         raise DictionaryError(f"{path}: every line needs a concept_id (row i of the weights is line i).")
     return [by_id[concept_id] for concept_id in order]

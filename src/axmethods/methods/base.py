@@ -101,6 +101,13 @@ class TrainingSet:
                                     "(axdata.builders.read_split(dir, config, 'train')).")
         if not concepts:
             raise TrainingDataError("No concepts to train; pass at least one Concept.")
+        for column in ("input", "output"):
+            bad = ~train_df[column].map(lambda value: isinstance(value, str))
+            if bad.any():
+                raise TrainingDataError(
+                    f"The train split's {column!r} column has {int(bad.sum())} row(s) that are not text (first: row "
+                    f"{int(bad.to_numpy().nonzero()[0][0])}); an empty answer is '', not null — regenerate or fix "
+                    "those rows.")
         df = train_df.reset_index(drop=True)
         is_positive = df["category"].eq("positive").to_numpy()
         is_shared = (df["concept_id"].eq(SHARED_NEGATIVE_ID) & df["category"].eq("negative")).to_numpy()
