@@ -104,6 +104,12 @@ def test_report_from_run_dir_and_cli(tmp_path):
     assert result.exit_code == 0, result.output
     assert "| DiffMean |" in result.output and str(run / "eval" / "report.md") in result.output
     assert (run / "eval" / ".eval_results" / "DiffMean.yaml").exists()
+    result = runner.invoke(eval_app, ["report", str(run), "--json", "--baseline", "Prompt"])
+    assert result.exit_code == 0, result.output
+    board = json.loads(result.output)
+    assert board["DiffMean"]["steering_score_mean"] == 2.0 and board["DiffMean"]["winrate_winrate"] == 1.0
+    assert board["DiffMean"]["detection_auroc_ci_low"] <= board["DiffMean"]["detection_auroc_mean"]
+    assert "detection_auroc_mean" not in board["Prompt"]  # prompt steering has no detector
 
     result = runner.invoke(eval_app, ["detect", str(run / "inference" / "latent.parquet"), "--json"])
     assert result.exit_code == 0, result.output
@@ -125,3 +131,16 @@ def test_report_of_an_empty_run_dir_names_the_missing_inputs(tmp_path):
         build_report(tmp_path)
     result = CliRunner().invoke(eval_app, ["steering", str(tmp_path / "missing.parquet")])
     assert result.exit_code != 0 and "does not exist" in result.output
+
+
+def test_the_imbalance_column_names_the_ratio_the_run_had(tmp_path):
+    rows = detection_rows()
+    own = rows[rows["concept_id"] != -1]
+    n_positive = int((own["category"] == "positive").sum())
+    pool = pd.concat([pd.DataFrame({"method": method, "concept_id": -1, "category": "negative",
+                                    "score": 0.0, "scored_concept_id": concept_id}, index=range(10))
+                      for method in own["method"].unique() for concept_id in own["concept_id"].unique()])
+    report = build_report(ReportInputs(detection_rows=rows, imbalance_rows=pool, title="x"), tmp_path)
+    ratio = float(report.imbalance_summary["negatives_per_positive"].median())
+    assert 1 < ratio < 100 and n_positive
+    assert f"F1 (1:{ratio:.0f})" in report.leaderboard.columns and "F1 (1:100)" not in report.leaderboard.columns

@@ -170,6 +170,8 @@ def report(
     suppression: bool = typer.Option(False, help="Score concept suppression (concept rating inverted)."),
     dataset_id: str = typer.Option("pyvene/axbench-concept500", help="Benchmark dataset named in .eval_results."),
     protocol: str = typer.Option("fixed", help=_PROTOCOL_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the leaderboard as JSON keyed by method (detection_*, "
+                                                        "imbalance_*, steering_*, winrate_* fields, CIs and counts)."),
 ) -> None:
     """Leaderboard (markdown + self-contained HTML), plots and .eval_results files; prints the summary."""
     from axeval.protocol import check_protocol, parse_failures_score_zero
@@ -180,6 +182,15 @@ def report(
                               parse_failures_as_zero=parse_failures_score_zero(check_protocol(protocol)))
     except (ValueError, FileNotFoundError) as error:
         _fail(error)
+    if as_json:
+        by_method: dict[str, dict[str, Any]] = {}
+        for prefix, frame in (("detection_", result.detection_summary), ("imbalance_", result.imbalance_summary),
+                              ("steering_", result.steering_summary), ("winrate_", result.winrates)):
+            if frame is not None:
+                for method, values in _by_method(frame).items():
+                    by_method.setdefault(method, {}).update({f"{prefix}{k}": v for k, v in values.items()})
+        typer.echo(json.dumps(by_method, indent=2))
+        return
     typer.echo(result.summary())
 
 
