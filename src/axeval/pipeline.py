@@ -32,6 +32,9 @@ from axmethods.models import TargetModel, load_target_model
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 LOCK_FILE, LOCK_OWNER_FILE = ".axbench.lock", ".axbench.lock.owner"
+# Errors that describe bad input or a failed outside service, already phrased for a user (anything else is
+# a defect of ours, reported with its type).
+USER_ERRORS = (ValueError, LookupError, OSError, RuntimeError)
 
 
 class RunContext:
@@ -190,8 +193,8 @@ def _run_stages(config: AxbenchConfig, stages: Sequence[Stage], force: bool) -> 
             try:
                 summary = stage.run(ctx)
             except Exception as error:  # noqa: BLE001 - re-raised with the stage named, the cause chained
-                expected = isinstance(error, (ValueError, OSError, RuntimeError, LookupError))
-                cause = str(error).rstrip(".") if expected else f"{type(error).__name__}: {error}"
+                cause = str(error).rstrip(".") if isinstance(error, USER_ERRORS) \
+                    else f"{type(error).__name__}: {error}"
                 raise StageError(f"stage {stage.name!r} failed: {cause}. Its finished work is kept; fix the "
                                  "cause and run the same command again to resume.") from error
             seconds = time.perf_counter() - t0

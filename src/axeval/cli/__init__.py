@@ -16,6 +16,7 @@ from axeval.cli.infer import infer_app
 from axeval.cli.llm import llm_app
 from axeval.cli.run import register_run_commands
 from axeval.cli.train import train
+from axeval.pipeline import USER_ERRORS
 
 app = typer.Typer(
     name="axbench",
@@ -37,9 +38,6 @@ register_run_commands(app)
 
 
 DEBUG_FLAG = "--debug"
-# Errors that describe bad input or a failed outside service, already phrased for a user: one line, exit 1.
-# Anything else is a defect of ours: one line too (with a request to report it); `--debug` shows tracebacks.
-_USER_ERRORS = (ValueError, LookupError, OSError, RuntimeError)
 LOGGERS = ("axdata", "axmethods", "axeval")
 
 
@@ -77,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as error:  # noqa: BLE001 - the one place that turns errors into messages
         if debug:
             raise
-        kind = "error" if isinstance(error, _USER_ERRORS) else f"internal error ({type(error).__name__})"
-        hint = "" if isinstance(error, _USER_ERRORS) else " This is a bug in axbench: please report it."
+        # A user error is one line, exit 1; a defect of ours is one line too, asking for a report.
+        kind = "error" if isinstance(error, USER_ERRORS) else f"internal error ({type(error).__name__})"
+        hint = "" if isinstance(error, USER_ERRORS) else " This is a bug in axbench: please report it."
         print(f"axbench: {kind}: {error}{hint} (--debug shows the traceback)", file=sys.stderr)
         raise SystemExit(1) from None

@@ -4,6 +4,7 @@ import datasets
 import evaluate
 import pandas as pd
 
+from axeval.protocol import check_protocol, parse_failures_score_zero
 from axeval.steering import score_generations, select_factors, summarize_steering
 
 _CITATION = """\
@@ -96,9 +97,6 @@ class Steering(evaluate.Metric):
 
     def _compute(self, concept_ids, prompt_ids, halves, factors, concept_ratings, instruction_ratings,
                  fluency_ratings, suppression=False, n_resamples=1000, confidence=0.95, seed=0, protocol="fixed"):
-        if protocol not in ("fixed", "reference"):
-            raise ValueError(f"protocol={protocol!r}: use 'fixed' (a missing rating is excluded and counted) or "
-                             "'reference' (it scores 0, as AxBench).")
         judged = pd.DataFrame(
             {
                 "method": "model",
@@ -112,7 +110,8 @@ class Steering(evaluate.Metric):
                 "fluency_rating": pd.Series(fluency_ratings, dtype=float),
             }
         )
-        scored = score_generations(judged, suppression=suppression, parse_failures_as_zero=protocol == "reference")
+        scored = score_generations(judged, suppression=suppression,
+                                   parse_failures_as_zero=parse_failures_score_zero(check_protocol(protocol)))
         selected = select_factors(scored)
         summary = summarize_steering(selected, scored, n_resamples, confidence, seed).iloc[0]
         return {
