@@ -44,7 +44,7 @@ def _hub_layout(tmp_path: Path, name: str) -> Path:
 def test_import_every_concept10_setting(tmp_path, name):
     report = import_axbench(_setting(name), tmp_path, name)
     assert report.layout == "repository"
-    assert report.rows == {"train": 936, "latent": LATENT_ROWS[name]}
+    assert report.rows == {"train": 936, "latent": LATENT_ROWS[name], "steering": 100}
     assert report.categories["train"] == {"positive": 720, "negative": 216}
     assert report.categories["latent"]["positive"] == 360 and report.categories["latent"]["negative"] == 360
     assert sum(report.categories["latent"].values()) == LATENT_ROWS[name]
@@ -61,6 +61,28 @@ def test_import_every_concept10_setting(tmp_path, name):
     metadata = [json.loads(line) for line in (_setting(name) / "generate" / "metadata.jsonl").read_text().splitlines()]
     written = [json.loads(line) for line in (tmp_path / name / "concepts.jsonl").read_text().splitlines()]
     assert written == metadata
+
+
+@needs_shared
+def test_import_builds_the_steering_split_as_axbench_samples_it(tmp_path):
+    """AxBench data has no steering split: the import samples it per concept (seed = concept id), halves it and
+    records how in the provenance, so `axbench infer steer` runs on imported data."""
+    import numpy as np
+
+    from axdata.builders import read_provenance
+    from axdata.generation.pools import load_pool
+
+    import_axbench(_setting("2b_l20"), tmp_path, "c10", steering_num_of_examples=4)
+    steering = read_split(tmp_path, "c10", "steering")
+    assert len(steering) == 40 and steering.groupby("concept_id").size().eq(4).all()
+    pool = load_pool({"general": "shipped"}).general
+    first = steering[steering["concept_id"] == 3]
+    picks = np.random.RandomState(3).choice(len(pool), size=4, replace=False)
+    assert list(first["original_prompt"]) == [pool[int(i)] for i in picks]
+    assert list(first["half"]) == ["selection", "selection", "heldout", "heldout"]
+    recorded = read_provenance(tmp_path)["steering_split"]["c10"]
+    assert recorded["built_on_import"] and recorded["steering_num_of_examples"] == 4
+    assert recorded["instructions"] == "shipped" and recorded["pool_fingerprint"]
 
 
 @needs_shared
@@ -112,7 +134,7 @@ def test_hub_layout_matches_repository_layout(tmp_path, name):
            [(c.concept_id, c.concept, c.ref, c.genres) for c in from_repo.concepts]
     for split in ("train", "latent"):
         assert from_hub.tables[split].equals(from_repo.tables[split])
-    report = import_axbench(hub, tmp_path / "out", name)
+    report = import_axbench(hub, tmp_path / "out", name, steering_num_of_examples=None)
     assert report.rows == {"train": 936, "latent": LATENT_ROWS[name]}
 
 
@@ -133,7 +155,7 @@ def test_reimport_replaces_shards_and_keeps_other_configs(tmp_path):
     import_axbench(_setting("2b_l20"), out, "b")
     import_axbench(_setting("2b_l10"), out, "a")
     assert not stale.exists()
-    assert list_configs(out) == ["a", "b"] and list_splits(out, "b") == ["train", "latent"]
+    assert list_configs(out) == ["a", "b"] and list_splits(out, "b") == ["train", "latent", "steering"]
     assert read_concepts(out, "a") == load_concepts(_setting("2b_l10") / "generate" / "metadata.jsonl")
     assert not list(out.rglob("*.tmp"))
 

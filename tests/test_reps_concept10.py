@@ -14,10 +14,8 @@ factors on one half and scores the other.
 
 from __future__ import annotations
 
-import collections
 import json
 import math
-import re
 import time
 from importlib import resources
 from pathlib import Path
@@ -28,27 +26,22 @@ import pytest
 
 from axdata.builders import read_concepts, read_split
 from axdata.builders.axbench_import import import_axbench
+from axeval.lexical import lexical_score, signature_words
 
 SOURCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "axbench" / "concept10" / "prod_2b_l20_v1"
 LAYER, CONCEPT_ID, N_PAIRS = 10, 9, 36
 FACTORS = (4.0, 8.0, 12.0, 20.0)
 
 
-def words(text: str) -> list[str]:
-    return re.findall(r"[a-z]+", text.lower())
+def concept_signature(pairs: pd.DataFrame) -> list[str]:
+    # axeval.lexical with this check's original settings: a word in at least 5 of the 36 winners, no stop-word
+    # list and no log-odds floor (the report's default adds both for small train splits).
+    return signature_words(pairs["winning_output"], pairs["losing_output"], k=30, min_share=4.5 / N_PAIRS,
+                           min_log_odds=-math.inf, stop_words=())
 
 
-def signature_words(pairs: pd.DataFrame, k: int = 30, min_count: int = 5) -> set[str]:
-    winning = collections.Counter(w for text in pairs["winning_output"] for w in set(words(text)))
-    losing = collections.Counter(w for text in pairs["losing_output"] for w in set(words(text)))
-    n = len(pairs)
-    log_odds = {w: math.log((count + 1) / (n + 2)) - math.log((losing[w] + 1) / (n + 2))
-                for w, count in winning.items() if count >= min_count}
-    return set(sorted(log_odds, key=log_odds.get, reverse=True)[:k])
-
-
-def concept_score(texts: list[str], signature: set[str]) -> float:
-    return float(np.mean([100 * sum(w in signature for w in words(t)) / max(1, len(words(t))) for t in texts]))
+def concept_score(texts: list[str], signature: list[str]) -> float:
+    return float(np.mean([lexical_score(text, signature) for text in texts]))
 
 
 @pytest.mark.slow
@@ -91,7 +84,7 @@ def test_reps_steers_smollm2_towards_a_concept10_concept(tmp_path: Path) -> None
                 tokens = sample(target, prompts, [0] * len(prompts), greedy)
         return target.tokenizer.batch_decode(tokens, skip_special_tokens=True)
 
-    signature = signature_words(pairs)
+    signature = concept_signature(pairs)
     unsteered = generate(None)
     steered = {factor: generate(factor) for factor in FACTORS}
     selection = {f: concept_score(texts[:6], signature) for f, texts in steered.items()}

@@ -75,6 +75,12 @@ class MethodsSection:
         default_factory=dict,
         metadata={"help": "Per-method config overrides, e.g. {reft-r1: {epochs: 3}}."},
     )
+    steer: list[str] | None = field(
+        default=None,
+        metadata={"help": "Methods whose dictionaries go through steering and the judge (a subset of train; "
+                          "the rest are evaluated on detection only, as AxBench's inference model list). "
+                          "None = every method that can steer."},
+    )
 
 
 @dataclass
@@ -113,6 +119,11 @@ class ReportSection:
     )
     suppression: bool = field(default=False, metadata={"help": "Score concept suppression (inverted concept score)."})
     n_resamples: int = field(default=1000, metadata={"help": "Bootstrap resamples for the 95% CIs."})
+    note: str | None = field(
+        default=None,
+        metadata={"help": "One line on what this run is (and is not) evidence of; it heads the report and the "
+                          "summary (the demo says its numbers are small-model numbers)."},
+    )
     dataset_id: str | None = field(
         default=None, metadata={"help": "Hub dataset id recorded in .eval_results (default: the run's data dir)."}
     )
@@ -213,10 +224,20 @@ class AxbenchConfig:
                 check_numbers(values or {}, f"methods.settings.{name}")
             except ValueError as err:
                 raise ConfigError(f"{source}: {err}") from None
+        steered = names
+        if self.methods.steer is not None:
+            try:
+                steered = [canonical_method_name(name) for name in self.methods.steer]
+            except (KeyError, TypeError) as err:
+                raise ConfigError(f"{source}: methods.steer: {err.args[0]}") from None
+            extra = sorted(set(steered) - set(names))
+            if extra:
+                raise ConfigError(f"{source}: methods.steer names {extra}, which methods.train does not train; "
+                                  "add them to methods.train or remove them from methods.steer.")
         baseline = self.report.baseline
         if baseline is None:
             return
-        candidates = names + (["unsteered"] if self.inference.unsteered_baseline else [])
+        candidates = steered + (["unsteered"] if self.inference.unsteered_baseline else [])
         try:
             resolved = baseline if baseline == "unsteered" else canonical_method_name(baseline)
         except KeyError:

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,11 +34,13 @@ from matplotlib.figure import Figure
 from axdata.io import atomic_path, atomic_write_text
 from axeval import detection, steering
 from axeval.judge import summarize_judgements
-from axeval.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, ConfidenceInterval
+from axeval.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, ConfidenceInterval, json_value
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_DATASET_ID = "pyvene/axbench-concept500"
+SMALL_SAMPLE = 10  # below this many concepts, bootstrap intervals are flagged as rough
+LEADERBOARD_FILE = "leaderboard.json"
 LATENT_FILE, IMBALANCE_FILE, JUDGEMENTS_FILE = "inference/latent.parquet", "inference/latent_imbalance.parquet", \
     "eval/judgements.parquet"
 
@@ -89,17 +93,48 @@ class Report:
     judge: dict | None = None
     agreement: dict[str, pd.DataFrame] = field(default_factory=dict)  # curation dataset → agreement table
     files: dict[str, Path] = field(default_factory=dict)
+    note: str | None = None  # what the run is (and is not) evidence of, in one line
 
-    def summary(self) -> str:
-        """The leaderboard as plain text, with the judge provenance and where the report lies."""
-        lines = [_markdown_table(self.leaderboard)]
-        if self.judge:
-            lines.append(
-                f"Judge: {', '.join(self.judge['judge_model'])} (templates {', '.join(self.judge['judge_template_hash'])}, "
+    def judge_line(self) -> str | None:
+        if not self.judge:
+            return None
+        return (f"Judge: {', '.join(self.judge['judge_model'])} (templates {', '.join(self.judge['judge_template_hash'])}, "
                 f"temperature {', '.join(map(str, self.judge['judge_temperature']))}); {self.judge['calls']} calls, "
                 f"${self.judge['cost_usd']:.4f}{_reused(self.judge)}; parse failures: {self.judge['parse_failures']} of "
-                f"{self.judge['generations']} generations (excluded)."
-            )
+                f"{self.judge['generations']} generations (excluded).")
+
+    def n_concepts(self) -> int:
+        """The most concepts any part of the report averages over."""
+        counts = [int(frame[column].max()) for frame, column in (
+            (self.detection_summary, "auroc_n"), (self.steering_summary, "score_n"))
+            if frame is not None and len(frame)]
+        return max(counts, default=0)
+
+    def caveats(self) -> list[str]:
+        """The report's note, and what a reader must know about its intervals."""
+        lines = [self.note] if self.note else []
+        n = self.n_concepts()
+        if 0 < n < SMALL_SAMPLE:
+            lines.append(f"Intervals over {n} concept{'s' if n != 1 else ''} (fewer than {SMALL_SAMPLE}) are rough: "
+                         "a bootstrap over so few concepts understates the uncertainty.")
+        return lines
+
+    def by_method(self) -> dict[str, dict[str, Any]]:
+        """The leaderboard as plain values keyed by method: detection_*, imbalance_*, steering_*, winrate_*
+        fields with their CIs and counts (NaN → None), as `axbench eval report --json` prints it."""
+        methods: dict[str, dict[str, Any]] = {}
+        for prefix, frame in (("detection_", self.detection_summary), ("imbalance_", self.imbalance_summary),
+                              ("steering_", self.steering_summary), ("winrate_", self.winrates)):
+            for record in ([] if frame is None else frame.to_dict("records")):
+                values = methods.setdefault(record["method"], {})
+                values.update({f"{prefix}{key}": json_value(value) for key, value in record.items() if key != "method"})
+        order = list(self.leaderboard["Method"]) if "Method" in self.leaderboard else []
+        return {method: methods[method] for method in sorted(methods, key=lambda m: (m not in order,
+                                                                                  order.index(m) if m in order else 0))}
+
+    def summary(self) -> str:
+        """The leaderboard as plain text, with the judge provenance, the caveats and where the report lies."""
+        lines = [_markdown_table(self.leaderboard), *filter(None, [self.judge_line()]), *self.caveats()]
         if "markdown" in self.files:
             lines.append(f"Report: {self.files['markdown']}")
         return "\n".join(lines)
@@ -115,11 +150,13 @@ def build_report(
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
     parse_failures_as_zero: bool = False,
+    note: str | None = None,
 ) -> Report:
     """Compute the leaderboard from a run directory (or frames) and write every report file to `out_dir`.
 
     `baseline` names the method winrates are computed against (paper: SAE); None skips winrates.
     `parse_failures_as_zero` scores unparsed judge answers 0, as AxBench did (`protocol: reference`).
+    `note` says in one line what the run is (and is not) evidence of; it heads the report and the summary.
     """
     if isinstance(source, ReportInputs):
         inputs = source
@@ -129,7 +166,7 @@ def build_report(
         inputs = ReportInputs.from_run_dir(source)
         out_dir = Path(source) / "eval" if out_dir is None else out_dir
     out = Path(out_dir)
-    report = Report(leaderboard=pd.DataFrame())
+    report = Report(leaderboard=pd.DataFrame(), note=note)
     plots: dict[str, Path] = {}
 
     if inputs.detection_rows is not None:
@@ -165,15 +202,19 @@ def build_report(
     atomic_write_text(report.files["markdown"], render_markdown(report, inputs.title, plots, out))
     report.files["html"] = out / "report.html"
     atomic_write_text(report.files["html"], render_html(report, inputs.title, plots))
+    report.files["leaderboard"] = out / LEADERBOARD_FILE
+    atomic_write_text(report.files["leaderboard"], json.dumps(
+        {"methods": report.by_method(), "n_concepts": report.n_concepts(), "caveats": report.caveats(),
+         "judge": report.judge_line()}, indent=2, default=str) + "\n")
     for method, path in write_eval_results(report, out / ".eval_results", dataset_id).items():
         report.files[f"eval_results_{method}"] = path
     logger.info("Wrote the report to %s.", report.files["markdown"])
     return report
 
 
-def _ci(row: pd.Series, prefix: str) -> str:
+def _ci(row: pd.Series, prefix: str, digits: int = 3) -> str:
     return ConfidenceInterval(row[f"{prefix}mean"], row[f"{prefix}ci_low"], row[f"{prefix}ci_high"],
-                              int(row[f"{prefix}n"])).format()
+                              int(row[f"{prefix}n"])).format(digits)
 
 
 def leaderboard(report: Report) -> pd.DataFrame:
@@ -200,6 +241,8 @@ def leaderboard(report: Report) -> pd.DataFrame:
             put(row["method"], "Steering", _ci(row, "score_"))
             put(row["method"], "Concept / Instr. / Fluency",
                 " / ".join(f"{row[c]:.2f}" for c in steering.RATING_COLUMNS))
+            if "lexical_score_mean" in row and not pd.isna(row["lexical_score_mean"]):
+                put(row["method"], "Lexical concept %", _ci(row, "lexical_score_", digits=1))
             put(row["method"], "Excluded (parse fail.)", f"{int(row['n_parse_failures'])} / {int(row['n_generations'])}")
             sort_keys.setdefault(row["method"], {})["steering"] = row["score_mean"]
     if report.winrates is not None:
@@ -223,51 +266,96 @@ def _markdown_table(table: pd.DataFrame) -> str:
     return "\n".join([header, rule, *body])
 
 
-def _frame_markdown(frame: pd.DataFrame, digits: int = 3) -> str:
-    return _markdown_table(frame.map(lambda v: f"{v:.{digits}f}" if isinstance(v, float) else v))
+def compact(frame: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """A summary frame for reading: each `<x>_mean/_ci_low/_ci_high` triple becomes one "mean [low, high]"
+    column, other floats are rounded, and names are words ("auroc_n" → "auroc n")."""
+    shown = pd.DataFrame(index=frame.index)
+    for column in frame.columns:
+        if column.endswith(("_ci_low", "_ci_high")):
+            continue
+        if column.endswith("_mean") and f"{column[:-5]}_ci_low" in frame.columns:
+            prefix = column[:-5]
+            shown[f"{prefix.replace('_', ' ')} [95% CI]"] = [
+                ConfidenceInterval(mean, low, high, 0).format(digits)
+                for mean, low, high in zip(frame[column], frame[f"{prefix}_ci_low"], frame[f"{prefix}_ci_high"])]
+        else:
+            shown[column.replace("_", " ")] = frame[column].map(
+                lambda v: "–" if isinstance(v, float) and math.isnan(v) else f"{v:.{digits}f}" if isinstance(v, float)
+                else v)
+    return shown.reset_index(drop=True)
 
 
-def render_markdown(report: Report, title: str, plots: dict[str, Path], out: Path) -> str:
-    parts = [f"# {title}", "", "Mean over concepts with 95% bootstrap intervals over concepts.", "",
-             "## Leaderboard", "", _markdown_table(report.leaderboard), ""]
+_PLOT_TITLES = {"roc": "Concept detection: ROC curves", "steering_factors": "Steering: scores by factor"}
+_SECTION_NOTES = {
+    "Concept detection": "Per method, over concepts: AUROC, hard-negative accuracy at the Youden threshold, "
+                         "balanced precision / recall / F1 (hard negatives count as negatives).",
+    "Class imbalance": "The same threshold on the concept's rows plus the shared negative pool.",
+    "Steering": "Held-out scores at the factor chosen on the selection half (judge ratings 0–2; lexical concept "
+                "score: % of words that are the concept's signature words, judge-free).",
+    "Winrates": "Share of concepts where the method's held-out score beats the baseline's (ties count ½).",
+}
+
+
+def plot_title(name: str) -> str:
+    if name.startswith("agreement_"):
+        return f"Judge–human agreement: {name.removeprefix('agreement_')}"
+    return _PLOT_TITLES.get(name, name.replace("_", " ").capitalize())
+
+
+def _judge_frame(judge: dict[str, Any]) -> pd.DataFrame:
+    rows = [(key.replace("_", " "), ", ".join(map(str, value)) if isinstance(value, list)
+             else f"{value:.6g}" if isinstance(value, float) else value) for key, value in judge.items()]
+    return pd.DataFrame(rows, columns=["", "value"])
+
+
+def report_sections(report: Report) -> list[tuple[str, str | None, pd.DataFrame]]:
+    """(heading, note, table) of every section, in order: the markdown and the HTML show the same ones."""
+    sections: list[tuple[str, str | None, pd.DataFrame]] = [("Leaderboard", None, report.leaderboard)]
     if report.judge:
-        parts += ["## Judge", "", _markdown_table(pd.DataFrame(
-            [(k, ", ".join(map(str, v)) if isinstance(v, list) else f"{v:.6g}" if isinstance(v, float) else v)
-             for k, v in report.judge.items()],
-            columns=["", "value"])), ""]
+        sections.append(("Judge", report.judge_line(), _judge_frame(report.judge)))
     for heading, frame in (("Concept detection", report.detection_summary), ("Class imbalance", report.imbalance_summary),
                            ("Steering", report.steering_summary), ("Winrates", report.winrates)):
         if frame is not None:
-            parts += [f"## {heading}", "", _frame_markdown(frame), ""]
+            sections.append((heading, _SECTION_NOTES[heading], compact(frame)))
     for dataset, frame in report.agreement.items():
-        parts += [f"## Judge–human agreement: `{dataset}`", "", _AGREEMENT_NOTE, "", _frame_markdown(frame), ""]
+        sections.append((f"Judge–human agreement: {dataset}", _AGREEMENT_NOTE, compact(frame)))
+    return sections
+
+
+_INTRO = "Mean over concepts with 95% bootstrap intervals over concepts."
+
+
+def render_markdown(report: Report, title: str, plots: dict[str, Path], out: Path) -> str:
+    parts = [f"# {title}", "", _INTRO, "", *[f"> {line}" for line in report.caveats()], ""]
+    for heading, note, frame in report_sections(report):
+        parts += [f"## {heading}", "", *([note, ""] if note else []), _markdown_table(frame), ""]
     for name, path in plots.items():
-        parts += [f"![{name}]({path.relative_to(out).as_posix()})", ""]
+        parts += [f"## {plot_title(name)}", "", f"![{plot_title(name)}]({path.relative_to(out).as_posix()})", ""]
     return "\n".join(parts)
 
 
 def render_html(report: Report, title: str, plots: dict[str, Path]) -> str:
-    """One self-contained page: the tables, and the plots as inline base64 PNGs."""
+    """One self-contained page: the same sections as the markdown, and the plots as inline base64 PNGs."""
     def table(frame: pd.DataFrame) -> str:
-        shown = frame.map(lambda v: f"{v:.3f}" if isinstance(v, float) else v)
-        return shown.to_html(index=False, escape=True, border=0, classes="results")
+        return ('<div class="scroll">' + frame.to_html(index=False, escape=True, border=0, classes="results")
+                + "</div>")
 
-    body = [f"<h1>{html.escape(title)}</h1>", "<p>Mean over concepts with 95% bootstrap intervals over concepts.</p>",
-            "<h2>Leaderboard</h2>", table(report.leaderboard)]
-    for heading, frame in (("Concept detection", report.detection_summary), ("Class imbalance", report.imbalance_summary),
-                           ("Steering", report.steering_summary), ("Winrates", report.winrates)):
-        if frame is not None:
-            body += [f"<h2>{heading}</h2>", table(frame)]
-    for dataset, frame in report.agreement.items():
-        body += [f"<h2>Judge–human agreement: {html.escape(dataset)}</h2>", f"<p>{html.escape(_AGREEMENT_NOTE)}</p>",
-                 table(frame)]
+    body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(_INTRO)}</p>"]
+    body += [f'<p class="caveat">{html.escape(line)}</p>' for line in report.caveats()]
+    for heading, note, frame in report_sections(report):
+        body += [f"<h2>{html.escape(heading)}</h2>", *([f"<p>{html.escape(note)}</p>"] if note else []), table(frame)]
     for name, path in plots.items():
         data = base64.b64encode(path.read_bytes()).decode("ascii")
-        body.append(f'<h2>{html.escape(name)}</h2><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">')
-    style = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table.results{border-collapse:collapse}"
-             "table.results td,table.results th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:left}"
-             "img{max-width:100%}")
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+        body.append(f'<h2>{html.escape(plot_title(name))}</h2><img alt="{html.escape(plot_title(name))}" '
+                    f'src="data:image/png;base64,{data}">')
+    # Tables wrap their cells and scroll inside their own box, so the page never grows sideways.
+    style = ("body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222}"
+             ".scroll{overflow-x:auto;max-width:100%}table.results{border-collapse:collapse;font-size:0.9em}"
+             "table.results td,table.results th{padding:4px 8px;border-bottom:1px solid #ddd;text-align:left;"
+             "vertical-align:top;overflow-wrap:anywhere}table.results th{background:#f4f4f4}"
+             ".caveat{background:#fff8e1;border-left:4px solid #f0b400;padding:6px 10px}img{max-width:100%}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><meta name=\"viewport\" "
+            f"content=\"width=device-width, initial-scale=1\"><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 

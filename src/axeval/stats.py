@@ -10,8 +10,10 @@ seeded generator, so the same scores and seed always give the same interval.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -75,3 +77,10 @@ def bootstrap_ci(
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
     return ConfidenceInterval(mean, float(low), float(high), int(data.size), confidence)
+
+
+def json_value(value: Any) -> Any:
+    """A JSON-ready scalar: numpy → Python, NaN → None (JSON has no NaN: an undefined metric is null)."""
+    if hasattr(value, "item"):
+        value = value.item()
+    return None if isinstance(value, float) and math.isnan(value) else value

@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 SELECTION, HELDOUT = HALVES
 RATING_COLUMNS = ("concept_rating", "instruction_rating", "fluency_rating")
+# Judge-free scores carried next to the judge's when the generations have them (axeval.lexical).
+EXTRA_SCORES = ("lexical_score",)
 REQUIRED_COLUMNS = ("method", "concept_id", "prompt_id", "half", "factor", *RATING_COLUMNS)
 MAX_RATING = 2.0
 TIE_TOLERANCE = 1e-6
@@ -111,10 +113,11 @@ def _one_concept(group: pd.DataFrame, n_factors: int) -> dict[str, float | int]:
     at_best = heldout[heldout["_factor"] == best]
     if at_best.empty:
         return undefined | {"factor": best}
+    extra = [column for column in EXTRA_SCORES if column in group]
     return counts | {
         "factor": best,
         "score": float(at_best["score"].mean()),
-        **{column: float(at_best[column].mean()) for column in RATING_COLUMNS},
+        **{column: float(at_best[column].mean()) for column in (*RATING_COLUMNS, *extra)},
         "n_scored": len(at_best),
     }
 
@@ -170,6 +173,9 @@ def summarize_steering(
             "n_parse_failures": int(rows["excluded"].sum()),
             "parse_failure_rate": float(rows["excluded"].mean()) if len(rows) else float("nan"),
             "mean_factor": float(defined["factor"].mean()),
+            **{key: value for column in EXTRA_SCORES if column in defined
+               for key, value in bootstrap_ci(defined[column].dropna().to_numpy(float), n_resamples, confidence,
+                                              seed).as_dict(f"{column}_").items()},
         })
     return pd.DataFrame.from_records(records)
 

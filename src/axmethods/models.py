@@ -180,7 +180,7 @@ def load_target_model(spec: str | TargetModelConfig, **overrides: Any) -> Target
     `overrides` replace fields of the config (e.g. `device="cpu"`, `dtype="float32"`).
     """
     config = spec if isinstance(spec, TargetModelConfig) else TargetModelConfig(model=str(spec))
-    config = dataclasses.replace(config, **overrides)
+    config = _embedded_from_revision(dataclasses.replace(config, **overrides))
     device = _resolve_device(config.device)
     dtype = _resolve_dtype(config.dtype, device)
 
@@ -220,7 +220,9 @@ def load_target_model(spec: str | TargetModelConfig, **overrides: Any) -> Target
         tokenizer=tokenizer,
         spec=config.model,
         model_id=model_id,
-        revision=config.revision,
+        # An embedded model records which weights it is (a GGUF copy of the Hub model), so a dictionary trained
+        # on it names base_model = the Hub id @ this revision and loads the same embedded weights, offline.
+        revision=EMBEDDED_REVISION + config.model if config.model in EMBEDDED_MODELS else config.revision,
         num_layers=len(model.get_submodule(_decoder_layers_path(model, config.model))),
         hidden_size=text_config.hidden_size,
         chat_template=chat_template,
@@ -385,6 +387,21 @@ def _resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
         return DTYPES[dtype]
     except KeyError:
         raise ValueError(f"dtype {dtype!r} is not supported; use auto, {', '.join(DTYPES)}.") from None
+
+
+EMBEDDED_REVISION = "embedded:"
+
+
+def _embedded_from_revision(config: TargetModelConfig) -> TargetModelConfig:
+    """`HuggingFaceTB/SmolLM2-135M-Instruct` @ `embedded:smollm2-135m-instruct` (what a dictionary trained on the
+    embedded model records) → the embedded model itself."""
+    if not (config.revision or "").startswith(EMBEDDED_REVISION):
+        return config
+    name = config.revision.removeprefix(EMBEDDED_REVISION)
+    if name not in EMBEDDED_MODELS or config.model not in (name, get_embedded_model(name).hub_id):
+        raise ValueError(f"Target model {config.model!r} @ {config.revision!r}: no embedded model {name!r} with that "
+                         f"Hub id; embedded models are {', '.join(EMBEDDED_MODELS)}.")
+    return dataclasses.replace(config, model=name, revision=None)
 
 
 def _reject_revision(config: TargetModelConfig) -> None:

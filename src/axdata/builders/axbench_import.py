@@ -85,7 +85,7 @@ class ImportReport:
         lines = [f"Imported {self.source_dir} ({self.layout} layout) as config {self.config!r} into {self.out_dir}"]
         for split, count in self.rows.items():
             by_category = ", ".join(f"{category} {n}" for category, n in self.categories[split].items())
-            lines.append(f"  {split}: {count} rows ({by_category})")
+            lines.append(f"  {split}: {count} rows" + (f" ({by_category})" if by_category else ""))
         genres = ", ".join(f"{genre} {n}" for genre, n in self.genres.items())
         lines.append(f"  concepts: {self.concepts} ({genres}); shared negatives: {self.shared_negatives}")
         return "\n".join(lines)
@@ -139,10 +139,37 @@ def read_axbench(source_dir: str | Path) -> AxBenchData:
     return AxBenchData(source, tables, concepts)
 
 
-def import_axbench(source_dir: str | Path, out_dir: str | Path, config_name: str) -> ImportReport:
-    """Import one AxBench setting into `<out_dir>/<config_name>/` (split shards + concepts.jsonl)."""
+def steering_table(concepts: list[Concept], n: int, instructions: str) -> tuple[pa.Table, dict[str, object]]:
+    """The steering split AxBench builds at evaluation time: per concept, `n` instructions of the steering pool
+    sampled with the concept id as seed, the first half to select the factor, the rest held out. Returns the
+    table and its provenance."""
+    from axdata.generation.examples import steering_prompt_rows
+    from axdata.generation.pools import load_pool
+    from axdata.schema import table_from_frame
+
+    pool = load_pool({"general": instructions})
+    rows = [row for concept in concepts for row in steering_prompt_rows(concept, pool.general, instructions, n)]
+    provenance = {"built_on_import": True, "steering_num_of_examples": n, "instructions": instructions,
+                  "pool_size": len(pool.general), "pool_fingerprint": pool.fingerprint(),
+                  "sampling": "numpy RandomState(concept_id).choice(len(pool), n, replace=False), as AxBench's "
+                              "DataFrame.sample(n, random_state=concept_id); first half selection, rest held out"}
+    return table_from_frame(pd.DataFrame(rows), "steering", source="built on import"), provenance
+
+
+def import_axbench(source_dir: str | Path, out_dir: str | Path, config_name: str, *,
+                   steering_num_of_examples: int | None = 10, steering_instructions: str = "shipped") -> ImportReport:
+    """Import one AxBench setting into `<out_dir>/<config_name>/` (split shards + concepts.jsonl).
+
+    AxBench data has no steering split (AxBench samples steering instructions when it evaluates), so one is
+    built here, the same way (`steering_table`), from `steering_instructions` ('shipped', a local file, or the
+    paper's `tatsu-lab/alpaca_eval`); `steering_num_of_examples=None` skips it. The provenance records how.
+    """
     check_config_name(config_name)
     data = read_axbench(source_dir)
+    steering_provenance = None
+    if steering_num_of_examples is not None and "steering" not in data.tables:
+        data.tables["steering"], steering_provenance = steering_table(data.concepts, steering_num_of_examples,
+                                                                      steering_instructions)
     files = {split: write_split(table, out_dir, config_name, split) for split, table in data.tables.items()}
     files["concepts"] = write_concepts(data.concepts, out_dir, config_name)
     sources = list(data.source.split_files.values()) + ([data.source.metadata] if data.source.metadata else [])
@@ -163,6 +190,8 @@ def import_axbench(source_dir: str | Path, out_dir: str | Path, config_name: str
     provenance.setdefault("generator_model", "gpt-4o-mini (AxBench)")
     provenance.setdefault("source", "AxBench (stanfordnlp/axbench), imported losslessly")
     provenance.setdefault("source_hashes", {})[config_name] = report.source_hashes
+    if steering_provenance is not None:
+        provenance.setdefault("steering_split", {})[config_name] = steering_provenance
     write_provenance(provenance, out_dir)
     logger.info("%s", report.summary())
     return report
@@ -215,6 +244,8 @@ def _check_agreement(source: AxBenchSource, tables: dict[str, pa.Table], concept
 
 
 def _category_counts(table: pa.Table) -> dict[str, int]:
+    if "category" not in table.column_names:  # the steering split holds prompts, not labelled examples
+        return {}
     counts = Counter(table.column("category").to_pylist())
     return {category: counts[category] for category in CATEGORIES if counts[category]}
 

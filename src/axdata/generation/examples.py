@@ -31,6 +31,7 @@ from axdata.generation.templates import (
     PromptTemplate,
 )
 from axdata.generation.types import ChatBackend, ChatRequest, Completion, SamplingParams
+from axdata.generation.written import WRITTEN_MODEL, WrittenExample, WrittenExamples
 from axdata.schema import EMPTY_CONCEPT, HALVES, SHARED_NEGATIVE_ID
 
 Truncate = Callable[[str, int], str]
@@ -101,6 +102,10 @@ class Context:
     llm: ChatBackend
     target: ChatBackend
     truncate: Truncate | None = None
+    written: WrittenExamples | None = None
+
+    def written_rows(self, concept: Concept, split: str, category: str) -> list[WrittenExample] | None:
+        return None if self.written is None else self.written.get(concept, split, category)
 
     def llm_request(self, template: PromptTemplate, values: dict[str, str], purpose: str, concept: Concept,
                     seed: int) -> ChatRequest:
@@ -163,6 +168,11 @@ async def train_positives(ctx: Context, concept: Concept, genre: str) -> Unit:
     """`num_of_examples // 2` LLM responses that carry the concept, to train-split instructions of its genre."""
     unit = Unit()
     seed = derive_seed(ctx.config.seed, "train", concept.concept_id)
+    written = ctx.written_rows(concept, "train", "positive")
+    if written is not None:
+        unit.rows = _written(written[:ctx.config.positives_per_concept], concept, genre, "positive", seed)
+        unit.counts["positive"] = _written_counts(len(unit.rows))
+        return unit
     instructions = sample_instructions(ctx.pool.get(genre, "train"), ctx.config.positives_per_concept,
                                        random.Random(seed))
     requests = [ctx.llm_request(WITH_CONCEPT, {"concept": concept.concept, "instruction": text}, "positive",
@@ -173,6 +183,32 @@ async def train_positives(ctx: Context, concept: Concept, genre: str) -> Unit:
     unit.rows = [_row(text, output, concept.concept, genre, "positive", concept.concept_id, WITH_CONCEPT,
                       ctx.llm.model_name, seed)
                  for text, output in zip(instructions, asked.values) if output is not None]
+    return unit
+
+
+def _written(examples: Sequence[WrittenExample], concept: Concept, genre: str, category: str, seed: int,
+             **extra: Any) -> list[dict[str, Any]]:
+    return [_row(example.input, example.output, example.output_concept or concept.concept, genre, category,
+                 concept.concept_id, None, WRITTEN_MODEL, seed, **extra) for example in examples]
+
+
+def _written_counts(n: int) -> dict[str, int]:
+    return {"requested": n, "produced": n, "failed": 0, "reasked": 0, "written": n}
+
+
+def written_latent_rows(ctx: Context, concept: Concept, genre: str) -> Unit | None:
+    """The concept's detection-eval rows from written examples, or None when it has no written positives."""
+    positives = ctx.written_rows(concept, "latent", "positive")
+    if positives is None:
+        return None
+    n = ctx.config.latent_num_of_examples
+    seed = derive_seed(ctx.config.seed, "latent", concept.concept_id)
+    unit, sae = Unit(), sae_fields(concept)
+    for category, examples in (("positive", positives[:n]),
+                               ("negative", (ctx.written_rows(concept, "latent", "negative") or [])[:n]),
+                               ("hard negative", ctx.written_rows(concept, "latent", "hard negative") or [])):
+        unit.rows += _written(examples, concept, genre, category, seed, **sae)
+        unit.counts[f"latent_{category.replace(' ', '_')}"] = _written_counts(len(examples))
     return unit
 
 
@@ -233,18 +269,36 @@ def steering_dataset_name(source: str) -> str:
     return "AlpacaEval" if source == PAPER_POOLS["general"] else source
 
 
-async def steering_rows(ctx: Context, concept: Concept) -> Unit:
-    """`steering_num_of_examples` instructions sampled like AxBench (`DataFrame.sample(n,
-    random_state=concept_id)`), the first half for factor selection, the rest held out."""
-    unit = Unit()
-    pool, n = ctx.pool.general, ctx.config.steering_num_of_examples
+def _check_steering_pool(pool: Sequence[str], pool_source: str, n: int) -> None:
     if n > len(pool):
         raise ValueError(f"steering_num_of_examples={n} exceeds the {len(pool)} instructions of the steering pool "
-                         f"({ctx.pool.sources['general']}); lower it or use a larger pool.")
+                         f"({pool_source}); lower it or use a larger pool.")
+
+
+def steering_prompt_rows(concept: Concept, pool: Sequence[str], pool_source: str, n: int, *,
+                         steering_prompt: str | None = None, template: PromptTemplate = FALLBACK_STEERING_PROMPT,
+                         model: str | None = None) -> list[dict[str, Any]]:
+    """`n` instructions sampled like AxBench (`DataFrame.sample(n, random_state=concept_id)`), the first half
+    for factor selection, the rest held out; `steering_prompt` (default: the fixed sentence naming the concept)
+    is what prompt steering prepends."""
+    _check_steering_pool(pool, pool_source, n)
     seed = concept.concept_id
     picks = np.random.RandomState(seed).choice(len(pool), size=n, replace=False)
-    template, prompt = FALLBACK_STEERING_PROMPT, FALLBACK_STEERING_PROMPT.render(concept=concept.concept)
-    model = None
+    prompt = steering_prompt if steering_prompt is not None else FALLBACK_STEERING_PROMPT.render(concept=concept.concept)
+    return [{"dataset_name": steering_dataset_name(pool_source), "concept_id": concept.concept_id,
+             "input_concept": concept.concept, "input_id": input_id, "original_prompt": pool[int(pick)],
+             "half": HALVES[0] if input_id < n // 2 else HALVES[1], "steering_prompt": prompt,
+             **sae_fields(concept), "template_hash": template.version, "generator_model": model, "sample_seed": seed}
+            for input_id, pick in enumerate(picks)]
+
+
+async def steering_rows(ctx: Context, concept: Concept) -> Unit:
+    """The concept's steering prompts (`steering_prompt_rows`), with an LLM-written steering prompt when the
+    config asks for one."""
+    unit = Unit()
+    n = ctx.config.steering_num_of_examples
+    _check_steering_pool(ctx.pool.general, ctx.pool.sources["general"], n)
+    template, prompt, model = FALLBACK_STEERING_PROMPT, None, None
     if ctx.config.steering_prompts_from_llm:
         request = ctx.llm_request(STEERING_PROMPT, {"concept": concept.concept}, "steering_prompt", concept,
                                   derive_seed(ctx.config.seed, "steering_prompt", concept.concept_id))
@@ -255,13 +309,8 @@ async def steering_rows(ctx: Context, concept: Concept) -> Unit:
             template, prompt, model = STEERING_PROMPT, asked.values[0], ctx.llm.model_name
         else:
             unit.notes.append(f"concept {concept.concept_id}: the LLM wrote no steering prompt; the fixed one is used")
-    name = steering_dataset_name(ctx.pool.sources["general"])
-    unit.rows = [{"dataset_name": name, "concept_id": concept.concept_id, "input_concept": concept.concept,
-                  "input_id": input_id, "original_prompt": pool[int(pick)],
-                  "half": HALVES[0] if input_id < n // 2 else HALVES[1], "steering_prompt": prompt,
-                  **sae_fields(concept), "template_hash": template.version, "generator_model": model,
-                  "sample_seed": seed}
-                 for input_id, pick in enumerate(picks)]
+    unit.rows = steering_prompt_rows(concept, ctx.pool.general, ctx.pool.sources["general"], n,
+                                     steering_prompt=prompt, template=template, model=model)
     unit.counts["steering"] = {"requested": n, "produced": n, "failed": 0, "reasked": 0}
     return unit
 

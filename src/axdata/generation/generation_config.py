@@ -24,6 +24,11 @@ class GenerationConfig:
         metadata={"help": "Concept list (.csv, .txt, .jsonl or Neuronpedia .json; see axdata.concepts); "
                   "required to generate."},
     )
+    examples_path: str | None = field(
+        default=None,
+        metadata={"help": "Examples written by people (.jsonl, see axdata.generation.written): concepts they "
+                  "cover use them instead of LLM generation for those rows; the rest is generated."},
+    )
     max_concepts: int | None = field(
         default=None,
         metadata={"help": "Keep this many concepts, sampled with `seed` (AxBench: 500). None = all."},

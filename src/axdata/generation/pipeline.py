@@ -41,6 +41,7 @@ from axdata.generation.examples import (
     shared_negatives,
     steering_rows,
     train_positives,
+    written_latent_rows,
 )
 from axdata.generation.generation_config import GenerationConfig
 from axdata.generation.genre import determine_genre
@@ -48,6 +49,7 @@ from axdata.generation.pools import InstructionPool, load_pool
 from axdata.generation.report import cost_projection, ledger_summary, sum_counts
 from axdata.generation.templates import template_versions
 from axdata.generation.types import ChatBackend
+from axdata.generation.written import WrittenExamples
 from axdata.hashing import content_hash
 from axdata.io import atomic_write_json
 from axdata.schema import EMPTY_CONCEPT, GENRES, SHARED_NEGATIVE_ID, table_from_frame
@@ -56,7 +58,7 @@ logger = logging.getLogger(__name__)
 
 REPORT_FILE = "generation_report.json"
 # Fields that change how the run goes, not what it produces.
-_NON_CONTENT_FIELDS = ("concept_path", "max_concepts", "dataset_config", "splits", "concept_concurrency",
+_NON_CONTENT_FIELDS = ("concept_path", "examples_path", "max_concepts", "dataset_config", "splits", "concept_concurrency",
                        "target_batch_size")
 _NULLABLE_INTS = ("sae_id", "sample_seed")
 
@@ -123,13 +125,29 @@ class UnitStore:
         return unit
 
 
-def run_fingerprint(config: GenerationConfig, pool: InstructionPool, llm: ChatBackend, target: ChatBackend) -> str:
+def run_fingerprint(config: GenerationConfig, pool: InstructionPool, llm: ChatBackend, target: ChatBackend,
+                    written: WrittenExamples | None = None) -> str:
     content = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NON_CONTENT_FIELDS}
     return content_hash({"config": content, "templates": template_versions(), "pool": pool.fingerprint(),
-                         "llm": llm.model_name, "target": target.model_name})
+                         "llm": llm.model_name, "target": target.model_name,
+                         "written": None if written is None else written.fingerprint()})
+
+
+def load_written(config: GenerationConfig, concepts: Sequence[Concept]) -> WrittenExamples | None:
+    """The config's written examples, checked against the concepts and sizes before any work starts."""
+    if config.examples_path is None:
+        return None
+    written = WrittenExamples(config.examples_path)
+    written.check(concepts, {("train", "positive"): config.positives_per_concept,
+                             ("latent", "positive"): config.latent_num_of_examples,
+                             ("latent", "negative"): config.latent_num_of_examples})
+    return written
 
 
 async def _genre_unit(ctx: Context, concept: Concept) -> Unit:
+    if concept.genres:  # the concept file names its genres (AxBench metadata.jsonl): nothing to ask
+        return Unit(data={"genres": list(concept.genres)},
+                    counts={"genre": {"requested": 1, "produced": 1, "failed": 0, "given": 1}})
     genres, fallback = await determine_genre(ctx.llm, concept, ctx.config.seed, ctx.config.temperature)
     unit = Unit(data={"genres": list(genres)},
                 counts={"genre": {"requested": 1, "produced": 1, "failed": 0, "parse_rule_fallback": int(bool(fallback))}})
@@ -165,9 +183,10 @@ async def run_generation(
     started = time.perf_counter()
     if not concepts:
         raise ValueError("No concepts to generate data for; check the concept file and max_concepts.")
+    written = load_written(config, concepts)
     pool = pool or load_pool(config.pool_sources(), config.pool_size)
-    ctx = Context(config, pool, llm, target, truncate)
-    store = UnitStore(Path(work_dir), run_fingerprint(config, pool, llm, target))
+    ctx = Context(config, pool, llm, target, truncate, written)
+    store = UnitStore(Path(work_dir), run_fingerprint(config, pool, llm, target, written))
     splits = set(config.splits)
     semaphore = asyncio.Semaphore(config.concept_concurrency)
     bar = tqdm(total=len(concepts), desc="concepts", unit="concept")
@@ -195,6 +214,9 @@ async def run_generation(
         return units
 
     async def _latent(concept: Concept, genre: str) -> Unit:
+        written_unit = written_latent_rows(ctx, concept, genre)
+        if written_unit is not None:
+            return written_unit
         pairs: list[tuple[str, str]] = []
         if config.contrast_concepts:
             contrast = await store.get("contrast", concept.concept_id, concept, lambda: _contrast_unit(ctx, concept))

@@ -28,6 +28,12 @@ def import_(
     out: Path | None = typer.Option(None, "--out", help="Same as OUT_DIR."),
     config: str | None = typer.Option(None, "--config", help="Config name for this setting, e.g. gemma-2-2b-it-l20; "
                                       "default: the source folder's name (e.g. prod_2b_l20_v1 or 2b-l20)."),
+    steering_examples: int = typer.Option(10, "--steering-examples", min=0,
+                                          help="Steering instructions per concept for the steering split built on "
+                                          "import (AxBench: 10 = 5 selection + 5 held out); 0 = no steering split."),
+    steering_instructions: str = typer.Option("shipped", "--steering-instructions",
+                                              help="Their pool: 'shipped', a local .jsonl/.csv/.parquet, or the "
+                                              "paper's tatsu-lab/alpaca_eval (needs the Hub)."),
 ) -> None:
     """Import AxBench-format data losslessly into our dataset layout and print what was imported."""
     if out_dir is None and out is None or out_dir is not None and out is not None and out_dir != out:
@@ -37,7 +43,8 @@ def import_(
     if config is None:
         config = _default_config_name(source_dir)
     try:
-        report = import_axbench(source_dir, out, config)
+        report = import_axbench(source_dir, out, config, steering_num_of_examples=steering_examples or None,
+                                steering_instructions=steering_instructions)
     except ValueError as error:  # AxBenchImportError, ConceptFileError, SchemaError and bad config names
         typer.echo(f"Import failed: {error}", err=True)
         raise typer.Exit(1) from None

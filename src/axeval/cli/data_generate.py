@@ -19,6 +19,8 @@ def generate(
     config: Path | None = typer.Argument(None, help="Run config YAML (sections run, model, llm, data); "
                                             "omitted = the defaults (embedded LLM and target model)."),
     concepts: Path | None = typer.Option(None, "--concepts", help="Concept list; overrides data.concept_path."),
+    examples: Path | None = typer.Option(None, "--examples", help="Examples written by people (.jsonl); "
+                                         "overrides data.examples_path. Concepts they cover skip LLM generation."),
     out: Path | None = typer.Option(None, "--out", help="Dataset directory; default <run dir>/data. With --out, "
                                                         "the working files (resume units, LLM cache and ledger, "
                                                         "report) go to <out>.generation/, not the run directory."),
@@ -42,6 +44,7 @@ def generate(
         console.print(f"[red]Config error:[/red] {err}", soft_wrap=True)
         raise typer.Exit(2) from None
     changes = {key: value for key, value in (("concept_path", str(concepts) if concepts else None),
+                                              ("examples_path", str(examples) if examples else None),
                                               ("max_concepts", max_concepts), ("dataset_config", config_name))
                if value is not None}
     try:

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from axeval.stats import DEFAULT_RESAMPLES, DEFAULT_SEED
+from axeval.cli.display import leaderboard_table, print_leaderboard
+from axeval.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, json_value
 
 _PROTOCOL_HELP = ("'fixed' (default): unparsed judge answers are excluded and counted; 'reference': they score 0, "
                   "as in AxBench (docs/protocol.md).")
@@ -29,27 +28,21 @@ def _read(path: Path, what: str) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def _jsonable(value: Any) -> Any:
-    # JSON has no NaN: an undefined metric is null.
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if hasattr(value, "item"):
-        return _jsonable(value.item())
-    return value
-
-
 def _by_method(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    return {row["method"]: {k: _jsonable(v) for k, v in row.items() if k != "method"}
-            for row in frame.to_dict("records")}
+    return {row["method"]: {k: json_value(v) for k, v in row.items() if k != "method"} for row in frame.to_dict("records")}
 
 
-def _print_table(frame: pd.DataFrame, title: str) -> None:
-    table = Table(title=title)
-    for column in frame.columns:
-        table.add_column(str(column), justify="left" if column == "method" else "right")
-    for row in frame.itertuples(index=False):
-        table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
-    Console().print(table)
+def _print_leaderboard(frame: pd.DataFrame, prefix: str, title: str) -> None:
+    """The compact leaderboard of one part (rich, fits 80 columns); `--json` prints every field."""
+    methods = {method: {f"{prefix}{k}": v for k, v in values.items()} for method, values in _by_method(frame).items()}
+    if prefix == "detection_":  # eval detect merges the imbalance columns in as imbalance_*
+        methods = {m: {k.replace("detection_imbalance_", "imbalance_"): v for k, v in values.items()}
+                   for m, values in methods.items()}
+    console = Console()
+    console.print(leaderboard_table(methods, title=title))
+    counts = {values.get(f"{prefix}n_concepts") for values in methods.values()}
+    console.print(f"Mean over concepts (n = {', '.join(map(str, sorted(c for c in counts if c is not None)))}), "
+                  "95% bootstrap interval below; every field with --json.", highlight=False)
 
 
 def _fail(error: Exception) -> None:
@@ -82,7 +75,7 @@ def detect(
     if as_json:
         typer.echo(json.dumps(_by_method(summary), indent=2))
     else:
-        _print_table(summary, f"Concept detection: {latent}")
+        _print_leaderboard(summary, "detection_", f"Concept detection: {latent.name}")
 
 
 @eval_app.command("judge")
@@ -159,7 +152,7 @@ def steering_(
     if as_json:
         typer.echo(json.dumps(_by_method(summary), indent=2))
     else:
-        _print_table(summary, f"Steering: {judged}")
+        _print_leaderboard(summary, "steering_", f"Steering: {judged.name}")
 
 
 @eval_app.command("report")
@@ -183,15 +176,11 @@ def report(
     except (ValueError, FileNotFoundError) as error:
         _fail(error)
     if as_json:
-        by_method: dict[str, dict[str, Any]] = {}
-        for prefix, frame in (("detection_", result.detection_summary), ("imbalance_", result.imbalance_summary),
-                              ("steering_", result.steering_summary), ("winrate_", result.winrates)):
-            if frame is not None:
-                for method, values in _by_method(frame).items():
-                    by_method.setdefault(method, {}).update({f"{prefix}{k}": v for k, v in values.items()})
-        typer.echo(json.dumps(by_method, indent=2))
+        typer.echo(json.dumps(result.by_method(), indent=2))
         return
-    typer.echo(result.summary())
+    console = Console()
+    print_leaderboard(console, {"methods": result.by_method(), "caveats": result.caveats(), "judge": result.judge_line()})
+    console.print(f"Report: {result.files['markdown']} (and report.html)", highlight=False, soft_wrap=True)
 
 
 @eval_app.command("push-metrics")

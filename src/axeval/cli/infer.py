@@ -14,11 +14,14 @@ _DICTIONARY_HELP = "A dictionary directory (or Hub model repo id) written by `ax
 def _load(dictionaries: list[str], layer: int | None, model: str | None, dtype: str, device: str):
     from axmethods.dictionary import SteeringDictionary
     from axmethods.inference.latent import check_dictionary
-    from axmethods.models import load_target_model
+    from axmethods.models import TargetModelConfig, load_target_model
     from axmethods.trainers.artifacts import load_steering_artifact
 
     loaded = [load_steering_artifact(source, layer=layer) for source in dictionaries]
-    target = load_target_model(model or loaded[0].base_model, dtype=dtype, device=device)
+    # The dictionary's base model at its recorded revision: an embedded model's dictionary loads it offline.
+    spec = TargetModelConfig(model=model) if model else \
+        TargetModelConfig(model=loaded[0].base_model, revision=loaded[0].base_model_revision)
+    target = load_target_model(spec, dtype=dtype, device=device)
     for dictionary in loaded:
         if isinstance(dictionary, SteeringDictionary):
             check_dictionary(dictionary, target)  # text detectors (BoW) have a vocabulary-sized weight

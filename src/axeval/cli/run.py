@@ -5,18 +5,21 @@ from __future__ import annotations
 import importlib.resources
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from axeval.cli.display import print_leaderboard, read_leaderboard
 from axeval.config import AxbenchConfig, ConfigError
 from axeval.pipeline import PipelineResult, RunLockedError, run_pipeline
 from axeval.stages import default_stages
 
 DEMO_CONFIG = "demo.yaml"
-DEMO_CONCEPTS = "demo_concepts.csv"
+DEMO_CONCEPTS = "demo_concepts.jsonl"
+DEMO_EXAMPLES = "demo_examples.jsonl"  # written by us: the demo asks the LLM to generate only one concept
 
 _SET_HELP = "Override a config value: section.key=value (YAML-typed), repeatable."
 
@@ -43,8 +46,9 @@ def demo(
     """The benchmark on the embedded defaults: embedded target model, embedded LLM, no keys, no network."""
     configs = importlib.resources.files("axeval") / "configs"
     with importlib.resources.as_file(configs / DEMO_CONFIG) as path, \
-            importlib.resources.as_file(configs / DEMO_CONCEPTS) as concepts:
-        overrides = [f"data.concept_path={concepts}"]
+            importlib.resources.as_file(configs / DEMO_CONCEPTS) as concepts, \
+            importlib.resources.as_file(configs / DEMO_EXAMPLES) as examples:
+        overrides = [f"data.concept_path={concepts}", f"data.examples_path={examples}"]
         if output_dir is not None:
             overrides.append(f"run.output_dir={output_dir}")
         _run(path, overrides + list(set_ or []), force)
@@ -67,26 +71,56 @@ def _run(config_path: Path, overrides: list[str], force: bool) -> None:
 
 
 def print_summary(result: PipelineResult, console: Console) -> None:
-    table = Table(title="axbench run summary")
-    table.add_column("stage")
-    table.add_column("status")
-    table.add_column("seconds", justify="right")
-    table.add_column("result")
+    """Stages (status, time, what each made), the leaderboard with its caveats, the LLM's bill, the report path."""
+    table = Table(title="axbench run summary", box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("stage", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("seconds", justify="right", no_wrap=True)
+    table.add_column("result", overflow="fold")
     leaderboard = None
     for stage in result.stages:
-        shown = {k: v for k, v in stage.summary.items() if k != "leaderboard"}
         leaderboard = stage.summary.get("leaderboard", leaderboard)
-        summary = json.dumps(shown, ensure_ascii=False, default=str)
-        table.add_row(stage.name, stage.status, f"{stage.seconds:.1f}",
-                      summary if len(summary) < 300 else summary[:297] + "...")
+        table.add_row(stage.name, stage.status, f"{stage.seconds:.1f}", stage_line(stage.name, stage.summary))
     console.print(table)
-    if leaderboard:
-        console.print(leaderboard, markup=False, highlight=False)
+    if leaderboard and Path(leaderboard).exists():
+        print_leaderboard(console, read_leaderboard(leaderboard))
     if result.llm_totals is not None:
         t = result.llm_totals
         console.print(f"LLM: {t.calls} calls, {t.cache_hits} cache hits, {t.prompt_tokens} prompt + "
                       f"{t.completion_tokens} completion tokens, ${t.cost_usd:.4f}")
-    console.print(f"Done in {result.seconds:.1f} s. Results: [bold]{result.run_dir}[/bold]")
+    console.print(f"Done in {result.seconds:.1f} s.")
     report = result.run_dir / "eval" / "report.md"
-    if report.exists():
-        console.print(f"Report: [bold]{report}[/bold] (and report.html beside it)", soft_wrap=True)
+    console.print(f"Report: [bold]{report}[/bold] (and report.html)" if report.exists()
+                  else f"Results: [bold]{result.run_dir}[/bold]", soft_wrap=True)
+
+
+def _counts(values: dict[str, Any]) -> str:
+    return ", ".join(f"{key} {value}" for key, value in values.items())
+
+
+def stage_line(name: str, summary: dict[str, Any]) -> str:
+    """One short line of what a stage made (its full summary stays in stages/<stage>.json)."""
+    s = summary
+    try:
+        if name == "model":
+            return f"{s['model_id']}: {s['num_layers']} layers, d={s['hidden_size']}, layer {s['layer']}"
+        if name == "llm":
+            return f"{s['model']} answers structured requests"
+        if name == "data":
+            return f"{s['dataset_config']}: {_counts(s['rows'])} rows; {s['llm_calls']} LLM calls, " \
+                   f"{s['failures']} failures"
+        if name == "train":
+            return ", ".join(s) + f" ({max(v.get('concepts', 0) for v in s.values())} concepts)"
+        if name == "latent":
+            return f"{s['rows']} rows + {s['imbalance_rows']} imbalance rows scored by {', '.join(s['methods'])}"
+        if name == "steering":
+            return f"{s['generations']} generations: {_counts(s['per_method'])}"
+        if name == "judge":
+            return f"{s['generations']} generations, {s['calls']} calls, ${s['cost_usd']:.4f}, " \
+                   f"{s['parse_failures']} parse failures"
+        if name == "report":
+            return Path(s["report"]).parent.name + "/" + Path(s["report"]).name
+    except (KeyError, TypeError, ValueError, AttributeError):
+        pass
+    text = json.dumps(s, ensure_ascii=False, default=str)
+    return text if len(text) <= 120 else text[:117] + "..."

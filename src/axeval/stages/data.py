@@ -46,11 +46,11 @@ class DataStage(Stage):
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         config = self.config(ctx)
-        path = config.concept_path
         return {
             "data": dataclasses.asdict(config),
             "dataset_config": self.dataset_config(ctx),
-            "concepts": file_hash(path) if path and Path(path).exists() else path,
+            "concepts": _hash_if_file(config.concept_path),
+            "examples": _hash_if_file(config.examples_path),
             "llm": {"endpoint": ctx.config.llm.endpoint, "model": ctx.config.llm.model},
             "model": ctx.config.section_hash("model"),
             "templates": template_versions(),
@@ -70,6 +70,10 @@ class DataStage(Stage):
         return {"dataset_config": result.dataset_config, "rows": result.rows, "failures": len(report["failures"]),
                 "llm_calls": report["ledger"]["total"]["calls"],
                 "training_usd_per_concept_at_gpt_4o_mini": report["cost_projection"]["training_usd_per_concept"]}
+
+
+def _hash_if_file(path: str | None) -> str | None:
+    return file_hash(path) if path and Path(path).exists() else path
 
 
 def read_concepts(config: GenerationConfig) -> list[Concept]:

@@ -51,5 +51,6 @@ class ReportStage(Stage):
                               suppression=settings.suppression,
                               dataset_id=settings.dataset_id or str(ctx.run_dir.data_dir),
                               n_resamples=settings.n_resamples, seed=ctx.config.run.seed,
-                              parse_failures_as_zero=parse_failures_score_zero(ctx.config.run.protocol))
-        return {"report": str(ctx.run_dir.eval_dir / "report.md"), "leaderboard": report.summary()}
+                              parse_failures_as_zero=parse_failures_score_zero(ctx.config.run.protocol),
+                              note=settings.note)
+        return {"report": str(report.files["markdown"]), "leaderboard": str(report.files["leaderboard"])}

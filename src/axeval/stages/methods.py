@@ -11,6 +11,7 @@ import pandas as pd
 
 from axdata.io import atomic_path
 from axeval import protocol
+from axeval.lexical import add_lexical_scores, concept_signatures
 from axeval.pipeline import RunContext, Stage
 from axeval.stages.dataset import run_dataset
 from axmethods.activations import ActivationCollector
@@ -34,6 +35,12 @@ logger = logging.getLogger(__name__)
 
 def method_names(ctx: RunContext) -> list[str]:
     return [canonical_method_name(name) for name in ctx.config.methods.train]
+
+
+def steered_methods(ctx: RunContext) -> set[str]:
+    """The canonical names of methods.steer (all trained methods when it is not set)."""
+    steer = ctx.config.methods.steer
+    return set(method_names(ctx)) if steer is None else {canonical_method_name(name) for name in steer}
 
 
 def method_settings(ctx: RunContext, name: str) -> dict[str, Any]:
@@ -173,7 +180,8 @@ class SteeringStage(Stage):
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         return {"latent": ctx.stamp_hash("latent"), "inference": dataclasses.asdict(ctx.config.inference),
-                "seed": ctx.config.run.seed, "data": run_dataset(ctx).fingerprint("steering")}
+                "seed": ctx.config.run.seed, "steer": sorted(steered_methods(ctx)),
+                "data": run_dataset(ctx).fingerprint("steering", "train")}
 
     def outputs(self, ctx: RunContext) -> list[Path]:
         return [ctx.run_dir.inference_dir / "steering.parquet"]
@@ -183,7 +191,11 @@ class SteeringStage(Stage):
         target = ctx.target_model()
         prompts = run_dataset(ctx).split("steering")
         steerers = []
-        for artifact in load_artifacts(ctx):
+        steered = steered_methods(ctx)
+        for name, artifact in zip(method_names(ctx), load_artifacts(ctx)):
+            if name not in steered:
+                logger.info("%s is not in methods.steer: detection only in this run", name)
+                continue
             if isinstance(artifact, SteeringDictionary) and not can_steer(artifact):
                 logger.info("%s is detection-only (steering = none): skipped in the steering stage", artifact.method)
                 continue
@@ -200,6 +212,9 @@ class SteeringStage(Stage):
             for steerer in steerers
         ]
         generations = pd.concat(frames, ignore_index=True)
+        dataset = run_dataset(ctx)
+        if dataset.has_split("train"):  # the judge-free concept score, next to the judge's (axeval.lexical)
+            generations = add_lexical_scores(generations, concept_signatures(dataset.split("train")))
         _write(generations, ctx.run_dir.inference_dir / "steering.parquet")
         return {"generations": len(generations),
                 "per_method": generations.groupby("method").size().to_dict()}

@@ -1,0 +1,74 @@
+"""What the CLI prints: rich tables that stay readable in an 80-column terminal, never raw JSON or markdown."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+# Leaderboard columns: (title, field prefix in Report.by_method(), digits). A cell shows the mean over
+# concepts with its 95% interval on a second line, so five metrics fit in 80 columns.
+LEADERBOARD_COLUMNS = (
+    ("AUROC", "detection_auroc_", 3),
+    ("HN acc.", "detection_hard_negative_accuracy_", 2),
+    ("F1 (imb.)", "imbalance_f1_", 2),
+    ("Steering", "steering_score_", 2),
+    ("Lexical %", "steering_lexical_score_", 1),
+)
+
+
+def _cell(values: Mapping[str, Any], prefix: str, digits: int) -> str:
+    mean = values.get(f"{prefix}mean")
+    if mean is None:
+        return "–"
+    low, high = values.get(f"{prefix}ci_low"), values.get(f"{prefix}ci_high")
+    interval = f"\n[dim][{low:.{digits}f}, {high:.{digits}f}][/dim]" if low is not None and high is not None else ""
+    return f"{mean:.{digits}f}{interval}"
+
+
+def leaderboard_table(methods: Mapping[str, Mapping[str, Any]], title: str = "Leaderboard") -> Table:
+    """Methods (rows, in the given order) × the metrics any of them has."""
+    columns = [column for column in LEADERBOARD_COLUMNS
+               if any(values.get(f"{column[1]}mean") is not None for values in methods.values())]
+    ratio = next((values["imbalance_negatives_per_positive"] for values in methods.values()
+                  if values.get("imbalance_negatives_per_positive")), None)
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", padding=(0, 1))
+    table.add_column("method", no_wrap=True)
+    for name, _, _ in columns:
+        table.add_column(f"F1 (1:{ratio:.0f})" if name == "F1 (imb.)" and ratio else name, justify="right",
+                         no_wrap=True)
+    for method, values in methods.items():
+        table.add_row(method, *(_cell(values, prefix, digits) for _, prefix, digits in columns))
+    return table
+
+
+def read_leaderboard(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def print_leaderboard(console: Console, leaderboard: Mapping[str, Any]) -> None:
+    """The leaderboard table, the judge line and the caveats (from `leaderboard.json`)."""
+    methods = leaderboard.get("methods") or {}
+    if not methods:
+        console.print("No results to rank yet.")
+        return
+    console.print(leaderboard_table(methods))
+    for line in filter(None, [leaderboard.get("judge"), *leaderboard.get("caveats", [])]):
+        console.print(f"[yellow]•[/yellow] {line}", highlight=False)
+
+
+def frame_table(frame: pd.DataFrame, title: str, key: str = "method") -> Table:
+    """A data frame as a table: floats to 3 digits, the key column unwrapped."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+    for column in frame.columns:
+        table.add_column(str(column), justify="left" if column == key else "right", no_wrap=column == key)
+    for row in frame.itertuples(index=False):
+        table.add_row(*("–" if isinstance(v, float) and v != v else f"{v:.3f}" if isinstance(v, float) else str(v)
+                        for v in row))
+    return table
