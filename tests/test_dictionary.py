@@ -203,3 +203,13 @@ def test_convert_axbench_cli(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     converted = SteeringDictionary.load(tmp_path / "out")
     assert converted.n_concepts == 3 and converted.layer == 20
+
+
+def test_push_refuses_an_uncalibrated_steering_dictionary(tmp_path: Path) -> None:
+    """Nobody can steer with a dictionary that has no calibration: pushing one is refused (before any upload)
+    unless --allow-uncalibrated says it is on purpose."""
+    make_dictionary().save(tmp_path / "dict")
+    result = CliRunner().invoke(dictionary_app, ["push", str(tmp_path / "dict"), "me/uncalibrated"])
+    assert result.exit_code == 1
+    assert "Push refused" in result.output and "axbench infer latent --dictionary" in result.output
+    assert "--allow-uncalibrated" in result.output

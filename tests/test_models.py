@@ -254,3 +254,16 @@ def test_smollm2_cached_copy_matches_the_gguf(smollm2_loads):
     sample = target.tokenizer(SMOLLM2_SAMPLE, return_tensors="pt")
     with torch.inference_mode():
         assert torch.allclose(original(**sample).logits, target.model(**sample).logits, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_an_embedded_models_hub_id_at_its_embedded_revision_loads_offline(smollm2_loads):
+    """A dictionary trained on the embedded model records `<Hub id> @ embedded:<name>`: loading that spec gives
+    the same embedded weights, with no Hub access (the suite runs with HF_HUB_OFFLINE=1)."""
+    target = smollm2_loads.target
+    assert target.revision == "embedded:smollm2-135m-instruct"
+    again = load_target_model(target.model_id, revision=target.revision, cache_dir=str(smollm2_loads.cache_dir),
+                              device="cpu", dtype="float32")
+    assert again.spec == "smollm2-135m-instruct" and again.model_id == target.model_id
+    with pytest.raises(ValueError, match="no embedded model 'smollm2-135m-instruct' with that Hub id"):
+        load_target_model("google/gemma-2-2b-it", revision="embedded:smollm2-135m-instruct")

@@ -18,9 +18,13 @@ def push(
     private: bool = typer.Option(False, "--private/--public"),
     revision: str | None = typer.Option(None, "--revision", help="Branch to push to."),
     dataset: list[str] = typer.Option([], "--dataset", help="Training dataset id for the card (repeatable)."),
+    allow_uncalibrated: bool = typer.Option(False, "--allow-uncalibrated",
+                                            help="Push a steering dictionary that has no calibration yet (nobody "
+                                            "can steer with it before running latent inference)."),
 ) -> None:
     """Upload a dictionary layer folder (or a trained method's adapters / fine-tuned weights) and its card."""
-    from axmethods.dictionary import DictionaryError
+    from axmethods.dictionary import DictionaryError, SteeringDictionary
+    from axmethods.inference.steering import needs_calibration
     from axmethods.trainers.artifacts import load_steering_artifact, push_artifact
 
     try:
@@ -28,6 +32,15 @@ def push(
     except (DictionaryError, FileNotFoundError) as error:
         typer.echo(f"Push failed: {error}", err=True)
         raise typer.Exit(1) from None
+    if isinstance(artifact, SteeringDictionary) and needs_calibration(artifact):
+        if not allow_uncalibrated:
+            typer.echo(f"Push refused: the {artifact.method} dictionary in {directory} has no calibration (the "
+                       "per-concept max activation that scales steering factors), so nobody could steer with it. "
+                       f"Run `axbench infer latent --dictionary {directory} --data DATA` first (it calibrates the "
+                       "dictionary in place), or pass --allow-uncalibrated.", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"Warning: pushing the uncalibrated {artifact.method} dictionary; its card says so and steering "
+                   "with it needs `axbench infer latent` first.", err=True)
     url = push_artifact(artifact, repo_id, revision=revision, private=private, datasets=dataset)
     typer.echo(f"Pushed {artifact.method} ({artifact.n_concepts} concepts) to {repo_id}: {url}")
 

@@ -12,23 +12,24 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-# Leaderboard columns: (title, field prefix in Report.by_method(), digits). A cell shows the mean over
-# concepts with its 95% interval on a second line, so five metrics fit in 80 columns.
+# Leaderboard columns: (title, field prefix in Report.by_method(), digits of the mean, of the interval). A cell
+# shows the mean over concepts with its 95% interval on a second line, so four metrics and the method name fit
+# in 80 columns; hard-negative accuracy and the sub-scores are in the report and in --json.
 LEADERBOARD_COLUMNS = (
-    ("AUROC", "detection_auroc_", 3),
-    ("HN acc.", "detection_hard_negative_accuracy_", 2),
-    ("F1 (imb.)", "imbalance_f1_", 2),
-    ("Steering", "steering_score_", 2),
-    ("Lexical %", "steering_lexical_score_", 1),
+    ("AUROC", "detection_auroc_", 3, 2),
+    ("F1 (imb.)", "imbalance_f1_", 3, 2),
+    ("Steering", "steering_score_", 3, 2),
+    ("Lexical %", "steering_lexical_score_", 1, 0),
 )
 
 
-def _cell(values: Mapping[str, Any], prefix: str, digits: int) -> str:
+def _cell(values: Mapping[str, Any], prefix: str, digits: int, ci_digits: int) -> str:
     mean = values.get(f"{prefix}mean")
     if mean is None:
         return "–"
     low, high = values.get(f"{prefix}ci_low"), values.get(f"{prefix}ci_high")
-    interval = f"\n[dim][{low:.{digits}f}, {high:.{digits}f}][/dim]" if low is not None and high is not None else ""
+    interval = f"\n[dim][{low:.{ci_digits}f}, {high:.{ci_digits}f}][/dim]" if low is not None and high is not None \
+        else ""
     return f"{mean:.{digits}f}{interval}"
 
 
@@ -40,11 +41,11 @@ def leaderboard_table(methods: Mapping[str, Mapping[str, Any]], title: str = "Le
                   if values.get("imbalance_negatives_per_positive")), None)
     table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", padding=(0, 1))
     table.add_column("method", no_wrap=True)
-    for name, _, _ in columns:
+    for name, _, _, _ in columns:
         table.add_column(f"F1 (1:{ratio:.0f})" if name == "F1 (imb.)" and ratio else name, justify="right",
                          no_wrap=True)
     for method, values in methods.items():
-        table.add_row(method, *(_cell(values, prefix, digits) for _, prefix, digits in columns))
+        table.add_row(method, *(_cell(values, prefix, digits, ci_digits) for _, prefix, digits, ci_digits in columns))
     return table
 
 

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich import box
 from rich.table import Table
 
 from axdata.embedded import DEFAULT_EMBEDDED_MODEL
@@ -41,9 +42,10 @@ def ledger(
     if by not in ("model", "purpose", "concept_id"):
         raise typer.BadParameter("--by must be one of model, purpose, concept_id.")
     book = Ledger(path)
-    table = Table(title=f"LLM ledger: {path}")
-    for column in (by, "calls", "cache hits", "prompt tokens", "completion tokens", "cost (USD)"):
-        table.add_column(column, justify="left" if column == by else "right")
+    # Short headers and an unwrapped key column: the table stays whole in an 80-column terminal.
+    table = Table(title=f"LLM ledger: {path}", box=box.SIMPLE_HEAD, title_justify="left")
+    for column in (by, "calls", "cached", "prompt tok.", "compl. tok.", "USD"):
+        table.add_column(column, justify="left" if column == by else "right", no_wrap=True)
     groups = book.totals(by=by, session_only=False)
     for key, totals in sorted(groups.items(), key=lambda kv: str(kv[0])):
         table.add_row(str(key), str(totals.calls), str(totals.cache_hits), str(totals.prompt_tokens),

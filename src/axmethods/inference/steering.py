@@ -141,6 +141,12 @@ def can_steer(dictionary: SteeringDictionary) -> bool:
     return dictionary.config.get("steering") != "none"
 
 
+def needs_calibration(dictionary: SteeringDictionary) -> bool:
+    """Whether the dictionary steers with factor × calibration but has no calibration yet (latent inference
+    computes it): such a dictionary cannot steer until it is calibrated."""
+    return can_steer(dictionary) and dictionary.config.get("steering") != "prompt" and dictionary.calibration is None
+
+
 def steerer_for(dictionary: SteeringDictionary, *, kind: str = "addition", positions: Positions = "all") -> Steerer:
     """The steerer a dictionary's method calls for (its config records how it steers).
 

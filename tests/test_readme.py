@@ -1,0 +1,123 @@
+"""The README's commands and Python snippets run as written.
+
+Every line of a `bash` block and every `python` block is either run here, verbatim, or listed in SKIPPED with
+the reason and the test that covers it instead; a new README command that is neither fails the first test.
+The second test runs the README's path on the real Concept10 data — import, info, push, pull, load_dataset,
+train, infer latent, eval detect, infer steer, dictionary push — offline, against the local Hub stand-in.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+CONCEPT10 = SHARED / "data" / "axbench" / "concept10" / "prod_2b_l20_v1"
+
+_CURATION = "needs an Argilla server; tests/test_curation_server.py runs these commands against a local one"
+SKIPPED = {
+    "make demo": "`make demo` is set-up plus `axbench demo`, which tests/test_cli.py runs end to end",
+    "make test": "this test suite",
+    "axbench run my-run.yaml": "my-run.yaml is the reader's own config; `axbench run` is run by tests/test_cli.py "
+                               "(the demo) and tests/test_run_pipeline.py",
+    "axbench demo --output-dir": "tests/test_cli.py runs exactly this (with a temporary --output-dir)",
+    "axbench run configs/paper/": "needs a GPU, the Gemma weights and an OpenAI key",
+    "axbench data generate my-run.yaml": "placeholders the reader writes; generation is tested by "
+                                         "tests/test_generation_stage.py and tests/test_written_examples.py",
+    "axbench train reft-r1": "three epochs on Concept10 take minutes on a CPU; ReFT-r1 is trained in tests/test_methods.py",
+    "axbench dictionary convert-axbench": "needs an AxBench training dump; tests/test_dictionary.py converts one",
+    "axbench train reps": "trains for minutes on a CPU; tests/test_trainers.py and tests/test_reps_concept10.py "
+                          "train every RePS-family method",
+    "axbench infer steer --dictionary dicts/reps": "needs the RePS dictionary of the line above",
+    "export ARGILLA_API_URL": _CURATION,
+    "axbench curate": _CURATION,
+    "axbench eval report runs/demo": _CURATION + " (the report's agreement section: tests/test_curation.py)",
+    "from axmethods.trainers import RePSConfig": "a fragment (target, preference_df and concepts are the reader's); "
+                                                 "tests/test_trainers.py makes the same calls",
+    "from axdata.generation import ChatRequest": "needs an OpenAI key; tests/test_llm_client.py makes the same calls "
+                                                 "against a local server",
+}
+
+# Run by test_readme_paths_run_as_written, in this order; cwd "work" has ../shared beside it, "root" is the repo.
+RUN_IN_WORK = [
+    "axbench data import ../shared/data/axbench/concept10/prod_2b_l20_v1 --out data/concept10 --config gemma-2-2b-it-l20",
+    "axbench data info data/concept10",
+    "axbench data push data/concept10 my-org/concept10 --version 1.0.0",
+    "axbench data pull my-org/concept10 data/pulled --revision v1.0.0",
+    'from datasets import load_dataset\nds = load_dataset("my-org/concept10", "gemma-2-2b-it-l20", split="latent")',
+    "axbench train diffmean --data data/concept10 --model smollm2-135m-instruct --layer 10 --out dicts/diffmean",
+    "axbench infer latent --dictionary dicts/diffmean --data data/concept10 --out latent.parquet",
+    "axbench eval detect latent.parquet",
+    "axbench infer steer --dictionary dicts/diffmean --data data/concept10 --factors 2 --max-new-tokens 32 --out steering.parquet",
+    "axbench dictionary push dicts/diffmean my-org/smollm2-l10-diffmean",
+    "axbench train bipo --data data/concept10 --layer 10 --set help=1",
+]
+RUN_IN_ROOT = [
+    "axbench config show configs/paper/2b-l20.yaml --set run.protocol=reference",
+    "import evaluate",
+    "from axmethods.models import load_target_model",
+]
+
+
+def readme_items() -> list[str]:
+    """Every command line of the bash blocks (comments dropped) and every python block (whole)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    items: list[str] = []
+    for language, body in re.findall(r"```(\w+)\n(.*?)```", text, re.S):
+        if language == "python":
+            items.append(body.strip())
+        elif language == "bash":
+            for line in body.splitlines():
+                command = re.sub(r"\s+#\s.*$", "", line).strip()
+                if command and not command.startswith("#"):
+                    items.append(command)
+    return items
+
+
+def _matches(item: str, entry: str) -> bool:
+    return item == entry or item.startswith(entry)
+
+
+def test_every_readme_command_is_run_or_skipped_with_a_reason():
+    items = readme_items()
+    assert len(items) > 20
+    unaccounted = [item for item in items if not any(_matches(item, e) for e in (*RUN_IN_WORK, *RUN_IN_ROOT))
+                   and not any(item.startswith(prefix) for prefix in SKIPPED)]
+    assert not unaccounted, f"README commands neither run by this test nor skipped with a reason: {unaccounted}"
+    for entry in (*RUN_IN_WORK, *RUN_IN_ROOT):  # what this test runs is still in the README, verbatim
+        assert any(_matches(item, entry) for item in items), f"no longer in the README: {entry!r}"
+
+
+def _run(item: str, cwd: Path, env: dict[str, str]) -> str:
+    block = next(i for i in readme_items() if _matches(i, item))  # the README's text, not this file's copy
+    command = [sys.executable, "-c", block] if not block.startswith(("axbench ", "export ")) else ["bash", "-c", block]
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"README command failed: {block}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.skipif(not CONCEPT10.is_dir(), reason=f"AxBench Concept10 data not found at {CONCEPT10} (shared data "
+                                                   "checkout absent); the README's commands import it.")
+def test_readme_paths_run_as_written(tmp_path, hub_env):
+    work = tmp_path / "work"
+    work.mkdir()
+    (tmp_path / "shared").symlink_to(SHARED)  # the README runs from a checkout with ../shared beside it
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "COLUMNS": "80"}
+    outputs = {item: _run(item, work, env) for item in RUN_IN_WORK}
+    for item in RUN_IN_ROOT:
+        _run(item, ROOT, {**env, "HF_HUB_OFFLINE": "1"})
+
+    assert "steering" in outputs[RUN_IN_WORK[0]]  # the import builds the steering split
+    detect = outputs["axbench eval detect latent.parquet"]
+    assert "diffmean" in detect and "AUROC" in detect
+    assert max(len(line) for line in detect.splitlines()) <= 80
+    assert (work / "steering.parquet").exists() and (work / "dicts" / "diffmean").is_dir()
