@@ -209,7 +209,8 @@ def test_builder_over_imported_concept10(tmp_path: Path) -> None:
     import_axbench(CONCEPT10 / "prod_2b_l20_v1", root, "prod_2b_l20_v1")
     builder = load_builder(root, "prod_2b_l20_v1", cache_dir=tmp_path / "cache")
     builder.download_and_prepare()
-    assert {name: split.num_examples for name, split in builder.info.splits.items()} == {"train": 936, "latent": 755}
+    assert {name: split.num_examples for name, split in builder.info.splits.items()} == {"train": 936, "latent": 755,
+                                                                                    "steering": 100}
     latent = builder.as_dataset(split="latent")
     assert_matches_local(latent, pq.read_table(split_files(root, "prod_2b_l20_v1", "latent")))
     train = builder.as_dataset(split="train")

@@ -199,7 +199,7 @@ def test_labels_folder_agreement_cli_and_report(tmp_path):
 
     report = build_report(run, n_resamples=20)
     markdown = report.files["markdown"].read_text()
-    assert "Judge–human agreement: `review-x`" in markdown and "plots/agreement_review-x.png" in markdown
+    assert "Judge–human agreement: review-x" in markdown and "plots/agreement_review-x.png" in markdown
     assert report.files["plot_agreement_review-x"].is_file()
     assert "Judge–human agreement" in report.files["html"].read_text()
 

@@ -205,7 +205,8 @@ def test_concept10_round_trip(hub_env: HubEnv, tmp_path: Path) -> None:
     hashes = {}
     for setting in ("prod_2b_l20_v1", "prod_9b_l20_v1"):
         hashes.update({f"{setting}/{k}": v for k, v in
-                       import_axbench(CONCEPT10 / setting, local, setting).source_hashes.items()})
+                       import_axbench(CONCEPT10 / setting, local, setting,
+                                      steering_num_of_examples=None).source_hashes.items()})
     write_provenance({"source": "axbench concept10", "source_hashes": hashes}, local)
     repo_id = hub_env.repo_id("concept10")
     report = push_dataset(local, repo_id)

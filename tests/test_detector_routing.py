@@ -193,11 +193,12 @@ def _stage_context(tmp_path: Path, target, split: pd.DataFrame | dict) -> Simple
     splits = split if isinstance(split, dict) else {"steering": split}
     dataset = SimpleNamespace(split=lambda name: splits[name], has_split=lambda name: name in splits,
                               directory=tmp_path / "data")
-    from axeval.config import InferenceSection, RunSection
+    from axeval.config import InferenceSection, MethodsSection, RunSection
 
     inference = InferenceSection(factors=[1.0], max_new_tokens=3, unsteered_baseline=False, steering_batch_size=8,
                                  latent_batch_size=4)
-    ctx = SimpleNamespace(config=SimpleNamespace(inference=inference, run=RunSection(seed=0, layer=LAYER)),
+    ctx = SimpleNamespace(config=SimpleNamespace(inference=inference, run=RunSection(seed=0, layer=LAYER),
+                                                 methods=MethodsSection()),
                           target_model=lambda: target,
                           run_dir=SimpleNamespace(inference_dir=tmp_path / "inference",
                                                   dictionaries_dir=tmp_path / "dictionaries"))

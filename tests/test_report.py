@@ -75,10 +75,16 @@ def test_report_from_frames_writes_every_file_and_a_correct_leaderboard(tmp_path
     assert lines[header].startswith("| Method | AUROC | Hard-negative acc. |")
     assert lines[header + 1].startswith("|---|")
     assert lines[header + 2].startswith("| DiffMean | ")
-    assert "![roc](plots/roc.png)" in markdown
+    assert "![Concept detection: ROC curves](plots/roc.png)" in markdown
+    assert "> Intervals over 4 concepts (fewer than 10) are rough" in markdown
 
     html = report.files["html"].read_text(encoding="utf-8")
     assert html.count("data:image/png;base64,") == 2 and "plots/" not in html  # self-contained
+    # The HTML has every section of the markdown, under the same word headings.
+    headings = [line[3:] for line in lines if line.startswith("## ")]
+    assert "Judge" in headings and "Concept detection: ROC curves" in headings
+    assert all(f"<h2>{heading}</h2>" in html for heading in headings)
+    assert json.loads(report.files["leaderboard"].read_text())["methods"]["DiffMean"]["steering_score_mean"] == 2.0
 
     entries = parse_eval_result_entries(yaml.safe_load(report.files["eval_results_DiffMean"].read_text()))
     assert {e.task_id for e in entries} == {"concept_detection", "steering"}
@@ -102,7 +108,8 @@ def test_report_from_run_dir_and_cli(tmp_path):
     runner = CliRunner()
     result = runner.invoke(eval_app, ["report", str(run)])
     assert result.exit_code == 0, result.output
-    assert "| DiffMean |" in result.output and str(run / "eval" / "report.md") in result.output
+    assert "DiffMean" in result.output and str(run / "eval" / "report.md") in result.output
+    assert "| DiffMean |" not in result.output  # a table for people, not raw markdown
     assert (run / "eval" / ".eval_results" / "DiffMean.yaml").exists()
     result = runner.invoke(eval_app, ["report", str(run), "--json", "--baseline", "Prompt"])
     assert result.exit_code == 0, result.output

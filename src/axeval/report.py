@@ -268,10 +268,12 @@ def _markdown_table(table: pd.DataFrame) -> str:
 
 def compact(frame: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     """A summary frame for reading: each `<x>_mean/_ci_low/_ci_high` triple becomes one "mean [low, high]"
-    column, other floats are rounded, and names are words ("auroc_n" → "auroc n")."""
+    column (its `<x>_n` count left out: the table's concept counts say it), other floats are rounded, and names
+    are words ("n_hard_negatives" → "n hard negatives")."""
     shown = pd.DataFrame(index=frame.index)
     for column in frame.columns:
-        if column.endswith(("_ci_low", "_ci_high")):
+        # The interval's bounds join its mean; its own count repeats the table's concept counts.
+        if column.endswith(("_ci_low", "_ci_high")) or column.endswith("_n") and f"{column[:-2]}_mean" in frame:
             continue
         if column.endswith("_mean") and f"{column[:-5]}_ci_low" in frame.columns:
             prefix = column[:-5]
@@ -348,11 +350,13 @@ def render_html(report: Report, title: str, plots: dict[str, Path]) -> str:
         data = base64.b64encode(path.read_bytes()).decode("ascii")
         body.append(f'<h2>{html.escape(plot_title(name))}</h2><img alt="{html.escape(plot_title(name))}" '
                     f'src="data:image/png;base64,{data}">')
-    # Tables wrap their cells and scroll inside their own box, so the page never grows sideways.
+    # Cells wrap at spaces only and a table wider than the page scrolls inside its own box: the page never
+    # grows sideways and no word is cut.
     style = ("body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222}"
              ".scroll{overflow-x:auto;max-width:100%}table.results{border-collapse:collapse;font-size:0.9em}"
              "table.results td,table.results th{padding:4px 8px;border-bottom:1px solid #ddd;text-align:left;"
-             "vertical-align:top;overflow-wrap:anywhere}table.results th{background:#f4f4f4}"
+             "vertical-align:top}table.results th{background:#f4f4f4;font-weight:600}"
+             "table.results td:first-child{white-space:nowrap}"
              ".caveat{background:#fff8e1;border-left:4px solid #f0b400;padding:6px 10px}img{max-width:100%}")
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><meta name=\"viewport\" "
             f"content=\"width=device-width, initial-scale=1\"><title>{html.escape(title)}</title>"

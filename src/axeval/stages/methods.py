@@ -180,7 +180,7 @@ class SteeringStage(Stage):
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         return {"latent": ctx.stamp_hash("latent"), "inference": dataclasses.asdict(ctx.config.inference),
-                "seed": ctx.config.run.seed, "steer": sorted(steered_methods(ctx)),
+                "seed": ctx.config.run.seed, "steer": ctx.config.methods.steer,
                 "data": run_dataset(ctx).fingerprint("steering", "train")}
 
     def outputs(self, ctx: RunContext) -> list[Path]:
@@ -191,10 +191,10 @@ class SteeringStage(Stage):
         target = ctx.target_model()
         prompts = run_dataset(ctx).split("steering")
         steerers = []
-        steered = steered_methods(ctx)
-        for name, artifact in zip(method_names(ctx), load_artifacts(ctx)):
-            if name not in steered:
-                logger.info("%s is not in methods.steer: detection only in this run", name)
+        only = ctx.config.methods.steer
+        for artifact in load_artifacts(ctx):
+            if only is not None and canonical_method_name(artifact.method) not in steered_methods(ctx):
+                logger.info("%s is not in methods.steer: detection only in this run", artifact.method)
                 continue
             if isinstance(artifact, SteeringDictionary) and not can_steer(artifact):
                 logger.info("%s is detection-only (steering = none): skipped in the steering stage", artifact.method)
