@@ -56,7 +56,7 @@ RUN_IN_WORK = [
     "axbench eval detect latent.parquet",
     "axbench infer steer --dictionary dicts/diffmean --data data/concept10 --factors 2 --max-new-tokens 32 --out steering.parquet",
     "axbench dictionary push dicts/diffmean my-org/smollm2-l10-diffmean",
-    "axbench train bipo --data data/concept10 --layer 10 --set help=1",
+    "axbench train bipo --data data/concept10 --layer 10 --out dicts/bipo --set help=1",
 ]
 RUN_IN_ROOT = [
     "axbench config show configs/paper/2b-l20.yaml --set run.protocol=reference",

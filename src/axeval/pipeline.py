@@ -26,15 +26,13 @@ from axdata.generation import ChatBackend, Ledger, open_llm
 from axdata.hashing import content_hash
 from axdata.io import atomic_write_text
 from axeval.config import AxbenchConfig
+from axeval.errors import USER_ERRORS
 from axeval.rundir import RunDirectory
 from axmethods.models import TargetModel, load_target_model
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 LOCK_FILE, LOCK_OWNER_FILE = ".axbench.lock", ".axbench.lock.owner"
-# Errors that describe bad input or a failed outside service, already phrased for a user (anything else is
-# a defect of ours, reported with its type).
-USER_ERRORS = (ValueError, LookupError, OSError, RuntimeError)
 
 
 class RunContext:

@@ -16,7 +16,7 @@ from axeval.cli.infer import infer_app
 from axeval.cli.llm import llm_app
 from axeval.cli.run import register_run_commands
 from axeval.cli.train import train
-from axeval.pipeline import USER_ERRORS
+from axeval.errors import USER_ERRORS
 
 app = typer.Typer(
     name="axbench",

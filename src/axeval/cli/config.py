@@ -7,8 +7,6 @@ from pathlib import Path
 import typer
 import yaml
 
-from axeval.config import AxbenchConfig, ConfigError
-
 config_app = typer.Typer(help="Inspect run configs.", no_args_is_help=True)
 
 
@@ -20,6 +18,8 @@ def show(
 ) -> None:
     """Print the resolved config as YAML: exactly the protocol a run would use (factors, top_k, judge temperature,
     run.protocol, …), validated as `axbench run` validates it."""
+    from axeval.config import AxbenchConfig, ConfigError  # deferred: the CLI starts without torch
+
     try:
         resolved = AxbenchConfig.load(config, set_ or [])
     except ConfigError as err:

@@ -9,11 +9,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from axeval.config import AxbenchConfig, ConfigError
-from axeval.pipeline import RunContext, RunLockedError, locked_run_directory
-from axeval.rundir import RunDirectory
-from axeval.stages.data import DataStage, generate_for_run
-
 
 def generate(
     config: Path | None = typer.Argument(None, help="Run config YAML (sections run, model, llm, data); "
@@ -37,6 +32,12 @@ def generate(
     The report (failures, calls, tokens, cost) is written to <run dir>/generation_report.json
     (<out>.generation/generation_report.json with --out).
     """
+    # Deferred: the CLI starts without torch; only the commands that need it load it.
+    from axeval.config import AxbenchConfig, ConfigError
+    from axeval.pipeline import RunContext, RunLockedError, locked_run_directory
+    from axeval.rundir import RunDirectory
+    from axeval.stages.data import DataStage, generate_for_run
+
     console = Console()
     try:
         run_config = AxbenchConfig.load(config, set_ or [])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.resources
 import json
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import TYPE_CHECKING, Any, List, Optional
 
 import typer
 from rich import box
@@ -13,9 +13,9 @@ from rich.console import Console
 from rich.table import Table
 
 from axeval.cli.display import print_leaderboard, read_leaderboard
-from axeval.config import AxbenchConfig, ConfigError
-from axeval.pipeline import PipelineResult, RunLockedError, run_pipeline
-from axeval.stages import default_stages
+
+if TYPE_CHECKING:
+    from axeval.pipeline import PipelineResult
 
 DEMO_CONFIG = "demo.yaml"
 DEMO_CONCEPTS = "demo_concepts.jsonl"
@@ -55,6 +55,11 @@ def demo(
 
 
 def _run(config_path: Path, overrides: list[str], force: bool) -> None:
+    # Deferred: the CLI starts without torch; only the commands that need it load it.
+    from axeval.config import AxbenchConfig, ConfigError
+    from axeval.pipeline import RunLockedError, run_pipeline
+    from axeval.stages import default_stages
+
     console = Console()
     try:
         config = AxbenchConfig.load(config_path, overrides)
