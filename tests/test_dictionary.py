@@ -37,15 +37,25 @@ def assert_same(a: SteeringDictionary, b: SteeringDictionary) -> None:
 def test_save_load_round_trip_keeps_rows_and_optional_tensors(tmp_path: Path) -> None:
     dictionary = make_dictionary(bias=torch.arange(4.0), calibration=torch.tensor([1.0, 2.0, 3.0, 4.0]),
                                  steering_weight=torch.ones(4, 64), activation="relu")
-    folder = dictionary.save(tmp_path, datasets=["me/concept10"], eval_results={"mean AUROC": 0.93})
+    folder = dictionary.save(tmp_path, datasets=["me/concept10"], eval_results=[
+        {"dataset": {"id": "me/concept10", "task_id": "concept_detection-c10", "revision": "a" * 40}, "value": 0.93,
+         "notes": "mean AUROC over 10 concepts"}])
     assert folder == tmp_path / "l0"
     assert sorted(p.name for p in folder.iterdir()) == ["concepts.jsonl", "config.json", "weights.safetensors"]
     assert_same(dictionary, SteeringDictionary.load(tmp_path))
     assert_same(dictionary, SteeringDictionary.load(folder))  # the layer folder itself
     card = (tmp_path / "README.md").read_text()
     for expected in ("library_name: axbench", "base_model: tiny/llama", "me/concept10", "mean AUROC", "0.93",
-                     "from_pretrained"):
+                     "from_pretrained", "concept_detection-c10"):
         assert expected in card
+    # The results: in the card's model-index (what the Hub shows) and as the repo's .eval_results file.
+    import yaml
+    from huggingface_hub import ModelCard
+
+    index = ModelCard(card).data.eval_results
+    assert [(r.dataset_type, r.task_name, r.metric_value, r.dataset_revision) for r in index] == \
+        [("me/concept10", "concept_detection-c10", 0.93, "a" * 40)]
+    assert yaml.safe_load((tmp_path / ".eval_results" / "axbench.yaml").read_text())[0]["value"] == 0.93
     assert not list(tmp_path.rglob("*.tmp"))
     # Every artefact gets the same (umask) permissions; safetensors alone used to come out 0600.
     assert len({path.stat().st_mode & 0o777 for path in tmp_path.rglob("*") if path.is_file()}) == 1

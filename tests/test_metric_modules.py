@@ -82,7 +82,7 @@ def test_push_metrics_then_load_by_id_from_the_hub(hub_env, monkeypatch):
     assert [p.repo_id for p in pushed] == [f"{org}/concept_detection", f"{org}/steering"]
     files = set(HfApi(endpoint=hub_env.endpoint, token=hub_env.token).list_repo_files(f"{org}/steering",
                                                                                       repo_type="space"))
-    assert {"steering.py", "README.md", "requirements.txt", "app.py"} <= files
+    assert {"steering.py", "axbench_core.py", "README.md", "requirements.txt", "app.py"} <= files
     steering = evaluate.load(f"{org}/steering")
     assert steering.compute(**STEERING_INPUTS)["score"] == 2.0
     detection = evaluate.load(f"{org}/concept_detection")
@@ -96,8 +96,116 @@ def test_push_metrics_rejects_a_repo_id_as_org():
         push_metrics("org/steering")
 
 
-def test_space_files_pin_the_package(tmp_path: Path):
-    files = metric_hub.metric_files("steering", "org/steering", requirement="axbench==0.1.0")
-    assert b"axbench==0.1.0" in files["requirements.txt"]
+DETECTION_INPUTS = {
+    "scores": [0.9, 0.7, 0.2, 0.1, 0.8, 0.6, 0.5, 0.65, 0.3, 0.4, 0.55, 0.05],
+    "categories": ["positive", "positive", "negative", "negative", "positive", "positive", "negative", "negative",
+                   "hard negative", "negative", "negative", "negative"],
+    "concept_ids": [0, 0, 0, 0, 1, 1, 1, 1, 1, -1, -1, -1],
+}
+# Run where the toolkit cannot be imported: the Space's module must work from its own files.
+_WITHOUT_TOOLKIT = """
+import json, sys
+for package in ("axeval", "axdata", "axmethods"):
+    sys.modules[package] = None  # any import of the toolkit now fails
+import evaluate
+space = sys.argv[1]
+steering = evaluate.load(space + "/steering").compute(**json.loads(sys.argv[2]))
+detection = evaluate.load(space + "/concept_detection").compute(imbalance=True, **json.loads(sys.argv[3]))
+print(json.dumps({"steering": steering, "detection": detection}))
+"""
+
+
+def _write_spaces(root: Path) -> Path:
+    for name in metric_hub.METRIC_NAMES:
+        for path, content in metric_hub.metric_files(name, f"org/{name}").items():
+            (root / name).mkdir(parents=True, exist_ok=True)
+            (root / name / path).write_bytes(content)
+    return root
+
+
+def test_space_files_are_self_contained_and_agree_with_the_toolkit(tmp_path: Path):
+    """The Space's module and its generated helper need only evaluate, datasets, numpy, pandas, scipy and
+    scikit-learn: loaded where the toolkit cannot be imported, they give the toolkit's own numbers."""
+    import json
+    import subprocess
+    import sys
+
+    files = metric_hub.metric_files("steering", "org/steering")
+    assert set(files) == {"steering.py", "axbench_core.py", "README.md", "requirements.txt", "app.py"}
+    requirements = files["requirements.txt"].decode().split()
+    assert not [r for r in requirements if "axbench" in r or "axeval" in r]
     assert b'evaluate.load("org/steering")' in files["app.py"]
-    assert not math.isnan(len(files["steering.py"]))
+    assert b"from .axbench_core import" in files["steering.py"] and b"from axeval" not in files["steering.py"]
+    assert b"Generated from the axbench toolkit" in files["axbench_core.py"]
+
+    root = _write_spaces(tmp_path / "spaces")
+    result = subprocess.run([sys.executable, "-c", _WITHOUT_TOOLKIT, str(root), json.dumps(STEERING_INPUTS),
+                             json.dumps(DETECTION_INPUTS)], capture_output=True, text=True, timeout=300,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outside = json.loads(result.stdout.strip().splitlines()[-1])
+    inside_steering = evaluate.load(str(METRICS_DIR / "steering")).compute(**STEERING_INPUTS)
+    inside_detection = evaluate.load(str(METRICS_DIR / "concept_detection")).compute(imbalance=True,
+                                                                                      **DETECTION_INPUTS)
+    assert outside["steering"] == json.loads(json.dumps(inside_steering))
+    assert outside["detection"] == json.loads(json.dumps(inside_detection))
+    assert not math.isnan(outside["detection"]["auroc"])
+
+
+def test_the_generator_refuses_sources_it_cannot_inline(monkeypatch):
+    monkeypatch.setitem(metric_hub.SPACE_SOURCES, "steering", ("axeval.stats", "axeval.steering"))
+    with pytest.raises(ValueError, match="check_protocol.*not in its helper"):
+        metric_hub.space_module_source("steering")  # the module imports axeval.protocol, left out here
+    monkeypatch.setitem(metric_hub.SPACE_SOURCES, "steering", ("axeval.stats", "axeval.detection", "axeval.steering"))
+    with pytest.raises(ValueError, match="both define"):
+        metric_hub.core_source("steering")
+
+
+_CLEAN_VENV_CHECK = """
+import importlib.util, json, sys
+assert importlib.util.find_spec("axeval") is None, "the clean virtualenv must not have the toolkit"
+import evaluate
+org = sys.argv[1]
+steering = evaluate.load(org + "/steering").compute(**json.loads(sys.argv[2]))
+detection = evaluate.load(org + "/concept_detection").compute(imbalance=True, **json.loads(sys.argv[3]))
+print(json.dumps({"steering": steering, "detection": detection}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_pushed_spaces_install_and_load_in_a_clean_virtualenv(hub_env, tmp_path: Path):
+    """As a new user would: a fresh virtualenv, `pip install -r requirements.txt` of the pushed Space (from the
+    package index), `evaluate.load("ORG/steering")` from the Hub — and the project's numbers."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from huggingface_hub import hf_hub_download
+
+    org = hub_env.user
+    push_metrics(org, token=hub_env.token)
+    requirements = hf_hub_download(f"{org}/steering", "requirements.txt", repo_type="space")
+    assert Path(hf_hub_download(f"{org}/concept_detection", "requirements.txt", repo_type="space")).read_text() == \
+        Path(requirements).read_text()
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    install = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "-r", requirements],
+                             capture_output=True, text=True, timeout=900)
+    if install.returncode != 0 and ("Could not find a version" in install.stderr or "NewConnectionError" in install.stderr
+                                    or "Network is unreachable" in install.stderr):
+        pytest.skip(f"the package index is unreachable from this machine: {install.stderr[-300:]}")
+    assert install.returncode == 0, install.stderr[-3000:]
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTHON")}
+    result = subprocess.run([str(python), "-c", _CLEAN_VENV_CHECK, org, json.dumps(STEERING_INPUTS),
+                             json.dumps(DETECTION_INPUTS)], capture_output=True, text=True, timeout=600,
+                            env={**env, "HF_HUB_OFFLINE": "0", "HF_EVALUATE_OFFLINE": "0"}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outside = json.loads(result.stdout.strip().splitlines()[-1])
+    inside_steering = evaluate.load(str(METRICS_DIR / "steering")).compute(**STEERING_INPUTS)
+    inside_detection = evaluate.load(str(METRICS_DIR / "concept_detection")).compute(imbalance=True,
+                                                                                      **DETECTION_INPUTS)
+    assert outside["steering"] == json.loads(json.dumps(inside_steering))
+    assert outside["detection"] == json.loads(json.dumps(inside_detection))

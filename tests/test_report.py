@@ -106,7 +106,7 @@ def test_report_from_run_dir_and_cli(tmp_path):
     detection_rows().to_parquet(run / "inference" / "latent.parquet")
     judgements().to_parquet(run / "eval" / "judgements.parquet")
     runner = CliRunner()
-    result = runner.invoke(eval_app, ["report", str(run)])
+    result = runner.invoke(eval_app, ["report", str(run), "--dataset-id", "axbench/concept10"])
     assert result.exit_code == 0, result.output
     assert "DiffMean" in result.output and str(run / "eval" / "report.md") in result.output
     assert "| DiffMean |" not in result.output  # a table for people, not raw markdown

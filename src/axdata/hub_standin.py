@@ -319,6 +319,24 @@ class HubStore:
         else:
             raise HubError(400, "BadRequest", f"unsupported commit operation '{key}'")
 
+    def open_pull_request(
+        self, repo: _Repo, base: str, header: dict[str, Any], operations: list[tuple[str, dict[str, Any]]]
+    ) -> tuple[int, str]:
+        """A commit on a new `refs/pr/<n>` ref started at `base`, recorded as an open pull request (as the Hub
+        does for `create_commit(create_pr=True)`); returns (n, commit id)."""
+        with self._repo_lock(repo.type, repo.id):
+            meta = self.meta(repo)
+            start = self.resolve(repo, base)["id"]
+            number = len(meta.get("pullRequests", [])) + 1
+            meta["branches"][f"refs/pr/{number}"] = start
+            meta.setdefault("pullRequests", []).append({
+                "num": number, "title": header.get("summary", "") or f"PR #{number}", "author": self.user,
+                "createdAt": _now(), "status": "open",
+            })
+            _write_json(repo.dir / "repo.json", meta)
+        commit_id = self.apply_commit(repo, f"refs/pr/{number}", {**header, "parentCommit": None}, operations)
+        return number, commit_id
+
     def set_ref(self, repo: _Repo, kind: str, name: str, target: str | None, *, create: bool) -> None:
         """Create (`create=True`) or delete a branch or tag (`kind` is 'branches' or 'tags')."""
         with self._repo_lock(repo.type, repo.id):
@@ -484,6 +502,7 @@ class _Api:
                 ("GET", _API_REPO + r"/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?", self.tree),
                 ("POST", _API_REPO + r"/paths-info/(?P<rev>[^/]+)", self.paths_info),
                 ("GET", _API_REPO + r"/refs", self.refs),
+                ("GET", _API_REPO + r"/discussions", self.discussions),
                 ("GET", _API_REPO + r"/commits/(?P<rev>[^/]+)", self.commits),
                 ("POST", _API_REPO + r"/branch/(?P<branch>[^/]+)", self.create_branch),
                 ("DELETE", _API_REPO + r"/branch/(?P<branch>[^/]+)", self.delete_branch),
@@ -676,8 +695,7 @@ class _Api:
 
     def commit(self, req: _Request, rev: str, **groups: str) -> _Response:
         repo = self._repo(groups)
-        if req.query.get("create_pr", ["0"])[0] not in ("0", "false", "False"):
-            raise HubError(400, "BadRequest", "the Hub stand-in does not implement pull requests (create_pr)")
+        create_pr = req.query.get("create_pr", ["0"])[0] not in ("0", "false", "False")
         try:
             lines = [json.loads(line) for line in req.body.read().splitlines() if line.strip()]
             operations = [(str(line["key"]), dict(line["value"])) for line in lines]
@@ -687,15 +705,32 @@ class _Api:
             ) from None
         if not operations or operations[0][0] != "header":
             raise HubError(400, "BadRequest", "commit payload must start with a 'header' line")
-        commit_id = self.store.apply_commit(repo, rev, operations[0][1], operations[1:])
+        pull_request_url = None
+        if create_pr:
+            number, commit_id = self.store.open_pull_request(repo, rev, operations[0][1], operations[1:])
+            pull_request_url = f"{req.base}/{repo.url_path}/discussions/{number}"
+        else:
+            commit_id = self.store.apply_commit(repo, rev, operations[0][1], operations[1:])
         return _Response.json(
             {
                 "commitUrl": f"{req.base}/{repo.url_path}/commit/{commit_id}",
                 "commitOid": commit_id,
-                "pullRequestUrl": None,
+                "pullRequestUrl": pull_request_url,
                 "success": True,
             }
         )
+
+    def discussions(self, req: _Request, **groups: str) -> _Response:
+        repo = self._repo(groups)
+        pull_requests = self.store.meta(repo).get("pullRequests", [])
+        listed = [
+            {**pr, "author": {"name": pr["author"]}, "isPullRequest": True,
+             "repo": {"name": repo.id, "type": repo.type}}
+            for pr in reversed(pull_requests)
+        ]
+        page = int(req.query.get("p", ["0"])[0])
+        return _Response.json({"discussions": listed if page == 0 else [], "count": len(listed), "start": 0,
+                               "numClosedDiscussions": 0})
 
     # -- listing ----------------------------------------------------------------------------------------
     def tree(self, req: _Request, rev: str, path: str | None = None, **groups: str) -> _Response:
@@ -722,15 +757,19 @@ class _Api:
         def refs_of(kind: str, prefix: str) -> list[dict[str, str]]:
             return [
                 {"name": name, "ref": f"{prefix}{name}", "targetCommit": target}
-                for name, target in sorted(meta[kind].items())
+                for name, target in sorted(meta[kind].items()) if not name.startswith("refs/pr/")
             ]
 
+        pull_requests = [
+            {"name": name.removeprefix("refs/"), "ref": name, "targetCommit": target}
+            for name, target in sorted(meta["branches"].items()) if name.startswith("refs/pr/")
+        ]
         return _Response.json(
             {
                 "branches": refs_of("branches", "refs/heads/"),
                 "tags": refs_of("tags", "refs/tags/"),
                 "converts": [],
-                "pullRequests": [],
+                "pullRequests": pull_requests,
             }
         )
 

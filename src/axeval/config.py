@@ -125,7 +125,8 @@ class ReportSection:
                           "summary (the demo says its numbers are small-model numbers)."},
     )
     dataset_id: str | None = field(
-        default=None, metadata={"help": "Hub dataset id recorded in .eval_results (default: the run's data dir)."}
+        default=None, metadata={"help": "Hub dataset repo named in .eval_results (default: the repo the run's data "
+                                         "was pulled from, with its commit; neither: no .eval_results)."}
     )
 
     def __post_init__(self) -> None:

@@ -9,6 +9,7 @@ A run holds an exclusive lock on its directory for its whole length: two runs ne
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
@@ -96,6 +97,11 @@ class Stage(ABC):
     def run(self, ctx: RunContext) -> dict[str, Any]:
         """Do the work; return a small JSON-able summary for the stamp and the final report."""
 
+    def describe(self, summary: dict[str, Any]) -> str:
+        """What `run` made, in a few words for the end-of-run table (stages say it their way)."""
+        text = json.dumps(summary, ensure_ascii=False, default=str)
+        return text if len(text) <= 120 else text[:117] + "..."
+
     def provenance(self, config: AxbenchConfig) -> dict[str, Any]:
         """Hashes of input files and prompt templates, recorded in the run's config.yaml."""
         return {}
@@ -104,12 +110,25 @@ class Stage(ABC):
         return content_hash({"stage": self.name, "version": self.version, "inputs": self.inputs(ctx)})
 
 
+def _describe(stage: Stage, summary: dict[str, Any]) -> str:
+    try:
+        return stage.describe(summary)
+    except (KeyError, TypeError, ValueError, AttributeError):  # a stamp from an older version: show it raw
+        return Stage.describe(stage, summary)
+
+
+def join_counts(values: dict[str, Any]) -> str:
+    """{"train": 64, "latent": 68} → "train 64, latent 68" (for Stage.describe)."""
+    return ", ".join(f"{key} {value}" for key, value in values.items())
+
+
 @dataclass
 class StageResult:
     name: str
     status: str  # "ran" or "skipped"
     seconds: float
     summary: dict[str, Any] = field(default_factory=dict)
+    line: str = ""  # the summary in a few words, for people (Stage.describe)
 
 
 @dataclass
@@ -184,7 +203,8 @@ def _run_stages(config: AxbenchConfig, stages: Sequence[Stage], force: bool) -> 
             )
             if current:
                 logger.info("stage %s is current, skipped", stage.name)
-                results.append(StageResult(stage.name, "skipped", 0.0, stamp.get("summary", {})))
+                summary = stamp.get("summary", {})
+                results.append(StageResult(stage.name, "skipped", 0.0, summary, _describe(stage, summary)))
                 continue
             logger.info("stage %s: %s", stage.name, stage.description)
             t0 = time.perf_counter()
@@ -198,7 +218,7 @@ def _run_stages(config: AxbenchConfig, stages: Sequence[Stage], force: bool) -> 
             seconds = time.perf_counter() - t0
             run_dir.write_stamp(stage.name, {"fingerprint": fingerprint, "seconds": seconds, "summary": summary,
                                              "finished": time.time()})
-            results.append(StageResult(stage.name, "ran", seconds, summary))
+            results.append(StageResult(stage.name, "ran", seconds, summary, _describe(stage, summary)))
         totals = ctx.ledger.totals() if ctx.ledger is not None else None
     finally:
         ctx.close()

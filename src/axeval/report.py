@@ -31,6 +31,7 @@ from huggingface_hub import EvalResultEntry, eval_result_entries_to_yaml
 # Figures are built without pyplot: no GUI backend, no global state touched in the caller's process.
 from matplotlib.figure import Figure
 
+from axdata.benchmark import read_hub_origin, task_id
 from axdata.io import atomic_path, atomic_write_text
 from axeval import detection, steering
 from axeval.judge import summarize_judgements
@@ -38,7 +39,6 @@ from axeval.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, ConfidenceInterval, js
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DATASET_ID = "pyvene/axbench-concept500"
 SMALL_SAMPLE = 10  # below this many concepts, bootstrap intervals are flagged as rough
 LEADERBOARD_FILE = "leaderboard.json"
 LATENT_FILE, IMBALANCE_FILE, JUDGEMENTS_FILE = "inference/latent.parquet", "inference/latent_imbalance.parquet", \
@@ -146,7 +146,7 @@ def build_report(
     *,
     baseline: str | None = None,
     suppression: bool = False,
-    dataset_id: str = DEFAULT_DATASET_ID,
+    dataset_id: str | None = None,
     n_resamples: int = DEFAULT_RESAMPLES,
     seed: int = DEFAULT_SEED,
     parse_failures_as_zero: bool = False,
@@ -157,6 +157,8 @@ def build_report(
     `baseline` names the method winrates are computed against (paper: SAE); None skips winrates.
     `parse_failures_as_zero` scores unparsed judge answers 0, as AxBench did (`protocol: reference`).
     `note` says in one line what the run is (and is not) evidence of; it heads the report and the summary.
+    `.eval_results` name the Hub dataset the run used (`run_benchmark_data`: the repo and commit its data was
+    pulled from, or `dataset_id`); without one they are not written, and the log says why.
     """
     if isinstance(source, ReportInputs):
         inputs = source
@@ -205,9 +207,15 @@ def build_report(
     report.files["leaderboard"] = out / LEADERBOARD_FILE
     atomic_write_text(report.files["leaderboard"], json.dumps(
         {"methods": report.by_method(), "n_concepts": report.n_concepts(), "caveats": report.caveats(),
-         "judge": report.judge_line()}, indent=2, default=str) + "\n")
-    for method, path in write_eval_results(report, out / ".eval_results", dataset_id).items():
-        report.files[f"eval_results_{method}"] = path
+         "judge": report.judge_line(), "judge_details": report.judge}, indent=2, default=str) + "\n")
+    data = run_benchmark_data(source, dataset_id) if not isinstance(source, ReportInputs) else \
+        BenchmarkData(dataset_id) if dataset_id else None
+    if data is None:
+        logger.info("No .eval_results: the run's data was not pulled from the Hub and no dataset id was given "
+                    "(report.dataset_id / --dataset-id); push the dataset (axbench data push) and name it.")
+    else:
+        for method, path in write_eval_results(report, out / ".eval_results", data).items():
+            report.files[f"eval_results_{method}"] = path
     logger.info("Wrote the report to %s.", report.files["markdown"])
     return report
 
@@ -379,25 +387,59 @@ def _agreement(report: Report, folder: Path, plot: Path) -> Path:
     return plot_confusion(result, plot)
 
 
-def write_eval_results(report: Report, folder: Path, dataset_id: str) -> dict[str, Path]:
-    """One `.eval_results` YAML per method, in the format the Hub reads (`huggingface_hub.EvalResultEntry`)."""
+@dataclass(frozen=True)
+class BenchmarkData:
+    """The benchmark data a run used, as `.eval_results` name it: Hub dataset repo, commit, config."""
+
+    dataset_id: str
+    revision: str | None = None  # the dataset commit (None: not known, e.g. a repo id given by hand)
+    config: str | None = None  # the model/layer config, whose task ids the results name
+
+
+def run_benchmark_data(run_dir: str | Path, dataset_id: str | None = None) -> BenchmarkData | None:
+    """What data the run in `run_dir` used: its dataset directory (from the run's config.yaml) knows the Hub repo
+    and commit it was pulled from; `dataset_id` names the repo by hand (then the commit is unknown unless the
+    directory was pulled from that same repo). None when neither says which Hub dataset it is."""
+    root = Path(run_dir)
+    config_path = root / "config.yaml"
+    resolved = yaml.safe_load(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    directory = Path((resolved.get("run") or {}).get("dataset_dir") or root / "data")
+    config = (resolved.get("data") or {}).get("dataset_config")
+    if config is None and directory.is_dir():
+        configs = sorted(path.name for path in directory.iterdir() if path.is_dir() and list(path.glob("*.parquet")))
+        config = configs[0] if len(configs) == 1 else None
+    origin = read_hub_origin(directory) if directory.is_dir() else None
+    if dataset_id is None and origin is None:
+        return None
+    same_repo = origin is not None and dataset_id in (None, origin.repo_id)
+    return BenchmarkData(dataset_id or origin.repo_id, origin.commit if same_repo else None, config)
+
+
+def write_eval_results(report: Report, folder: Path, data: BenchmarkData) -> dict[str, Path]:
+    """One `.eval_results` YAML per method, in the format the Hub reads (`huggingface_hub.EvalResultEntry`): the
+    dataset repo and commit the run used, the task of its config (`axdata.benchmark.task_id`), the value, and in
+    the notes its interval, the number of concepts and (steering) the judge model, temperature and templates."""
     entries: dict[str, list[EvalResultEntry]] = {}
+
+    def entry(method: str, kind: str, value: float, notes: str) -> None:
+        entries.setdefault(method, []).append(EvalResultEntry(
+            dataset_id=data.dataset_id, dataset_revision=data.revision,
+            task_id=task_id(kind, data.config) if data.config else kind, value=round(float(value), 4), notes=notes))
+
     if report.detection_summary is not None:
         for _, row in report.detection_summary.dropna(subset=["auroc_mean"]).iterrows():
-            entries.setdefault(row["method"], []).append(EvalResultEntry(
-                dataset_id=dataset_id, task_id="concept_detection", value=round(float(row["auroc_mean"]), 4),
-                notes=f"mean AUROC over {int(row['auroc_n'])} concepts, 95% CI "
-                      f"[{row['auroc_ci_low']:.4f}, {row['auroc_ci_high']:.4f}]"))
+            entry(row["method"], "concept_detection", row["auroc_mean"],
+                  f"mean AUROC over {int(row['auroc_n'])} concepts, 95% CI "
+                  f"[{row['auroc_ci_low']:.4f}, {row['auroc_ci_high']:.4f}]")
     if report.steering_summary is not None:
         judge = report.judge or {}
         judged_by = (f"; judge {', '.join(judge['judge_model'])}, temperature "
                      f"{', '.join(map(str, judge['judge_temperature']))}, templates "
                      f"{', '.join(judge['judge_template_hash'])}") if judge else ""
         for _, row in report.steering_summary.dropna(subset=["score_mean"]).iterrows():
-            entries.setdefault(row["method"], []).append(EvalResultEntry(
-                dataset_id=dataset_id, task_id="steering", value=round(float(row["score_mean"]), 4),
-                notes=f"mean held-out steering score (0-2) over {int(row['score_n'])} concepts, 95% CI "
-                      f"[{row['score_ci_low']:.4f}, {row['score_ci_high']:.4f}]{judged_by}"))
+            entry(row["method"], "steering", row["score_mean"],
+                  f"mean held-out steering score (0-2) over {int(row['score_n'])} concepts, 95% CI "
+                  f"[{row['score_ci_low']:.4f}, {row['score_ci_high']:.4f}]{judged_by}")
     paths = {}
     for method, method_entries in entries.items():
         path = folder / f"{_slug(method)}.yaml"

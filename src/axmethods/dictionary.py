@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -193,8 +194,12 @@ class SteeringDictionary:
     # ----- files -------------------------------------------------------------------------------------
 
     def save(self, directory: str | Path, *, datasets: Sequence[str] = (),
-             eval_results: Mapping[str, float] | None = None) -> Path:
-        """Write `<directory>/l<layer>/…` and `<directory>/README.md` atomically; returns the layer folder."""
+             eval_results: Sequence[Mapping[str, Any]] = ()) -> Path:
+        """Write `<directory>/l<layer>/…` and `<directory>/README.md` atomically; returns the layer folder.
+
+        `eval_results`: the dictionary's results in the Hub's `.eval_results` format (what `axbench eval report`
+        writes); they go to `<directory>/.eval_results/axbench.yaml` and into the card (model-index + a table).
+        """
         folder = Path(directory) / self.layer_folder
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {name: getattr(self, name) for name in (*_MATRICES, *_VECTORS) if getattr(self, name) is not None}
@@ -204,6 +209,9 @@ class SteeringDictionary:
         write_concepts_jsonl(folder / CONCEPTS_FILE, self.concepts)
         atomic_write_json(folder / CONFIG_FILE, self._config_record())
         atomic_write_text(Path(directory) / CARD_FILE, self.model_card(datasets=datasets, eval_results=eval_results))
+        if eval_results:
+            atomic_write_text(Path(directory) / EVAL_RESULTS_FILE,
+                              yaml.safe_dump(list(map(dict, eval_results)), sort_keys=False, allow_unicode=True))
         logger.info("Saved the %s dictionary (%d concepts, layer %d) to %s", self.method, self.n_concepts,
                     self.layer, folder)
         return folder
@@ -263,7 +271,7 @@ class SteeringDictionary:
 
     def push_to_hub(self, repo_id: str, *, revision: str | None = None, private: bool | None = None,
                     token: str | None = None, commit_message: str | None = None, datasets: Sequence[str] = (),
-                    eval_results: Mapping[str, float] | None = None) -> str:
+                    eval_results: Sequence[Mapping[str, Any]] = ()) -> str:
         """Upload the layer folder and the card to a Hub model repo (created if missing); returns the commit URL.
 
         Other layer folders already in the repo are kept; stale files of this layer folder are deleted.
@@ -282,7 +290,7 @@ class SteeringDictionary:
         logger.info("Pushed the %s dictionary to %s", self.method, repo_id)
         return str(commit)
 
-    def model_card(self, *, datasets: Sequence[str] = (), eval_results: Mapping[str, float] | None = None,
+    def model_card(self, *, datasets: Sequence[str] = (), eval_results: Sequence[Mapping[str, Any]] = (),
                    repo_id: str | None = None) -> str:
         metadata: dict[str, Any] = {
             "library_name": "axbench",
@@ -291,10 +299,11 @@ class SteeringDictionary:
         }
         if datasets:
             metadata["datasets"] = list(datasets)
+        if eval_results:
+            metadata["model-index"] = model_index(repo_id or f"{self.method} ({self.layer_folder})", eval_results)
         return render_card(
             "dictionary_card.md", metadata=metadata, dictionary=self, repo_id=repo_id or "<repo_id>",
-            datasets=list(datasets), eval_results=dict(eval_results or {}),
-            examples=self.concepts[:10],
+            datasets=list(datasets), eval_results=list(eval_results), examples=self.concepts[:10],
         )
 
     def _config_record(self) -> dict[str, Any]:
@@ -387,3 +396,23 @@ def _read_concepts(folder: Path) -> list[Concept]:
     if None in order:
         raise DictionaryError(f"{path}: every line needs a concept_id (row i of the weights is line i).")
     return [by_id[concept_id] for concept_id in order]
+
+
+EVAL_RESULTS_FILE = ".eval_results/axbench.yaml"
+
+
+def model_index(model_name: str, eval_results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The card's `model-index` from `.eval_results` entries (dataset, task, value, revision, notes)."""
+    from huggingface_hub.repocard_data import EvalResult, eval_results_to_model_index
+
+    results = []
+    for entry in eval_results:
+        task = str(entry["dataset"].get("task_id", "axbench"))
+        kind, _, config = task.partition("-")
+        results.append(EvalResult(
+            task_type=kind, task_name=task, dataset_type=entry["dataset"]["id"], dataset_name=entry["dataset"]["id"],
+            dataset_config=config or None, dataset_revision=entry["dataset"].get("revision"),
+            metric_type="auroc" if kind == "concept_detection" else "steering_score", metric_value=entry["value"],
+            metric_name="mean AUROC" if kind == "concept_detection" else "mean steering score (0-2)",
+        ))
+    return eval_results_to_model_index(model_name, results)

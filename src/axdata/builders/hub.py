@@ -35,6 +35,7 @@ from datasets.info import DatasetInfosDict
 from datasets.utils.py_utils import convert_file_size_to_int
 from huggingface_hub import DatasetCardData, HfApi, snapshot_download
 
+from axdata.benchmark import EVAL_FILE, HubOrigin, eval_yaml, write_hub_origin
 from axdata.builders import (
     CONCEPTS_FILE,
     check_config_name,
@@ -48,8 +49,8 @@ from axdata.builders import (
 )
 from axdata.builders.builder import config_schema, from_config_layout, to_config_layout
 from axdata.cards import render_card
-from axdata.safe_yaml import card_metadata
 from axdata.io import atomic_path
+from axdata.safe_yaml import card_metadata
 from axdata.schema import CATEGORIES, SPLITS, columns
 
 logger = logging.getLogger(__name__)
@@ -148,6 +149,9 @@ def push_dataset(
         card_provenance = _provenance(summaries, {**read_provenance(root), **(provenance or {})})
         card = dataset_card(repo_id, summaries, version=version, license=license, provenance=card_provenance)
         (staging / CARD_FILE).write_text(card, encoding="utf-8")
+        # The benchmark registration: one task per kind and config, the same configs as the card's YAML.
+        (staging / EVAL_FILE).write_text(eval_yaml(repo_id.split("/")[-1], {config: list_splits(root, config)
+                                                                             for config in configs}), encoding="utf-8")
         files = sorted(str(path.relative_to(staging)) for path in staging.rglob("*") if path.is_file())
 
         repo_url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
@@ -230,6 +234,8 @@ def pull_dataset(repo_id: str, out_dir: str | Path, *, revision: str | None = No
             write_provenance(provenance, staging)
         if card_path.is_file():
             shutil.copyfile(card_path, staging / CARD_FILE)
+        # Where this copy came from, so results computed on it name the exact data (.eval_results).
+        write_hub_origin(HubOrigin(repo_id, revision, commit_oid), staging)
         if out.exists():
             out.rmdir()
         os.replace(staging, out)

@@ -18,6 +18,10 @@ def push(
     private: bool = typer.Option(False, "--private/--public"),
     revision: str | None = typer.Option(None, "--revision", help="Branch to push to."),
     dataset: list[str] = typer.Option([], "--dataset", help="Training dataset id for the card (repeatable)."),
+    eval_results: Path | None = typer.Option(None, "--eval-results",
+                                             help="The dictionary's results, RUN_DIR/eval/.eval_results/<method>.yaml "
+                                             "(axbench eval report): into the card's model-index and the repo's "
+                                             ".eval_results/axbench.yaml."),
     allow_uncalibrated: bool = typer.Option(False, "--allow-uncalibrated",
                                             help="Push a steering dictionary that has no calibration yet (nobody "
                                             "can steer with it before running latent inference)."),
@@ -41,7 +45,27 @@ def push(
             raise typer.Exit(1)
         typer.echo(f"Warning: pushing the uncalibrated {artifact.method} dictionary; its card says so and steering "
                    "with it needs `axbench infer latent` first.", err=True)
-    url = push_artifact(artifact, repo_id, revision=revision, private=private, datasets=dataset)
+    entries = []
+    if eval_results is not None:
+        import yaml
+
+        if not isinstance(artifact, SteeringDictionary):
+            typer.echo("Push failed: --eval-results applies to steering dictionaries; publish the results of adapters "
+                       "with `axbench eval publish RUN_DIR REPO_ID`.", err=True)
+            raise typer.Exit(2)
+        try:
+            entries = yaml.safe_load(eval_results.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as error:
+            typer.echo(f"Push failed: cannot read {eval_results} ({error}); pass a file written by "
+                       "`axbench eval report`.", err=True)
+            raise typer.Exit(1) from None
+        if not isinstance(entries, list) or not all(isinstance(e, dict) and "dataset" in e and "value" in e
+                                                    for e in entries):
+            typer.echo(f"Push failed: {eval_results} is not a list of .eval_results entries (dataset, value).",
+                       err=True)
+            raise typer.Exit(1)
+    url = push_artifact(artifact, repo_id, revision=revision, private=private, datasets=dataset,
+                        eval_results=entries)
     typer.echo(f"Pushed {artifact.method} ({artifact.n_concepts} concepts) to {repo_id}: {url}")
 
 

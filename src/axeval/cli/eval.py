@@ -161,7 +161,8 @@ def report(
     out: Path | None = typer.Option(None, help="Output folder (default: RUN_DIR/eval)."),
     baseline: str | None = typer.Option(None, help="Method to compute winrates against (paper: SAE)."),
     suppression: bool = typer.Option(False, help="Score concept suppression (concept rating inverted)."),
-    dataset_id: str = typer.Option("pyvene/axbench-concept500", help="Benchmark dataset named in .eval_results."),
+    dataset_id: str | None = typer.Option(None, help="Hub dataset repo named in .eval_results; default: the repo "
+                                                     "(and commit) the run's data was pulled from."),
     protocol: str = typer.Option("fixed", help=_PROTOCOL_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the leaderboard as JSON keyed by method (detection_*, "
                                                         "imbalance_*, steering_*, winrate_* fields, CIs and counts)."),
@@ -183,18 +184,53 @@ def report(
     console.print(f"Report: {result.files['markdown']} (and report.html)", highlight=False, soft_wrap=True)
 
 
+@eval_app.command("publish")
+def publish(
+    run_dir: Path = typer.Argument(..., help="A run directory whose report wrote eval/.eval_results/<method>.yaml."),
+    repo_id: str = typer.Argument(..., help="The model or steering-dictionary repo the results belong to."),
+    method: str | None = typer.Option(None, help="Which method's results (needed when the run has several)."),
+    pr: bool = typer.Option(False, "--pr", help="Open a pull request (a community result) instead of committing."),
+) -> None:
+    """Upload a method's .eval_results (benchmark dataset, commit, task, value, interval, judge) to a Hub repo."""
+    from axeval.publish import publish_eval_results
+
+    try:
+        published = publish_eval_results(run_dir, repo_id, method=method, create_pr=pr)
+    except (LookupError, FileNotFoundError, ValueError) as error:
+        _fail(error)
+    typer.echo(f"Published {published.path_in_repo} to {published.repo_id}: {published.url}")
+
+
+@eval_app.command("publish-leaderboard")
+def publish_leaderboard(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories (one per model/layer setting), then the dataset "
+                                          "repo to push the leaderboard to."),
+    repo_id: str = typer.Argument(..., help="Dataset repo for the leaderboard, e.g. my-org/axbench-leaderboard."),
+    dataset_id: str | None = typer.Option(None, help="Benchmark dataset repo, for runs whose data was not pulled."),
+    private: bool = typer.Option(False, help="Create a private dataset."),
+) -> None:
+    """Push the leaderboard (one row per method × run) as a dataset that load_dataset reads."""
+    from axeval.publish import publish_leaderboard as push
+
+    try:
+        published = push(run_dirs, repo_id, dataset_id=dataset_id, private=private)
+    except (LookupError, FileNotFoundError, ValueError) as error:
+        _fail(error)
+    typer.echo(f"Pushed the leaderboard of {len(run_dirs)} run(s) to {published.repo_id}: {published.url}")
+
+
 @eval_app.command("push-metrics")
 def push_metrics(
     org: str = typer.Argument(..., help="User or organisation that will own the Spaces ORG/concept_detection and "
                               "ORG/steering."),
     private: bool = typer.Option(False, help="Create private Spaces."),
-    requirement: str = typer.Option("axbench", help="pip requirement that provides axeval on the Space."),
 ) -> None:
-    """Publish both metric modules as Hub Spaces, loadable with evaluate.load("ORG/steering")."""
+    """Publish both metric modules as Hub Spaces, loadable with evaluate.load("ORG/steering") by anyone: each
+    Space carries its own generated copy of the functions it needs (no axbench install)."""
     from axeval.metrics.hub import push_metrics as push
 
     try:
-        pushed = push(org, private=private, requirement=requirement)
+        pushed = push(org, private=private)
     except ValueError as error:
         _fail(error)
     for metric in pushed:

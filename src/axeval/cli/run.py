@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import importlib.resources
-import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 from rich import box
@@ -85,7 +84,7 @@ def print_summary(result: PipelineResult, console: Console) -> None:
     leaderboard = None
     for stage in result.stages:
         leaderboard = stage.summary.get("leaderboard", leaderboard)
-        table.add_row(stage.name, stage.status, f"{stage.seconds:.1f}", stage_line(stage.name, stage.summary))
+        table.add_row(stage.name, stage.status, f"{stage.seconds:.1f}", stage.line)
     console.print(table)
     if leaderboard and Path(leaderboard).exists():
         print_leaderboard(console, read_leaderboard(leaderboard))
@@ -99,33 +98,3 @@ def print_summary(result: PipelineResult, console: Console) -> None:
                   else f"Results: [bold]{result.run_dir}[/bold]", soft_wrap=True)
 
 
-def _counts(values: dict[str, Any]) -> str:
-    return ", ".join(f"{key} {value}" for key, value in values.items())
-
-
-def stage_line(name: str, summary: dict[str, Any]) -> str:
-    """One short line of what a stage made (its full summary stays in stages/<stage>.json)."""
-    s = summary
-    try:
-        if name == "model":
-            return f"{s['model_id']}: {s['num_layers']} layers, d={s['hidden_size']}, layer {s['layer']}"
-        if name == "llm":
-            return f"{s['model']} answers structured requests"
-        if name == "data":
-            return f"{s['dataset_config']}: {_counts(s['rows'])} rows; {s['llm_calls']} LLM calls, " \
-                   f"{s['failures']} failures"
-        if name == "train":
-            return ", ".join(s) + f" ({max(v.get('concepts', 0) for v in s.values())} concepts)"
-        if name == "latent":
-            return f"{s['rows']} rows + {s['imbalance_rows']} imbalance rows scored by {', '.join(s['methods'])}"
-        if name == "steering":
-            return f"{s['generations']} generations: {_counts(s['per_method'])}"
-        if name == "judge":
-            return f"{s['generations']} generations, {s['calls']} calls, ${s['cost_usd']:.4f}, " \
-                   f"{s['parse_failures']} parse failures"
-        if name == "report":
-            return Path(s["report"]).parent.name + "/" + Path(s["report"]).name
-    except (KeyError, TypeError, ValueError, AttributeError):
-        pass
-    text = json.dumps(s, ensure_ascii=False, default=str)
-    return text if len(text) <= 120 else text[:117] + "..."

@@ -20,7 +20,7 @@ from axdata.generation.generation_config import GenerationConfig
 from axdata.generation.pipeline import REPORT_FILE, GenerationResult, generate_dataset
 from axdata.generation.templates import template_versions
 from axdata.hashing import file_hash
-from axeval.pipeline import RunContext, Stage
+from axeval.pipeline import RunContext, Stage, join_counts
 from axmethods.chat_backend import TransformersChatBackend
 
 
@@ -63,6 +63,9 @@ class DataStage(Stage):
 
     def provenance(self, config: Any) -> dict[str, Any]:
         return {"templates": template_versions()}
+
+    def describe(self, s: dict[str, Any]) -> str:
+        return f"{s['dataset_config']}: {join_counts(s['rows'])} rows; {s['llm_calls']} LLM calls, {s['failures']} failures"
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         result = generate_for_run(ctx, self.config(ctx), self.dataset_config(ctx), ctx.run_dir.data_dir)

@@ -26,6 +26,10 @@ class JudgeStage(Stage):
     def outputs(self, ctx: RunContext) -> list[Path]:
         return [ctx.run_dir.eval_dir / "judgements.parquet"]
 
+    def describe(self, s: dict[str, Any]) -> str:
+        return (f"{s['generations']} generations, {s['calls']} calls, ${s['cost_usd']:.4f}, "
+                f"{s['parse_failures']} parse failures")
+
     def run(self, ctx: RunContext) -> dict[str, Any]:
         generations = pd.read_parquet(ctx.run_dir.inference_dir / "steering.parquet")
         judgements = ctx.run_async(Judge(ctx.llm(), ctx.config.judge).ajudge(generations))
@@ -45,11 +49,14 @@ class ReportStage(Stage):
     def outputs(self, ctx: RunContext) -> list[Path]:
         return [ctx.run_dir.eval_dir / "report.md"]
 
+    def describe(self, s: dict[str, Any]) -> str:
+        return f"{Path(s['report']).parent.name}/{Path(s['report']).name}"
+
     def run(self, ctx: RunContext) -> dict[str, Any]:
         settings = ctx.config.report
         report = build_report(ctx.run_dir.root, ctx.run_dir.eval_dir, baseline=settings.baseline,
                               suppression=settings.suppression,
-                              dataset_id=settings.dataset_id or str(ctx.run_dir.data_dir),
+                              dataset_id=settings.dataset_id,
                               n_resamples=settings.n_resamples, seed=ctx.config.run.seed,
                               parse_failures_as_zero=parse_failures_score_zero(ctx.config.run.protocol),
                               note=settings.note)

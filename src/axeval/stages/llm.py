@@ -37,6 +37,9 @@ class LLMStage(Stage):
     def outputs(self, ctx: RunContext) -> list[Path]:
         return [ctx.run_dir.root / "llm.json"]
 
+    def describe(self, s: dict[str, Any]) -> str:
+        return f"{s['model']} answers structured requests"
+
     def run(self, ctx: RunContext) -> dict[str, Any]:
         client = ctx.llm()
         request = ChatRequest.user(CHECK_PROMPT, purpose="check", json_schema=CHECK_SCHEMA,

@@ -12,7 +12,7 @@ import pandas as pd
 from axdata.io import atomic_path
 from axeval import protocol
 from axeval.lexical import add_lexical_scores, concept_signatures
-from axeval.pipeline import RunContext, Stage
+from axeval.pipeline import RunContext, Stage, join_counts
 from axeval.stages.dataset import run_dataset
 from axmethods.activations import ActivationCollector
 from axmethods.dictionary import SteeringDictionary
@@ -90,6 +90,9 @@ class TrainStage(Stage):
     def outputs(self, ctx: RunContext) -> list[Path]:
         return [artifact_marker(ctx, name) for name in method_names(ctx)]
 
+    def describe(self, s: dict[str, Any]) -> str:
+        return ", ".join(s) + f" ({max(v.get('concepts', 0) for v in s.values())} concepts)"
+
     def run(self, ctx: RunContext) -> dict[str, Any]:
         dataset = run_dataset(ctx)
         train, concepts = dataset.split("train"), dataset.concepts()
@@ -145,6 +148,9 @@ class LatentStage(Stage):
     def outputs(self, ctx: RunContext) -> list[Path]:
         return [ctx.run_dir.inference_dir / "latent.parquet"]
 
+    def describe(self, s: dict[str, Any]) -> str:
+        return f"{s['rows']} rows + {s['imbalance_rows']} imbalance rows scored by {', '.join(s['methods'])}"
+
     def run(self, ctx: RunContext) -> dict[str, Any]:
         dataset = run_dataset(ctx)
         target = ctx.target_model()
@@ -185,6 +191,9 @@ class SteeringStage(Stage):
 
     def outputs(self, ctx: RunContext) -> list[Path]:
         return [ctx.run_dir.inference_dir / "steering.parquet"]
+
+    def describe(self, s: dict[str, Any]) -> str:
+        return f"{s['generations']} generations: {join_counts(s['per_method'])}"
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         settings = ctx.config.inference

@@ -25,6 +25,9 @@ class TargetModelStage(Stage):
     def outputs(self, ctx: RunContext) -> list[Path]:
         return [ctx.run_dir.root / "model.json"]
 
+    def describe(self, s: dict[str, Any]) -> str:
+        return f"{s['model_id']}: {s['num_layers']} layers, d={s['hidden_size']}, layer {s['layer']}"
+
     def run(self, ctx: RunContext) -> dict[str, Any]:
         t0 = time.perf_counter()
         target = ctx.target_model()

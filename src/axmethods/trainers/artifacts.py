@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -294,13 +294,16 @@ def save_artifact(artifact: Any, directory: str | Path, *, datasets: Sequence[st
 
 
 def push_artifact(artifact: Any, repo_id: str, *, revision: str | None = None, private: bool | None = None,
-                  datasets: Sequence[str] = (), token: str | None = None) -> str:
+                  datasets: Sequence[str] = (), token: str | None = None,
+                  eval_results: Sequence[Mapping[str, Any]] = ()) -> str:
     """Upload any trained result with its card to a Hub model repo (created if missing); returns the commit URL.
+    `eval_results` (steering dictionaries): `.eval_results` entries for the card's model-index and the repo.
 
     Adapter and fine-tuned folders replace the repo's files of the same folder layout (stale concepts go).
     """
     if isinstance(artifact, SteeringDictionary):
-        return artifact.push_to_hub(repo_id, revision=revision, private=private, datasets=datasets, token=token)
+        return artifact.push_to_hub(repo_id, revision=revision, private=private, datasets=datasets, token=token,
+                                    eval_results=eval_results)
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)

@@ -1,0 +1,53 @@
+"""Benchmark of CLI start-up: `axbench --help` against a bare Python and against importing torch.
+
+Every `axbench` command pays the CLI's start-up before it does anything, so commands that need no model
+(`data import|info|push|pull`, `eval detect|report`, `config show`, `llm ledger`, `--help`) should not load
+torch. Each command is run `--repeats` times in a fresh process; the median wall time is reported, with the
+ratio to a bare interpreter start and to `import torch, transformers` (what start-up cost before torch was
+deferred to the commands that need it).
+
+    .venv/bin/python benchmarks/bench_cli_startup.py [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+COMMANDS = {
+    "bare python": [sys.executable, "-c", "pass"],
+    "import torch, transformers models": [sys.executable, "-c", "import torch, transformers; "
+                                          "from transformers import AutoModelForCausalLM"],
+    "axbench --help": [sys.executable, "-c", "from axeval.cli import main; main()", "--help"],
+    "axbench eval --help": [sys.executable, "-c", "from axeval.cli import main; main()", "eval", "--help"],
+}
+
+
+def median_seconds(command: list[str], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
+    results = {name: median_seconds(command, args.repeats) for name, command in COMMANDS.items()}
+    for name, seconds in results.items():
+        print(f"{name:36s} {seconds:6.2f} s   ×{seconds / results['bare python']:5.1f} bare python   "
+              f"×{seconds / results['import torch, transformers models']:4.2f} torch import")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Results on the Hub: a run's `.eval_results` into a model / dictionary repo, and the leaderboard as a dataset.
+
+- `publish_eval_results(run_dir, repo_id, method=…)` uploads the method's `.eval_results/<method>.yaml` (written
+  by the report, naming the benchmark dataset and commit the run used) to `repo_id` as
+  `.eval_results/axbench-<config>.yaml`, as a commit or as a pull request (a community result).
+- `leaderboard_frame(run_dirs)` is one row per method × run: the scores with their intervals, the number of
+  concepts, the judge, the protocol, the model, layer and dataset (repo, commit, config) — and
+  `publish_leaderboard(run_dirs, repo_id)` pushes it as a dataset (`data/train-….parquet` + card) that
+  `load_dataset(repo_id, split="train")` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from huggingface_hub import CommitOperationAdd, HfApi
+
+from axdata.cards import render_card
+from axeval.report import LEADERBOARD_FILE, run_benchmark_data
+
+EVAL_RESULTS_DIR = ".eval_results"
+LEADERBOARD_COLUMNS = (
+    "method", "model", "layer", "dataset_id", "dataset_revision", "dataset_config", "auroc", "auroc_ci_low",
+    "auroc_ci_high", "steering_score", "steering_ci_low", "steering_ci_high", "n_concepts", "judge_model",
+    "judge_templates", "protocol", "run",
+)
+
+
+@dataclass(frozen=True)
+class Published:
+    repo_id: str
+    path_in_repo: str
+    url: str  # the commit, or the pull request
+
+
+def _run_config(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} has no config.yaml; pass a run directory written by `axbench run`.")
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+
+def eval_results_file(run_dir: str | Path, method: str | None = None) -> Path:
+    """The run's `.eval_results` file of `method` (or of its only method)."""
+    folder = Path(run_dir) / "eval" / EVAL_RESULTS_DIR
+    files = {path.stem: path for path in sorted(folder.glob("*.yaml"))}
+    if not files:
+        raise FileNotFoundError(f"{folder} holds no results: the report writes them when the run's data came from "
+                                "the Hub (axbench data pull) or a dataset is named (axbench eval report RUN_DIR "
+                                "--dataset-id ORG/DATASET).")
+    if method is None and len(files) == 1:
+        return next(iter(files.values()))
+    if method not in files:
+        raise LookupError(f"{folder} has results for {', '.join(files)}; choose one with --method.")
+    return files[method]
+
+
+def publish_eval_results(run_dir: str | Path, repo_id: str, *, method: str | None = None, create_pr: bool = False,
+                         repo_type: str = "model", token: str | None = None) -> Published:
+    """Upload a method's results to `repo_id` (a model or steering-dictionary repo that must exist)."""
+    source = eval_results_file(run_dir, method)
+    entries = yaml.safe_load(source.read_text(encoding="utf-8"))
+    config = next((entry["dataset"]["task_id"].split("-", 1)[1] for entry in entries
+                   if "-" in entry["dataset"]["task_id"]), None)
+    path_in_repo = f"{EVAL_RESULTS_DIR}/axbench{'-' + config if config else ''}.yaml"
+    commit = HfApi(token=token).create_commit(
+        repo_id, [CommitOperationAdd(path_in_repo=path_in_repo, path_or_fileobj=source.read_bytes())],
+        repo_type=repo_type, create_pr=create_pr,
+        commit_message=f"AxBench results of {source.stem} ({entries[0]['dataset']['id']})")
+    return Published(repo_id, path_in_repo, commit.pr_url if create_pr and commit.pr_url else commit.commit_url)
+
+
+def leaderboard_frame(run_dirs: Sequence[str | Path], dataset_id: str | None = None) -> pd.DataFrame:
+    """One row per method × run, from each run's `eval/leaderboard.json` and `config.yaml`."""
+    rows = []
+    for run_dir in map(Path, run_dirs):
+        board_path = run_dir / "eval" / LEADERBOARD_FILE
+        if not board_path.is_file():
+            raise FileNotFoundError(f"{board_path} does not exist; run the report first (axbench eval report "
+                                    f"{run_dir}).")
+        board = json.loads(board_path.read_text(encoding="utf-8"))
+        config = _run_config(run_dir)
+        data = run_benchmark_data(run_dir, dataset_id)
+        judge = board.get("judge_details") or {}
+        for method, values in board["methods"].items():
+            rows.append({
+                "method": method, "model": config.get("model", {}).get("model"), "layer": config.get("run", {}).get("layer"),
+                "dataset_id": data.dataset_id if data else None, "dataset_revision": data.revision if data else None,
+                "dataset_config": data.config if data else None,
+                "auroc": values.get("detection_auroc_mean"), "auroc_ci_low": values.get("detection_auroc_ci_low"),
+                "auroc_ci_high": values.get("detection_auroc_ci_high"),
+                "steering_score": values.get("steering_score_mean"),
+                "steering_ci_low": values.get("steering_score_ci_low"),
+                "steering_ci_high": values.get("steering_score_ci_high"),
+                "n_concepts": max(int(values.get("detection_n_concepts") or 0), int(values.get("steering_n_concepts") or 0)),
+                "judge_model": ", ".join(judge["judge_model"]) if judge else None,
+                "judge_templates": ", ".join(judge["judge_template_hash"]) if judge else None,
+                "protocol": config.get("run", {}).get("protocol", "fixed"), "run": run_dir.name,
+            })
+    return pd.DataFrame(rows, columns=list(LEADERBOARD_COLUMNS))
+
+
+def publish_leaderboard(run_dirs: Sequence[str | Path], repo_id: str, *, dataset_id: str | None = None,
+                        private: bool = False, token: str | None = None) -> Published:
+    """Push the leaderboard of `run_dirs` as the dataset `repo_id` (created if missing), with its card."""
+    frame = leaderboard_frame(run_dirs, dataset_id)
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="axbench-leaderboard-") as staging:
+        parquet = Path(staging) / "train-00000-of-00001.parquet"
+        frame.to_parquet(parquet, index=False)
+        rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
+        card = render_card("leaderboard_card.md", repo_id=repo_id, rows=rows,
+                           columns=list(LEADERBOARD_COLUMNS), n_runs=frame["run"].nunique())
+        commit = api.create_commit(repo_id, [
+            CommitOperationAdd(path_in_repo="data/train-00000-of-00001.parquet", path_or_fileobj=str(parquet)),
+            CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()),
+        ], repo_type="dataset", commit_message=f"AxBench leaderboard: {len(frame)} rows from {len(run_dirs)} runs")
+    return Published(repo_id, "data/train-00000-of-00001.parquet", commit.commit_url)
