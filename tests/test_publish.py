@@ -110,6 +110,12 @@ def test_publish_results_as_a_commit_or_a_pull_request_and_the_leaderboard(hub_e
     assert board.loc["DiffMean", "steering_score"] == 2.0 and board.loc["DiffMean", "dataset_revision"] == commit
     assert board.loc["DiffMean", "judge_model"] == "gpt-4o-mini" and board.loc["DiffMean", "n_concepts"] == 4
     assert board.loc["PCA", "auroc"] < board.loc["DiffMean", "auroc"]
+    # The report page, rebuilt from the published leaderboard.
+    result = runner.invoke(eval_app, ["leaderboard", board_repo, "--html", str(tmp_path / "board.html")],
+                           terminal_width=80)
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "board.html").read_text()
+    assert "<h2>Leaderboard</h2>" in page and "DiffMean" in page and "2.000 [2.000, 2.000]" in page
 
 
 def test_a_dictionary_pushed_with_its_results_carries_them(hub_env: HubEnv, tmp_path: Path) -> None:

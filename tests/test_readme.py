@@ -43,6 +43,7 @@ SKIPPED = {
     "axbench data pull my-org/concept10 data/c10": "the pull above, into another folder (tests/test_publish.py)",
     "axbench eval report runs/my-run": "runs/my-run is the reader's run; tests/test_publish.py reports on a run",
     "axbench eval publish": "publishing a reader's run; tests/test_publish.py runs both commands on the stand-in",
+    "axbench eval leaderboard my-org/": "needs the leaderboard above; tests/test_publish.py rebuilds the page",
     "axbench dictionary push dicts/diffmean my-org/smollm2-l10-diffmean --eval-results":
         "needs the reader's run; tests/test_publish.py pushes a dictionary with its results",
     "from axmethods.trainers import RePSConfig": "a fragment (target, preference_df and concepts are the reader's); "

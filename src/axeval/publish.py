@@ -6,7 +6,7 @@
 - `leaderboard_frame(run_dirs)` is one row per method × run: the scores with their intervals, the number of
   concepts, the judge, the protocol, the model, layer and dataset (repo, commit, config) — and
   `publish_leaderboard(run_dirs, repo_id)` pushes it as a dataset (`data/train-….parquet` + card) that
-  `load_dataset(repo_id, split="train")` reads.
+  `load_dataset(repo_id, split="train")` reads, and `leaderboard_html(repo_id)` turns back into the report's page.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import yaml
 from huggingface_hub import CommitOperationAdd, HfApi
 
 from axdata.cards import render_card
-from axeval.report import LEADERBOARD_FILE, run_benchmark_data
+from axeval.report import LEADERBOARD_FILE, Report, render_html, run_benchmark_data
+from axeval.stats import ConfidenceInterval
 
 EVAL_RESULTS_DIR = ".eval_results"
 LEADERBOARD_COLUMNS = (
@@ -124,3 +125,35 @@ def publish_leaderboard(run_dirs: Sequence[str | Path], repo_id: str, *, dataset
             CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()),
         ], repo_type="dataset", commit_message=f"AxBench leaderboard: {len(frame)} rows from {len(run_dirs)} runs")
     return Published(repo_id, "data/train-00000-of-00001.parquet", commit.commit_url)
+
+
+def _interval(mean: Any, low: Any, high: Any) -> str:
+    return "–" if pd.isna(mean) else ConfidenceInterval(float(mean), float(low), float(high), 0).format()
+
+
+def load_leaderboard(source: str | Path | pd.DataFrame) -> pd.DataFrame:
+    """A leaderboard frame, from a frame, a local parquet file or a Hub dataset repo pushed by `publish_leaderboard`."""
+    if isinstance(source, pd.DataFrame):
+        return source
+    if Path(source).is_file():
+        return pd.read_parquet(source)
+    import datasets
+
+    return datasets.load_dataset(str(source), split="train").to_pandas()
+
+
+def leaderboard_html(source: str | Path | pd.DataFrame, title: str | None = None) -> str:
+    """The leaderboard dataset as the report's self-contained HTML page (methods × settings, with intervals)."""
+    frame = load_leaderboard(source)
+    table = pd.DataFrame({
+        "Method": frame["method"], "Model": frame["model"], "Layer": frame["layer"],
+        "AUROC": [_interval(*row) for row in frame[["auroc", "auroc_ci_low", "auroc_ci_high"]].itertuples(index=False)],
+        "Steering": [_interval(*row) for row in
+                     frame[["steering_score", "steering_ci_low", "steering_ci_high"]].itertuples(index=False)],
+        "Concepts": frame["n_concepts"], "Judge": frame["judge_model"].fillna("–"), "Protocol": frame["protocol"],
+        "Dataset": [f"{d}@{(r or '')[:12]} ({c})" if d else "–"
+                    for d, r, c in zip(frame["dataset_id"], frame["dataset_revision"], frame["dataset_config"])],
+    })
+    report = Report(leaderboard=table.sort_values(["Model", "Layer", "Steering"], ascending=[True, True, False]))
+    name = title or (f"AxBench leaderboard: {source}" if not isinstance(source, pd.DataFrame) else "AxBench leaderboard")
+    return render_html(report, name, {})

@@ -219,6 +219,27 @@ def publish_leaderboard(
     typer.echo(f"Pushed the leaderboard of {len(run_dirs)} run(s) to {published.repo_id}: {published.url}")
 
 
+@eval_app.command("leaderboard")
+def leaderboard(
+    source: str = typer.Argument(..., help="A leaderboard dataset repo (publish-leaderboard) or its parquet file."),
+    html: Path | None = typer.Option(None, "--html", help="Also write the report's HTML page of it here."),
+) -> None:
+    """Show a published leaderboard; with --html, rebuild the report page from it."""
+    from axdata.io import atomic_write_text
+    from axeval.cli.display import frame_table
+    from axeval.publish import leaderboard_html, load_leaderboard
+
+    try:
+        frame = load_leaderboard(source)
+    except (OSError, ValueError) as error:
+        _fail(error)
+    shown = frame[["method", "model", "layer", "auroc", "steering_score", "n_concepts"]]
+    Console().print(frame_table(shown, f"Leaderboard: {source}"))
+    if html is not None:
+        atomic_write_text(html, leaderboard_html(frame, title=f"AxBench leaderboard: {source}"))
+        typer.echo(f"Wrote {html}")
+
+
 @eval_app.command("push-metrics")
 def push_metrics(
     org: str = typer.Argument(..., help="User or organisation that will own the Spaces ORG/concept_detection and "
