@@ -132,7 +132,7 @@ def test_push_annotate_pull_agreement_against_a_real_server(argilla_server, tmp_
 
     report = build_report(run, n_resamples=20)
     markdown = report.files["markdown"].read_text()
-    assert "Judge–human agreement: `review`" in markdown
+    assert "Judge–human agreement: review" in markdown
     assert report.files["plot_agreement_review"].is_file()
 
     # Hub layout: export without the server, import into it under a new name, responses and all.

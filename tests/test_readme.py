@@ -8,10 +8,8 @@ train, infer latent, eval detect, infer steer, dictionary push — offline, agai
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
+import shlex
 from pathlib import Path
 
 import pytest
@@ -103,27 +101,34 @@ def test_every_readme_command_is_run_or_skipped_with_a_reason():
         assert any(_matches(item, entry) for item in items), f"no longer in the README: {entry!r}"
 
 
-def _run(item: str, cwd: Path, env: dict[str, str]) -> str:
-    block = next(i for i in readme_items() if _matches(i, item))  # the README's text, not this file's copy
-    command = [sys.executable, "-c", block] if not block.startswith(("axbench ", "export ")) else ["bash", "-c", block]
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, f"README command failed: {block}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result.stdout
+def _run(item: str, cwd: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the README's text (not this file's copy) in `cwd`: an `axbench` line with the CLI's own entry point
+    and argv, a Python block with exec — in this process, so the model and libraries load once for all of them."""
+    block = next(i for i in readme_items() if _matches(i, item))
+    monkeypatch.chdir(cwd)
+    if block.startswith("axbench "):
+        from typer.testing import CliRunner
+
+        from axeval.cli import app
+
+        result = CliRunner().invoke(app, shlex.split(block)[1:], terminal_width=80)
+        assert result.exit_code == 0, f"README command failed: {block}\n{result.output[-3000:]}\n{result.exception!r}"
+        return result.output
+    exec(compile(block, "README.md", "exec"), {"__name__": "readme"})  # noqa: S102 - the README's own snippet
+    return ""
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 @pytest.mark.skipif(not CONCEPT10.is_dir(), reason=f"AxBench Concept10 data not found at {CONCEPT10} (shared data "
                                                    "checkout absent); the README's commands import it.")
-def test_readme_paths_run_as_written(tmp_path, hub_env):
+def test_readme_paths_run_as_written(tmp_path, hub_env, monkeypatch):
     work = tmp_path / "work"
     work.mkdir()
     (tmp_path / "shared").symlink_to(SHARED)  # the README runs from a checkout with ../shared beside it
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "COLUMNS": "80"}
-    outputs = {item: _run(item, work, env) for item in RUN_IN_WORK}
+    outputs = {item: _run(item, work, monkeypatch) for item in RUN_IN_WORK}
     for item in RUN_IN_ROOT:
-        _run(item, ROOT, {**env, "HF_HUB_OFFLINE": "1"})
+        _run(item, ROOT, monkeypatch)
 
     assert "steering" in outputs[RUN_IN_WORK[0]]  # the import builds the steering split
     detect = outputs["axbench eval detect latent.parquet"]
