@@ -60,7 +60,7 @@ RUN_IN_WORK = [
     "axbench train diffmean --data data/concept10 --model smollm2-135m-instruct --layer 10 --out dicts/diffmean",
     "axbench infer latent --dictionary dicts/diffmean --data data/concept10 --out latent.parquet",
     "axbench eval detect latent.parquet",
-    "axbench infer steer --dictionary dicts/diffmean --data data/concept10 --factors 2 --max-new-tokens 32 --out steering.parquet",
+    "axbench infer steer --dictionary dicts/diffmean --data data/concept10 --factors 2 --max-new-tokens 16 --out steering.parquet",
     "axbench dictionary push dicts/diffmean my-org/smollm2-l10-diffmean",
     "axbench train bipo --data data/concept10 --layer 10 --out dicts/bipo --set help=1",
 ]

@@ -54,7 +54,7 @@ def write_config(tmp_path, tiny_llama_dir, llm_server) -> tuple:
                  "latent_num_of_examples": 4, "imbalance_factor": 2, "steering_num_of_examples": 4},
         "methods": {"train": ["diffmean", "reft-r1", "prompt-steering"], "settings": {"reft-r1": {"epochs": 1}}},
         "inference": {"factors": [0.5, 2.0], "max_new_tokens": 6, "steering_batch_size": 8},
-        "report": {"baseline": "prompt-steering", "n_resamples": 50},
+        "report": {"baseline": "prompt-steering", "n_resamples": 50, "dataset_id": "me/rivers-bench"},
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -83,7 +83,10 @@ def test_full_run_writes_every_artefact_and_resumes(tmp_path, tiny_llama_dir, ll
     report = (run_dir / "eval" / "report.md").read_text()
     for method in ("diffmean", "reft-r1", "prompt-steering"):
         assert method in report
-    assert list((run_dir / "eval" / ".eval_results").glob("*.yaml"))
+    results = yaml.safe_load((run_dir / "eval" / ".eval_results" / "diffmean.yaml").read_text())
+    # The dataset named in the config, and the task of the run's own dataset config (generated: no commit).
+    assert {(r["dataset"]["id"], r["dataset"]["task_id"]) for r in results} == {
+        ("me/rivers-bench", "concept_detection-tiny-llama-l1"), ("me/rivers-bench", "steering-tiny-llama-l1")}
     written = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert written["hashes"]["config"] and written["hashes"]["templates"]
 

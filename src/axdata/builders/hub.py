@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from datasets.info import DatasetInfosDict
 from datasets.utils.py_utils import convert_file_size_to_int
 from huggingface_hub import DatasetCardData, HfApi, snapshot_download
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
 
 from axdata.benchmark import EVAL_FILE, HubOrigin, eval_yaml, write_hub_origin
 from axdata.builders import (
@@ -149,9 +150,9 @@ def push_dataset(
         card_provenance = _provenance(summaries, {**read_provenance(root), **(provenance or {})})
         card = dataset_card(repo_id, summaries, version=version, license=license, provenance=card_provenance)
         (staging / CARD_FILE).write_text(card, encoding="utf-8")
-        # The benchmark registration: one task per kind and config, the same configs as the card's YAML.
-        (staging / EVAL_FILE).write_text(eval_yaml(repo_id.split("/")[-1], {config: list_splits(root, config)
-                                                                             for config in configs}), encoding="utf-8")
+        # The benchmark registration (one task per kind and config, the same configs as the card's YAML) goes in
+        # a commit of its own: the Hub validates eval.yaml at push time, and a refusal must not lose the data.
+        registration = eval_yaml(repo_id.split("/")[-1], {config: list_splits(root, config) for config in configs})
         files = sorted(str(path.relative_to(staging)) for path in staging.rglob("*") if path.is_file())
 
         repo_url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
@@ -172,6 +173,7 @@ def push_dataset(
             commit_message=commit_message or f"Upload dataset version {version}", delete_patterns=_OWNED_PATTERNS,
         )
     created_commit = commit.oid != head
+    commit = _register_benchmark(api, repo_id, branch, registration) or commit
     if tag_name:
         api.create_tag(repo_id, repo_type="dataset", tag=tag_name, revision=commit.oid,
                        tag_message=f"Dataset version {version}")
@@ -180,6 +182,24 @@ def push_dataset(
     logger.info("Pushed %s to %s@%s: commit %s%s", root, repo_id, branch, commit.oid[:12],
                 "" if created_commit else " (unchanged)")
     return report
+
+
+def _register_benchmark(api: HfApi, repo_id: str, branch: str, registration: str) -> Any:
+    """Commit `eval.yaml` when it changed; a Hub that refuses it (e.g. an evaluation framework it does not list
+    yet) gets a warning, and the pushed data stands."""
+    try:
+        current = api.hf_hub_download(repo_id, EVAL_FILE, repo_type="dataset", revision=branch)
+        if Path(current).read_text(encoding="utf-8") == registration:
+            return None
+    except EntryNotFoundError:
+        pass
+    try:
+        return api.upload_file(path_or_fileobj=registration.encode(), path_in_repo=EVAL_FILE, repo_id=repo_id,
+                               repo_type="dataset", revision=branch, commit_message="Register the benchmark (eval.yaml)")
+    except HfHubHTTPError as error:
+        logger.warning("%s: the Hub did not accept %s (%s); the data is pushed, but the dataset is not registered "
+                       "as a benchmark — see the README, 'Publishing results'.", repo_id, EVAL_FILE, error)
+        return None
 
 
 MAX_CARD_BYTES = 1 << 20
