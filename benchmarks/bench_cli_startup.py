@@ -3,8 +3,8 @@
 Every `axbench` command pays the CLI's start-up before it does anything, so commands that need no model
 (`data import|info|push|pull`, `eval detect|report`, `config show`, `llm ledger`, `--help`) should not load
 torch. Each command is run `--repeats` times in a fresh process; the median wall time is reported, with the
-ratio to a bare interpreter start and to `import torch, transformers` (what start-up cost before torch was
-deferred to the commands that need it).
+ratio to a bare interpreter start, to `import torch, transformers`, and to `import axeval.config` — what
+`axbench --help` imported before torch was deferred to the commands that need it.
 
     .venv/bin/python benchmarks/bench_cli_startup.py [--repeats 5]
 """
@@ -23,6 +23,8 @@ COMMANDS = {
     "bare python": [sys.executable, "-c", "pass"],
     "import torch, transformers models": [sys.executable, "-c", "import torch, transformers; "
                                           "from transformers import AutoModelForCausalLM"],
+    # What `axbench --help` imported before torch was deferred: the run config (and through it the trainers).
+    "before: import axeval.config": [sys.executable, "-c", "import axeval.config"],
     "axbench --help": [sys.executable, "-c", "from axeval.cli import main; main()", "--help"],
     "axbench eval --help": [sys.executable, "-c", "from axeval.cli import main; main()", "eval", "--help"],
 }
@@ -45,8 +47,8 @@ def main() -> None:
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
     results = {name: median_seconds(command, args.repeats) for name, command in COMMANDS.items()}
     for name, seconds in results.items():
-        print(f"{name:36s} {seconds:6.2f} s   ×{seconds / results['bare python']:5.1f} bare python   "
-              f"×{seconds / results['import torch, transformers models']:4.2f} torch import")
+        print(f"{name:36s} {seconds:6.2f} s   ×{seconds / results['import torch, transformers models']:4.2f} torch "
+              f"import   ×{seconds / results['before: import axeval.config']:4.2f} before")
 
 
 if __name__ == "__main__":
