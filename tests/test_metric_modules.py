@@ -115,6 +115,24 @@ print(json.dumps({"steering": steering, "detection": detection}))
 """
 
 
+def _numbers_elsewhere(python: str, script: str, location: str, cwd: Path, env: dict | None = None) -> dict:
+    """Run `script` (it loads both metrics from `location` and prints their results as JSON) with `python`; its
+    numbers must equal the toolkit's own modules' on the same inputs. Returns them."""
+    import json
+    import subprocess
+
+    result = subprocess.run([python, "-c", script, location, json.dumps(STEERING_INPUTS), json.dumps(DETECTION_INPUTS)],
+                            capture_output=True, text=True, timeout=600, cwd=cwd, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outside = json.loads(result.stdout.strip().splitlines()[-1])
+    inside_steering = evaluate.load(str(METRICS_DIR / "steering")).compute(**STEERING_INPUTS)
+    inside_detection = evaluate.load(str(METRICS_DIR / "concept_detection")).compute(imbalance=True,
+                                                                                      **DETECTION_INPUTS)
+    assert outside["steering"] == json.loads(json.dumps(inside_steering))
+    assert outside["detection"] == json.loads(json.dumps(inside_detection))
+    return outside
+
+
 def _write_spaces(root: Path) -> Path:
     for name in metric_hub.METRIC_NAMES:
         for path, content in metric_hub.metric_files(name, f"org/{name}").items():
@@ -126,8 +144,6 @@ def _write_spaces(root: Path) -> Path:
 def test_space_files_are_self_contained_and_agree_with_the_toolkit(tmp_path: Path):
     """The Space's module and its generated helper need only evaluate, datasets, numpy, pandas, scipy and
     scikit-learn: loaded where the toolkit cannot be imported, they give the toolkit's own numbers."""
-    import json
-    import subprocess
     import sys
 
     files = metric_hub.metric_files("steering", "org/steering")
@@ -138,17 +154,7 @@ def test_space_files_are_self_contained_and_agree_with_the_toolkit(tmp_path: Pat
     assert b"from .axbench_core import" in files["steering.py"] and b"from axeval" not in files["steering.py"]
     assert b"Generated from the axbench toolkit" in files["axbench_core.py"]
 
-    root = _write_spaces(tmp_path / "spaces")
-    result = subprocess.run([sys.executable, "-c", _WITHOUT_TOOLKIT, str(root), json.dumps(STEERING_INPUTS),
-                             json.dumps(DETECTION_INPUTS)], capture_output=True, text=True, timeout=300,
-                            cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    outside = json.loads(result.stdout.strip().splitlines()[-1])
-    inside_steering = evaluate.load(str(METRICS_DIR / "steering")).compute(**STEERING_INPUTS)
-    inside_detection = evaluate.load(str(METRICS_DIR / "concept_detection")).compute(imbalance=True,
-                                                                                      **DETECTION_INPUTS)
-    assert outside["steering"] == json.loads(json.dumps(inside_steering))
-    assert outside["detection"] == json.loads(json.dumps(inside_detection))
+    outside = _numbers_elsewhere(sys.executable, _WITHOUT_TOOLKIT, str(_write_spaces(tmp_path / "spaces")), tmp_path)
     assert not math.isnan(outside["detection"]["auroc"])
 
 
@@ -177,7 +183,6 @@ print(json.dumps({"steering": steering, "detection": detection}))
 def test_pushed_spaces_install_and_load_in_a_clean_virtualenv(hub_env, tmp_path: Path):
     """As a new user would: a fresh virtualenv, `pip install -r requirements.txt` of the pushed Space (from the
     package index), `evaluate.load("ORG/steering")` from the Hub — and the project's numbers."""
-    import json
     import os
     import subprocess
     import sys
@@ -199,13 +204,5 @@ def test_pushed_spaces_install_and_load_in_a_clean_virtualenv(hub_env, tmp_path:
         pytest.skip(f"the package index is unreachable from this machine: {install.stderr[-300:]}")
     assert install.returncode == 0, install.stderr[-3000:]
     env = {key: value for key, value in os.environ.items() if not key.startswith("PYTHON")}
-    result = subprocess.run([str(python), "-c", _CLEAN_VENV_CHECK, org, json.dumps(STEERING_INPUTS),
-                             json.dumps(DETECTION_INPUTS)], capture_output=True, text=True, timeout=600,
-                            env={**env, "HF_HUB_OFFLINE": "0", "HF_EVALUATE_OFFLINE": "0"}, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    outside = json.loads(result.stdout.strip().splitlines()[-1])
-    inside_steering = evaluate.load(str(METRICS_DIR / "steering")).compute(**STEERING_INPUTS)
-    inside_detection = evaluate.load(str(METRICS_DIR / "concept_detection")).compute(imbalance=True,
-                                                                                      **DETECTION_INPUTS)
-    assert outside["steering"] == json.loads(json.dumps(inside_steering))
-    assert outside["detection"] == json.loads(json.dumps(inside_detection))
+    _numbers_elsewhere(str(python), _CLEAN_VENV_CHECK, org, tmp_path,
+                       env={**env, "HF_HUB_OFFLINE": "0", "HF_EVALUATE_OFFLINE": "0"})
