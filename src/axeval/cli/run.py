@@ -13,6 +13,8 @@ from rich.table import Table
 
 from axeval.cli.display import print_leaderboard, read_leaderboard
 
+LEADERBOARD_FILE = "leaderboard.json"  # axeval.report.LEADERBOARD_FILE (not imported: it loads matplotlib)
+
 if TYPE_CHECKING:
     from axeval.pipeline import PipelineResult
 
@@ -81,12 +83,11 @@ def print_summary(result: PipelineResult, console: Console) -> None:
     table.add_column("status", no_wrap=True)
     table.add_column("seconds", justify="right", no_wrap=True)
     table.add_column("result", overflow="fold")
-    leaderboard = None
     for stage in result.stages:
-        leaderboard = stage.summary.get("leaderboard", leaderboard)
         table.add_row(stage.name, stage.status, f"{stage.seconds:.1f}", stage.line)
     console.print(table)
-    if leaderboard and Path(leaderboard).exists():
+    leaderboard = result.run_dir / "eval" / LEADERBOARD_FILE
+    if leaderboard.is_file():
         print_leaderboard(console, read_leaderboard(leaderboard))
     if result.llm_totals is not None:
         t = result.llm_totals

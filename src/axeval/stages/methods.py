@@ -200,9 +200,9 @@ class SteeringStage(Stage):
         target = ctx.target_model()
         prompts = run_dataset(ctx).split("steering")
         steerers = []
-        only = ctx.config.methods.steer
+        steered = steered_methods(ctx) if ctx.config.methods.steer is not None else None
         for artifact in load_artifacts(ctx):
-            if only is not None and canonical_method_name(artifact.method) not in steered_methods(ctx):
+            if steered is not None and canonical_method_name(artifact.method) not in steered:
                 logger.info("%s is not in methods.steer: detection only in this run", artifact.method)
                 continue
             if isinstance(artifact, SteeringDictionary) and not can_steer(artifact):
