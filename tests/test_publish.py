@@ -135,3 +135,20 @@ def test_a_dictionary_pushed_with_its_results_carries_them(hub_env: HubEnv, tmp_
     assert {(r.dataset_name, r.dataset_revision) for r in index} == {(repo_id, commit)}
     assert {r.task_name for r in index} == {"concept_detection-tiny-a-l2", "steering-tiny-a-l2"}
     assert ".eval_results/axbench.yaml" in HfApi().list_repo_files(model_repo)
+
+
+def test_a_run_dictionary_is_pushed_with_the_runs_results(hub_env: HubEnv, tmp_path: Path) -> None:
+    """A dictionary inside a run directory (<run>/dictionaries/<method>/) takes the run's results by itself."""
+    import torch
+    from huggingface_hub import ModelCard
+    from test_dictionary import make_dictionary
+
+    from axeval.cli.dictionary import dictionary_app
+
+    run, repo_id, commit = _run_on_pulled_data(tmp_path, hub_env)
+    make_dictionary(calibration=torch.ones(4)).save(run / "dictionaries" / "DiffMean")
+    model_repo = hub_env.repo_id("run-diffmean")
+    result = CliRunner().invoke(dictionary_app, ["push", str(run / "dictionaries" / "DiffMean"), model_repo])
+    assert result.exit_code == 0, result.output
+    assert "With the run's results" in result.output
+    assert {r.dataset_revision for r in ModelCard.load(model_repo).data.eval_results} == {commit}

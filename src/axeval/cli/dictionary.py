@@ -21,7 +21,8 @@ def push(
     eval_results: Path | None = typer.Option(None, "--eval-results",
                                              help="The dictionary's results, RUN_DIR/eval/.eval_results/<method>.yaml "
                                              "(axbench eval report): into the card's model-index and the repo's "
-                                             ".eval_results/axbench.yaml."),
+                                             ".eval_results/axbench.yaml. Default: the run's own, for a dictionary "
+                                             "inside a run directory."),
     allow_uncalibrated: bool = typer.Option(False, "--allow-uncalibrated",
                                             help="Push a steering dictionary that has no calibration yet (nobody "
                                             "can steer with it before running latent inference)."),
@@ -46,6 +47,8 @@ def push(
         typer.echo(f"Warning: pushing the uncalibrated {artifact.method} dictionary; its card says so and steering "
                    "with it needs `axbench infer latent` first.", err=True)
     entries = []
+    if eval_results is None and isinstance(artifact, SteeringDictionary):
+        eval_results = _run_results(directory, artifact.method)
     if eval_results is not None:
         import yaml
 
@@ -67,6 +70,19 @@ def push(
     url = push_artifact(artifact, repo_id, revision=revision, private=private, datasets=dataset,
                         eval_results=entries)
     typer.echo(f"Pushed {artifact.method} ({artifact.n_concepts} concepts) to {repo_id}: {url}")
+
+
+def _run_results(directory: Path, method: str) -> Path | None:
+    """The run's results of this dictionary when it lives in a run directory (<run>/dictionaries/<method>/):
+    `<run>/eval/.eval_results/<method>.yaml`, written by the run's report."""
+    resolved = directory.resolve()
+    if resolved.parent.name != "dictionaries":
+        return None
+    path = resolved.parent.parent / "eval" / ".eval_results" / f"{method}.yaml"
+    if path.is_file():
+        typer.echo(f"With the run's results {path} (model-index and .eval_results/axbench.yaml).")
+        return path
+    return None
 
 
 @dictionary_app.command("pull")
