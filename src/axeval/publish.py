@@ -23,7 +23,8 @@ import yaml
 from huggingface_hub import CommitOperationAdd, HfApi
 
 from axdata.cards import render_card
-from axeval.report import LEADERBOARD_FILE, Report, render_html, run_benchmark_data
+from axeval.report import Report, render_html, run_benchmark_data
+from axeval.rundir import RunDirectory
 from axeval.stats import ConfidenceInterval
 
 EVAL_RESULTS_DIR = ".eval_results"
@@ -39,13 +40,6 @@ class Published:
     repo_id: str
     path_in_repo: str
     url: str  # the commit, or the pull request
-
-
-def _run_config(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} has no config.yaml; pass a run directory written by `axbench run`.")
-    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
 
 
 def eval_results_file(run_dir: str | Path, method: str | None = None) -> Path:
@@ -82,12 +76,15 @@ def leaderboard_frame(run_dirs: Sequence[str | Path], dataset_id: str | None = N
     """One row per method × run, from each run's `eval/leaderboard.json` and `config.yaml`."""
     rows = []
     for run_dir in map(Path, run_dirs):
-        board_path = run_dir / "eval" / LEADERBOARD_FILE
+        run = RunDirectory(run_dir)
+        if not run.config_path.is_file():
+            raise FileNotFoundError(f"{run_dir} has no config.yaml; pass a run directory written by `axbench run`.")
+        board_path = run.leaderboard_path
         if not board_path.is_file():
             raise FileNotFoundError(f"{board_path} does not exist; run the report first (axbench eval report "
                                     f"{run_dir}).")
         board = json.loads(board_path.read_text(encoding="utf-8"))
-        config = _run_config(run_dir)
+        config = run.read_config()
         data = run_benchmark_data(run_dir, dataset_id)
         judge = board.get("judge_details") or {}
         for method, values in board["methods"].items():

@@ -32,15 +32,16 @@ from huggingface_hub import EvalResultEntry, eval_result_entries_to_yaml
 from matplotlib.figure import Figure
 
 from axdata.benchmark import read_hub_origin, task_id
+from axdata.builders import list_configs
 from axdata.io import atomic_path, atomic_write_text
 from axeval import detection, steering
 from axeval.judge import summarize_judgements
-from axeval.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, ConfidenceInterval, json_value
+from axeval.rundir import LEADERBOARD_FILE, RunDirectory
+from axeval.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, ConfidenceInterval, by_method
 
 logger = logging.getLogger(__name__)
 
 SMALL_SAMPLE = 10  # below this many concepts, bootstrap intervals are flagged as rough
-LEADERBOARD_FILE = "leaderboard.json"
 LATENT_FILE, IMBALANCE_FILE, JUDGEMENTS_FILE = "inference/latent.parquet", "inference/latent_imbalance.parquet", \
     "eval/judgements.parquet"
 
@@ -125,9 +126,8 @@ class Report:
         methods: dict[str, dict[str, Any]] = {}
         for prefix, frame in (("detection_", self.detection_summary), ("imbalance_", self.imbalance_summary),
                               ("steering_", self.steering_summary), ("winrate_", self.winrates)):
-            for record in ([] if frame is None else frame.to_dict("records")):
-                values = methods.setdefault(record["method"], {})
-                values.update({f"{prefix}{key}": json_value(value) for key, value in record.items() if key != "method"})
+            for method, values in ({} if frame is None else by_method(frame, prefix)).items():
+                methods.setdefault(method, {}).update(values)
         order = list(self.leaderboard["Method"]) if "Method" in self.leaderboard else []
         return {method: methods[method] for method in sorted(methods, key=lambda m: (m not in order,
                                                                                   order.index(m) if m in order else 0))}
@@ -400,13 +400,12 @@ def run_benchmark_data(run_dir: str | Path, dataset_id: str | None = None) -> Be
     """What data the run in `run_dir` used: its dataset directory (from the run's config.yaml) knows the Hub repo
     and commit it was pulled from; `dataset_id` names the repo by hand (then the commit is unknown unless the
     directory was pulled from that same repo). None when neither says which Hub dataset it is."""
-    root = Path(run_dir)
-    config_path = root / "config.yaml"
-    resolved = yaml.safe_load(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
-    directory = Path((resolved.get("run") or {}).get("dataset_dir") or root / "data")
+    run = RunDirectory(run_dir)
+    resolved = run.read_config()
+    directory = Path((resolved.get("run") or {}).get("dataset_dir") or run.data_dir)
     config = (resolved.get("data") or {}).get("dataset_config")
     if config is None and directory.is_dir():
-        configs = sorted(path.name for path in directory.iterdir() if path.is_dir() and list(path.glob("*.parquet")))
+        configs = list_configs(directory)
         config = configs[0] if len(configs) == 1 else None
     origin = read_hub_origin(directory) if directory.is_dir() else None
     if dataset_id is None and origin is None:

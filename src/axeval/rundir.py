@@ -11,6 +11,8 @@ import yaml
 
 from axdata.io import atomic_write_json, atomic_write_text
 
+LEADERBOARD_FILE = "leaderboard.json"
+
 
 @dataclass(frozen=True)
 class RunDirectory:
@@ -38,6 +40,17 @@ class RunDirectory:
     @property
     def eval_dir(self) -> Path:
         return self.root / "eval"
+
+    @property
+    def leaderboard_path(self) -> Path:
+        """The report's leaderboard as JSON (what the end-of-run summary and the published leaderboard read)."""
+        return self.eval_dir / LEADERBOARD_FILE
+
+    def read_config(self) -> dict[str, Any]:
+        """The resolved config the run wrote first (`config.yaml`); {} when there is none."""
+        if not self.config_path.is_file():
+            return {}
+        return yaml.safe_load(self.config_path.read_text(encoding="utf-8")) or {}
 
     @property
     def llm_cache_path(self) -> Path:

@@ -79,6 +79,12 @@ def bootstrap_ci(
     return ConfidenceInterval(mean, float(low), float(high), int(data.size), confidence)
 
 
+def by_method(frame: Any, prefix: str = "") -> dict[str, dict[str, Any]]:
+    """A per-method summary frame as {method: {prefix + column: JSON-ready value}} (`--json` outputs, leaderboard)."""
+    return {record["method"]: {f"{prefix}{key}": json_value(value) for key, value in record.items() if key != "method"}
+            for record in frame.to_dict("records")}
+
+
 def json_value(value: Any) -> Any:
     """A JSON-ready scalar: numpy → Python, NaN → None (JSON has no NaN: an undefined metric is null)."""
     if hasattr(value, "item"):

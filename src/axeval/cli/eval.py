@@ -5,14 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import typer
 from rich.console import Console
 
 from axeval.cli.display import leaderboard_table, print_leaderboard
-from axeval.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, json_value
+from axeval.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, by_method
 
 _PROTOCOL_HELP = ("'fixed' (default): unparsed judge answers are excluded and counted; 'reference': they score 0, "
                   "as in AxBench (docs/protocol.md).")
@@ -28,13 +27,9 @@ def _read(path: Path, what: str) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def _by_method(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    return {row["method"]: {k: json_value(v) for k, v in row.items() if k != "method"} for row in frame.to_dict("records")}
-
-
 def _print_leaderboard(frame: pd.DataFrame, prefix: str, title: str) -> None:
     """The compact leaderboard of one part (rich, fits 80 columns); `--json` prints every field."""
-    methods = {method: {f"{prefix}{k}": v for k, v in values.items()} for method, values in _by_method(frame).items()}
+    methods = by_method(frame, prefix)
     if prefix == "detection_":  # eval detect merges the imbalance columns in as imbalance_*
         methods = {m: {k.replace("detection_imbalance_", "imbalance_"): v for k, v in values.items()}
                    for m, values in methods.items()}
@@ -73,7 +68,7 @@ def detect(
     except ValueError as error:
         _fail(error)
     if as_json:
-        typer.echo(json.dumps(_by_method(summary), indent=2))
+        typer.echo(json.dumps(by_method(summary), indent=2))
     else:
         _print_leaderboard(summary, "detection_", f"Concept detection: {latent.name}")
 
@@ -150,7 +145,7 @@ def steering_(
     except ValueError as error:
         _fail(error)
     if as_json:
-        typer.echo(json.dumps(_by_method(summary), indent=2))
+        typer.echo(json.dumps(by_method(summary), indent=2))
     else:
         _print_leaderboard(summary, "steering_", f"Steering: {judged.name}")
 

@@ -12,8 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from axeval.cli.display import print_leaderboard, read_leaderboard
-
-LEADERBOARD_FILE = "leaderboard.json"  # axeval.report.LEADERBOARD_FILE (not imported: it loads matplotlib)
+from axeval.rundir import RunDirectory
 
 if TYPE_CHECKING:
     from axeval.pipeline import PipelineResult
@@ -86,7 +85,7 @@ def print_summary(result: PipelineResult, console: Console) -> None:
     for stage in result.stages:
         table.add_row(stage.name, stage.status, f"{stage.seconds:.1f}", stage.line)
     console.print(table)
-    leaderboard = result.run_dir / "eval" / LEADERBOARD_FILE
+    leaderboard = RunDirectory(result.run_dir).leaderboard_path
     if leaderboard.is_file():
         print_leaderboard(console, read_leaderboard(leaderboard))
     if result.llm_totals is not None:

@@ -105,14 +105,14 @@ def core_source(name: str) -> str:
     return "\n".join(header + body).rstrip() + "\n"
 
 
-def space_module_source(name: str) -> str:
-    """The metric module with its `axeval` imports pointed at the Space's helper."""
+def space_module_source(name: str, core: str | None = None) -> str:
+    """The metric module with its `axeval` imports pointed at the Space's helper (`core`: its source, if made)."""
     source = (METRICS_DIR / name / f"{name}.py").read_text(encoding="utf-8")
     rewritten, count = re.subn(r"^from axeval\.\w+ import ", f"from .{CORE_FILE[:-3]} import ", source, flags=re.M)
     if re.search(r"^\s*(from|import) (axeval|axdata|axmethods)\b", rewritten, flags=re.M) or not count:
         raise ValueError(f"The {name} module imports the toolkit in a way the Space generator cannot rewrite.")
     defined = {node.name if not isinstance(node, ast.Assign) else target.id
-               for node in ast.parse(core_source(name)).body
+               for node in ast.parse(core or core_source(name)).body
                if isinstance(node, ast.FunctionDef | ast.ClassDef | ast.Assign)
                for target in (node.targets if isinstance(node, ast.Assign) else [node])
                if not isinstance(node, ast.Assign) or isinstance(target, ast.Name)}
@@ -128,9 +128,10 @@ def metric_files(name: str, repo_id: str) -> dict[str, bytes]:
     """The files of the Space for metric `name`, keyed by their path in the repo."""
     if name not in METRIC_NAMES:
         raise ValueError(f"Unknown metric {name!r}; the metrics are {', '.join(METRIC_NAMES)}.")
+    core = core_source(name)
     return {
-        f"{name}.py": space_module_source(name).encode(),
-        CORE_FILE: core_source(name).encode(),
+        f"{name}.py": space_module_source(name, core).encode(),
+        CORE_FILE: core.encode(),
         "README.md": (METRICS_DIR / name / "README.md").read_bytes(),
         "requirements.txt": "\n".join((*REQUIREMENTS, "")).encode(),
         "app.py": _APP.format(repo_id=repo_id).encode(),
