@@ -35,7 +35,7 @@ argilla: setup
 	$(BIN)/python -m axeval.curation.local_server --install
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check axdata axeval axmethods tests benchmarks
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

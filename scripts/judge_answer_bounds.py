@@ -20,7 +20,7 @@ import pandas as pd
 
 from axdata.builders import read_concepts, read_split
 from axdata.builders.axbench_import import import_axbench
-from axdata.generation import LLMConfig, open_llm
+from axdata.llm import LLMConfig, open_llm
 from axeval.judge import Judge, JudgeConfig
 from axeval.judge_templates import CRITERIA
 

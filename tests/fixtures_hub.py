@@ -1,6 +1,6 @@
 """Pytest fixtures that point the real `huggingface_hub`, `datasets` (and `evaluate`) clients at a local Hub.
 
-`hub_server` (session) runs one `axdata.hub_standin.HubStandin`; `hub_env` (function) routes every client
+`hub_server` (session) runs one `support.hub_standin.HubStandin`; `hub_env` (function) routes every client
 call to it for the duration of one test and restores everything afterwards, so it coexists with tests that
 keep the libraries offline (tests/conftest.py sets HF_HUB_OFFLINE=1 before they are imported).
 
@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from axdata.hub_standin import HubStandin
+from support.hub_standin import HubStandin
 
 HUB_USER = "tester"
 HUB_TOKEN = "hf_standin_token"

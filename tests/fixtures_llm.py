@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from axdata.generation.server import EmbeddedLLMServer, embedded_llm_server
+from axdata.llm.server import EmbeddedLLMServer, embedded_llm_server
 
 
 @dataclass

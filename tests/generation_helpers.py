@@ -11,7 +11,7 @@ from typing import Any
 from fixtures_llm import FaultServer, Reply, ok
 
 from axdata.concepts import Concept
-from axdata.generation import Ledger, LLMConfig, OpenAIChatClient, ResponseCache
+from axdata.llm import Ledger, LLMConfig, OpenAIChatClient, ResponseCache
 
 CONCEPTS = [
     Concept(0, "rivers and river banks", "https://www.neuronpedia.org/gemma-2-2b/20-gemmascope-res-16k/1234"),

@@ -7,9 +7,9 @@ import asyncio
 import pytest
 import torch
 
-from axdata.generation.cache import ResponseCache
-from axdata.generation.ledger import Ledger
-from axdata.generation.types import ChatBackend, ChatRequest, SamplingParams
+from axdata.llm.cache import ResponseCache
+from axdata.llm.ledger import Ledger
+from axdata.llm.types import ChatBackend, ChatRequest, SamplingParams
 from axmethods.chat_backend import TransformersChatBackend
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=10)

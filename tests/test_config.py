@@ -107,7 +107,7 @@ def test_bad_numbers_stop_at_load_naming_the_key(tmp_path, override, message):
 
 def test_method_configs_check_their_numbers_wherever_they_are_built():
     from axmethods.methods import MethodConfigError, get_method, parse_config
-    from axmethods.trainers.methods import get_trained_method
+    from axmethods.trainers.presets import get_trained_method
 
     with pytest.raises(MethodConfigError, match="ProbeConfig.epochs = -1"):
         parse_config(get_method("probe").config_class, {"epochs": "-1"})

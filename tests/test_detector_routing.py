@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from axdata.concepts import Concept
-from axdata.generation.types import Completion
+from axdata.llm.types import Completion
 from axeval.cli.infer import infer_app
 from axeval.stages import methods as stage_methods
 from axmethods.dictionary import DictionaryError, SteeringDictionary

@@ -134,7 +134,7 @@ def test_full_run_writes_every_split_with_provenance(llm, tiny_llama_target, tmp
 
 
 def target_request_like(text: str):
-    from axdata.generation.types import ChatRequest, SamplingParams
+    from axdata.llm.types import ChatRequest, SamplingParams
 
     return ChatRequest.user(text, purpose="check", params=SamplingParams(temperature=0.0, max_tokens=12))
 

@@ -9,7 +9,7 @@ from generation_helpers import RoutingServer
 
 from axdata.builders import list_splits, read_concepts, read_provenance, read_split
 from axdata.generation.generation_config import GenerationConfig
-from axdata.generation.ledger import Ledger
+from axdata.llm.ledger import Ledger
 from axdata.generation.report import cost_projection
 from axeval.config import AxbenchConfig
 from axeval.pipeline import StageError, run_pipeline

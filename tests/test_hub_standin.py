@@ -365,7 +365,7 @@ def test_server_protocol_edges(hub_env: HubEnv) -> None:
 
 def test_command_line_entry_point(tmp_path: Path) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "axdata.hub_standin", "--root", str(tmp_path), "--port", "0"],
+        [sys.executable, str(Path(__file__).parent / "support" / "hub_standin.py"), "--root", str(tmp_path), "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

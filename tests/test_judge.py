@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from fixtures_llm import FaultServer, Reply, ok
 
-from axdata.generation import LLMConfig, OpenAIChatClient
+from axdata.llm import LLMConfig, OpenAIChatClient
 from axeval.judge import (
     Judge,
     JudgeConfig,
@@ -214,7 +214,7 @@ def test_real_embedded_judge_returns_well_formed_ratings(embedded_server):
 
 def test_paid_answers_are_counted_even_when_out_of_schema_and_reused_cost_survives_a_resume(routing_server,
                                                                                            tmp_path):
-    from axdata.generation import ResponseCache
+    from axdata.llm import ResponseCache
 
     prices = {"input_usd_per_mtok": 1.0, "output_usd_per_mtok": 1.0}
     bad = routing_server(lambda criterion, prompt, nth: ok('{"reason": "x", "rating": 7}', 100, 100))

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from fixtures_llm import FaultServer
 
-from axdata.generation import (
+from axdata.llm import (
     BudgetExceededError,
     ChatBackend,
     ChatRequest,
@@ -18,7 +18,7 @@ from axdata.generation import (
     ResponseCache,
     SamplingParams,
 )
-from axdata.generation.ledger import estimate_prompt_tokens
+from axdata.llm.ledger import estimate_prompt_tokens
 
 SHORT = SamplingParams(temperature=0.0, max_tokens=8)
 RATING_SCHEMA = {
@@ -190,9 +190,9 @@ def test_config_defaults() -> None:
 
 
 def test_the_cache_does_not_store_a_huge_answer(tmp_path) -> None:
-    from axdata.generation import ResponseCache
-    from axdata.generation.cache import MAX_CACHED_CHARS
-    from axdata.generation.types import Completion
+    from axdata.llm import ResponseCache
+    from axdata.llm.cache import MAX_CACHED_CHARS
+    from axdata.llm.types import Completion
 
     with ResponseCache(tmp_path / "cache.sqlite") as cache:
         cache.put("big", Completion(text="x" * (MAX_CACHED_CHARS + 1), model="m"), "judge")

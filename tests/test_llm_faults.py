@@ -8,7 +8,7 @@ import time
 import pytest
 from fixtures_llm import FaultServer, Reply, error, malformed, ok, rate_limited, rejects_response_format, slow
 
-from axdata.generation import (
+from axdata.llm import (
     BudgetExceededError,
     ChatRequest,
     LLMConfig,
@@ -19,8 +19,8 @@ from axdata.generation import (
     SamplingParams,
     StructuredOutputError,
 )
-from axdata.generation.ledger import Ledger
-from axdata.generation.server import free_port
+from axdata.llm.ledger import Ledger
+from axdata.llm.server import free_port
 
 SCHEMA = {
     "type": "object",

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 import axdata
-from axdata.generation import ChatRequest, EmbeddedServerError, LLMConfig, SamplingParams, open_llm
-from axdata.generation.server import embedded_llm_server, free_port
+from axdata.llm import ChatRequest, EmbeddedServerError, LLMConfig, SamplingParams, open_llm
+from axdata.llm.server import embedded_llm_server, free_port
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("xllamacpp")
@@ -74,7 +74,7 @@ def test_foreground_mode_stops_cleanly_on_sigterm() -> None:
     command = [
         sys.executable,
         "-m",
-        "axdata.generation.server",
+        "axdata.llm.server",
         "--port",
         str(port),
         "--n-parallel",

@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from axdata.concepts import Concept
-from axdata.generation.types import Completion
+from axdata.llm.types import Completion
 from axmethods.activations import ActivationCollector
 from axmethods.methods import (
     METHODS,

@@ -46,7 +46,7 @@ SKIPPED = {
         "needs the reader's run; tests/test_publish.py pushes a dictionary with its results",
     "from axmethods.trainers import RePSConfig": "a fragment (target, preference_df and concepts are the reader's); "
                                                  "tests/test_trainers.py makes the same calls",
-    "from axdata.generation import ChatRequest": "needs an OpenAI key; tests/test_llm_client.py makes the same calls "
+    "from axdata.llm import ChatRequest": "needs an OpenAI key; tests/test_llm_client.py makes the same calls "
                                                  "against a local server",
 }
 

@@ -17,7 +17,7 @@ from axmethods.inference.steering import plan_batches, run_steering
 from axmethods.models import TargetModel
 from axmethods.trainers.artifacts import ConceptAdapters, export_peft, load_steering_artifact
 from axmethods.trainers.finetuned import FinetunedConcepts, FinetunedSteerer, swapped_weights
-from axmethods.trainers.methods import get_trained_method
+from axmethods.trainers.presets import get_trained_method
 from axmethods.trainers.sft import SFTDataError, SFTSteeringConfig, concept_dataset, train_sft
 
 CONCEPTS = [Concept(3, "the sea"), Concept(7, "apples")]

@@ -1,0 +1,253 @@
+"""`axbench eval …`: score detection and steering, run the judge, build reports, publish the metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pandas as pd
+import typer
+from rich.console import Console
+
+from axeval.cli.display import leaderboard_table, print_leaderboard
+from axeval.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, by_method
+
+_PROTOCOL_HELP = ("'fixed' (default): unparsed judge answers are excluded and counted; 'reference': they score 0, "
+                  "as in AxBench (docs/protocol.md).")
+
+eval_app = typer.Typer(help="Score detection and steering, judge generations, build reports.", no_args_is_help=True)
+
+_SET_HELP = "Override a config value: section.key=value (YAML-typed), repeatable, e.g. llm.max_usd=1."
+
+
+def _read(path: Path, what: str) -> pd.DataFrame:
+    if not path.exists():
+        raise typer.BadParameter(f"{path} does not exist; pass the {what} parquet file.")
+    return pd.read_parquet(path)
+
+
+def _print_leaderboard(frame: pd.DataFrame, prefix: str, title: str) -> None:
+    """The compact leaderboard of one part (rich, fits 80 columns); `--json` prints every field."""
+    methods = by_method(frame, prefix)
+    if prefix == "detection_":  # eval detect merges the imbalance columns in as imbalance_*
+        methods = {m: {k.replace("detection_imbalance_", "imbalance_"): v for k, v in values.items()}
+                   for m, values in methods.items()}
+    console = Console()
+    console.print(leaderboard_table(methods, title=title))
+    counts = {values.get(f"{prefix}n_concepts") for values in methods.values()}
+    console.print(f"Mean over concepts (n = {', '.join(map(str, sorted(c for c in counts if c is not None)))}), "
+                  "95% bootstrap interval below; every field with --json.", highlight=False)
+
+
+def _fail(error: Exception) -> None:
+    typer.echo(str(error), err=True)
+    raise typer.Exit(1) from None
+
+
+@eval_app.command("detect")
+def detect(
+    latent: Path = typer.Argument(..., help="Latent-inference parquet: method, concept_id, category, score."),
+    imbalance: Path | None = typer.Option(None, help="The latent_imbalance inference parquet (shared "
+                                             "negatives, concept_id -1): adds precision / recall / F1."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON object keyed by method."),
+    resamples: int = typer.Option(DEFAULT_RESAMPLES, help="Bootstrap resamples of the concepts."),
+    seed: int = typer.Option(DEFAULT_SEED, help="Seed of the bootstrap."),
+) -> None:
+    """Per method: mean AUROC over concepts with its 95% CI, and hard-negative accuracy (Youden threshold)."""
+    from axeval import detection
+
+    try:
+        latent_rows = _read(latent, "latent")
+        summary = detection.summarize_detection(detection.concept_detection(latent_rows), resamples, seed=seed)
+        if imbalance is not None:
+            rows = detection.imbalance_frame(latent_rows, _read(imbalance, "imbalance"))
+            skewed = detection.summarize_imbalance(detection.imbalance_detection(rows), resamples, seed=seed)
+            summary = summary.merge(skewed.add_prefix("imbalance_").rename(columns={"imbalance_method": "method"}),
+                                    on="method", how="left")
+    except ValueError as error:
+        _fail(error)
+    if as_json:
+        typer.echo(json.dumps(by_method(summary), indent=2))
+    else:
+        _print_leaderboard(summary, "detection_", f"Concept detection: {latent.name}")
+
+
+@eval_app.command("judge")
+def judge(
+    steering_file: Path = typer.Argument(..., help="Steered generations: method, concept_id, concept, prompt_id, "
+                                         "half, instruction, generation, factor."),
+    out: Path = typer.Option(..., "--out", help="Where the judged parquet goes."),
+    config: Path | None = typer.Option(None, help="A run config: its llm section picks the judge."),
+    set_: list[str] | None = typer.Option(None, "--set", "-s", help=_SET_HELP),
+    temperature: float | None = typer.Option(None, help="Judge temperature (default: the config's judge section, "
+                                                        "0.7 as AxBench's evaluate.py)."),
+    parse_retries: int | None = typer.Option(None, help="Extra asks after an unparseable answer (default: config)."),
+    on_parse_failure: str | None = typer.Option(None, help="'exclude' (record and count) or 'raise' (default: "
+                                                           "config, 'exclude')."),
+    cache: Path | None = typer.Option(None, help="Response cache (default: llm-cache.sqlite beside --out)."),
+    ledger: Path | None = typer.Option(None, help="Ledger (default: llm-ledger.jsonl beside --out)."),
+) -> None:
+    """Rate every generation on concept, instruction and fluency; write ratings, raw answers and provenance."""
+    from axdata.llm import open_llm
+    from axeval.config import AxbenchConfig, ConfigError
+    from axeval.judge import Judge, JudgeConfig, summarize_judgements, write_judgements
+
+    try:
+        settings = AxbenchConfig.load(config, set_ or [])
+        # The config's judge section (with --set) is the base; explicit options override it.
+        given = {"temperature": temperature, "parse_retries": parse_retries, "on_parse_failure": on_parse_failure}
+        judge_config = JudgeConfig(**{**dataclasses.asdict(settings.judge),
+                                      **{k: v for k, v in given.items() if v is not None}})
+    except (ConfigError, ValueError) as error:
+        _fail(error)
+    generations = _read(steering_file, "steering generations")
+    with open_llm(settings.llm, cache_path=cache or out.parent / "llm-cache.sqlite",
+                  ledger_path=ledger or out.parent / "llm-ledger.jsonl") as client:
+        try:
+            judgements = Judge(client, judge_config).judge(generations)
+        except ValueError as error:
+            _fail(error)
+    summary = summarize_judgements(judgements)
+    if settings.llm.dry_run:
+        typer.echo(f"Dry run: {summary['calls']} judge calls, estimated ${summary['cost_usd']:.4f}; nothing written.")
+        return
+    write_judgements(judgements, out)
+    typer.echo(f"Judged {summary['generations']} generations with {', '.join(summary['judge_model'])} "
+               f"({summary['calls']} calls, ${summary['cost_usd']:.4f}"
+               + (f", ${summary['reused_cost_usd']:.4f} of it reused from the cache" if summary['reused_cost_usd'] else "")
+               + "); parse failures: "
+               f"{summary['parse_failures']}. Wrote {out}.")
+
+
+@eval_app.command("steering")
+def steering_(
+    judged: Path = typer.Argument(..., help="Judged generations (`axbench eval judge` output)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON object keyed by method."),
+    baseline: str | None = typer.Option(None, help="Add the winrate against this method (paper: SAE)."),
+    suppression: bool = typer.Option(False, help="Score concept suppression (concept rating inverted)."),
+    resamples: int = typer.Option(DEFAULT_RESAMPLES, help="Bootstrap resamples of the concepts."),
+    seed: int = typer.Option(DEFAULT_SEED, help="Seed of the bootstrap."),
+    protocol: str = typer.Option("fixed", help=_PROTOCOL_HELP),
+) -> None:
+    """Per method: held-out steering score at the factor chosen on the selection half, with its 95% CI."""
+    from axeval import steering
+    from axeval.protocol import check_protocol, parse_failures_score_zero
+
+    try:
+        scored = steering.score_generations(_read(judged, "judged generations"), suppression=suppression,
+                                            parse_failures_as_zero=parse_failures_score_zero(check_protocol(protocol)))
+        selected = steering.select_factors(scored)
+        summary = steering.summarize_steering(selected, scored, resamples, seed=seed)
+        if baseline is not None:
+            rates = steering.winrate(selected, baseline)[["method", "winrate"]]
+            summary = summary.merge(rates, on="method", how="left")
+    except ValueError as error:
+        _fail(error)
+    if as_json:
+        typer.echo(json.dumps(by_method(summary), indent=2))
+    else:
+        _print_leaderboard(summary, "steering_", f"Steering: {judged.name}")
+
+
+@eval_app.command("report")
+def report(
+    run_dir: Path = typer.Argument(..., help="A run directory (inference/latent.parquet, eval/judgements.parquet)."),
+    out: Path | None = typer.Option(None, help="Output folder (default: RUN_DIR/eval)."),
+    baseline: str | None = typer.Option(None, help="Method to compute winrates against (paper: SAE)."),
+    suppression: bool = typer.Option(False, help="Score concept suppression (concept rating inverted)."),
+    dataset_id: str | None = typer.Option(None, help="Hub dataset repo named in .eval_results; default: the repo "
+                                                     "(and commit) the run's data was pulled from."),
+    protocol: str = typer.Option("fixed", help=_PROTOCOL_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the leaderboard as JSON keyed by method (detection_*, "
+                                                        "imbalance_*, steering_*, winrate_* fields, CIs and counts)."),
+) -> None:
+    """Leaderboard (markdown + self-contained HTML), plots and .eval_results files; prints the summary."""
+    from axeval.protocol import check_protocol, parse_failures_score_zero
+    from axeval.report import build_report
+
+    try:
+        result = build_report(run_dir, out, baseline=baseline, suppression=suppression, dataset_id=dataset_id,
+                              parse_failures_as_zero=parse_failures_score_zero(check_protocol(protocol)))
+    except (ValueError, FileNotFoundError) as error:
+        _fail(error)
+    if as_json:
+        typer.echo(json.dumps(result.by_method(), indent=2))
+        return
+    console = Console()
+    print_leaderboard(console, {"methods": result.by_method(), "caveats": result.caveats(), "judge": result.judge_line()})
+    console.print(f"Report: {result.files['markdown']} (and report.html)", highlight=False, soft_wrap=True)
+
+
+@eval_app.command("publish")
+def publish(
+    run_dir: Path = typer.Argument(..., help="A run directory whose report wrote eval/.eval_results/<method>.yaml."),
+    repo_id: str = typer.Argument(..., help="The model or steering-dictionary repo the results belong to."),
+    method: str | None = typer.Option(None, help="Which method's results (needed when the run has several)."),
+    pr: bool = typer.Option(False, "--pr", help="Open a pull request (a community result) instead of committing."),
+) -> None:
+    """Upload a method's .eval_results (benchmark dataset, commit, task, value, interval, judge) to a Hub repo."""
+    from axeval.publish import publish_eval_results
+
+    try:
+        published = publish_eval_results(run_dir, repo_id, method=method, create_pr=pr)
+    except (LookupError, FileNotFoundError, ValueError) as error:
+        _fail(error)
+    typer.echo(f"Published {published.path_in_repo} to {published.repo_id}: {published.url}")
+
+
+@eval_app.command("publish-leaderboard")
+def publish_leaderboard(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories (one per model/layer setting), then the dataset "
+                                          "repo to push the leaderboard to."),
+    repo_id: str = typer.Argument(..., help="Dataset repo for the leaderboard, e.g. my-org/axbench-leaderboard."),
+    dataset_id: str | None = typer.Option(None, help="Benchmark dataset repo, for runs whose data was not pulled."),
+    private: bool = typer.Option(False, help="Create a private dataset."),
+) -> None:
+    """Push the leaderboard (one row per method × run) as a dataset that load_dataset reads."""
+    from axeval.publish import publish_leaderboard as push
+
+    try:
+        published = push(run_dirs, repo_id, dataset_id=dataset_id, private=private)
+    except (LookupError, FileNotFoundError, ValueError) as error:
+        _fail(error)
+    typer.echo(f"Pushed the leaderboard of {len(run_dirs)} run(s) to {published.repo_id}: {published.url}")
+
+
+@eval_app.command("leaderboard")
+def leaderboard(
+    source: str = typer.Argument(..., help="A leaderboard dataset repo (publish-leaderboard) or its parquet file."),
+    html: Path | None = typer.Option(None, "--html", help="Also write the report's HTML page of it here."),
+) -> None:
+    """Show a published leaderboard; with --html, rebuild the report page from it."""
+    from axdata.io import atomic_write_text
+    from axeval.cli.display import frame_table
+    from axeval.publish import leaderboard_html, load_leaderboard
+
+    try:
+        frame = load_leaderboard(source)
+    except (OSError, ValueError) as error:
+        _fail(error)
+    shown = frame[["method", "model", "layer", "auroc", "steering_score", "n_concepts"]]
+    Console().print(frame_table(shown, f"Leaderboard: {source}"))
+    if html is not None:
+        atomic_write_text(html, leaderboard_html(frame, title=f"AxBench leaderboard: {source}"))
+        typer.echo(f"Wrote {html}")
+
+
+@eval_app.command("push-metrics")
+def push_metrics(
+    org: str = typer.Argument(..., help="User or organisation that will own the Spaces ORG/concept_detection and "
+                              "ORG/steering."),
+    private: bool = typer.Option(False, help="Create private Spaces."),
+) -> None:
+    """Publish both metric modules as Hub Spaces, loadable with evaluate.load("ORG/steering") by anyone: each
+    Space carries its own generated copy of the functions it needs (no axbench install)."""
+    from axeval.metrics.hub import push_metrics as push
+
+    try:
+        pushed = push(org, private=private)
+    except ValueError as error:
+        _fail(error)
+    for metric in pushed:
+        typer.echo(f"{metric.name}: {metric.repo_id} ({metric.commit_url})")

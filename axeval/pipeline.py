@@ -1,0 +1,225 @@
+"""The pipeline runner: stages in order, each skipped when its outputs exist and are current.
+
+A stage is current when its stamp (``stages/<name>.json``) holds the same fingerprint: a hash of the
+stage's name, version and declared inputs (config sections, upstream stamps, input files). Stamps
+are written atomically after a stage succeeds, so an interrupted run resumes at the stage it was in.
+A run holds an exclusive lock on its directory for its whole length: two runs never write one directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, ClassVar, Sequence, TypeVar
+
+from filelock import FileLock, Timeout
+
+from axdata.llm import ChatBackend, Ledger, open_llm
+from axdata.hashing import content_hash
+from axdata.io import atomic_write_text
+from axeval.config import AxbenchConfig
+from axeval.errors import USER_ERRORS
+from axeval.rundir import RunDirectory
+from axmethods.models import TargetModel, load_target_model
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+LOCK_FILE, LOCK_OWNER_FILE = ".axbench.lock", ".axbench.lock.owner"
+
+
+class RunContext:
+    """What stages share within one run: the config, the run directory, and lazily opened resources."""
+
+    def __init__(self, config: AxbenchConfig, run_dir: RunDirectory):
+        self.config = config
+        self.run_dir = run_dir
+        self._stack = ExitStack()
+        # One event loop for the whole run: async clients stay bound to the loop they first ran on.
+        self._loop = asyncio.new_event_loop()
+        self._target: TargetModel | None = None
+        self._llm: Any = None
+
+    def run_async(self, awaitable: Awaitable[T]) -> T:
+        return self._loop.run_until_complete(awaitable)
+
+    def target_model(self) -> TargetModel:
+        if self._target is None:
+            self._target = load_target_model(self.config.model)
+        return self._target
+
+    def llm(self) -> ChatBackend:
+        """The configured LLM (the embedded server is started on first use and stopped at the end)."""
+        if self._llm is None:
+            self._llm = self._stack.enter_context(
+                open_llm(self.config.llm, cache_path=self.run_dir.llm_cache_path,
+                         ledger_path=self.run_dir.llm_ledger_path)
+            )
+        return self._llm
+
+    @property
+    def ledger(self) -> Ledger | None:
+        return getattr(self._llm, "ledger", None)
+
+    def stamp_hash(self, stage: str) -> str | None:
+        stamp = self.run_dir.read_stamp(stage)
+        return stamp["fingerprint"] if stamp else None
+
+    def close(self) -> None:
+        try:
+            self._stack.close()
+        finally:
+            self._loop.close()
+
+
+class Stage(ABC):
+    name: ClassVar[str]
+    version: ClassVar[str] = "1"
+    description: ClassVar[str] = ""
+
+    @abstractmethod
+    def inputs(self, ctx: RunContext) -> dict[str, Any]:
+        """Everything the stage's outputs depend on; a change re-runs the stage."""
+
+    @abstractmethod
+    def outputs(self, ctx: RunContext) -> list[Path]:
+        """Files the stage writes; a missing one re-runs the stage."""
+
+    @abstractmethod
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        """Do the work; return a small JSON-able summary for the stamp and the final report."""
+
+    def describe(self, summary: dict[str, Any]) -> str:
+        """What `run` made, in a few words for the end-of-run table (stages say it their way)."""
+        text = json.dumps(summary, ensure_ascii=False, default=str)
+        return text if len(text) <= 120 else text[:117] + "..."
+
+    def provenance(self, config: AxbenchConfig) -> dict[str, Any]:
+        """Hashes of input files and prompt templates, recorded in the run's config.yaml."""
+        return {}
+
+    def fingerprint(self, ctx: RunContext) -> str:
+        return content_hash({"stage": self.name, "version": self.version, "inputs": self.inputs(ctx)})
+
+
+def _describe(stage: Stage, summary: dict[str, Any]) -> str:
+    try:
+        return stage.describe(summary)
+    except (KeyError, TypeError, ValueError, AttributeError):  # a stamp from an older version: show it raw
+        return Stage.describe(stage, summary)
+
+
+def join_counts(values: dict[str, Any]) -> str:
+    """{"train": 64, "latent": 68} → "train 64, latent 68" (for Stage.describe)."""
+    return ", ".join(f"{key} {value}" for key, value in values.items())
+
+
+@dataclass
+class StageResult:
+    name: str
+    status: str  # "ran" or "skipped"
+    seconds: float
+    summary: dict[str, Any] = field(default_factory=dict)
+    line: str = ""  # the summary in a few words, for people (Stage.describe)
+
+
+@dataclass
+class PipelineResult:
+    run_dir: Path
+    stages: list[StageResult]
+    llm_totals: Any = None
+    seconds: float = 0.0
+
+
+def config_hashes(config: AxbenchConfig, stages: Sequence[Stage]) -> dict[str, Any]:
+    hashes: dict[str, Any] = {"config": config.hash()}
+    for stage in stages:
+        hashes.update(stage.provenance(config))
+    return hashes
+
+
+class StageError(RuntimeError):
+    """A stage failed; the message names the stage and the cause (the cause is chained for --debug)."""
+
+
+class RunLockedError(RuntimeError):
+    """Another process holds the run directory; the message says who and what to do."""
+
+
+@contextmanager
+def locked_run_directory(root: Path) -> Iterator[None]:
+    """One writer per run directory: an exclusive lock (`filelock`, released by the OS if the holder dies) for
+    the whole run; a second run fails at once, naming the holder, instead of trampling the first one's files."""
+    root.mkdir(parents=True, exist_ok=True)
+    lock, owner = FileLock(root / LOCK_FILE), root / LOCK_OWNER_FILE
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        holder = owner.read_text(encoding="utf-8").strip() if owner.exists() else "another process"
+        raise RunLockedError(f"The run directory {root} is in use by {holder}. Wait for that run to finish (or "
+                             "stop it), or give this run another run.name / run.output_dir.") from None
+    try:
+        # Holding the lock, no one else writes here: temporary files are leftovers of a killed writer.
+        for stale in root.rglob(".*.tmp"):
+            if stale.is_file():
+                stale.unlink(missing_ok=True)
+        atomic_write_text(owner, f"axbench run (pid {os.getpid()} on {socket.gethostname()}, started "
+                                 f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+        yield
+    finally:
+        owner.unlink(missing_ok=True)
+        lock.release()
+
+
+def run_pipeline(config: AxbenchConfig, stages: Sequence[Stage], *, force: bool = False) -> PipelineResult:
+    """Run the stages in order (current ones skipped) inside the run directory's lock."""
+    with locked_run_directory(Path(config.run_dir)):
+        return _run_stages(config, stages, force)
+
+
+def _run_stages(config: AxbenchConfig, stages: Sequence[Stage], force: bool) -> PipelineResult:
+    run_dir = RunDirectory(config.run_dir)
+    run_dir.write_config(config.to_dict(), config_hashes(config, stages))
+    started = time.perf_counter()
+    ctx = RunContext(config, run_dir)
+    results: list[StageResult] = []
+    try:
+        for stage in stages:
+            fingerprint = stage.fingerprint(ctx)
+            stamp = run_dir.read_stamp(stage.name)
+            current = (
+                not force
+                and stamp is not None
+                and stamp.get("fingerprint") == fingerprint
+                and all(path.exists() for path in stage.outputs(ctx))
+            )
+            if current:
+                logger.info("stage %s is current, skipped", stage.name)
+                summary = stamp.get("summary", {})
+                results.append(StageResult(stage.name, "skipped", 0.0, summary, _describe(stage, summary)))
+                continue
+            logger.info("stage %s: %s", stage.name, stage.description)
+            t0 = time.perf_counter()
+            try:
+                summary = stage.run(ctx)
+            except Exception as error:  # noqa: BLE001 - re-raised with the stage named, the cause chained
+                cause = str(error).rstrip(".") if isinstance(error, USER_ERRORS) \
+                    else f"{type(error).__name__}: {error}"
+                raise StageError(f"stage {stage.name!r} failed: {cause}. Its finished work is kept; fix the "
+                                 "cause and run the same command again to resume.") from error
+            seconds = time.perf_counter() - t0
+            run_dir.write_stamp(stage.name, {"fingerprint": fingerprint, "seconds": seconds, "summary": summary,
+                                             "finished": time.time()})
+            results.append(StageResult(stage.name, "ran", seconds, summary, _describe(stage, summary)))
+        totals = ctx.ledger.totals() if ctx.ledger is not None else None
+    finally:
+        ctx.close()
+    return PipelineResult(run_dir.root, results, totals, time.perf_counter() - started)

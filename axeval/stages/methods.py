@@ -1,0 +1,234 @@
+"""Stages `train`, `latent` and `steering`: dictionaries from the train split, then inference with them."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from axdata.io import atomic_path
+from axeval import protocol
+from axeval.lexical import add_lexical_scores, concept_signatures
+from axeval.pipeline import RunContext, Stage, join_counts
+from axeval.stages.dataset import run_dataset
+from axmethods.activations import ActivationCollector
+from axmethods.dictionary import SteeringDictionary
+from axmethods.inference.latent import calibrate, check_dictionary, detector_kind, latent_inference
+from axmethods.inference.sampling import SamplingConfig
+from axmethods.inference.steering import UnsteeredBaseline, can_steer, run_steering
+from axmethods.methods import get_method
+from axmethods.methods.base import ActivationMethod
+from axmethods.trainers.artifacts import load_steering_artifact, save_artifact, steerer_for_artifact
+from axmethods.trainers.presets import (
+    canonical_method_name,
+    get_trained_method,
+    is_trained_method,
+    train_steering_method,
+    training_frame,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def method_names(ctx: RunContext) -> list[str]:
+    return [canonical_method_name(name) for name in ctx.config.methods.train]
+
+
+def steered_methods(ctx: RunContext) -> set[str]:
+    """The canonical names of methods.steer (all trained methods when it is not set)."""
+    steer = ctx.config.methods.steer
+    return set(method_names(ctx)) if steer is None else {canonical_method_name(name) for name in steer}
+
+
+def method_settings(ctx: RunContext, name: str) -> dict[str, Any]:
+    settings = ctx.config.methods.settings
+    given = dict(settings.get(name) or settings.get(canonical_method_name(name)) or {})
+    return protocol.method_settings(ctx.config.run.protocol, canonical_method_name(name), given)
+
+
+def dictionary_dir(ctx: RunContext, method: str) -> Path:
+    return ctx.run_dir.dictionaries_dir / method
+
+
+def artifact_marker(ctx: RunContext, name: str) -> Path:
+    """The file a finished training of method `name` leaves: a dictionary's weights or an adapter folder's config."""
+    if is_trained_method(name) and get_trained_method(name).produces_adapters:
+        return dictionary_dir(ctx, name) / "config.json"
+    return dictionary_dir(ctx, name) / f"l{ctx.config.run.layer}" / "weights.safetensors"
+
+
+def load_artifacts(ctx: RunContext) -> list[Any]:
+    """Every method's trained result: steering dictionaries, and adapters / fine-tuned weights of trained methods."""
+    target = ctx.target_model()
+    artifacts = [load_steering_artifact(dictionary_dir(ctx, name), layer=ctx.config.run.layer)
+                 for name in method_names(ctx)]
+    for artifact in artifacts:
+        if isinstance(artifact, SteeringDictionary):
+            check_dictionary(artifact, target)  # a text detector's (BoW) weight spans its vocabulary, not d
+    return artifacts
+
+
+def load_dictionaries(ctx: RunContext) -> list[SteeringDictionary]:
+    """The steering dictionaries only: what latent inference can score (adapters have no detector)."""
+    return [artifact for artifact in load_artifacts(ctx) if isinstance(artifact, SteeringDictionary)]
+
+
+class TrainStage(Stage):
+    name = "train"
+    description = "fit every configured method on the train split into a steering dictionary"
+
+    def inputs(self, ctx: RunContext) -> dict[str, Any]:
+        dataset = run_dataset(ctx)
+        return {"methods": dataclasses.asdict(ctx.config.methods), "protocol": ctx.config.run.protocol,
+                "model": ctx.config.section_hash("model"),
+                "layer": ctx.config.run.layer, "llm": ctx.config.section_hash("llm"),
+                "data": dataset.fingerprint("train")}
+
+    def outputs(self, ctx: RunContext) -> list[Path]:
+        return [artifact_marker(ctx, name) for name in method_names(ctx)]
+
+    def describe(self, s: dict[str, Any]) -> str:
+        return ", ".join(s) + f" ({max(v.get('concepts', 0) for v in s.values())} concepts)"
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        dataset = run_dataset(ctx)
+        train, concepts = dataset.split("train"), dataset.concepts()
+        target, layer = ctx.target_model(), ctx.config.run.layer
+        summary = {}
+        # Activation methods with the same read-out settings share one collector, so the shared negatives
+        # go through the model once per run, not once per method.
+        collectors: dict[tuple[Any, ...], ActivationCollector] = {}
+        for name in ctx.config.methods.train:
+            if is_trained_method(name):
+                summary.update(self._train_steering(ctx, dataset, name))
+                continue
+            method_class = get_method(name)
+            settings = method_settings(ctx, name)
+            kwargs = {"backend": ctx.llm()} if method_class.name == "prompt-steering" else {}
+            method = method_class(settings, **kwargs)
+            logger.info("training %s on %d concepts", method_class.name, len(concepts))
+            if isinstance(method, ActivationMethod):
+                cfg = method.config
+                key = (cfg.activation_batch_size, cfg.activation_dtype, cfg.max_length)
+                if key not in collectors:
+                    collectors[key] = method.collector(target, layer)
+                dictionary = method.fit(target, train, concepts, layer, collector=collectors[key])
+            else:
+                dictionary = method.fit(target, train, concepts, layer)
+            dictionary.save(dictionary_dir(ctx, method_class.name), datasets=[str(dataset.directory)])
+            summary[method_class.name] = {"concepts": dictionary.n_concepts}
+        return summary
+
+    @staticmethod
+    def _train_steering(ctx: RunContext, dataset: Any, name: str) -> dict[str, Any]:
+        """RePS-family methods train on the preference split (see `training_frame` for datasets without one)."""
+        method = get_trained_method(name)
+        target, concepts = ctx.target_model(), dataset.concepts()
+        config = method.config(method_settings(ctx, name), layer=ctx.config.run.layer)
+        data = training_frame(method.name, target, concepts,
+                              lambda split: dataset.split(split) if dataset.has_split(split) else None, config)
+        logger.info("training %s on %d concepts", method.name, len(concepts))
+        artifact = train_steering_method(method.name, target, data, concepts, config)
+        save_artifact(artifact, dictionary_dir(ctx, method.name), datasets=[str(dataset.directory)])
+        return {method.name: {"concepts": artifact.n_concepts, "pairs": len(data)}}
+
+
+class LatentStage(Stage):
+    name = "latent"
+    description = "score the detection splits with every dictionary in one pass; calibrate steering magnitudes"
+
+    def inputs(self, ctx: RunContext) -> dict[str, Any]:
+        return {"train": ctx.stamp_hash("train"), "batch": ctx.config.inference.latent_batch_size,
+                "protocol": ctx.config.run.protocol,
+                "data": run_dataset(ctx).fingerprint("latent", "latent_imbalance")}
+
+    def outputs(self, ctx: RunContext) -> list[Path]:
+        return [ctx.run_dir.inference_dir / "latent.parquet"]
+
+    def describe(self, s: dict[str, Any]) -> str:
+        return f"{s['rows']} rows + {s['imbalance_rows']} imbalance rows scored by {', '.join(s['methods'])}"
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        dataset = run_dataset(ctx)
+        target = ctx.target_model()
+        dictionaries = load_dictionaries(ctx)
+        # Every method goes in: latent_inference routes each to its detector and skips steering-only ones.
+        latent = dataset.split("latent")
+        batch = ctx.config.inference.latent_batch_size
+        scores = latent_inference(target, dictionaries, latent, batch_size=batch)
+        _write(scores, ctx.run_dir.inference_dir / "latent.parquet")
+        detectors = [d for d in dictionaries if detector_kind(d) != "none"]
+        for dictionary in dictionaries:
+            if detector_kind(dictionary) == "residual":  # only residual read-outs calibrate a steering magnitude
+                calibrated = calibrate(dictionary, scores,
+                                       fallback=protocol.calibration_fallback(ctx.config.run.protocol))
+                if calibrated is not dictionary:
+                    calibrated.save(dictionary_dir(ctx, dictionary.method), datasets=[str(dataset.directory)])
+        summary: dict[str, Any] = {"rows": len(scores), "methods": [d.method for d in detectors]}
+        if any(scores.attrs.get("nan_scores", {}).values()):
+            summary["nan_scores"] = scores.attrs["nan_scores"]
+        if dataset.has_split("latent_imbalance"):
+            pool = dataset.split("latent_imbalance")
+            pool = pool[pool["category"] == "negative"]
+            imbalance = latent_inference(target, dictionaries, latent, mode="latent_imbalance", imbalance_pool=pool,
+                                         batch_size=batch)
+            _write(imbalance, ctx.run_dir.inference_dir / "latent_imbalance.parquet")
+            summary["imbalance_rows"] = len(imbalance)
+        return summary
+
+
+class SteeringStage(Stage):
+    name = "steering"
+    description = "generate every (concept, prompt, factor) row with each method's intervention"
+
+    def inputs(self, ctx: RunContext) -> dict[str, Any]:
+        return {"latent": ctx.stamp_hash("latent"), "inference": dataclasses.asdict(ctx.config.inference),
+                "seed": ctx.config.run.seed, "steer": ctx.config.methods.steer,
+                "data": run_dataset(ctx).fingerprint("steering", "train")}
+
+    def outputs(self, ctx: RunContext) -> list[Path]:
+        return [ctx.run_dir.inference_dir / "steering.parquet"]
+
+    def describe(self, s: dict[str, Any]) -> str:
+        return f"{s['generations']} generations: {join_counts(s['per_method'])}"
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        settings = ctx.config.inference
+        target = ctx.target_model()
+        prompts = run_dataset(ctx).split("steering")
+        steerers = []
+        steered = steered_methods(ctx) if ctx.config.methods.steer is not None else None
+        for artifact in load_artifacts(ctx):
+            if steered is not None and canonical_method_name(artifact.method) not in steered:
+                logger.info("%s is not in methods.steer: detection only in this run", artifact.method)
+                continue
+            if isinstance(artifact, SteeringDictionary) and not can_steer(artifact):
+                logger.info("%s is detection-only (steering = none): skipped in the steering stage", artifact.method)
+                continue
+            steerers.append(steerer_for_artifact(artifact, kind=settings.intervention, positions=settings.positions))
+        if settings.unsteered_baseline:
+            steerers.append(UnsteeredBaseline())
+        sampling = SamplingConfig(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+                                  top_k=settings.top_k, top_p=settings.top_p)
+        frames = [
+            run_steering(target, steerer, prompts, ctx.run_dir.inference_dir / "steering" / f"{steerer.method}.parquet",
+                         factors=getattr(steerer, "factors", None) or settings.factors, sampling=sampling,
+                         batch_size=settings.steering_batch_size,
+                         seed=ctx.config.run.seed)
+            for steerer in steerers
+        ]
+        generations = pd.concat(frames, ignore_index=True)
+        dataset = run_dataset(ctx)
+        if dataset.has_split("train"):  # the judge-free concept score, next to the judge's (axeval.lexical)
+            generations = add_lexical_scores(generations, concept_signatures(dataset.split("train")))
+        _write(generations, ctx.run_dir.inference_dir / "steering.parquet")
+        return {"generations": len(generations),
+                "per_method": generations.groupby("method").size().to_dict()}
+
+
+def _write(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)

@@ -1,0 +1,418 @@
+"""The steering dictionary: one row per concept, the artefact every method produces.
+
+`weight[i]` is concept `concepts[i]`'s direction in the residual stream read at `hook_module`
+(the output of decoder block `layer`). Detection scores are `activation(h @ weight.T + bias)`;
+steering adds `factor * calibration[i] * steering_weight[i]` (`steering_weight` defaults to `weight`;
+SAEs read with the encoder and write with the decoder). `calibration` is the per-concept maximum
+activation that turns a unitless steering factor into a magnitude — stored with the dictionary, never
+silently 1.0.
+
+On disk (and in a Hub model repo) a dictionary is a layer folder plus a card::
+
+    <root>/l<layer>/weights.safetensors   weight [n, d], and bias / calibration [n], steering_weight [n, d],
+                                          concept_ids [n] (row i's concept, checked against concepts.jsonl)
+    <root>/l<layer>/concepts.jsonl        AxBench metadata.jsonl lines, row i = concept i
+    <root>/l<layer>/config.json           layer, hook site, base model + revision, method, config (+ hash)
+    <root>/README.md                      model card rendered from hub_cards/dictionary_card.md
+
+Loading reads safetensors and JSON only: nothing is unpickled and no remote code runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from axdata.cards import render_card
+from axdata.concepts import Concept, ConceptFileError, load_concepts, write_concepts_jsonl
+from axdata.hashing import content_hash
+from axdata.io import atomic_path, atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:
+    from axmethods.models import TargetModel
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "axbench-steering-dictionary"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "weights.safetensors"
+CONCEPTS_FILE = "concepts.jsonl"
+CONFIG_FILE = "config.json"
+CARD_FILE = "README.md"
+_MATRICES = ("weight", "steering_weight")
+_VECTORS = ("bias", "calibration")
+# The concept id of each weight row, stored with the weights so that a reordered concepts.jsonl is caught.
+_ROW_IDS = "concept_ids"
+_LAYER_FOLDER = re.compile(r"l(\d+)")
+
+# Detection read-outs applied to `h @ W.T + b`: ReFT-r1 / SSV use ReLU, mean-difference and probe methods
+# use the raw projection. Names, not callables, so the choice is stored in config.json.
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "identity": lambda scores: scores,
+    "relu": torch.relu,
+}
+
+
+class DictionaryError(ValueError):
+    """A dictionary is malformed or does not fit the model it is used with."""
+
+
+@dataclass
+class SteeringDictionary:
+    weight: torch.Tensor
+    concepts: list[Concept]
+    layer: int
+    hook_module: str
+    base_model: str
+    method: str
+    base_model_revision: str | None = None
+    bias: torch.Tensor | None = None
+    calibration: torch.Tensor | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    activation: str = "identity"
+    steering_weight: torch.Tensor | None = None
+    calibration_info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.weight.ndim != 2:
+            raise DictionaryError(f"weight must be [n_concepts, hidden_size], got shape {tuple(self.weight.shape)}")
+        n = self.weight.shape[0]
+        if len(self.concepts) != n:
+            raise DictionaryError(f"{n} weight rows but {len(self.concepts)} concepts; they must match one to one")
+        ids = [c.concept_id for c in self.concepts]
+        if len(set(ids)) != len(ids):
+            raise DictionaryError("concept_ids must be unique within a dictionary")
+        for name in ("bias", "calibration"):
+            vector = getattr(self, name)
+            if vector is not None and tuple(vector.shape) != (n,):
+                raise DictionaryError(f"{name} must have shape ({n},), got {tuple(vector.shape)}")
+        if self.steering_weight is not None and self.steering_weight.shape != self.weight.shape:
+            raise DictionaryError(f"steering_weight must have weight's shape {tuple(self.weight.shape)}, got "
+                                  f"{tuple(self.steering_weight.shape)}")
+        if self.activation not in ACTIVATIONS:
+            raise DictionaryError(f"activation {self.activation!r} is unknown; use one of {', '.join(ACTIVATIONS)}")
+        if self.layer < 0:
+            raise DictionaryError(f"layer must be ≥ 0, got {self.layer}")
+        for name in ("weight", "steering_weight", "bias", "calibration"):
+            tensor = getattr(self, name)
+            if tensor is not None and not bool(torch.isfinite(tensor).all()):
+                rows = torch.nonzero(~torch.isfinite(tensor.reshape(n, -1)).all(dim=1)).flatten().tolist()
+                raise DictionaryError(f"{name} holds NaN or infinite values in the rows of concepts "
+                                      f"{[ids[row] for row in rows[:10]]}; the method diverged or the file is "
+                                      "damaged — retrain (e.g. a lower learning rate) or re-download it")
+        self.weight = self.weight.detach().float().contiguous()
+        for name in ("bias", "calibration", "steering_weight"):
+            tensor = getattr(self, name)
+            if tensor is not None:
+                setattr(self, name, tensor.detach().float().contiguous())
+
+    @property
+    def n_concepts(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def hidden_size(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def concept_ids(self) -> list[int]:
+        return [c.concept_id for c in self.concepts]
+
+    @property
+    def calibration_fixed(self) -> bool:
+        """Whether the calibration is set by the method (RePS-family vectors: 1), not by latent inference."""
+        return self.config.get("calibration") == "fixed"
+
+    @property
+    def config_hash(self) -> str:
+        return content_hash({"method": self.method, "config": self.config})
+
+    @property
+    def layer_folder(self) -> str:
+        return f"l{self.layer}"
+
+    @property
+    def steering_vectors(self) -> torch.Tensor:
+        """The rows steering adds ([n, d]): `steering_weight` where the method has one, else `weight`."""
+        return self.weight if self.steering_weight is None else self.steering_weight
+
+    def activate(self, scores: torch.Tensor) -> torch.Tensor:
+        """This method's detection read-out applied to raw projections `h @ W.T + b`."""
+        return ACTIVATIONS[self.activation](scores)
+
+    def rows(self, concept_ids: Sequence[int]) -> torch.Tensor:
+        """Row indices of `concept_ids` (a LongTensor), or an error naming the unknown ids."""
+        index = {cid: i for i, cid in enumerate(self.concept_ids)}
+        missing = [cid for cid in concept_ids if cid not in index]
+        if missing:
+            raise DictionaryError(f"concept_ids {missing[:10]} are not in this {self.method} dictionary")
+        return torch.tensor([index[cid] for cid in concept_ids], dtype=torch.long)
+
+    def steering_magnitudes(self, concept_ids: Sequence[int], factors: Sequence[float]) -> torch.Tensor:
+        """`factor × calibration` per row; refuses an uncalibrated dictionary instead of assuming 1.0."""
+        if self.calibration is None:
+            raise DictionaryError(
+                f"The {self.method} dictionary has no calibration (per-concept max activation). Run latent "
+                "inference first (`axbench infer latent`) or calibrate it explicitly."
+            )
+        rows = self.rows(concept_ids)
+        return torch.as_tensor(factors, dtype=torch.float32) * self.calibration[rows]
+
+    def with_calibration(self, calibration: torch.Tensor, info: Mapping[str, Any]) -> SteeringDictionary:
+        """A copy carrying `calibration` ([n], in row order) and a record of where it came from."""
+        return dataclasses.replace(self, calibration=calibration, calibration_info=dict(info))
+
+    def check_model(self, target: TargetModel) -> None:
+        """Raise DictionaryError unless this dictionary can be read and written on `target`."""
+        if target.hidden_size != self.hidden_size:
+            raise DictionaryError(
+                f"The {self.method} dictionary has hidden size {self.hidden_size} but {target.spec!r} has "
+                f"{target.hidden_size}; use a dictionary trained on {target.spec!r} (this one is for "
+                f"{self.base_model!r})."
+            )
+        if not 0 <= self.layer < target.num_layers:
+            raise DictionaryError(
+                f"The {self.method} dictionary reads layer {self.layer} but {target.spec!r} has layers "
+                f"0..{target.num_layers - 1}; use a dictionary trained on {target.spec!r}."
+            )
+        if self.base_model not in (target.model_id, target.spec):
+            logger.warning("The %s dictionary was trained on %r and is used with %r (same hidden size)",
+                           self.method, self.base_model, target.model_id)
+
+    # ----- files -------------------------------------------------------------------------------------
+
+    def save(self, directory: str | Path, *, datasets: Sequence[str] = (),
+             eval_results: Sequence[Mapping[str, Any]] = ()) -> Path:
+        """Write `<directory>/l<layer>/…` and `<directory>/README.md` atomically; returns the layer folder.
+
+        `eval_results`: the dictionary's results in the Hub's `.eval_results` format (what `axbench eval report`
+        writes); they go to `<directory>/.eval_results/axbench.yaml` and into the card (model-index + a table).
+        """
+        folder = Path(directory) / self.layer_folder
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {name: getattr(self, name) for name in (*_MATRICES, *_VECTORS) if getattr(self, name) is not None}
+        tensors[_ROW_IDS] = torch.tensor(self.concept_ids, dtype=torch.int64)
+        with atomic_path(folder / WEIGHTS_FILE) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": FORMAT, "method": self.method})
+        write_concepts_jsonl(folder / CONCEPTS_FILE, self.concepts)
+        atomic_write_json(folder / CONFIG_FILE, self._config_record())
+        atomic_write_text(Path(directory) / CARD_FILE, self.model_card(datasets=datasets, eval_results=eval_results))
+        if eval_results:
+            atomic_write_text(Path(directory) / EVAL_RESULTS_FILE,
+                              yaml.safe_dump(list(map(dict, eval_results)), sort_keys=False, allow_unicode=True))
+        logger.info("Saved the %s dictionary (%d concepts, layer %d) to %s", self.method, self.n_concepts,
+                    self.layer, folder)
+        return folder
+
+    @classmethod
+    def load(cls, directory: str | Path, *, expect_model: TargetModel | None = None,
+             layer: int | None = None) -> SteeringDictionary:
+        """Read a dictionary from a layer folder, or from a root holding `l<layer>/` folders.
+
+        A root with several layer folders needs `layer`. With `expect_model`, the dictionary must fit it.
+        """
+        folder = _layer_folder(Path(directory), layer)
+        config = _read_config(folder)
+        tensors = _read_tensors(folder)
+        concepts = _read_concepts(folder)
+        row_ids = tensors.pop(_ROW_IDS, None)  # absent in dictionaries saved before it was recorded
+        try:
+            dictionary = cls(
+                weight=tensors["weight"], concepts=concepts, layer=config["layer"],
+                hook_module=config["hook_module"], base_model=config["base_model"], method=config["method"],
+                base_model_revision=config.get("base_model_revision"), bias=tensors.get("bias"),
+                calibration=tensors.get("calibration"), config=config.get("config", {}),
+                activation=config.get("activation", "identity"), steering_weight=tensors.get("steering_weight"),
+                calibration_info=config.get("calibration_info", {}),
+            )
+        except DictionaryError as error:
+            raise DictionaryError(f"{folder}: {error}. Fix: re-save the dictionary from its method.") from None
+        if row_ids is not None and row_ids.tolist() != dictionary.concept_ids:
+            raise DictionaryError(
+                f"{folder / CONCEPTS_FILE} lists concept ids {dictionary.concept_ids[:10]}… but the rows of "
+                f"{WEIGHTS_FILE} belong to {row_ids.tolist()[:10]}…: the files were edited or come from different "
+                "dictionaries. Re-save or re-download the whole layer folder.")
+        declared = (config.get("n_concepts"), config.get("hidden_size"))
+        if declared != (dictionary.n_concepts, dictionary.hidden_size):
+            raise DictionaryError(
+                f"{folder / CONFIG_FILE} declares {declared[0]} concepts × hidden size {declared[1]} but "
+                f"{WEIGHTS_FILE} holds {dictionary.n_concepts} × {dictionary.hidden_size}; the files come from "
+                "different dictionaries. Re-save or re-download the whole layer folder."
+            )
+        if expect_model is not None:
+            dictionary.check_model(expect_model)
+        return dictionary
+
+    @classmethod
+    def from_pretrained(cls, repo_id_or_dir: str | Path, *, revision: str | None = None, layer: int | None = None,
+                        expect_model: TargetModel | None = None, token: str | None = None) -> SteeringDictionary:
+        """Load from a local directory or a Hub model repo (only the needed layer folder is downloaded)."""
+        path = Path(repo_id_or_dir).expanduser()
+        if path.exists():
+            return cls.load(path, expect_model=expect_model, layer=layer)
+        from huggingface_hub import snapshot_download
+
+        patterns = [f"l{layer}/*"] if layer is not None else ["l*/*"]
+        local = snapshot_download(str(repo_id_or_dir), revision=revision, allow_patterns=[*patterns, CARD_FILE],
+                                  token=token)
+        return cls.load(local, expect_model=expect_model, layer=layer)
+
+    def push_to_hub(self, repo_id: str, *, revision: str | None = None, private: bool | None = None,
+                    token: str | None = None, commit_message: str | None = None, datasets: Sequence[str] = (),
+                    eval_results: Sequence[Mapping[str, Any]] = ()) -> str:
+        """Upload the layer folder and the card to a Hub model repo (created if missing); returns the commit URL.
+
+        Other layer folders already in the repo are kept; stale files of this layer folder are deleted.
+        """
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="axbench-dictionary-") as staging:
+            self.save(staging, datasets=datasets, eval_results=eval_results)
+            commit = api.upload_folder(
+                repo_id=repo_id, repo_type="model", folder_path=staging, revision=revision,
+                commit_message=commit_message or f"Upload {self.method} dictionary ({self.layer_folder})",
+                delete_patterns=[f"{self.layer_folder}/*"],
+            )
+        logger.info("Pushed the %s dictionary to %s", self.method, repo_id)
+        return str(commit)
+
+    def model_card(self, *, datasets: Sequence[str] = (), eval_results: Sequence[Mapping[str, Any]] = (),
+                   repo_id: str | None = None) -> str:
+        metadata: dict[str, Any] = {
+            "library_name": "axbench",
+            "base_model": self.base_model,
+            "tags": ["axbench", "steering", "interpretability", "concept-detection", self.method.lower()],
+        }
+        if datasets:
+            metadata["datasets"] = list(datasets)
+        if eval_results:
+            metadata["model-index"] = model_index(repo_id or f"{self.method} ({self.layer_folder})", eval_results)
+        return render_card(
+            "dictionary_card.md", metadata=metadata, dictionary=self, repo_id=repo_id or "<repo_id>",
+            datasets=list(datasets), eval_results=list(eval_results), examples=self.concepts[:10],
+        )
+
+    def _config_record(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "method": self.method,
+            "layer": self.layer,
+            "hook_module": self.hook_module,
+            "base_model": self.base_model,
+            "base_model_revision": self.base_model_revision,
+            "n_concepts": self.n_concepts,
+            "hidden_size": self.hidden_size,
+            "activation": self.activation,
+            "config": self.config,
+            "config_hash": self.config_hash,
+            "calibration_info": self.calibration_info,
+        }
+
+
+def _layer_folder(directory: Path, layer: int | None) -> Path:
+    if not directory.is_dir():
+        raise DictionaryError(f"{directory}: no such dictionary directory; check the path.")
+    if (directory / CONFIG_FILE).is_file() and (directory / WEIGHTS_FILE).is_file():
+        match = _LAYER_FOLDER.fullmatch(directory.name)
+        if layer is not None and match and int(match.group(1)) != layer:
+            raise DictionaryError(f"{directory} holds layer {match.group(1)}, not the requested layer {layer}.")
+        return directory
+    folders = sorted((p for p in directory.iterdir() if p.is_dir() and _LAYER_FOLDER.fullmatch(p.name)),
+                     key=lambda p: int(p.name[1:]))
+    if layer is not None:
+        wanted = directory / f"l{layer}"
+        if wanted not in folders:
+            raise DictionaryError(f"{directory} has no layer-{layer} folder (layers present: "
+                                  f"{', '.join(p.name for p in folders) or 'none'}); pick one of those.")
+        return wanted
+    if len(folders) == 1:
+        return folders[0]
+    if not folders:
+        raise DictionaryError(f"{directory} holds no dictionary: expected l<layer>/{{{WEIGHTS_FILE}, {CONCEPTS_FILE}, "
+                              f"{CONFIG_FILE}}}. Point at a directory written by SteeringDictionary.save.")
+    raise DictionaryError(f"{directory} holds several layers ({', '.join(p.name for p in folders)}); pass layer=N "
+                          "(--layer N) to pick one.")
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    path = folder / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DictionaryError(f"{path} is missing; a dictionary layer folder needs {CONFIG_FILE}.") from None
+    except json.JSONDecodeError as error:
+        raise DictionaryError(f"{path} is not valid JSON ({error.msg}); re-download or re-save it.") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise DictionaryError(f"{path} is not an axbench steering-dictionary config (format {FORMAT!r} expected); "
+                              "convert AxBench weight.pt files with `axbench dictionary convert-axbench`.")
+    if config.get("format_version", 0) > FORMAT_VERSION:
+        raise DictionaryError(f"{path} has format_version {config['format_version']}, newer than this axbench "
+                              f"({FORMAT_VERSION}); upgrade axbench.")
+    missing = [key for key in ("method", "layer", "hook_module", "base_model") if key not in config]
+    if missing:
+        raise DictionaryError(f"{path} lacks {', '.join(missing)}; re-save the dictionary.")
+    return config
+
+
+def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    path = folder / WEIGHTS_FILE
+    if not path.is_file():
+        raise DictionaryError(f"{path} is missing; a dictionary layer folder needs {WEIGHTS_FILE}.")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise DictionaryError(f"{path} is not a readable safetensors file ({error}); re-download or re-save it.") from None
+    unknown = sorted(set(tensors) - {*_MATRICES, *_VECTORS, _ROW_IDS})
+    if "weight" not in tensors or unknown:
+        raise DictionaryError(f"{path} holds tensors {sorted(tensors)}; expected 'weight' and optionally "
+                              f"{', '.join(_VECTORS + _MATRICES[1:])}. Re-save the dictionary.")
+    return tensors
+
+
+def _read_concepts(folder: Path) -> list[Concept]:
+    path = folder / CONCEPTS_FILE
+    try:
+        by_id = {concept.concept_id: concept for concept in load_concepts(path, dedupe=False)}
+    except ConceptFileError as error:
+        raise DictionaryError(str(error)) from None
+    # load_concepts sorts by id, but row i of the weights is line i of the file.
+    order = [json.loads(line).get("concept_id") for line in path.read_text(encoding="utf-8").splitlines()
+             if line.strip()]
+    if None in order:
+        raise DictionaryError(f"{path}: every line needs a concept_id (row i of the weights is line i).")
+    return [by_id[concept_id] for concept_id in order]
+
+
+EVAL_RESULTS_FILE = ".eval_results/axbench.yaml"
+
+
+def model_index(model_name: str, eval_results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The card's `model-index` from `.eval_results` entries (dataset, task, value, revision, notes)."""
+    from huggingface_hub.repocard_data import EvalResult, eval_results_to_model_index
+
+    results = []
+    for entry in eval_results:
+        task = str(entry["dataset"].get("task_id", "axbench"))
+        kind, _, config = task.partition("-")
+        results.append(EvalResult(
+            task_type=kind, task_name=task, dataset_type=entry["dataset"]["id"], dataset_name=entry["dataset"]["id"],
+            dataset_config=config or None, dataset_revision=entry["dataset"].get("revision"),
+            metric_type="auroc" if kind == "concept_detection" else "steering_score", metric_value=entry["value"],
+            metric_name="mean AUROC" if kind == "concept_detection" else "mean steering score (0-2)",
+        ))
+    return eval_results_to_model_index(model_name, results)

@@ -1,0 +1,34 @@
+"""Preference-trained and LM-objective steering on TRL (RePS, BiPO, "Lang."), plus SFT / LoRA-SFT baselines.
+
+    from axmethods.trainers import RePSConfig, RePSTrainer
+    trainer = RePSTrainer(model=target, args=RePSConfig(layer=10), train_dataset=preference_df, concepts=concepts)
+    trainer.train()
+    dictionary = trainer.export()
+
+`TRAINED_METHODS` names every method of the family with its paper preset; `train_steering_method` is what
+`axbench train NAME` and the pipeline call.
+"""
+
+from axmethods.trainers.artifacts import AdapterSteerer, ConceptAdapters, load_steering_artifact
+from axmethods.trainers.config import RePSConfig
+from axmethods.trainers.data import PreferenceDataError, preference_frame
+from axmethods.trainers.presets import (
+    TRAINED_METHODS,
+    TrainedMethod,
+    get_trained_method,
+    is_trained_method,
+    train_steering_method,
+)
+
+
+def __getattr__(name: str) -> object:
+    # TRL is a heavy import; only code that trains pays for it.
+    if name == "RePSTrainer":
+        from axmethods.trainers.reps_trainer import RePSTrainer
+
+        return RePSTrainer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+__all__ = ["TRAINED_METHODS", "AdapterSteerer", "ConceptAdapters", "PreferenceDataError", "RePSConfig",
+           "RePSTrainer", "TrainedMethod", "get_trained_method", "is_trained_method", "load_steering_artifact",
+           "preference_frame", "train_steering_method"]

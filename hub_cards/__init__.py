@@ -1,0 +1,1 @@
+"""Every card and report template the toolkit renders (Jinja). Installed as `axdata.hub_cards`."""
