@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import base64
-import html
 import json
 import logging
 import math
@@ -33,6 +32,7 @@ from matplotlib.figure import Figure
 
 from axdata.benchmark import read_hub_origin, task_id
 from axdata.builders import list_configs
+from axdata.cards import render_card
 from axdata.io import atomic_path, atomic_write_text
 from axeval import detection, steering
 from axeval.judge import summarize_judgements
@@ -336,39 +336,22 @@ _INTRO = "Mean over concepts with 95% bootstrap intervals over concepts."
 
 
 def render_markdown(report: Report, title: str, plots: dict[str, Path], out: Path) -> str:
-    parts = [f"# {title}", "", _INTRO, "", *[f"> {line}" for line in report.caveats()], ""]
-    for heading, note, frame in report_sections(report):
-        parts += [f"## {heading}", "", *([note, ""] if note else []), _markdown_table(frame), ""]
-    for name, path in plots.items():
-        parts += [f"## {plot_title(name)}", "", f"![{plot_title(name)}]({path.relative_to(out).as_posix()})", ""]
-    return "\n".join(parts)
+    """The report as markdown (`hub_cards/report.md`), the plots linked relative to `out`."""
+    return render_card("report.md", **_page(report, title), table=_markdown_table,
+                       plots=[(plot_title(name), path.relative_to(out).as_posix()) for name, path in plots.items()])
 
 
 def render_html(report: Report, title: str, plots: dict[str, Path]) -> str:
-    """One self-contained page: the same sections as the markdown, and the plots as inline base64 PNGs."""
-    def table(frame: pd.DataFrame) -> str:
-        return ('<div class="scroll">' + frame.to_html(index=False, escape=True, border=0, classes="results")
-                + "</div>")
+    """One self-contained page (`hub_cards/report.html`): the markdown's sections, the plots as inline PNGs."""
+    return render_card("report.html", **_page(report, title),
+                       table=lambda frame: frame.to_html(index=False, escape=True, border=0, classes="results"),
+                       plots=[(plot_title(name), base64.b64encode(path.read_bytes()).decode("ascii"))
+                              for name, path in plots.items()])
 
-    body = [f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(_INTRO)}</p>"]
-    body += [f'<p class="caveat">{html.escape(line)}</p>' for line in report.caveats()]
-    for heading, note, frame in report_sections(report):
-        body += [f"<h2>{html.escape(heading)}</h2>", *([f"<p>{html.escape(note)}</p>"] if note else []), table(frame)]
-    for name, path in plots.items():
-        data = base64.b64encode(path.read_bytes()).decode("ascii")
-        body.append(f'<h2>{html.escape(plot_title(name))}</h2><img alt="{html.escape(plot_title(name))}" '
-                    f'src="data:image/png;base64,{data}">')
-    # Cells wrap at spaces only and a table wider than the page scrolls inside its own box: the page never
-    # grows sideways and no word is cut.
-    style = ("body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222}"
-             ".scroll{overflow-x:auto;max-width:100%}table.results{border-collapse:collapse;font-size:0.9em}"
-             "table.results td,table.results th{padding:4px 8px;border-bottom:1px solid #ddd;text-align:left;"
-             "vertical-align:top}table.results th{background:#f4f4f4;font-weight:600}"
-             "table.results td:first-child{white-space:nowrap}"
-             ".caveat{background:#fff8e1;border-left:4px solid #f0b400;padding:6px 10px}img{max-width:100%}")
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><meta name=\"viewport\" "
-            f"content=\"width=device-width, initial-scale=1\"><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+def _page(report: Report, title: str) -> dict[str, Any]:
+    """What both report templates show: the title, the intro line, the caveats and the sections."""
+    return {"title": title, "intro": _INTRO, "caveats": report.caveats(), "sections": report_sections(report)}
 
 
 _AGREEMENT_NOTE = ("Judge vs people (axbench curate): quadratic-weighted Cohen's kappa, Spearman rho, exact "

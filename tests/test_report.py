@@ -151,3 +151,12 @@ def test_the_imbalance_column_names_the_ratio_the_run_had(tmp_path):
     ratio = float(report.imbalance_summary["negatives_per_positive"].median())
     assert 1 < ratio < 100 and n_positive
     assert f"F1 (1:{ratio:.0f})" in report.leaderboard.columns and "F1 (1:100)" not in report.leaderboard.columns
+
+
+def test_the_html_report_escapes_what_it_inserts_and_the_markdown_keeps_it_verbatim(tmp_path):
+    report = build_report(ReportInputs(detection_rows=detection_rows(), title="<b>R&D</b>"), tmp_path, note="x < y")
+    markdown = report.files["markdown"].read_text(encoding="utf-8")
+    assert markdown.startswith("# <b>R&D</b>\n\n") and "\n> x < y\n" in markdown and markdown.endswith(")\n")
+    html = report.files["html"].read_text(encoding="utf-8")
+    assert "<title>&lt;b&gt;R&amp;D&lt;/b&gt;</title>" in html and "<b>R&D</b>" not in html
+    assert '<p class="caveat">x &lt; y</p>' in html and html.endswith("</body></html>\n")
