@@ -1,36 +1,34 @@
 """The run configuration: TRL-style section dataclasses composed into one YAML file.
 
-A config file has one mapping per section (`run`, `model`, `llm`, …). Each section is parsed by
-`transformers.HfArgumentParser` into its dataclass, so unknown keys are errors and every field has
-its `help`. Overrides use dotted keys (`llm.max_usd=0.5`) with YAML-typed values, so `false` is a
-boolean, never the truthy string "false".
+A config file has one mapping per section (`run`, `model`, `llm`, …). Each section is built by the one
+settings parser (`axdata.settings.build_settings`), so unknown keys are errors and every field has its
+`help`. Overrides use dotted keys (`llm.max_usd=0.5`) with YAML-typed values, so `false` is a boolean,
+never the truthy string "false".
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
-from transformers import HfArgumentParser
 
 from axdata.llm.config import LLMConfig
 from axdata.generation.generation_config import GenerationConfig
 from axdata.hashing import content_hash
-from axdata.validation import check_dataclass_numbers, check_numbers
+from axdata.settings import SettingsError, build_settings, check_settings, parse_value
+from axdata.validation import check_dataclass_numbers
 from axeval.judge import JudgeConfig
 from axeval.protocol import check_protocol
-from axmethods.inference.steering import AXBENCH_FACTORS
+from axmethods.factors import AXBENCH_FACTORS
 from axmethods.models import TargetModelConfig
-from axmethods.trainers.presets import canonical_method_name, setting_names
+from axmethods.registry import UnknownMethodError, get_method
 
 
-class ConfigError(ValueError):
+class ConfigError(SettingsError):
     """A config file or override is invalid; the message names the file, the key and the fix."""
 
 
@@ -73,7 +71,7 @@ class MethodsSection:
     )
     settings: dict[str, dict[str, Any]] = field(
         default_factory=dict,
-        metadata={"help": "Per-method config overrides, e.g. {reft-r1: {epochs: 3}}."},
+        metadata={"help": "Per-method settings, e.g. {reft-r1: {num_train_epochs: 3}}; `axbench train METHOD --list-settings` lists them."},
     )
     steer: list[str] | None = field(
         default=None,
@@ -186,15 +184,10 @@ class AxbenchConfig:
             values = raw.get(name) or {}
             if not isinstance(values, dict):
                 raise ConfigError(f"{source}: section {name!r} must be a mapping, got {type(values).__name__}.")
-            _check_types(section_cls, values, f"{source}: {name}")
             try:
-                (parsed[name],) = HfArgumentParser(section_cls).parse_dict(values, allow_extra_keys=False)
-            except ValueError as err:
-                message = str(err).rstrip(".")
-                if "not used by the HfArgumentParser" in message:  # unknown keys: list the valid ones
-                    valid = ", ".join(f.name for f in dataclasses.fields(section_cls))
-                    message += f". Valid keys: {valid}"
-                raise ConfigError(f"{source}: section {name!r}: {message}.") from None
+                parsed[name] = build_settings(section_cls, values, where=f"{source}: {name}")
+            except SettingsError as err:
+                raise ConfigError(str(err)) from None
         config = cls(**parsed)
         config._check_methods(source)
         return config
@@ -210,27 +203,24 @@ class AxbenchConfig:
         names = []
         for name in self.methods.train:
             try:
-                names.append(canonical_method_name(name))
-            except KeyError as err:
-                raise ConfigError(f"{source}: methods.train: {err.args[0]}") from None
+                names.append(get_method(name).name)
+            except UnknownMethodError as err:
+                raise ConfigError(f"{source}: methods.train: {err}") from None
         for name, values in self.methods.settings.items():
-            try:
-                unknown = sorted(set(values or {}) - setting_names(name))
-            except KeyError as err:
-                raise ConfigError(f"{source}: methods.settings: {err.args[0]}") from None
-            if unknown:
-                raise ConfigError(f"{source}: methods.settings.{name} has no field(s) {unknown}; "
-                                  f"`axbench train {name} --set help=1` lists them.")
-            try:  # values too, before any data is generated or money spent
-                check_numbers(values or {}, f"methods.settings.{name}")
-            except ValueError as err:
-                raise ConfigError(f"{source}: {err}") from None
+            try:  # keys, types and values, before any data is generated or money spent
+                spec = get_method(name)
+                check_settings(spec.settings_class, values or {}, f"methods.settings.{name}")
+            except UnknownMethodError as err:
+                raise ConfigError(f"{source}: methods.settings: {err}") from None
+            except SettingsError as err:
+                hint = f" `axbench train {spec.name} --list-settings` lists them." if "has no field" in str(err) else ""
+                raise ConfigError(f"{source}: {err}{hint}") from None
         steered = names
         if self.methods.steer is not None:
             try:
-                steered = [canonical_method_name(name) for name in self.methods.steer]
-            except (KeyError, TypeError) as err:
-                raise ConfigError(f"{source}: methods.steer: {err.args[0]}") from None
+                steered = [get_method(name).name for name in self.methods.steer]
+            except (UnknownMethodError, AttributeError) as err:
+                raise ConfigError(f"{source}: methods.steer: {err}") from None
             extra = sorted(set(steered) - set(names))
             if extra:
                 raise ConfigError(f"{source}: methods.steer names {extra}, which methods.train does not train; "
@@ -240,8 +230,8 @@ class AxbenchConfig:
             return
         candidates = steered + (["unsteered"] if self.inference.unsteered_baseline else [])
         try:
-            resolved = baseline if baseline == "unsteered" else canonical_method_name(baseline)
-        except KeyError:
+            resolved = baseline if baseline == "unsteered" else get_method(baseline).name
+        except UnknownMethodError:
             resolved = baseline
         if resolved not in candidates:
             raise ConfigError(f"{source}: report.baseline={baseline!r} is not among the evaluated methods "
@@ -282,59 +272,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
         if not isinstance(result[section], dict):
             raise ConfigError(f"Override {override!r}: section {section!r} of the config is not a mapping.")
         try:
-            result[section][name] = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"Override {override!r}: the value is not valid YAML ({err}); quote text values, "
-                              "e.g. run.name='my run'.") from None
+            result[section][name] = parse_value(value)
+        except SettingsError as err:
+            raise ConfigError(f"Override {override!r}: {err}") from None
     return result
-
-
-def _check_types(section_cls: type, values: dict[str, Any], where: str) -> None:
-    hints = typing.get_type_hints(section_cls)
-    for key, value in values.items():
-        if key not in hints:
-            continue  # HfArgumentParser reports unknown keys with the valid ones
-        if not _matches(value, hints[key]):
-            raise ConfigError(f"{where}.{key}: expected {_type_name(hints[key])}, got {value!r}.")
-        # YAML writes 1 for 1.0; a float field should hold a float.
-        if isinstance(value, int) and not isinstance(value, bool) and _allows(hints[key], float) \
-                and not _allows(hints[key], int):
-            values[key] = float(value)
-
-
-def _members(annotation: Any) -> tuple[Any, ...]:
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return typing.get_args(annotation)
-    return (annotation,)
-
-
-def _allows(annotation: Any, kind: type) -> bool:
-    return any(member is kind for member in _members(annotation))
-
-
-def _matches(value: Any, annotation: Any) -> bool:
-    for member in _members(annotation):
-        origin = typing.get_origin(member) or member
-        if member is type(None) and value is None:
-            return True
-        if origin is typing.Literal and value in typing.get_args(member):
-            return True
-        if origin is bool and isinstance(value, bool):
-            return True
-        if origin is int and isinstance(value, int) and not isinstance(value, bool):
-            return True
-        if origin is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True
-        if origin is str and isinstance(value, str):
-            return True
-        if origin in (list, tuple) and isinstance(value, (list, tuple)):
-            return True
-        if origin is dict and isinstance(value, dict):
-            return True
-        if origin is typing.Any:
-            return True
-    return False
-
-
-def _type_name(annotation: Any) -> str:
-    return " or ".join(getattr(m, "__name__", str(m)) for m in _members(annotation))

@@ -18,7 +18,7 @@ from axdata.builders.axbench_import import import_axbench
 from axeval.detection import concept_detection, summarize_detection
 from axmethods.activations import ActivationCollector, resolve_dtype
 from axmethods.inference.latent import latent_inference
-from axmethods.methods import get_method
+from axmethods.registry import get_method
 from axmethods.methods.base import ActivationMethod
 from axmethods.models import load_target_model
 
@@ -52,7 +52,7 @@ def main() -> None:
                                     max_length=args.max_length, keep_all=True)
     dictionaries, seconds = [], {}
     for name in args.methods.split(","):
-        method_class = get_method(name)
+        method_class = get_method(name).load()
         settings = {"max_length": args.max_length}
         if method_class.name in ("reft-r1", "ssv"):
             settings["epochs"] = args.lm_epochs

@@ -25,7 +25,7 @@ from axdata.builders.axbench_import import import_axbench
 from axeval.detection import concept_detection
 from axmethods.activations import ActivationCollector, resolve_dtype
 from axmethods.inference.latent import latent_inference
-from axmethods.methods import get_method
+from axmethods.registry import get_method
 from axmethods.models import load_target_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "axbench" / "concept10"
@@ -78,11 +78,11 @@ def main() -> None:
         latent = read_split(tmp, "c10", "latent")
     collector = ActivationCollector(target, args.layer, dtype=resolve_dtype("auto", target),
                                     max_length=args.max_length, keep_all=True)
-    dictionaries = [get_method(name)({"max_length": args.max_length}).fit(target, train, concepts, args.layer,
+    dictionaries = [get_method(name).load()({"max_length": args.max_length}).fit(target, train, concepts, args.layer,
                                                                             collector=collector)
                     for name in args.methods.split(",")]
     # The Probe as AxBench effectively ran it: an optimiser step per batch (its accumulation ignored).
-    reference_probe = get_method("probe")({"max_length": args.max_length, "gradient_accumulation_steps": 1}).fit(
+    reference_probe = get_method("probe").load()({"max_length": args.max_length, "gradient_accumulation_steps": 1}).fit(
         target, train, concepts, args.layer, collector=collector)
     dictionaries.append(dataclasses.replace(reference_probe, method="probe-reference-steps"))
     rows = latent_inference(target, dictionaries, latent, progress=False)

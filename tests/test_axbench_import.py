@@ -202,7 +202,7 @@ def test_load_split_names_what_is_missing(tmp_path):
 def test_cli_import_and_info(tmp_path):
     runner = CliRunner()
     out = tmp_path / "out"
-    result = runner.invoke(data_app, ["import", str(_setting("2b_l20")), "--out", str(out), "--config", "2b-l20"])
+    result = runner.invoke(data_app, ["import", str(_setting("2b_l20")), "--out", str(out), "--dataset-config", "2b-l20"])
     assert result.exit_code == 0, result.output
     assert "936" in result.output and "755" in result.output and "35" in result.output
     assert "concepts: 10" in result.output and "shared negatives: 216" in result.output
@@ -215,9 +215,9 @@ def test_cli_import_and_info(tmp_path):
 
 def test_cli_errors_exit_cleanly(tmp_path):
     runner = CliRunner()
-    result = runner.invoke(data_app, ["import", str(tmp_path), "--out", str(tmp_path / "o"), "--config", "c"])
+    result = runner.invoke(data_app, ["import", str(tmp_path), "--out", str(tmp_path / "o"), "--dataset-config", "c"])
     assert result.exit_code == 1 and "Import failed" in result.output and "neither" in result.output
-    result = runner.invoke(data_app, ["import", str(tmp_path), "--out", str(tmp_path / "o"), "--config", "a/b"])
+    result = runner.invoke(data_app, ["import", str(tmp_path), "--out", str(tmp_path / "o"), "--dataset-config", "a/b"])
     assert result.exit_code == 1 and "Config name 'a/b'" in result.output
     result = runner.invoke(data_app, ["info", str(tmp_path)])
     assert result.exit_code == 1 and "holds no dataset configs" in result.output

@@ -1,5 +1,5 @@
 """Every method of the registry through latent inference (residual, text and target-model detectors; steering-only
-methods skipped), detection-only dictionaries refused or skipped by steering, and `--config` made optional."""
+methods skipped), detection-only dictionaries refused or skipped by steering, and `--dataset-config` made optional."""
 
 from __future__ import annotations
 
@@ -259,7 +259,7 @@ def test_infer_cli_routes_every_method_and_config_is_optional(fitted, tiny_llama
     runner = CliRunner()
     model = ["--model", str(tiny_llama_dir), "--device", "cpu", "--dtype", "float32", "--data", str(data)]
     dictionaries = [part for name in ("diffmean", "bow", "steering") for part in ("--dictionary", str(tmp_path / name))]
-    for mode in ("latent", "latent_imbalance"):  # no --config: the dataset holds one
+    for mode in ("latent", "latent_imbalance"):  # no --dataset-config: the dataset holds one
         out = tmp_path / f"{mode}.parquet"
         result = runner.invoke(infer_app, ["latent", *dictionaries, *model, "--mode", mode, "--out", str(out)])
         assert result.exit_code == 0, result.output
@@ -291,7 +291,7 @@ def test_infer_cli_needs_config_when_the_dataset_has_several(fitted, tiny_llama_
               "--device", "cpu", "--dtype", "float32"]
     for command in ("latent", "steer"):
         result = runner.invoke(infer_app, [command, *common, "--out", str(tmp_path / f"{command}.parquet")])
-        assert result.exit_code == 1 and "alpha, beta" in result.output and "--config" in result.output
-    result = runner.invoke(infer_app, ["latent", *common, "--config", "beta", "--out", str(tmp_path / "x.parquet")])
+        assert result.exit_code == 1 and "alpha, beta" in result.output and "--dataset-config" in result.output
+    result = runner.invoke(infer_app, ["latent", *common, "--dataset-config", "beta", "--out", str(tmp_path / "x.parquet")])
     assert result.exit_code == 0, result.output
     assert math.isfinite(pd.read_parquet(tmp_path / "x.parquet")["score"].sum())

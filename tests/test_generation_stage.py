@@ -104,7 +104,7 @@ def test_cli_generate(tmp_path, tiny_llama_dir):
     server = RoutingServer().start()
     try:
         args = ["generate", "--concepts", str(_concepts(tmp_path)), "--out", str(tmp_path / "ds"),
-                "--config-name", "tiny"]
+                "--dataset-config", "tiny"]
         for item in (f"run.output_dir={tmp_path}", "run.name=r", f"llm.endpoint={server.base_url}",
                      "llm.model=gpt-4o-mini", f"model.model={tiny_llama_dir}", "model.device=cpu",
                      "data.num_of_examples=4", "data.output_length=8", "data.latent_num_of_examples=2",

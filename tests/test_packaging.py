@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -30,9 +31,14 @@ def test_every_package_folder_is_listed_in_pyproject() -> None:
 @pytest.mark.slow
 def test_the_wheel_carries_the_card_templates_and_no_test_machinery(tmp_path: Path) -> None:
     build = "import sys, setuptools.build_meta as b; print(b.build_wheel(sys.argv[1]))"
-    name = subprocess.run(
-        [sys.executable, "-c", build, str(tmp_path)], cwd=ROOT, check=True, capture_output=True, text=True
-    ).stdout.strip().splitlines()[-1]
+    leftover = not (ROOT / "build").exists()  # setuptools builds in ./build; leave the tree as it was
+    try:
+        name = subprocess.run(
+            [sys.executable, "-c", build, str(tmp_path)], cwd=ROOT, check=True, capture_output=True, text=True
+        ).stdout.strip().splitlines()[-1]
+    finally:
+        if leftover:
+            shutil.rmtree(ROOT / "build", ignore_errors=True)
     files = set(zipfile.ZipFile(tmp_path / name).namelist())
     templates = {f"axdata/hub_cards/{card.name}" for card in (ROOT / "hub_cards").glob("*.md")}
     assert templates and templates <= files

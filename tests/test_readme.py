@@ -52,7 +52,7 @@ SKIPPED = {
 
 # Run by test_readme_paths_run_as_written, in this order; cwd "work" has ../shared beside it, "root" is the repo.
 RUN_IN_WORK = [
-    "axbench data import ../shared/data/axbench/concept10/prod_2b_l20_v1 --out data/concept10 --config gemma-2-2b-it-l20",
+    "axbench data import ../shared/data/axbench/concept10/prod_2b_l20_v1 --out data/concept10 --dataset-config gemma-2-2b-it-l20",
     "axbench data info data/concept10",
     "axbench data push data/concept10 my-org/concept10 --version 1.0.0",
     "axbench data pull my-org/concept10 data/pulled --revision v1.0.0",
@@ -62,7 +62,7 @@ RUN_IN_WORK = [
     "axbench eval detect latent.parquet",
     "axbench infer steer --dictionary dicts/diffmean --data data/concept10 --factors 2 --max-new-tokens 16 --out steering.parquet",
     "axbench dictionary push dicts/diffmean my-org/smollm2-l10-diffmean",
-    "axbench train bipo --data data/concept10 --layer 10 --out dicts/bipo --set help=1",
+    "axbench train bipo --list-settings",
 ]
 RUN_IN_ROOT = [
     "axbench config show configs/paper/2b-l20.yaml --set run.protocol=reference",

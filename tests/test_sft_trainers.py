@@ -17,7 +17,7 @@ from axmethods.inference.steering import plan_batches, run_steering
 from axmethods.models import TargetModel
 from axmethods.trainers.artifacts import ConceptAdapters, export_peft, load_steering_artifact
 from axmethods.trainers.finetuned import FinetunedConcepts, FinetunedSteerer, swapped_weights
-from axmethods.trainers.presets import get_trained_method
+from axmethods.registry import get_method
 from axmethods.trainers.sft import SFTDataError, SFTSteeringConfig, concept_dataset, train_sft
 
 CONCEPTS = [Concept(3, "the sea"), Concept(7, "apples")]
@@ -75,9 +75,9 @@ def test_config_defaults_follow_the_paper_per_kind() -> None:
     assert not lora.gradient_checkpointing and lora.bf16 == torch.cuda.is_available()
     assert lora.report_to == [] and lora.completion_only_loss
     # The registry presets land on the same values, and overrides still win.
-    preset = get_trained_method("sft").config({"num_train_epochs": "2"})
+    preset = get_method("sft").settings({"num_train_epochs": "2"})
     assert (preset.peft, preset.learning_rate, preset.num_train_epochs) == (False, 4e-5, 2.0)
-    assert get_trained_method("lora").config().learning_rate == 9e-4
+    assert get_method("lora").settings().learning_rate == 9e-4
 
 
 def test_concept_dataset_is_prompt_plus_raw_response_without_eos(tiny_llama_target) -> None:

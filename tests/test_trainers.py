@@ -18,11 +18,11 @@ from axmethods.models import load_target_model
 from axmethods.trainers import (
     ConceptAdapters,
     RePSConfig,
-    get_trained_method,
     load_steering_artifact,
     parameterisations,
     preference_frame,
 )
+from axmethods.registry import get_method
 from axmethods.trainers.artifacts import export_peft
 from axmethods.trainers.losses import dpo, per_concept_sum, scaled_simpo
 from axmethods.trainers.reps_trainer import RePSTrainer, default_intervention_layers
@@ -116,8 +116,8 @@ def test_reps_vector_learns_the_preference_and_only_the_intervention_trains(targ
 @pytest.mark.parametrize("preset", ["bipo", "lang-vector", "reps-lora", "reps-loreft", "lang-lora", "lang-loreft",
                                     "loreft"])
 def test_every_preset_trains_and_lowers_its_loss(target, preset) -> None:
-    method = get_trained_method(preset)
-    args = method.config({"num_train_epochs": "6", "per_device_train_batch_size": "3", "gradient_accumulation_steps":
+    method = get_method(preset)
+    args = method.settings({"num_train_epochs": "6", "per_device_train_batch_size": "3", "gradient_accumulation_steps":
                           "1", "logging_steps": "1", "disable_tqdm": "true", "learning_rate": "0.02"}, layer=LAYER)
     trainer = RePSTrainer(model=target, args=args, train_dataset=preference_df(), concepts=CONCEPTS,
                           method_name=preset)
@@ -175,7 +175,7 @@ def test_vector_export_save_load_steers_identically(target, tmp_path: Path) -> N
 
 @pytest.mark.parametrize("preset", ["reps-lora", "reps-loreft"])
 def test_adapters_save_load_steer_identically(target, tmp_path: Path, preset) -> None:
-    args = get_trained_method(preset).config({"num_train_epochs": "2", "disable_tqdm": "true"})
+    args = get_method(preset).settings({"num_train_epochs": "2", "disable_tqdm": "true"})
     trainer = RePSTrainer(model=target, args=args, train_dataset=preference_df(), concepts=CONCEPTS,
                           method_name=preset)
     trainer.train()
@@ -197,7 +197,7 @@ def test_adapters_save_load_steer_identically(target, tmp_path: Path, preset) ->
 def test_lora_adapters_export_to_peft_with_the_same_outputs(target, tmp_path: Path) -> None:
     from peft import PeftModel
 
-    args = get_trained_method("reps-lora").config({"num_train_epochs": "2", "disable_tqdm": "true",
+    args = get_method("reps-lora").settings({"num_train_epochs": "2", "disable_tqdm": "true",
                                                    "intervention_dropout": "0"})
     trainer = RePSTrainer(model=target, args=args, train_dataset=preference_df(), concepts=CONCEPTS,
                           method_name="reps-lora")
@@ -235,7 +235,7 @@ def test_bad_settings_fail_with_the_fix(target) -> None:
     with pytest.raises(ValueError, match="no preference pairs for concepts \\[5\\]"):
         RePSTrainer(model=target, args=config(), train_dataset=preference_df(), concepts=[Concept(5, "x")])
     with pytest.raises(ValueError, match="no field"):
-        get_trained_method("reps").config({"lr": "0.1"})
+        get_method("reps").settings({"lr": "0.1"})
 
 
 def _dataset(tmp_path: Path) -> Path:
@@ -296,9 +296,9 @@ def test_batched_reference_logps_equal_one_sequence_at_a_time(tiny_target) -> No
 
 
 def test_loreft_adapters_equal_pyvenes_rotated_space_intervention(target) -> None:
-    from axmethods.trainers.pyvene_loreft import loreft_pyvene_model
+    from axmethods.pyvene_bridge import loreft_pyvene_model
 
-    args = get_trained_method("lang-loreft").config({"num_train_epochs": "2", "disable_tqdm": "true",
+    args = get_method("lang-loreft").settings({"num_train_epochs": "2", "disable_tqdm": "true",
                                                      "intervention_positions": "all", "intervention_dropout": "0"})
     trainer = RePSTrainer(model=target, args=args, train_dataset=preference_df(), concepts=CONCEPTS,
                           method_name="lang-loreft")
@@ -318,7 +318,7 @@ def test_loreft_adapters_equal_pyvenes_rotated_space_intervention(target) -> Non
 def test_adapters_round_trip_through_the_hub_with_the_dictionary_cli(hub_env, target, tmp_path: Path) -> None:
     from huggingface_hub import HfApi
 
-    args = get_trained_method("reps-lora").config({"num_train_epochs": "1", "disable_tqdm": "true"})
+    args = get_method("reps-lora").settings({"num_train_epochs": "1", "disable_tqdm": "true"})
     trainer = RePSTrainer(model=target, args=args, train_dataset=preference_df(), concepts=CONCEPTS,
                           method_name="reps-lora")
     trainer.train()

@@ -57,6 +57,20 @@ def list_configs(out_dir: str | Path) -> list[str]:
                   if child.is_dir() and any(split_files(root, child.name, split) for split in SPLITS))
 
 
+def resolve_config(out_dir: str | Path, config: str | None) -> str:
+    """`config` if `out_dir` holds it; None: the only config there is (`--dataset-config` of every command)."""
+    configs = list_configs(out_dir)
+    if not configs:
+        raise FileNotFoundError(f"{out_dir} holds no dataset config (<config>/<split>-*.parquet); check the path.")
+    if config is None:
+        if len(configs) > 1:
+            raise ValueError(f"{out_dir} holds dataset configs {', '.join(configs)}; pick one with --dataset-config NAME.")
+        return configs[0]
+    if config not in configs:
+        raise ValueError(f"{out_dir} has no dataset config {config!r}; it holds {', '.join(configs)}.")
+    return config
+
+
 def list_splits(out_dir: str | Path, config: str) -> list[str]:
     """Splits written for `config`, in `axdata.schema.SPLITS` order."""
     return [split for split in SPLITS if split_files(out_dir, config, split)]

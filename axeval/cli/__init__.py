@@ -16,6 +16,7 @@ from axeval.cli.infer import infer_app
 from axeval.cli.llm import llm_app
 from axeval.cli.run import register_run_commands
 from axeval.cli.train import train
+from axdata.settings import SettingsError
 from axeval.errors import USER_ERRORS
 
 app = typer.Typer(
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     """The `axbench` entry point: no traceback for an error unless `--debug` (anywhere on the line) asks for it.
 
     Exit codes: 0 success, 1 a failure (bad input, a failed stage, an unreachable service), 2 a usage error
-    (unknown command or option, an invalid config).
+    (unknown command or option, an invalid config, setting or method name), always on stderr.
     """
     # The CLI is an application: it may configure logging; the library never does.
     args = list(sys.argv[1:] if argv is None else argv)
@@ -72,6 +73,11 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("axbench: interrupted; run the same command again to resume.", file=sys.stderr)
         raise SystemExit(130) from None
+    except SettingsError as error:  # a config file, --set or method name that cannot work: a usage error
+        if debug:
+            raise
+        print(f"axbench: usage error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     except Exception as error:  # noqa: BLE001 - the one place that turns errors into messages
         if debug:
             raise

@@ -26,7 +26,7 @@ def import_(
                                       "concept10/prod_2b_l20_v1, or a Hub folder such as 2b/l20."),
     out_dir: Path | None = typer.Argument(None, help="Dataset directory to write <config>/<split>-*.parquet into."),
     out: Path | None = typer.Option(None, "--out", help="Same as OUT_DIR."),
-    config: str | None = typer.Option(None, "--config", help="Config name for this setting, e.g. gemma-2-2b-it-l20; "
+    config: str | None = typer.Option(None, "--dataset-config", help="Dataset config name for this setting, e.g. gemma-2-2b-it-l20; "
                                       "default: the source folder's name (e.g. prod_2b_l20_v1 or 2b-l20)."),
     steering_examples: int = typer.Option(10, "--steering-examples", min=0,
                                           help="Steering instructions per concept for the steering split built on "

@@ -19,7 +19,7 @@ def generate(
     out: Path | None = typer.Option(None, "--out", help="Dataset directory; default <run dir>/data. With --out, "
                                                         "the working files (resume units, LLM cache and ledger, "
                                                         "report) go to <out>.generation/, not the run directory."),
-    config_name: str | None = typer.Option(None, "--config-name",
+    config_name: str | None = typer.Option(None, "--dataset-config",
                                               help="Dataset config name; default data.dataset_config or "
                                               "<model>-l<layer>."),
     max_concepts: int | None = typer.Option(None, "--max-concepts", help="Overrides data.max_concepts."),
@@ -33,17 +33,13 @@ def generate(
     (<out>.generation/generation_report.json with --out).
     """
     # Deferred: the CLI starts without torch; only the commands that need it load it.
-    from axeval.config import AxbenchConfig, ConfigError
+    from axeval.cli.config import load_run_config
     from axeval.pipeline import RunContext, RunLockedError, locked_run_directory
     from axeval.rundir import RunDirectory
     from axeval.stages.data import DataStage, generate_for_run
 
     console = Console()
-    try:
-        run_config = AxbenchConfig.load(config, set_ or [])
-    except ConfigError as err:
-        console.print(f"[red]Config error:[/red] {err}", soft_wrap=True)
-        raise typer.Exit(2) from None
+    run_config = load_run_config(config, set_ or [])
     changes = {key: value for key, value in (("concept_path", str(concepts) if concepts else None),
                                               ("examples_path", str(examples) if examples else None),
                                               ("max_concepts", max_concepts), ("dataset_config", config_name))

@@ -90,16 +90,17 @@ def judge(
 ) -> None:
     """Rate every generation on concept, instruction and fluency; write ratings, raw answers and provenance."""
     from axdata.llm import open_llm
-    from axeval.config import AxbenchConfig, ConfigError
+    from axdata.settings import build_settings
+    from axeval.cli.config import load_run_config
     from axeval.judge import Judge, JudgeConfig, summarize_judgements, write_judgements
 
+    settings = load_run_config(config, set_ or [])
     try:
-        settings = AxbenchConfig.load(config, set_ or [])
         # The config's judge section (with --set) is the base; explicit options override it.
         given = {"temperature": temperature, "parse_retries": parse_retries, "on_parse_failure": on_parse_failure}
-        judge_config = JudgeConfig(**{**dataclasses.asdict(settings.judge),
-                                      **{k: v for k, v in given.items() if v is not None}})
-    except (ConfigError, ValueError) as error:
+        judge_config = build_settings(JudgeConfig, {**dataclasses.asdict(settings.judge),
+                                                    **{k: v for k, v in given.items() if v is not None}}, where="judge")
+    except ValueError as error:
         _fail(error)
     generations = _read(steering_file, "steering generations")
     with open_llm(settings.llm, cache_path=cache or out.parent / "llm-cache.sqlite",

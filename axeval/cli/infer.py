@@ -28,20 +28,6 @@ def _load(dictionaries: list[str], layer: int | None, model: str | None, dtype: 
     return loaded, target
 
 
-def _resolve_config(data: Path, config: str | None) -> str:
-    """`--config`, or the dataset's only config when it is left out."""
-    if config is not None:
-        return config
-    from axdata.builders import list_configs
-
-    configs = list_configs(data)
-    if len(configs) == 1:
-        return configs[0]
-    if not configs:
-        raise FileNotFoundError(f"{data} holds no dataset config (<config>/<split>-*.parquet); check --data.")
-    raise ValueError(f"{data} holds {len(configs)} configs ({', '.join(configs)}); choose one with --config.")
-
-
 def _fail(error: Exception) -> typer.Exit:
     typer.echo(f"Inference failed: {error}", err=True)
     return typer.Exit(1)
@@ -51,7 +37,7 @@ def _fail(error: Exception) -> typer.Exit:
 def latent(
     dictionary: list[str] = typer.Option(..., "--dictionary", help=_DICTIONARY_HELP + " Repeat to score several."),
     data: Path = typer.Option(..., "--data", help="Dataset directory (<config>/<split>-*.parquet)."),
-    config: str | None = typer.Option(None, "--config", help="Dataset config, e.g. gemma-2-2b-it-l20; "
+    config: str | None = typer.Option(None, "--dataset-config", help="Dataset config, e.g. gemma-2-2b-it-l20; "
                                                               "optional when the dataset holds only one."),
     out: Path = typer.Option(..., "--out", help="Output parquet."),
     model: str | None = typer.Option(None, "--model", help="Target model; default: the dictionary's base model."),
@@ -70,14 +56,14 @@ def latent(
     """Score every eval row for every concept of every dictionary (residual dictionaries in one forward pass per
     batch, BoW on the transcripts, prompt detection through the target model; steering-only methods are skipped);
     calibrate the residual dictionaries."""
-    from axdata.builders import read_split
+    from axdata.builders import read_split, resolve_config
     from axdata.io import atomic_path
     from axmethods.dictionary import WEIGHTS_FILE, SteeringDictionary
     from axmethods.inference.latent import calibrate as calibrate_dictionary
     from axmethods.inference.latent import detector_kind, latent_inference
 
     try:
-        config = _resolve_config(data, config)
+        config = resolve_config(data, config)
         loaded_all, target = _load(dictionary, layer, model, dtype, device)
         dictionaries = [d for d in loaded_all if isinstance(d, SteeringDictionary)]
         for skipped in loaded_all:
@@ -119,7 +105,7 @@ def latent(
 def steer(
     dictionary: str = typer.Option(..., "--dictionary", help=_DICTIONARY_HELP),
     data: Path = typer.Option(..., "--data", help="Dataset directory (<config>/<split>-*.parquet)."),
-    config: str | None = typer.Option(None, "--config", help="Dataset config, e.g. gemma-2-2b-it-l20; "
+    config: str | None = typer.Option(None, "--dataset-config", help="Dataset config, e.g. gemma-2-2b-it-l20; "
                                                               "optional when the dataset holds only one."),
     out: Path = typer.Option(..., "--out", help="Output parquet (part files beside it make re-runs resume)."),
     model: str | None = typer.Option(None, "--model", help="Target model; default: the dictionary's base model."),
@@ -141,9 +127,10 @@ def steer(
     device: str = typer.Option("auto", "--device"),
 ) -> None:
     """Generate a steered answer for every (concept, prompt, factor) row of the steering split."""
-    from axdata.builders import read_split
+    from axdata.builders import read_split, resolve_config
     from axmethods.inference.sampling import SamplingConfig
-    from axmethods.inference.steering import AXBENCH_FACTORS, run_steering
+    from axmethods.factors import AXBENCH_FACTORS
+    from axmethods.inference.steering import run_steering
     from axmethods.trainers.artifacts import steerer_for_artifact
 
     try:
@@ -151,7 +138,7 @@ def steer(
     except ValueError:
         raise _fail(ValueError(f"--factors {factors!r} is not a comma-separated list of numbers (e.g. 0.5,1,2)")) from None
     try:
-        config = _resolve_config(data, config)
+        config = resolve_config(data, config)
         (loaded,), target = _load([dictionary], layer, model, dtype, device)
         # Refuses detection-only dictionaries (BoW, prompt-detection) with a clear message.
         steerer = steerer_for_artifact(loaded, kind=intervention, positions=positions)  # type: ignore[arg-type]

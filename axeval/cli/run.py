@@ -56,16 +56,12 @@ def demo(
 
 def _run(config_path: Path, overrides: list[str], force: bool) -> None:
     # Deferred: the CLI starts without torch; only the commands that need it load it.
-    from axeval.config import AxbenchConfig, ConfigError
+    from axeval.cli.config import load_run_config
     from axeval.pipeline import RunLockedError, run_pipeline
     from axeval.stages import default_stages
 
     console = Console()
-    try:
-        config = AxbenchConfig.load(config_path, overrides)
-    except ConfigError as err:
-        console.print(f"[red]Config error:[/red] {err}", soft_wrap=True)
-        raise typer.Exit(2) from None
+    config = load_run_config(config_path, overrides)
     console.print(f"Run directory: [bold]{config.run_dir}[/bold] (config hash {config.hash()})")
     try:
         result = run_pipeline(config, default_stages(config), force=force)

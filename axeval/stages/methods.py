@@ -19,34 +19,27 @@ from axmethods.dictionary import SteeringDictionary
 from axmethods.inference.latent import calibrate, check_dictionary, detector_kind, latent_inference
 from axmethods.inference.sampling import SamplingConfig
 from axmethods.inference.steering import UnsteeredBaseline, can_steer, run_steering
-from axmethods.methods import get_method
-from axmethods.methods.base import ActivationMethod
+from axmethods.registry import get_method
 from axmethods.trainers.artifacts import load_steering_artifact, save_artifact, steerer_for_artifact
-from axmethods.trainers.presets import (
-    canonical_method_name,
-    get_trained_method,
-    is_trained_method,
-    train_steering_method,
-    training_frame,
-)
 
 logger = logging.getLogger(__name__)
 
 
 def method_names(ctx: RunContext) -> list[str]:
-    return [canonical_method_name(name) for name in ctx.config.methods.train]
+    return [get_method(name).name for name in ctx.config.methods.train]
 
 
 def steered_methods(ctx: RunContext) -> set[str]:
     """The canonical names of methods.steer (all trained methods when it is not set)."""
     steer = ctx.config.methods.steer
-    return set(method_names(ctx)) if steer is None else {canonical_method_name(name) for name in steer}
+    return set(method_names(ctx)) if steer is None else {get_method(name).name for name in steer}
 
 
 def method_settings(ctx: RunContext, name: str) -> dict[str, Any]:
     settings = ctx.config.methods.settings
-    given = dict(settings.get(name) or settings.get(canonical_method_name(name)) or {})
-    return protocol.method_settings(ctx.config.run.protocol, canonical_method_name(name), given)
+    canonical = get_method(name).name
+    given = dict(settings.get(name) or settings.get(canonical) or {})
+    return protocol.method_settings(ctx.config.run.protocol, canonical, given)
 
 
 def dictionary_dir(ctx: RunContext, method: str) -> Path:
@@ -55,7 +48,7 @@ def dictionary_dir(ctx: RunContext, method: str) -> Path:
 
 def artifact_marker(ctx: RunContext, name: str) -> Path:
     """The file a finished training of method `name` leaves: a dictionary's weights or an adapter folder's config."""
-    if is_trained_method(name) and get_trained_method(name).produces_adapters:
+    if get_method(name).result != "dictionary":
         return dictionary_dir(ctx, name) / "config.json"
     return dictionary_dir(ctx, name) / f"l{ctx.config.run.layer}" / "weights.safetensors"
 
@@ -95,45 +88,27 @@ class TrainStage(Stage):
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         dataset = run_dataset(ctx)
-        train, concepts = dataset.split("train"), dataset.concepts()
-        target, layer = ctx.target_model(), ctx.config.run.layer
+        concepts, target, layer = dataset.concepts(), ctx.target_model(), ctx.config.run.layer
         summary = {}
         # Activation methods with the same read-out settings share one collector, so the shared negatives
         # go through the model once per run, not once per method.
         collectors: dict[tuple[Any, ...], ActivationCollector] = {}
         for name in ctx.config.methods.train:
-            if is_trained_method(name):
-                summary.update(self._train_steering(ctx, dataset, name))
-                continue
-            method_class = get_method(name)
-            settings = method_settings(ctx, name)
-            kwargs = {"backend": ctx.llm()} if method_class.name == "prompt-steering" else {}
-            method = method_class(settings, **kwargs)
-            logger.info("training %s on %d concepts", method_class.name, len(concepts))
-            if isinstance(method, ActivationMethod):
-                cfg = method.config
-                key = (cfg.activation_batch_size, cfg.activation_dtype, cfg.max_length)
+            spec = get_method(name)
+            settings = spec.settings(method_settings(ctx, name), layer=layer, where=f"methods.settings.{spec.name}")
+            collector = None
+            if spec.training == "activations":
+                key = (settings.activation_batch_size, settings.activation_dtype, settings.max_length)
                 if key not in collectors:
-                    collectors[key] = method.collector(target, layer)
-                dictionary = method.fit(target, train, concepts, layer, collector=collectors[key])
-            else:
-                dictionary = method.fit(target, train, concepts, layer)
-            dictionary.save(dictionary_dir(ctx, method_class.name), datasets=[str(dataset.directory)])
-            summary[method_class.name] = {"concepts": dictionary.n_concepts}
+                    collectors[key] = spec.load()(settings).collector(target, layer)
+                collector = collectors[key]
+            logger.info("training %s on %d concepts", spec.name, len(concepts))
+            result = spec.train(target, lambda split: dataset.split(split) if dataset.has_split(split) else None,
+                                concepts, layer, settings, backend=ctx.llm() if spec.training == "llm" else None,
+                                collector=collector)
+            save_artifact(result, dictionary_dir(ctx, spec.name), datasets=[str(dataset.directory)])
+            summary[spec.name] = {"concepts": result.n_concepts}
         return summary
-
-    @staticmethod
-    def _train_steering(ctx: RunContext, dataset: Any, name: str) -> dict[str, Any]:
-        """RePS-family methods train on the preference split (see `training_frame` for datasets without one)."""
-        method = get_trained_method(name)
-        target, concepts = ctx.target_model(), dataset.concepts()
-        config = method.config(method_settings(ctx, name), layer=ctx.config.run.layer)
-        data = training_frame(method.name, target, concepts,
-                              lambda split: dataset.split(split) if dataset.has_split(split) else None, config)
-        logger.info("training %s on %d concepts", method.name, len(concepts))
-        artifact = train_steering_method(method.name, target, data, concepts, config)
-        save_artifact(artifact, dictionary_dir(ctx, method.name), datasets=[str(dataset.directory)])
-        return {method.name: {"concepts": artifact.n_concepts, "pairs": len(data)}}
 
 
 class LatentStage(Stage):
@@ -202,7 +177,7 @@ class SteeringStage(Stage):
         steerers = []
         steered = steered_methods(ctx) if ctx.config.methods.steer is not None else None
         for artifact in load_artifacts(ctx):
-            if steered is not None and canonical_method_name(artifact.method) not in steered:
+            if steered is not None and get_method(artifact.method).name not in steered:
                 logger.info("%s is not in methods.steer: detection only in this run", artifact.method)
                 continue
             if isinstance(artifact, SteeringDictionary) and not can_steer(artifact):

@@ -11,7 +11,7 @@ used afterwards:
   user turn; factor-free), or "none" (detection-only);
 - `trains_on`: which text view the method needs ("binarized" transcripts or "lm" prompt/response pairs).
 
-Adding a method = one subclass with a config dataclass + one entry in `axmethods.methods.METHODS`.
+Adding a method = one subclass with a config dataclass + one entry in `axmethods.registry.METHODS`.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from typing import Any, ClassVar, Literal
 
 import pandas as pd
 import torch
-from transformers import HfArgumentParser
 
 from axdata.concepts import Concept
 from axdata.schema import EMPTY_CONCEPT, SHARED_NEGATIVE_ID
+from axdata.settings import SettingsError, build_settings
 from axdata.validation import check_dataclass_numbers
 from axmethods.activations import ActivationCollector, TokenActivations, resolve_dtype
 from axmethods.dictionary import SteeringDictionary
@@ -40,8 +40,8 @@ DetectionActivation = Literal["identity", "relu", "external"]
 SteeringKind = Literal["addition", "prompt", "none"]
 
 
-class MethodConfigError(ValueError):
-    """A method config value is unknown or cannot be parsed."""
+# A method setting that is unknown, mistyped or out of range: the one settings error.
+MethodConfigError = SettingsError
 
 
 class TrainingDataError(ValueError):
@@ -201,7 +201,7 @@ class Method(ABC):
         if config is None:
             config = self.config_class()
         elif isinstance(config, Mapping):
-            config = parse_config(self.config_class, config)
+            config = build_settings(self.config_class, config)
         elif not isinstance(config, self.config_class):
             raise MethodConfigError(f"{self.name} takes a {self.config_class.__name__}, got "
                                     f"{type(config).__name__}; build one or pass a dict of its fields.")
@@ -277,24 +277,6 @@ class ActivationMethod(Method):
     def fit_chunk(self, activations: TokenActivations, data: TrainingSet, generator: torch.Generator
                   ) -> torch.Tensor:
         """[n_concepts of `data`, d] directions from `activations` of `data`'s rows (in row order)."""
-
-
-def parse_config(config_class: type[MethodConfig], values: Mapping[str, Any]) -> MethodConfig:
-    """A config from a mapping of field → value; strings are parsed by type (`"false"` → False)."""
-    known = {f.name for f in dataclasses.fields(config_class)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise MethodConfigError(f"{config_class.__name__} has no field(s) {unknown}; known fields: "
-                                f"{', '.join(sorted(known))}.")
-    typed = {k: v for k, v in values.items() if not isinstance(v, str)}
-    texts = {k: v for k, v in values.items() if isinstance(v, str)}
-    args = [part for key, value in texts.items() for part in (f"--{key}", value)]
-    try:
-        (parsed,) = HfArgumentParser(config_class).parse_args_into_dataclasses(args=args)
-    except SystemExit:
-        raise MethodConfigError(f"Cannot parse {texts} as {config_class.__name__} fields; check each value's "
-                                "type (see `axbench train METHOD --help`).") from None
-    return dataclasses.replace(parsed, **typed)
 
 
 def normalise_rows(weight: torch.Tensor) -> torch.Tensor:

@@ -5,20 +5,12 @@
     trainer.train()
     dictionary = trainer.export()
 
-`TRAINED_METHODS` names every method of the family with its paper preset; `train_steering_method` is what
-`axbench train NAME` and the pipeline call.
+The family's methods and their paper presets are entries of the one registry, `axmethods.registry.METHODS`.
 """
 
 from axmethods.trainers.artifacts import AdapterSteerer, ConceptAdapters, load_steering_artifact
 from axmethods.trainers.config import RePSConfig
 from axmethods.trainers.data import PreferenceDataError, preference_frame
-from axmethods.trainers.presets import (
-    TRAINED_METHODS,
-    TrainedMethod,
-    get_trained_method,
-    is_trained_method,
-    train_steering_method,
-)
 
 
 def __getattr__(name: str) -> object:
@@ -29,6 +21,5 @@ def __getattr__(name: str) -> object:
         return RePSTrainer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-__all__ = ["TRAINED_METHODS", "AdapterSteerer", "ConceptAdapters", "PreferenceDataError", "RePSConfig",
-           "RePSTrainer", "TrainedMethod", "get_trained_method", "is_trained_method", "load_steering_artifact",
-           "preference_frame", "train_steering_method"]
+__all__ = ["AdapterSteerer", "ConceptAdapters", "PreferenceDataError", "RePSConfig", "RePSTrainer",
+           "load_steering_artifact", "preference_frame"]

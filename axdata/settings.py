@@ -1,0 +1,136 @@
+"""The one settings parser: every config dataclass (run sections, method settings, TrainingArguments) is built here.
+
+Values come from YAML files, `--set key=value` on any command, or Python. One grammar for all of them: a text
+value is read as YAML (`false` is a boolean, `[2, 4]` a list, `1e-3` a number), so a setting means the same
+wherever it is written. Unknown keys, values of the wrong type and out-of-range numbers are refused with a
+message that names where the value was set and lists the valid keys.
+
+>>> from dataclasses import dataclass
+>>> @dataclass
+... class Demo:
+...     epochs: int = 3
+...     factors: list[float] | None = None
+>>> build_settings(Demo, {"epochs": "5", "factors": "[2, 4]"})
+Demo(epochs=5, factors=[2, 4])
+>>> build_settings(Demo, {"epoch": 1}, where="methods.settings.demo")
+Traceback (most recent call last):
+...
+axdata.settings.SettingsError: methods.settings.demo has no field(s) ['epoch']; valid: epochs, factors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+
+import yaml
+
+from axdata.validation import check_numbers
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """A setting is unknown, of the wrong type, or out of range; the message names it and the fix."""
+
+
+def parse_value(text: str) -> Any:
+    """A `--set` value: YAML (`false`, `0.5`, `[2, 4]`, `{a: 1}`); an empty value is None."""
+    if not text.strip():
+        return None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise SettingsError(f"{text!r} is not a valid YAML value ({err}); quote text, e.g. name='my run'.") from None
+
+
+def parse_assignments(items: Sequence[str], example: str = "learning_rate=0.01") -> dict[str, Any]:
+    """`["key=value", ...]` (the `--set` grammar) → {key: YAML value}; dashes in keys become underscores."""
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SettingsError(f"--set {item!r} is not key=value; write e.g. --set {example}.")
+        values[key.strip().replace("-", "_")] = parse_value(value)
+    return values
+
+
+def build_settings(config_class: type[T], values: Mapping[str, Any] | None = None, *, where: str | None = None,
+                   **fixed: Any) -> T:
+    """An instance of dataclass `config_class` from `values` (texts read as YAML), then `fixed` on top.
+
+    Only the values given are range-checked (`axdata.validation`): TrainingArguments keeps sentinels such as
+    `max_steps=-1` among its defaults.
+    """
+    where = where or config_class.__name__
+    typed = check_settings(config_class, values or {}, where)
+    try:
+        instance = config_class(**typed, **fixed)
+    except (ValueError, TypeError) as err:
+        message = str(err)
+        raise SettingsError(message if message.startswith(where) else f"{where}: {message}") from None
+    return instance
+
+
+def check_settings(config_class: type, values: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """`values` typed for `config_class`'s fields (texts read as YAML) and range-checked, without building it."""
+    fields = {f.name for f in dataclasses.fields(config_class) if f.init}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise SettingsError(f"{where} has no field(s) {unknown}; valid: {', '.join(sorted(fields))}.")
+    hints = typing.get_type_hints(config_class)
+    typed = {key: _coerce(value, hints.get(key, Any), f"{where}.{key}") for key, value in values.items()}
+    try:
+        check_numbers(typed, where)
+    except ValueError as err:
+        raise SettingsError(str(err)) from None
+    return typed
+
+
+def type_name(annotation: Any) -> str:
+    return " or ".join(getattr(member, "__name__", str(member)) for member in _members(annotation))
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """`value` checked against the field's type: texts for non-text fields are YAML, ints widen to floats."""
+    if isinstance(value, str) and not _allows(annotation, str) and annotation is not Any:
+        value = parse_value(value)
+    if not _matches(value, annotation):
+        raise SettingsError(f"{where}: expected {type_name(annotation)}, got {value!r}.")
+    if isinstance(value, int) and not isinstance(value, bool) and _allows(annotation, float) \
+            and not _allows(annotation, int):
+        return float(value)  # YAML writes 1 for 1.0; a float field holds a float
+    return value
+
+
+def _members(annotation: Any) -> tuple[Any, ...]:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return typing.get_args(annotation)
+    return (annotation,)
+
+
+def _allows(annotation: Any, kind: type) -> bool:
+    return any(member is kind for member in _members(annotation))
+
+
+def _matches(value: Any, annotation: Any) -> bool:
+    for member in _members(annotation):
+        origin = typing.get_origin(member) or member
+        if member is Any or (member is type(None) and value is None):
+            return True
+        if origin is typing.Literal and value in typing.get_args(member):
+            return True
+        if isinstance(value, bool):
+            if origin is bool:
+                return True
+            continue
+        if (origin is int and isinstance(value, int)) or (origin is float and isinstance(value, (int, float))):
+            return True
+        if (origin is str and isinstance(value, str)) or (origin is dict and isinstance(value, dict)):
+            return True
+        if origin in (list, tuple) and isinstance(value, (list, tuple)):
+            return True
+    return False
