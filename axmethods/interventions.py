@@ -12,7 +12,7 @@ and magnitudes `α [B]` (`α = factor × calibration[concept]`), with `u = v / �
 | `ablate`       | h − (h·u)·u        (α unused)         | directional ablation                            |
 
 The same function runs as a plain forward hook (`steering_hooks`, `steer`) and as a pyvene intervention
-(`pyvene_steering_model`) on `model.layers[L].output`; both touch every position (prompt, chat tokens and
+(`axmethods.pyvene_bridge`) on `model.layers[L].output`; both touch every position (prompt, chat tokens and
 generated tokens) unless `positions="after_prefix"` (hooks only: it reads the decoder layer's
 `position_ids`, which generate and our sampler make padding-aware).
 """
@@ -134,36 +134,3 @@ def steer(target: TargetModel, dictionary: SteeringDictionary, concept_ids: Sequ
     steering = RowSteering.from_dictionary(dictionary, concept_ids, factors, kind)
     with steering_hooks(target, dictionary.layer, steering, positions=positions):
         yield steering
-
-
-def _pyvene_intervention_class() -> type:
-    # pyvene prints a banner and imports heavy modules on import: import it only when asked for.
-    import pyvene
-
-    class PyveneRowSteering(pyvene.SourcelessIntervention, pyvene.DistributedRepresentationIntervention):
-        """pyvene wrapper of `RowSteering.apply` (all positions: pyvene hands over the whole [B, T, d] output)."""
-
-        def __init__(self, steering: RowSteering, **kwargs: Any) -> None:
-            super().__init__(**kwargs, keep_last_dim=True)
-            self.steering = steering
-
-        def forward(self, base: torch.Tensor, source: Any = None, subspaces: Any = None) -> torch.Tensor:
-            return self.steering.apply(base)
-
-    return PyveneRowSteering
-
-
-def pyvene_steering_model(target: TargetModel, layer: int, steering: RowSteering) -> Any:
-    """An `IntervenableModel` applying `steering` at `model.layers[layer].output` (every position).
-
-    Run it with `unit_locations=None` (and `intervene_on_prompt=True` for `generate`).
-    """
-    import pyvene
-
-    intervention = _pyvene_intervention_class()(steering, embed_dim=target.hidden_size)
-    config = pyvene.IntervenableConfig(representations=[{
-        "layer": layer, "component": target.pyvene_component(layer), "intervention": intervention,
-    }])
-    model = pyvene.IntervenableModel(config, target.model)
-    model.disable_model_gradients()
-    return model

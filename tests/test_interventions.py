@@ -12,10 +12,10 @@ from axmethods.interventions import (
     INTERVENTION_KINDS,
     InterventionError,
     RowSteering,
-    pyvene_steering_model,
     steer,
     steering_hooks,
 )
+from axmethods.pyvene_bridge import pyvene_steering_model
 
 PROMPTS = ["hello world", "Write a short poem about the sea and the sky.", "What is the capital of France?"]
 

@@ -62,6 +62,7 @@ RUN_IN_WORK = [
     "axbench eval detect latent.parquet",
     "axbench infer steer --dictionary dicts/diffmean --data data/concept10 --factors 2 --max-new-tokens 16 --out steering.parquet",
     "axbench dictionary push dicts/diffmean my-org/smollm2-l10-diffmean",
+    "import torch\nfrom axmethods.dictionary import SteeringDictionary",  # the dictionary above, as pyvene
     "axbench train bipo --list-settings",
 ]
 RUN_IN_ROOT = [
