@@ -24,21 +24,20 @@ import dataclasses
 import json
 import logging
 import re
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
-import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from axdata.cards import render_card
 from axdata.concepts import Concept, ConceptFileError, load_concepts, write_concepts_jsonl
 from axdata.hashing import content_hash
-from axdata.io import atomic_path, atomic_write_json, atomic_write_text
+from axdata.io import atomic_path, atomic_write_json
+from axmethods.results import CARD_FILE, CONFIG_FILE, ConceptResult, DictionaryError, card_metadata
 
 if TYPE_CHECKING:
     from axmethods.models import TargetModel
@@ -49,8 +48,6 @@ FORMAT = "axbench-steering-dictionary"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "weights.safetensors"
 CONCEPTS_FILE = "concepts.jsonl"
-CONFIG_FILE = "config.json"
-CARD_FILE = "README.md"
 _MATRICES = ("weight", "steering_weight")
 _VECTORS = ("bias", "calibration")
 # The concept id of each weight row, stored with the weights so that a reordered concepts.jsonl is caught.
@@ -65,12 +62,13 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-class DictionaryError(ValueError):
-    """A dictionary is malformed or does not fit the model it is used with."""
-
-
 @dataclass
-class SteeringDictionary:
+class SteeringDictionary(ConceptResult):
+    """A rank-1 result: `weight[i]` is concept i's direction (see the module docstring)."""
+
+    FORMAT: ClassVar[str] = FORMAT
+    KIND: ClassVar[str] = "dictionary"
+
     weight: torch.Tensor
     concepts: list[Concept]
     layer: int
@@ -119,16 +117,8 @@ class SteeringDictionary:
                 setattr(self, name, tensor.detach().float().contiguous())
 
     @property
-    def n_concepts(self) -> int:
-        return self.weight.shape[0]
-
-    @property
     def hidden_size(self) -> int:
         return self.weight.shape[1]
-
-    @property
-    def concept_ids(self) -> list[int]:
-        return [c.concept_id for c in self.concepts]
 
     @property
     def calibration_fixed(self) -> bool:
@@ -151,14 +141,6 @@ class SteeringDictionary:
     def activate(self, scores: torch.Tensor) -> torch.Tensor:
         """This method's detection read-out applied to raw projections `h @ W.T + b`."""
         return ACTIVATIONS[self.activation](scores)
-
-    def rows(self, concept_ids: Sequence[int]) -> torch.Tensor:
-        """Row indices of `concept_ids` (a LongTensor), or an error naming the unknown ids."""
-        index = {cid: i for i, cid in enumerate(self.concept_ids)}
-        missing = [cid for cid in concept_ids if cid not in index]
-        if missing:
-            raise DictionaryError(f"concept_ids {missing[:10]} are not in this {self.method} dictionary")
-        return torch.tensor([index[cid] for cid in concept_ids], dtype=torch.long)
 
     def steering_magnitudes(self, concept_ids: Sequence[int], factors: Sequence[float]) -> torch.Tensor:
         """`factor × calibration` per row; refuses an uncalibrated dictionary instead of assuming 1.0."""
@@ -193,14 +175,9 @@ class SteeringDictionary:
 
     # ----- files -------------------------------------------------------------------------------------
 
-    def save(self, directory: str | Path, *, datasets: Sequence[str] = (),
-             eval_results: Sequence[Mapping[str, Any]] = ()) -> Path:
-        """Write `<directory>/l<layer>/…` and `<directory>/README.md` atomically; returns the layer folder.
-
-        `eval_results`: the dictionary's results in the Hub's `.eval_results` format (what `axbench eval report`
-        writes); they go to `<directory>/.eval_results/axbench.yaml` and into the card (model-index + a table).
-        """
-        folder = Path(directory) / self.layer_folder
+    def write_files(self, root: Path) -> Path:
+        """`<root>/l<layer>/{weights.safetensors, concepts.jsonl, config.json}`; returns the layer folder."""
+        folder = root / self.layer_folder
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {name: getattr(self, name) for name in (*_MATRICES, *_VECTORS) if getattr(self, name) is not None}
         tensors[_ROW_IDS] = torch.tensor(self.concept_ids, dtype=torch.int64)
@@ -208,12 +185,6 @@ class SteeringDictionary:
             save_file(tensors, str(tmp), metadata={"format": FORMAT, "method": self.method})
         write_concepts_jsonl(folder / CONCEPTS_FILE, self.concepts)
         atomic_write_json(folder / CONFIG_FILE, self._config_record())
-        atomic_write_text(Path(directory) / CARD_FILE, self.model_card(datasets=datasets, eval_results=eval_results))
-        if eval_results:
-            atomic_write_text(Path(directory) / EVAL_RESULTS_FILE,
-                              yaml.safe_dump(list(map(dict, eval_results)), sort_keys=False, allow_unicode=True))
-        logger.info("Saved the %s dictionary (%d concepts, layer %d) to %s", self.method, self.n_concepts,
-                    self.layer, folder)
         return folder
 
     @classmethod
@@ -256,51 +227,18 @@ class SteeringDictionary:
         return dictionary
 
     @classmethod
-    def from_pretrained(cls, repo_id_or_dir: str | Path, *, revision: str | None = None, layer: int | None = None,
-                        expect_model: TargetModel | None = None, token: str | None = None) -> SteeringDictionary:
-        """Load from a local directory or a Hub model repo (only the needed layer folder is downloaded)."""
-        path = Path(repo_id_or_dir).expanduser()
-        if path.exists():
-            return cls.load(path, expect_model=expect_model, layer=layer)
-        from huggingface_hub import snapshot_download
+    def download_patterns(cls, *, layer: int | None = None, **_: Any) -> list[str]:
+        """Only the needed layer folder (every layer when `layer` is None), the card and the results."""
+        return [f"l{layer}/*" if layer is not None else "l*/*", CARD_FILE, ".eval_results/*"]
 
-        patterns = [f"l{layer}/*"] if layer is not None else ["l*/*"]
-        local = snapshot_download(str(repo_id_or_dir), revision=revision, allow_patterns=[*patterns, CARD_FILE],
-                                  token=token)
-        return cls.load(local, expect_model=expect_model, layer=layer)
-
-    def push_to_hub(self, repo_id: str, *, revision: str | None = None, private: bool | None = None,
-                    token: str | None = None, commit_message: str | None = None, datasets: Sequence[str] = (),
-                    eval_results: Sequence[Mapping[str, Any]] = ()) -> str:
-        """Upload the layer folder and the card to a Hub model repo (created if missing); returns the commit URL.
-
-        Other layer folders already in the repo are kept; stale files of this layer folder are deleted.
-        """
-        from huggingface_hub import HfApi
-
-        api = HfApi(token=token)
-        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="axbench-dictionary-") as staging:
-            self.save(staging, datasets=datasets, eval_results=eval_results)
-            commit = api.upload_folder(
-                repo_id=repo_id, repo_type="model", folder_path=staging, revision=revision,
-                commit_message=commit_message or f"Upload {self.method} dictionary ({self.layer_folder})",
-                delete_patterns=[f"{self.layer_folder}/*"],
-            )
-        logger.info("Pushed the %s dictionary to %s", self.method, repo_id)
-        return str(commit)
+    def push_patterns(self) -> list[str]:
+        """Other layer folders already in the repo are kept; stale files of this layer folder are deleted."""
+        return [f"{self.layer_folder}/*"]
 
     def model_card(self, *, datasets: Sequence[str] = (), eval_results: Sequence[Mapping[str, Any]] = (),
                    repo_id: str | None = None) -> str:
-        metadata: dict[str, Any] = {
-            "library_name": "axbench",
-            "base_model": self.base_model,
-            "tags": ["axbench", "steering", "interpretability", "concept-detection", self.method.lower()],
-        }
-        if datasets:
-            metadata["datasets"] = list(datasets)
-        if eval_results:
-            metadata["model-index"] = model_index(repo_id or f"{self.method} ({self.layer_folder})", eval_results)
+        metadata = card_metadata(self, datasets, eval_results, repo_id or f"{self.method} ({self.layer_folder})",
+                                 tags=["interpretability", "concept-detection"])
         return render_card(
             "dictionary_card.md", metadata=metadata, dictionary=self, repo_id=repo_id or "<repo_id>",
             datasets=list(datasets), eval_results=list(eval_results), examples=self.concepts[:10],
@@ -396,23 +334,3 @@ def _read_concepts(folder: Path) -> list[Concept]:
     if None in order:
         raise DictionaryError(f"{path}: every line needs a concept_id (row i of the weights is line i).")
     return [by_id[concept_id] for concept_id in order]
-
-
-EVAL_RESULTS_FILE = ".eval_results/axbench.yaml"
-
-
-def model_index(model_name: str, eval_results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The card's `model-index` from `.eval_results` entries (dataset, task, value, revision, notes)."""
-    from huggingface_hub.repocard_data import EvalResult, eval_results_to_model_index
-
-    results = []
-    for entry in eval_results:
-        task = str(entry["dataset"].get("task_id", "axbench"))
-        kind, _, config = task.partition("-")
-        results.append(EvalResult(
-            task_type=kind, task_name=task, dataset_type=entry["dataset"]["id"], dataset_name=entry["dataset"]["id"],
-            dataset_config=config or None, dataset_revision=entry["dataset"].get("revision"),
-            metric_type="auroc" if kind == "concept_detection" else "steering_score", metric_value=entry["value"],
-            metric_name="mean AUROC" if kind == "concept_detection" else "mean steering score (0-2)",
-        ))
-    return eval_results_to_model_index(model_name, results)

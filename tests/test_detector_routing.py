@@ -255,7 +255,7 @@ def _write_data(root: Path, configs: tuple[str, ...] = ("cfg",)) -> Path:
 def test_infer_cli_routes_every_method_and_config_is_optional(fitted, tiny_llama_dir: Path, tmp_path: Path) -> None:
     data = _write_data(tmp_path / "data")
     for name in ("diffmean", "bow", "steering"):
-        getattr(fitted, name).save(tmp_path / name)
+        getattr(fitted, name).save_pretrained(tmp_path / name)
     runner = CliRunner()
     model = ["--model", str(tiny_llama_dir), "--device", "cpu", "--dtype", "float32", "--data", str(data)]
     dictionaries = [part for name in ("diffmean", "bow", "steering") for part in ("--dictionary", str(tmp_path / name))]
@@ -285,7 +285,7 @@ def test_infer_cli_routes_every_method_and_config_is_optional(fitted, tiny_llama
 
 def test_infer_cli_needs_config_when_the_dataset_has_several(fitted, tiny_llama_dir: Path, tmp_path: Path) -> None:
     data = _write_data(tmp_path / "data", ("alpha", "beta"))
-    fitted.diffmean.save(tmp_path / "dict")
+    fitted.diffmean.save_pretrained(tmp_path / "dict")
     runner = CliRunner()
     common = ["--dictionary", str(tmp_path / "dict"), "--data", str(data), "--model", str(tiny_llama_dir),
               "--device", "cpu", "--dtype", "float32"]

@@ -37,7 +37,7 @@ def assert_same(a: SteeringDictionary, b: SteeringDictionary) -> None:
 def test_save_load_round_trip_keeps_rows_and_optional_tensors(tmp_path: Path) -> None:
     dictionary = make_dictionary(bias=torch.arange(4.0), calibration=torch.tensor([1.0, 2.0, 3.0, 4.0]),
                                  steering_weight=torch.ones(4, 64), activation="relu")
-    folder = dictionary.save(tmp_path, datasets=["me/concept10"], eval_results=[
+    folder = dictionary.save_pretrained(tmp_path, datasets=["me/concept10"], eval_results=[
         {"dataset": {"id": "me/concept10", "task_id": "concept_detection-c10", "revision": "a" * 40}, "value": 0.93,
          "notes": "mean AUROC over 10 concepts"}])
     assert folder == tmp_path / "l0"
@@ -62,8 +62,8 @@ def test_save_load_round_trip_keeps_rows_and_optional_tensors(tmp_path: Path) ->
 
 
 def test_several_layers_need_a_layer_choice(tmp_path: Path) -> None:
-    make_dictionary(layer=0).save(tmp_path)
-    make_dictionary(layer=1).save(tmp_path)
+    make_dictionary(layer=0).save_pretrained(tmp_path)
+    make_dictionary(layer=1).save_pretrained(tmp_path)
     with pytest.raises(DictionaryError, match="several layers"):
         SteeringDictionary.load(tmp_path)
     assert SteeringDictionary.load(tmp_path, layer=1).layer == 1
@@ -72,7 +72,7 @@ def test_several_layers_need_a_layer_choice(tmp_path: Path) -> None:
 
 
 def test_mismatched_files_give_clear_errors(tmp_path: Path) -> None:
-    folder = make_dictionary().save(tmp_path)
+    folder = make_dictionary().save_pretrained(tmp_path)
     config = json.loads((folder / CONFIG_FILE).read_text())
     (folder / CONFIG_FILE).write_text(json.dumps({**config, "hidden_size": 32}))
     with pytest.raises(DictionaryError, match="different dictionaries"):
@@ -85,7 +85,7 @@ def test_mismatched_files_give_clear_errors(tmp_path: Path) -> None:
 
 
 def test_reordered_concepts_file_is_caught_not_mislabelled(tmp_path: Path) -> None:
-    folder = make_dictionary().save(tmp_path)
+    folder = make_dictionary().save_pretrained(tmp_path)
     lines = (folder / "concepts.jsonl").read_text().splitlines()
     lines[0], lines[1] = lines[1], lines[0]  # every row still has a concept, but the wrong one
     (folder / "concepts.jsonl").write_text("\n".join(lines) + "\n")
@@ -94,7 +94,7 @@ def test_reordered_concepts_file_is_caught_not_mislabelled(tmp_path: Path) -> No
 
 
 def test_concepts_file_without_ids_is_refused_with_the_fix(tmp_path: Path) -> None:
-    folder = make_dictionary().save(tmp_path)
+    folder = make_dictionary().save_pretrained(tmp_path)
     lines = [json.loads(line) for line in (folder / "concepts.jsonl").read_text().splitlines()]
     (folder / "concepts.jsonl").write_text("".join(json.dumps({k: v for k, v in line.items() if k != "concept_id"})
                                                    + "\n" for line in lines))
@@ -111,17 +111,17 @@ def test_non_finite_weights_are_refused_naming_the_concepts() -> None:
 
 
 def test_weights_that_are_not_safetensors_are_refused_without_unpickling(tmp_path: Path) -> None:
-    folder = make_dictionary().save(tmp_path)
+    folder = make_dictionary().save_pretrained(tmp_path)
     torch.save({"weight": torch.zeros(4, 64)}, folder / WEIGHTS_FILE)  # a pickle under the safetensors name
     with pytest.raises(DictionaryError, match="not a readable safetensors file"):
         SteeringDictionary.load(folder)
 
 
 def test_model_mismatch_names_the_problem(tmp_path: Path, tiny_llama_target) -> None:
-    make_dictionary(d=32).save(tmp_path / "narrow")
+    make_dictionary(d=32).save_pretrained(tmp_path / "narrow")
     with pytest.raises(DictionaryError, match="hidden size 32"):
         SteeringDictionary.load(tmp_path / "narrow", expect_model=tiny_llama_target)
-    make_dictionary(layer=5).save(tmp_path / "deep")
+    make_dictionary(layer=5).save_pretrained(tmp_path / "deep")
     with pytest.raises(DictionaryError, match="reads layer 5"):
         SteeringDictionary.load(tmp_path / "deep", expect_model=tiny_llama_target)
     assert SteeringDictionary.load(tmp_path / "deep").layer == 5  # fine without a model to check against
@@ -218,7 +218,7 @@ def test_convert_axbench_cli(tmp_path: Path) -> None:
 def test_push_refuses_an_uncalibrated_steering_dictionary(tmp_path: Path) -> None:
     """Nobody can steer with a dictionary that has no calibration: pushing one is refused (before any upload)
     unless --allow-uncalibrated says it is on purpose."""
-    make_dictionary().save(tmp_path / "dict")
+    make_dictionary().save_pretrained(tmp_path / "dict")
     result = CliRunner().invoke(dictionary_app, ["push", str(tmp_path / "dict"), "me/uncalibrated"])
     assert result.exit_code == 1
     assert "Push refused" in result.output and "axbench infer latent --dictionary" in result.output

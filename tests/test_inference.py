@@ -15,11 +15,12 @@ from axdata.concepts import Concept
 from axeval.cli.infer import infer_app
 from axeval.detection import imbalance_detection
 from axmethods.dictionary import DictionaryError, SteeringDictionary
+from axmethods.hooks import layer_outputs
 from axmethods.inference import sampling as sampling_module
 from axmethods.inference.latent import calibrate, latent_inference, score_texts
-from axmethods.inference.residuals import layer_outputs, pad_batch
 from axmethods.inference.sampling import SamplingConfig, draw, sample
 from axmethods.inference.steering import DictionarySteerer, UnsteeredBaseline, read_provenance, run_steering
+from axmethods.models import pad_batch
 
 WORDS = ["The quick brown fox", "Write a short poem about the sea", "What is the capital of France?",
          "def add(a, b): return a + b", "Golden Gate Bridge", "Numbers 0 1 2 3", "photosynthesis in plants",
@@ -194,6 +195,19 @@ def test_sampler_with_cache_matches_greedy_generate(tiny_target) -> None:
         assert tokens == theirs[row, input_ids.shape[1]:input_ids.shape[1] + len(tokens)].tolist()
 
 
+def test_rows_with_their_own_configs_equal_each_row_alone(tiny_target) -> None:
+    target = tiny_target
+    prompts = [target.encode(target.format_prompt(w)) for w in WORDS[:4]]
+    configs = [SamplingConfig(max_new_tokens=3, temperature=0), SamplingConfig(max_new_tokens=7),
+               SamplingConfig(max_new_tokens=5, top_k=0, top_p=0.8), SamplingConfig(max_new_tokens=7)]
+    together = sample(target, prompts, [1, 2, 3, 4], configs)
+    alone = [sample(target, [p], [seed], c)[0] for p, seed, c in zip(prompts, [1, 2, 3, 4], configs)]
+    assert together == alone
+    assert [len(row) <= c.max_new_tokens for row, c in zip(together, configs)] == [True] * 4
+    with pytest.raises(ValueError, match="one per row"):
+        sample(target, prompts, [1, 2, 3, 4], configs[:2])
+
+
 def test_steering_is_reproducible_across_batch_sizes_and_heterogeneous_batches(tiny_target, tmp_path: Path) -> None:
     target = tiny_target
     dictionary = make_dictionary(target, calibration=torch.tensor([1.0, 2.0, 3.0]))
@@ -264,9 +278,9 @@ def test_infer_cli_latent_calibrates_then_steers(tiny_llama_target, tiny_llama_d
     (data / "cfg").mkdir(parents=True)
     latent_frame().to_parquet(data / "cfg" / "latent-00000-of-00001.parquet")
     steering_frame().to_parquet(data / "cfg" / "steering-00000-of-00001.parquet")
-    make_dictionary(tiny_llama_target).save(tmp_path / "dict")
+    make_dictionary(tiny_llama_target).save_pretrained(tmp_path / "dict")
     runner = CliRunner()
-    common = ["--dictionary", str(tmp_path / "dict"), "--data", str(data), "--config", "cfg",
+    common = ["--dictionary", str(tmp_path / "dict"), "--data", str(data), "--dataset-config", "cfg",
               "--model", str(tiny_llama_dir), "--device", "cpu", "--dtype", "float32"]
     result = runner.invoke(infer_app, ["latent", *common, "--out", str(tmp_path / "latent.parquet")])
     assert result.exit_code == 0, result.output

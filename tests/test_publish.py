@@ -126,7 +126,7 @@ def test_a_dictionary_pushed_with_its_results_carries_them(hub_env: HubEnv, tmp_
     from axeval.cli.dictionary import dictionary_app
 
     run, repo_id, commit = _run_on_pulled_data(tmp_path, hub_env)
-    make_dictionary(calibration=torch.ones(4)).save(tmp_path / "dict")
+    make_dictionary(calibration=torch.ones(4)).save_pretrained(tmp_path / "dict")
     model_repo = hub_env.repo_id("diffmean")
     result = CliRunner().invoke(dictionary_app, ["push", str(tmp_path / "dict"), model_repo, "--eval-results",
                                                  str(run / "eval" / ".eval_results" / "DiffMean.yaml")])
@@ -146,7 +146,7 @@ def test_a_run_dictionary_is_pushed_with_the_runs_results(hub_env: HubEnv, tmp_p
     from axeval.cli.dictionary import dictionary_app
 
     run, repo_id, commit = _run_on_pulled_data(tmp_path, hub_env)
-    make_dictionary(calibration=torch.ones(4)).save(run / "dictionaries" / "DiffMean")
+    make_dictionary(calibration=torch.ones(4)).save_pretrained(run / "dictionaries" / "DiffMean")
     model_repo = hub_env.repo_id("run-diffmean")
     result = CliRunner().invoke(dictionary_app, ["push", str(run / "dictionaries" / "DiffMean"), model_repo])
     assert result.exit_code == 0, result.output

@@ -15,7 +15,8 @@ from axdata.concepts import Concept
 from axmethods.inference.sampling import SamplingConfig, sample
 from axmethods.inference.steering import plan_batches, run_steering
 from axmethods.models import TargetModel
-from axmethods.trainers.artifacts import ConceptAdapters, export_peft, load_steering_artifact
+from axmethods.results import load_result
+from axmethods.trainers.artifacts import ConceptAdapters, export_peft
 from axmethods.trainers.finetuned import FinetunedConcepts, FinetunedSteerer, swapped_weights
 from axmethods.registry import get_method
 from axmethods.trainers.sft import SFTDataError, SFTSteeringConfig, concept_dataset, train_sft
@@ -157,10 +158,10 @@ def test_full_sft_saves_loads_and_steers_with_each_concepts_weights(tiny_llama_t
     assert all(p.requires_grad for p in target.model.parameters()) and not target.model.training
     assert isinstance(trained, FinetunedConcepts) and trained.config["train_loss"]["3"] is not None
 
-    root = trained.save(tmp_path / "sft")
+    root = trained.save_pretrained(tmp_path / "sft")
     assert {p.name for p in root.iterdir()} == {"config.json", "concepts.jsonl", "README.md", "concept_3", "concept_7"}
     assert "sft fine-tuned concepts" in (root / "README.md").read_text()
-    loaded = load_steering_artifact(root)
+    loaded = load_result(root)
     assert isinstance(loaded, FinetunedConcepts) and loaded.concept_ids == [3, 7] and loaded.method == "sft"
     weights = load_file(str(root / "concept_7" / "model.safetensors"))
     assert "model.embed_tokens.weight" in weights and "lm_head.weight" not in weights  # tied: stored once

@@ -18,11 +18,11 @@ from axmethods.models import load_target_model
 from axmethods.trainers import (
     ConceptAdapters,
     RePSConfig,
-    load_steering_artifact,
     parameterisations,
     preference_frame,
 )
 from axmethods.registry import get_method
+from axmethods.results import load_result
 from axmethods.trainers.artifacts import export_peft
 from axmethods.trainers.losses import dpo, per_concept_sum, scaled_simpo
 from axmethods.trainers.reps_trainer import RePSTrainer, default_intervention_layers
@@ -155,8 +155,8 @@ def test_vector_export_save_load_steers_identically(target, tmp_path: Path) -> N
     dictionary = trainer.export()
     assert dictionary.calibration.tolist() == [1.0, 1.0] and dictionary.calibration_info["source"] == "fixed"
     assert dictionary.config["steering_factors"][:3] == [2.0, 4.0, 6.0] and dictionary.config["trainer_name"] == "RePS"
-    dictionary.save(tmp_path / "reps")
-    loaded = load_steering_artifact(tmp_path / "reps")
+    dictionary.save_pretrained(tmp_path / "reps")
+    loaded = load_result(tmp_path / "reps")
     text = target.format_prompt("Tell me a story.")
     with steer(target, dictionary, [1], [8.0]):
         expected = _logits(target, text)
@@ -180,7 +180,7 @@ def test_adapters_save_load_steer_identically(target, tmp_path: Path, preset) ->
                           method_name=preset)
     trainer.train()
     adapters = trainer.export()
-    adapters.save(tmp_path / preset)
+    adapters.save_pretrained(tmp_path / preset)
     loaded = ConceptAdapters.load(tmp_path / preset)
     assert loaded.intervention.layers == default_intervention_layers(target.num_layers)
     text = target.format_prompt("Tell me a story.")
@@ -322,7 +322,7 @@ def test_adapters_round_trip_through_the_hub_with_the_dictionary_cli(hub_env, ta
     trainer = RePSTrainer(model=target, args=args, train_dataset=preference_df(), concepts=CONCEPTS,
                           method_name="reps-lora")
     trainer.train()
-    trainer.export().save(tmp_path / "local")
+    trainer.export().save_pretrained(tmp_path / "local")
     repo_id = hub_env.repo_id("reps-lora")
     runner = CliRunner()
     result = runner.invoke(app, ["dictionary", "push", str(tmp_path / "local"), repo_id, "--dataset", "me/c10"])

@@ -30,10 +30,10 @@ def push(
     """Upload a dictionary layer folder (or a trained method's adapters / fine-tuned weights) and its card."""
     from axmethods.dictionary import DictionaryError, SteeringDictionary
     from axmethods.inference.steering import needs_calibration
-    from axmethods.trainers.artifacts import load_steering_artifact, push_artifact
+    from axmethods.results import load_result
 
     try:
-        artifact = load_steering_artifact(directory, layer=layer)
+        artifact = load_result(directory, layer=layer)
     except (DictionaryError, FileNotFoundError) as error:
         typer.echo(f"Push failed: {error}", err=True)
         raise typer.Exit(1) from None
@@ -47,15 +47,11 @@ def push(
         typer.echo(f"Warning: pushing the uncalibrated {artifact.method} dictionary; its card says so and steering "
                    "with it needs `axbench infer latent` first.", err=True)
     entries = []
-    if eval_results is None and isinstance(artifact, SteeringDictionary):
+    if eval_results is None:
         eval_results = _run_results(directory, artifact.method)
     if eval_results is not None:
         import yaml
 
-        if not isinstance(artifact, SteeringDictionary):
-            typer.echo("Push failed: --eval-results applies to steering dictionaries; publish the results of adapters "
-                       "with `axbench eval publish RUN_DIR REPO_ID`.", err=True)
-            raise typer.Exit(2)
         try:
             entries = yaml.safe_load(eval_results.read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError) as error:
@@ -67,8 +63,7 @@ def push(
             typer.echo(f"Push failed: {eval_results} is not a list of .eval_results entries (dataset, value).",
                        err=True)
             raise typer.Exit(1)
-    url = push_artifact(artifact, repo_id, revision=revision, private=private, datasets=dataset,
-                        eval_results=entries)
+    url = artifact.push_to_hub(repo_id, revision=revision, private=private, datasets=dataset, eval_results=entries)
     typer.echo(f"Pushed {artifact.method} ({artifact.n_concepts} concepts) to {repo_id}: {url}")
 
 
@@ -94,14 +89,14 @@ def pull(
 ) -> None:
     """Download a dictionary (or adapters / fine-tuned weights) from the Hub, check it, and save it locally."""
     from axmethods.dictionary import DictionaryError
-    from axmethods.trainers.artifacts import load_steering_artifact, save_artifact
+    from axmethods.results import load_result
 
     try:
-        artifact = load_steering_artifact(repo_id, layer=layer, revision=revision)
+        artifact = load_result(repo_id, layer=layer, revision=revision)
     except DictionaryError as error:
         typer.echo(f"Pull failed: {error}", err=True)
         raise typer.Exit(1) from None
-    folder = save_artifact(artifact, directory)
+    folder = artifact.save_pretrained(directory)
     typer.echo(f"Saved {artifact.method} ({artifact.n_concepts} concepts) to {folder}")
 
 
@@ -127,5 +122,5 @@ def convert_axbench(
     except DictionaryError as error:
         typer.echo(f"Conversion failed: {error}", err=True)
         raise typer.Exit(1) from None
-    folder = dictionary.save(directory)
+    folder = dictionary.save_pretrained(directory)
     typer.echo(f"Converted {dictionary.n_concepts} concepts × {dictionary.hidden_size} to {folder}")

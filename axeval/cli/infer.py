@@ -15,9 +15,9 @@ def _load(dictionaries: list[str], layer: int | None, model: str | None, dtype: 
     from axmethods.dictionary import SteeringDictionary
     from axmethods.inference.latent import check_dictionary
     from axmethods.models import TargetModelConfig, load_target_model
-    from axmethods.trainers.artifacts import load_steering_artifact
+    from axmethods.results import load_result
 
-    loaded = [load_steering_artifact(source, layer=layer) for source in dictionaries]
+    loaded = [load_result(source, layer=layer) for source in dictionaries]
     # The dictionary's base model at its recorded revision: an embedded model's dictionary loads it offline.
     spec = TargetModelConfig(model=model) if model else \
         TargetModelConfig(model=loaded[0].base_model, revision=loaded[0].base_model_revision)
@@ -97,7 +97,7 @@ def latent(
                 typer.echo(f"{source} is a Hub repo: calibration not written back (pull it first).", err=True)
                 continue
             root = Path(source).parent if (Path(source) / WEIGHTS_FILE).is_file() else Path(source)
-            calibrated.save(root)
+            calibrated.save_pretrained(root)
             typer.echo(f"Calibrated {loaded.method} in {source}")
 
 

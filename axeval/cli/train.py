@@ -39,7 +39,6 @@ def train(
     from axmethods.methods import TrainingDataError
     from axmethods.models import load_target_model
     from axmethods.registry import get_method, settings_help
-    from axmethods.trainers.artifacts import save_artifact
     from axmethods.trainers.data import PreferenceDataError
 
     spec = get_method(method)
@@ -73,7 +72,7 @@ def train(
         result = spec.train(target, split_or_none, concepts, layer, method_settings, notify=typer.echo)
     except (TrainingDataError, PreferenceDataError, ValueError, FileNotFoundError) as error:
         _fail(f"Training {spec.name} failed: {error}")
-    folder = save_artifact(result, out, datasets=[f"{data}/{dataset_config}"])
+    folder = result.save_pretrained(out, datasets=[f"{data}/{dataset_config}"])
     where = f" at layer {layer}" if layer is not None else ""
     typer.echo(f"Trained {spec.name} on {len(concepts)} concepts of {data}/{dataset_config}{where} in "
                f"{time.perf_counter() - started:.1f} s; wrote {folder}")

@@ -20,7 +20,8 @@ from axmethods.inference.latent import calibrate, check_dictionary, detector_kin
 from axmethods.inference.sampling import SamplingConfig
 from axmethods.inference.steering import UnsteeredBaseline, can_steer, run_steering
 from axmethods.registry import get_method
-from axmethods.trainers.artifacts import load_steering_artifact, save_artifact, steerer_for_artifact
+from axmethods.results import load_result
+from axmethods.trainers.artifacts import steerer_for_artifact
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def artifact_marker(ctx: RunContext, name: str) -> Path:
 def load_artifacts(ctx: RunContext) -> list[Any]:
     """Every method's trained result: steering dictionaries, and adapters / fine-tuned weights of trained methods."""
     target = ctx.target_model()
-    artifacts = [load_steering_artifact(dictionary_dir(ctx, name), layer=ctx.config.run.layer)
+    artifacts = [load_result(dictionary_dir(ctx, name), layer=ctx.config.run.layer)
                  for name in method_names(ctx)]
     for artifact in artifacts:
         if isinstance(artifact, SteeringDictionary):
@@ -106,7 +107,7 @@ class TrainStage(Stage):
             result = spec.train(target, lambda split: dataset.split(split) if dataset.has_split(split) else None,
                                 concepts, layer, settings, backend=ctx.llm() if spec.training == "llm" else None,
                                 collector=collector)
-            save_artifact(result, dictionary_dir(ctx, spec.name), datasets=[str(dataset.directory)])
+            result.save_pretrained(dictionary_dir(ctx, spec.name), datasets=[str(dataset.directory)])
             summary[spec.name] = {"concepts": result.n_concepts}
         return summary
 
@@ -141,7 +142,7 @@ class LatentStage(Stage):
                 calibrated = calibrate(dictionary, scores,
                                        fallback=protocol.calibration_fallback(ctx.config.run.protocol))
                 if calibrated is not dictionary:
-                    calibrated.save(dictionary_dir(ctx, dictionary.method), datasets=[str(dataset.directory)])
+                    calibrated.save_pretrained(dictionary_dir(ctx, dictionary.method), datasets=[str(dataset.directory)])
         summary: dict[str, Any] = {"rows": len(scores), "methods": [d.method for d in detectors]}
         if any(scores.attrs.get("nan_scores", {}).values()):
             summary["nan_scores"] = scores.attrs["nan_scores"]

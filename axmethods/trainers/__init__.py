@@ -8,7 +8,7 @@
 The family's methods and their paper presets are entries of the one registry, `axmethods.registry.METHODS`.
 """
 
-from axmethods.trainers.artifacts import AdapterSteerer, ConceptAdapters, load_steering_artifact
+from axmethods.trainers.artifacts import AdapterSteerer, ConceptAdapters
 from axmethods.trainers.config import RePSConfig
 from axmethods.trainers.data import PreferenceDataError, preference_frame
 
@@ -22,4 +22,4 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["AdapterSteerer", "ConceptAdapters", "PreferenceDataError", "RePSConfig", "RePSTrainer",
-           "load_steering_artifact", "preference_frame"]
+           "preference_frame"]

@@ -19,12 +19,11 @@ Layout of a `ConceptAdapters` folder (and Hub model repo):
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -34,12 +33,12 @@ from safetensors.torch import load_file, save_file
 from axdata.cards import render_card
 from axdata.concepts import Concept, load_concepts, write_concepts_jsonl
 from axdata.hashing import content_hash
-from axdata.io import atomic_path, atomic_write_json, atomic_write_text
+from axdata.io import atomic_path, atomic_write_json
 from axmethods.dictionary import DictionaryError, SteeringDictionary
 from axmethods.inference.steering import Steerer, steerer_for
 from axmethods.interventions import Positions
 from axmethods.models import TargetModel
-from axmethods.trainers.folder import CONFIG_FILE, ConceptResult, read_folder_config
+from axmethods.results import CONFIG_FILE, ConceptResult, read_folder_config
 from axmethods.trainers.parameterisations import (
     ConceptIntervention,
     LoRAIntervention,
@@ -51,7 +50,6 @@ from axmethods.trainers.parameterisations import (
 
 if TYPE_CHECKING:
     from axmethods.trainers.config import RePSConfig
-    from axmethods.trainers.finetuned import FinetunedConcepts
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +63,6 @@ RECORDED_FIELDS = (
     "max_response_length", "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
     "num_train_epochs", "max_steps", "lr_scheduler_type", "weight_decay", "max_grad_norm", "seed",
 )
-# Every file of a dictionary, adapters or fine-tuned weights folder (what `from_pretrained` downloads).
-ARTIFACT_PATTERNS = ["README.md", "*.json", "*.jsonl", "*.safetensors"]
 
 
 def training_record(args: RePSConfig, trainer: Any | None) -> dict[str, Any]:
@@ -116,6 +112,9 @@ def export_intervention(intervention: ConceptIntervention, target: TargetModel, 
 class ConceptAdapters(ConceptResult):
     """LoRA / LoReFT parameters of many concepts, with the facts needed to steer with them."""
 
+    FORMAT: ClassVar[str] = ADAPTERS_FORMAT
+    KIND: ClassVar[str] = "adapters"
+
     intervention: ConceptIntervention
     concepts: list[Concept]
     base_model: str
@@ -136,14 +135,6 @@ class ConceptAdapters(ConceptResult):
     def config_hash(self) -> str:
         return content_hash({"spec": self.intervention.spec(), "config": self.config})
 
-    def rows(self, concept_ids: Sequence[int]) -> torch.Tensor:
-        index = {cid: i for i, cid in enumerate(self.concept_ids)}
-        missing = sorted({int(c) for c in concept_ids} - set(index))
-        if missing:
-            raise DictionaryError(f"the {self.method} adapters have no concepts {missing[:10]}; they were trained on "
-                                  f"{self.concept_ids[:10]}…")
-        return torch.tensor([index[int(c)] for c in concept_ids], dtype=torch.long)
-
     def steer(self, target: TargetModel, concept_ids: Sequence[int], factors: Sequence[float]
               ) -> AbstractContextManager[RowPlan]:
         """Row b of every batch run inside the block gets concept `concept_ids[b]`'s adapter scaled by `factors[b]`."""
@@ -154,10 +145,8 @@ class ConceptAdapters(ConceptResult):
         return self.intervention.applied(target, plan,
                                          prefill_only=self.config.get("intervention_positions") == "prompt")
 
-    def save(self, directory: str | Path, *, datasets: Sequence[str] = ()) -> Path:
-        """Write the folder atomically (file by file); LoRA adapters are also exported for peft (`peft/`)."""
-        root = Path(directory)
-        root.mkdir(parents=True, exist_ok=True)
+    def write_files(self, root: Path) -> Path:
+        """The folder's files, atomically one by one; LoRA adapters are also exported for peft (`peft/`)."""
         tensors = {k: v.contiguous() for k, v in self.intervention.concept_parameters().items()}
         with atomic_path(root / ADAPTERS_FILE) as tmp:
             save_file(tensors, str(tmp), metadata={"format": ADAPTERS_FORMAT, "method": self.method})
@@ -168,16 +157,13 @@ class ConceptAdapters(ConceptResult):
             "config": self.config, "config_hash": self.config_hash})
         if isinstance(self.intervention, LoRAIntervention) and self.intervention.module_paths:
             export_peft(self, root / "peft")
-        atomic_write_text(root / CARD_FILE, self.model_card(datasets=datasets))
-        logger.info("Saved the %s adapters (%d concepts, %s) to %s", self.method, self.n_concepts,
-                    self.parameterisation, root)
         return root
 
     @classmethod
     def load(cls, directory: str | Path) -> ConceptAdapters:
         root = Path(directory)
-        record = read_folder_config(root, ADAPTERS_FORMAT, "ConceptAdapters.save (axbench train reps-lora, "
-                                                          "lang-loreft, lora, ...)")
+        record = read_folder_config(root, ADAPTERS_FORMAT, "ConceptAdapters.save_pretrained (axbench train "
+                                                          "reps-lora, lang-loreft, lora, ...)")
         intervention = build_intervention(record["intervention"])
         try:
             load_values(intervention, load_file(str(root / ADAPTERS_FILE)))
@@ -188,19 +174,10 @@ class ConceptAdapters(ConceptResult):
                    base_model=record["base_model"], method=record["method"],
                    base_model_revision=record.get("base_model_revision"), config=record.get("config", {}))
 
-    @classmethod
-    def from_pretrained(cls, repo_id_or_dir: str | Path, *, revision: str | None = None) -> ConceptAdapters:
-        if Path(repo_id_or_dir).is_dir():
-            return cls.load(repo_id_or_dir)
-        from huggingface_hub import snapshot_download
-
-        return cls.load(snapshot_download(str(repo_id_or_dir), revision=revision, allow_patterns=ARTIFACT_PATTERNS))
-
-    def model_card(self, *, datasets: Sequence[str] = (), repo_id: str | None = None) -> str:
-        metadata = {"library_name": "axbench", "base_model": self.base_model,
-                    "tags": sorted({"axbench", "steering", self.method, self.parameterisation,
-                                    *self.config.get("tags", [])}),
-                    **({"datasets": list(datasets)} if datasets else {})}
+    def model_card(self, *, datasets: Sequence[str] = (), eval_results: Sequence[Mapping[str, Any]] = (),
+                   repo_id: str | None = None) -> str:
+        metadata = card_metadata(self, datasets, eval_results, repo_id,
+                                 tags=[self.parameterisation, *self.config.get("tags", [])])
         return render_card("adapter_card.md", metadata=metadata, adapters=self, repo_id=repo_id or "DIR_OR_REPO",
                            datasets=list(datasets), examples=self.concepts[:10], spec=self.intervention.spec())
 
@@ -264,58 +241,6 @@ def export_peft(adapters: ConceptAdapters, out: Path) -> list[Path]:
         config.save_pretrained(str(folder))
         written.append(folder)
     return written
-
-
-def load_steering_artifact(directory: str | Path, layer: int | None = None, *, revision: str | None = None
-                           ) -> SteeringDictionary | ConceptAdapters | FinetunedConcepts:
-    """A method's trained result: `ConceptAdapters` if the folder holds adapters, `FinetunedConcepts` if it holds
-    per-concept fine-tuned weights (full SFT), a `SteeringDictionary` otherwise.
-
-    `directory` may also be a Hub model repo id (downloaded first, at `revision`).
-    """
-    root = Path(directory).expanduser()
-    if not root.exists():
-        from huggingface_hub import snapshot_download
-
-        # Only the files a trained result is made of: a repo may hold much else (checkpoints, pickles, logs).
-        root = Path(snapshot_download(str(directory), revision=revision, allow_patterns=ARTIFACT_PATTERNS))
-    if (root / ADAPTERS_FILE).is_file():
-        return ConceptAdapters.load(root)
-    from axmethods.trainers.finetuned import FinetunedConcepts, is_finetuned_folder
-
-    if is_finetuned_folder(root):
-        return FinetunedConcepts.load(root)
-    return SteeringDictionary.load(root, layer=layer)
-
-
-def save_artifact(artifact: Any, directory: str | Path, *, datasets: Sequence[str] = ()) -> Path:
-    """Save any trained result (dictionary, adapters, fine-tuned weights) with its card."""
-    return artifact.save(directory, datasets=datasets)
-
-
-def push_artifact(artifact: Any, repo_id: str, *, revision: str | None = None, private: bool | None = None,
-                  datasets: Sequence[str] = (), token: str | None = None,
-                  eval_results: Sequence[Mapping[str, Any]] = ()) -> str:
-    """Upload any trained result with its card to a Hub model repo (created if missing); returns the commit URL.
-    `eval_results` (steering dictionaries): `.eval_results` entries for the card's model-index and the repo.
-
-    Adapter and fine-tuned folders replace the repo's files of the same folder layout (stale concepts go).
-    """
-    if isinstance(artifact, SteeringDictionary):
-        return artifact.push_to_hub(repo_id, revision=revision, private=private, datasets=datasets, token=token,
-                                    eval_results=eval_results)
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="axbench-artifact-") as staging:
-        artifact.save(staging, datasets=datasets)
-        atomic_write_text(Path(staging) / CARD_FILE, artifact.model_card(datasets=datasets, repo_id=repo_id))
-        commit = api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=staging, revision=revision,
-                                   commit_message=f"Upload {artifact.method} ({artifact.n_concepts} concepts)",
-                                   delete_patterns=["*"])
-    logger.info("Pushed the %s result to %s", artifact.method, repo_id)
-    return str(commit)
 
 
 def steerer_for_artifact(artifact: Any, *, kind: str = "addition", positions: Positions = "all") -> Steerer:

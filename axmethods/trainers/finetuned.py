@@ -15,14 +15,13 @@ Layout of a `FinetunedConcepts` folder (and Hub model repo):
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -33,10 +32,10 @@ from safetensors.torch import load_file
 from axdata.cards import render_card
 from axdata.concepts import Concept, load_concepts, write_concepts_jsonl
 from axdata.hashing import content_hash
-from axdata.io import atomic_path, atomic_write_json, atomic_write_text
-from axmethods.dictionary import DictionaryError
+from axdata.io import atomic_path, atomic_write_json
+from axmethods.results import DictionaryError
 from axmethods.models import TargetModel
-from axmethods.trainers.folder import CONFIG_FILE, ConceptResult, read_folder_config
+from axmethods.results import CONFIG_FILE, ConceptResult, card_metadata, read_folder_config
 
 logger = logging.getLogger(__name__)
 
@@ -48,24 +47,16 @@ def concept_weights_path(root: Path, concept_id: int) -> Path:
     return root / f"concept_{int(concept_id)}" / WEIGHTS_FILE
 
 
-def is_finetuned_folder(directory: str | Path) -> bool:
-    """Whether `directory` holds a `FinetunedConcepts` (its config.json says so)."""
-    path = Path(directory) / CONFIG_FILE
-    if not path.is_file():
-        return False
-    try:
-        return json.loads(path.read_text()).get("format") == FINETUNED_FORMAT
-    except (json.JSONDecodeError, AttributeError):
-        return False
-
-
 @dataclass
 class FinetunedConcepts(ConceptResult):
     """Per-concept fully fine-tuned weights of one base model, kept on disk (one safetensors file per concept).
 
     `weight_files[concept_id]` is where that concept's tensors are; right after training they sit in the
-    trainer's output folder, `save` copies them into the artefact's layout.
+    trainer's output folder, `save_pretrained` copies them into the artefact's layout.
     """
+
+    FORMAT: ClassVar[str] = FINETUNED_FORMAT
+    KIND: ClassVar[str] = "fine-tuned concepts"
 
     concepts: list[Concept]
     weight_files: dict[int, Path]
@@ -99,10 +90,8 @@ class FinetunedConcepts(ConceptResult):
     def steerer(self) -> FinetunedSteerer:
         return FinetunedSteerer(self)
 
-    def save(self, directory: str | Path, *, datasets: Sequence[str] = ()) -> Path:
-        """Write the folder atomically (file by file)."""
-        root = Path(directory)
-        root.mkdir(parents=True, exist_ok=True)
+    def write_files(self, root: Path) -> Path:
+        """The folder's files, atomically one by one (weights copied from where training left them)."""
         saved: dict[int, Path] = {}
         for concept in self.concepts:
             source, destination = self.weight_files[concept.concept_id], concept_weights_path(root, concept.concept_id)
@@ -114,15 +103,13 @@ class FinetunedConcepts(ConceptResult):
         atomic_write_json(root / CONFIG_FILE, {
             "format": FINETUNED_FORMAT, "format_version": 1, "method": self.method, "base_model": self.base_model,
             "base_model_revision": self.base_model_revision, "config": self.config, "config_hash": self.config_hash})
-        atomic_write_text(root / CARD_FILE, self.model_card(datasets=datasets))
         self.weight_files = saved
-        logger.info("Saved the %s fine-tuned weights of %d concepts to %s", self.method, self.n_concepts, root)
         return root
 
     @classmethod
     def load(cls, directory: str | Path) -> FinetunedConcepts:
         root = Path(directory)
-        record = read_folder_config(root, FINETUNED_FORMAT, "FinetunedConcepts.save (axbench train sft)")
+        record = read_folder_config(root, FINETUNED_FORMAT, "FinetunedConcepts.save_pretrained (axbench train sft)")
         concepts = load_concepts(root / CONCEPTS_FILE)
         files = {c.concept_id: concept_weights_path(root, c.concept_id) for c in concepts}
         absent = [str(path) for path in files.values() if not path.is_file()]
@@ -131,10 +118,9 @@ class FinetunedConcepts(ConceptResult):
         return cls(concepts=concepts, weight_files=files, base_model=record["base_model"], method=record["method"],
                    base_model_revision=record.get("base_model_revision"), config=record.get("config", {}))
 
-    def model_card(self, *, datasets: Sequence[str] = (), repo_id: str | None = None) -> str:
-        metadata = {"library_name": "axbench", "base_model": self.base_model,
-                    "tags": sorted({"axbench", "steering", "sft", self.method}),
-                    **({"datasets": list(datasets)} if datasets else {})}
+    def model_card(self, *, datasets: Sequence[str] = (), eval_results: Sequence[Mapping[str, Any]] = (),
+                   repo_id: str | None = None) -> str:
+        metadata = card_metadata(self, datasets, eval_results, repo_id, tags=["sft"])
         first = self.concept_ids[0]
         with safe_open(str(self.weight_files[first]), framework="pt") as handle:
             n_tensors = len(list(handle.keys()))
