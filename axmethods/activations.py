@@ -4,7 +4,7 @@ The read-out site is the output of decoder block L (`TargetModel.residual_module
 steering writes to. Every activation pass:
 - skips the first `prefix_length` tokens (the chat template's shared prefix, AxBench's
   `get_prefix_length`) and the padding, so only content tokens are returned;
-- stops the forward right after block L (a hook raises `_StopForward`): later blocks and the LM head
+- stops the forward right after block L (`hooks.layer_outputs`): later blocks and the LM head
   would only cost time;
 - batches texts of similar length together (sorted by length) and restores the caller's order.
 
@@ -20,20 +20,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 
 import torch
 from huggingface_hub.utils import tqdm
 
-from axmethods.models import TargetModel
+from axmethods.hooks import layer_outputs
+from axmethods.models import TargetModel, dtype_named, pad_batch, pad_token_id
 
 logger = logging.getLogger(__name__)
-
-
-class _StopForward(Exception):
-    """Raised by the read-out hook: nothing after block L is needed."""
 
 
 @dataclass
@@ -114,23 +111,6 @@ def text_key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-@contextlib.contextmanager
-def stop_after(module: torch.nn.Module, sink: list[torch.Tensor]) -> Iterator[None]:
-    """Record `module`'s output into `sink` and abort the forward there; the hook is always removed."""
-
-    def hook(_module: torch.nn.Module, _inputs: object, output: object) -> None:
-        sink.append(output[0] if isinstance(output, tuple) else output)
-        raise _StopForward
-
-    handle = module.register_forward_hook(hook)
-    try:
-        yield
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
-
-
 class ActivationCollector:
     """Computes layer-`layer` token activations of chat-formatted texts, caching the `keep` ones.
 
@@ -160,9 +140,6 @@ class ActivationCollector:
         self.progress = progress
         self.forward_texts = 0
         self._kept: dict[str, torch.Tensor] = {}
-        tokenizer = target.tokenizer
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self._pad_id = pad if pad is not None else 0
 
     def collect(self, texts: Sequence[str], keep: Sequence[bool] | None = None) -> TokenActivations:
         """Activations of `texts` (chat-formatted, e.g. `TargetModel.format_transcript`), in order.
@@ -207,22 +184,14 @@ class ActivationCollector:
         return out  # type: ignore[return-value]  # every slot is filled above
 
     def _forward(self, rows: list[list[int]]) -> torch.Tensor:
-        width = max(len(row) for row in rows)
-        input_ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, row in enumerate(rows):
-            input_ids[r, :len(row)] = torch.tensor(row)
-            attention_mask[r, :len(row)] = 1
-        device = self.target.device
-        sink: list[torch.Tensor] = []
-        autocast = (torch.autocast(device.type, dtype=self.dtype)
-                    if self.dtype is not None and self.dtype != self.target.dtype else contextlib.nullcontext())
         # Right padding: real tokens keep positions 0..n-1 and causal attention never sees the pads.
-        with torch.inference_mode(), autocast, stop_after(self.target.residual_module(self.layer), sink):
-            self.target.model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                              use_cache=False)
+        input_ids, attention_mask = pad_batch(rows, pad_token_id(self.target), side="right")
+        autocast = (torch.autocast(self.target.device.type, dtype=self.dtype)
+                    if self.dtype is not None and self.dtype != self.target.dtype else contextlib.nullcontext())
+        with autocast:
+            hidden = layer_outputs(self.target, [self.layer], input_ids, attention_mask)[self.layer]
         # Autocast keeps the residual sum in fp32; storing it in the compute dtype halves the cache.
-        return sink[0].to(self.storage_dtype or self.dtype or sink[0].dtype)
+        return hidden.to(self.storage_dtype or self.dtype or hidden.dtype)
 
 
 def resolve_dtype(name: str, target: TargetModel) -> torch.dtype | None:
@@ -232,7 +201,4 @@ def resolve_dtype(name: str, target: TargetModel) -> torch.dtype | None:
         return torch.bfloat16 if fast else None
     if name == "model":
         return None
-    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in names:
-        raise ValueError(f"activation dtype {name!r} is not supported; use auto, model, {', '.join(names)}.")
-    return names[name]
+    return dtype_named(name, what="activation dtype", also="auto, model")

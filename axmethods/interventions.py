@@ -11,7 +11,9 @@ and magnitudes `α [B]` (`α = factor × calibration[concept]`), with `u = v / �
 | `threshold`    | h + α·v where h·v < α, else h         | ReFT-r1 `thresholding`                         |
 | `ablate`       | h − (h·u)·u        (α unused)         | directional ablation                            |
 
-The same function runs as a plain forward hook (`steering_hooks`, `steer`) and as a pyvene intervention
+Kinds are a registry (`INTERVENTIONS`: name → function); add one there to make it available everywhere.
+The same function runs as a plain forward hook (`steering_hooks`, `steer`, through `axmethods.hooks`) and as a
+pyvene intervention
 (`axmethods.pyvene_bridge`) on `model.layers[L].output`; both touch every position (prompt, chat tokens and
 generated tokens) unless `positions="after_prefix"` (hooks only: it reads the decoder layer's
 `position_ids`, which generate and our sampler make padding-aware).
@@ -20,12 +22,14 @@ generated tokens) unless `positions="after_prefix"` (hooks only: it reads the de
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
+
+from axmethods.hooks import Call, hook_output
 
 if TYPE_CHECKING:
     from axmethods.dictionary import SteeringDictionary
@@ -34,7 +38,22 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 InterventionKind = Literal["addition", "clamp", "subtract_add", "threshold", "ablate"]
-INTERVENTION_KINDS: tuple[str, ...] = ("addition", "clamp", "subtract_add", "threshold", "ablate")
+# (h [B, T, d], v [B, 1, d], u = v/‖v‖, α [B, 1, 1]) → steered h, all fp32.
+Intervention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _projection(h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    return (h * u).sum(-1, keepdim=True)
+
+
+INTERVENTIONS: dict[str, Intervention] = {
+    "addition": lambda h, v, u, alpha: h + alpha * v,
+    "clamp": lambda h, v, u, alpha: h + (alpha - _projection(h, u)) * u,
+    "subtract_add": lambda h, v, u, alpha: h - torch.relu(_projection(h, u)) * u + alpha * v,
+    "threshold": lambda h, v, u, alpha: torch.where((h * v).sum(-1, keepdim=True) < alpha, h + alpha * v, h),
+    "ablate": lambda h, v, u, alpha: h - _projection(h, u) * u,
+}
+INTERVENTION_KINDS: tuple[str, ...] = tuple(INTERVENTIONS)
 Positions = Literal["all", "after_prefix"]
 
 
@@ -51,8 +70,8 @@ class RowSteering:
     kind: str = "addition"
 
     def __post_init__(self) -> None:
-        if self.kind not in INTERVENTION_KINDS:
-            raise InterventionError(f"intervention kind {self.kind!r} is unknown; use one of {', '.join(INTERVENTION_KINDS)}")
+        if self.kind not in INTERVENTIONS:
+            raise InterventionError(f"intervention kind {self.kind!r} is unknown; use one of {', '.join(INTERVENTIONS)}")
         if self.vectors.ndim != 2 or tuple(self.magnitudes.shape) != (self.vectors.shape[0],):
             raise InterventionError(f"vectors must be [B, d] and magnitudes [B]; got {tuple(self.vectors.shape)} and "
                                     f"{tuple(self.magnitudes.shape)}")
@@ -78,25 +97,14 @@ class RowSteering:
         v = self.vectors.to(h.device)[:, None, :]
         alpha = self.magnitudes.to(h.device)[:, None, None]
         u = v / v.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-        if self.kind == "addition":
-            steered = h + alpha * v
-        elif self.kind == "clamp":
-            steered = h + (alpha - (h * u).sum(-1, keepdim=True)) * u
-        elif self.kind == "subtract_add":
-            steered = h - torch.relu((h * u).sum(-1, keepdim=True)) * u + alpha * v
-        elif self.kind == "threshold":
-            below = (h * v).sum(-1, keepdim=True) < alpha
-            steered = torch.where(below, h + alpha * v, h)
-        else:  # ablate
-            steered = h - (h * u).sum(-1, keepdim=True) * u
+        steered = INTERVENTIONS[self.kind](h, v, u, alpha)
         if mask is not None:
             steered = torch.where(mask[..., None].to(h.device), steered, h)
         return steered.to(hidden.dtype)
 
 
-@contextmanager
 def steering_hooks(target: TargetModel, layer: int, steering: RowSteering, *,
-                   positions: Positions = "all") -> Iterator[RowSteering]:
+                   positions: Positions = "all") -> AbstractContextManager[None]:
     """Apply `steering` to the output of decoder block `layer` for every forward inside the block.
 
     The hook is removed on exit, also when the body raises.
@@ -105,25 +113,19 @@ def steering_hooks(target: TargetModel, layer: int, steering: RowSteering, *,
         raise InterventionError(f"positions {positions!r} is unknown; use 'all' or 'after_prefix'")
     prefix = target.prefix_length
 
-    def hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
-        hidden = output[0] if isinstance(output, tuple) else output
+    def steer_rows(hidden: torch.Tensor, call: Call) -> torch.Tensor:
         mask = None
         if positions == "after_prefix":
-            position_ids = kwargs.get("position_ids")
+            position_ids = call.kwargs.get("position_ids")
             if position_ids is None:
                 raise InterventionError(
-                    f"positions='after_prefix' needs the position_ids that {type(module).__name__} receives; this "
-                    "forward passed none. Pass padding-aware position_ids, or use positions='all'."
+                    f"positions='after_prefix' needs the position_ids that {type(call.module).__name__} receives; "
+                    "this forward passed none. Pass padding-aware position_ids, or use positions='all'."
                 )
             mask = (position_ids >= prefix).expand(hidden.shape[0], hidden.shape[1])
-        steered = steering.apply(hidden, mask)
-        return (steered, *output[1:]) if isinstance(output, tuple) else steered
+        return steering.apply(hidden, mask)
 
-    handle = target.residual_module(layer).register_forward_hook(hook, with_kwargs=True)
-    try:
-        yield steering
-    finally:
-        handle.remove()
+    return hook_output(target.residual_module(layer), steer_rows)
 
 
 @contextmanager

@@ -8,10 +8,15 @@ second; a GGUF-loaded model refuses `save_pretrained`, hence the rebuild on the 
 
 The read-out / steering site of layer L is the output of decoder block L
 (`model.model.layers[L]`), i.e. pyvene's `model.layers[L].output` and HF `hidden_states[L + 1]`.
+
+The rest of the runtime lives here once: the dtype table, padding (`pad_batch`) and freezing the base
+model (`frozen`); hooks and the stopped forward are in `axmethods.hooks`, the KV-cache decode loop in
+`axmethods.inference.sampling`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -22,7 +27,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -383,10 +388,64 @@ def _resolve_device(device: str) -> torch.device:
 def _resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return dtype_named(dtype)
+
+
+def dtype_named(name: str, *, what: str = "dtype", also: str = "auto") -> torch.dtype:
+    """The torch dtype of `name` in `DTYPES`; the error lists `also` (the caller's extra choices) first."""
     try:
-        return DTYPES[dtype]
+        return DTYPES[name]
     except KeyError:
-        raise ValueError(f"dtype {dtype!r} is not supported; use auto, {', '.join(DTYPES)}.") from None
+        raise ValueError(f"{what} {name!r} is not supported; use {also}, {', '.join(DTYPES)}.") from None
+
+
+def pad_token_id(target: TargetModel) -> int:
+    """The id padding uses: the tokenizer's pad token, else its eos, else 0. Padded positions are masked out
+    of attention and never read back, so any id works; a real one keeps embeddings lookups in range."""
+    tokenizer = target.tokenizer
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return candidate
+    return 0
+
+
+def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """`(input_ids, attention_mask)` [B, T] long for token-id lists, padded on `side` ("left" or "right").
+
+    Right padding keeps every row's positions 0..n-1 (reading activations); left padding puts every row's last
+    token in the last column (decoding), with padding-aware `position_ids = (mask.cumsum(-1) - 1).clamp_min(0)`.
+    """
+    if side not in ("left", "right"):
+        raise ValueError(f"padding side {side!r} is unknown; use 'left' or 'right'")
+    lengths = torch.tensor([len(sequence) for sequence in sequences])
+    width = int(lengths.max())
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    positions = torch.arange(width)[None, :]
+    mask = positions < lengths[:, None] if side == "right" else positions >= (width - lengths)[:, None]
+    input_ids[mask] = torch.tensor([token for sequence in sequences for token in sequence], dtype=torch.long)
+    return input_ids, mask.long()
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """The base model's own weights take no gradient inside the block (only the intervention trains).
+
+    On exit, also on error, every parameter's `requires_grad`, the train/eval mode and `config.use_cache` are
+    put back: training code (peft, the Trainer) flips them.
+    """
+    flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
+    was_training = model.training
+    config = getattr(model, "config", None)
+    use_cache = getattr(config, "use_cache", None)
+    model.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+        model.train(was_training)
+        if use_cache is not None:
+            config.use_cache = use_cache
 
 
 EMBEDDED_REVISION = "embedded:"

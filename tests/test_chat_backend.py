@@ -11,6 +11,7 @@ from axdata.llm.cache import ResponseCache
 from axdata.llm.ledger import Ledger
 from axdata.llm.types import ChatBackend, ChatRequest, SamplingParams
 from axmethods.chat_backend import TransformersChatBackend
+from axmethods.inference import sampling
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=10)
 INSTRUCTIONS = [
@@ -77,6 +78,16 @@ def test_seeded_sampling_reproduces_whatever_the_batch(tiny_llama_target):
     assert other_seed != in_one_batch and greedy != in_one_batch
 
 
+def test_top_k_one_samples_the_greedy_answer_under_its_own_cache_key(tiny_llama_target):
+    sampled = _requests(SamplingParams(temperature=1.0, max_tokens=10, seed=7))
+    top_one = TransformersChatBackend(tiny_llama_target, top_k=1)
+    assert _answer(top_one, sampled) == _answer(TransformersChatBackend(tiny_llama_target), _requests())
+    assert _answer(TransformersChatBackend(tiny_llama_target, top_k=0), sampled) != _answer(top_one, sampled)
+    assert top_one._cache_model != TransformersChatBackend(tiny_llama_target)._cache_model
+    with pytest.raises(ValueError, match="top_k"):
+        TransformersChatBackend(tiny_llama_target, top_k=-1)
+
+
 def test_stops_at_end_of_turn_and_drops_it(tiny_gemma2_dir, monkeypatch):
     from axmethods.models import load_target_model
 
@@ -85,11 +96,11 @@ def test_stops_at_end_of_turn_and_drops_it(tiny_gemma2_dir, monkeypatch):
     word = target.encode("apple")[0]
     steps = {"n": 0}
 
-    def pick(logits, jobs, generators, finish):
+    def pick(logits, uniforms, config):
         steps["n"] += 1
-        return [end_of_turn if steps["n"] == 3 else word for _ in jobs]
+        return torch.full((logits.shape[0],), end_of_turn if steps["n"] == 3 else word, device=logits.device)
 
-    monkeypatch.setattr(TransformersChatBackend, "_pick", staticmethod(pick))
+    monkeypatch.setattr(sampling, "draw", pick)
     (completion,) = asyncio.run(TransformersChatBackend(target).complete_many(_requests(instructions=["hi"])))
     assert completion.finish_reason == "stop"
     assert completion.completion_tokens == 3

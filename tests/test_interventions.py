@@ -7,14 +7,16 @@ import torch
 
 from axdata.concepts import Concept
 from axmethods.dictionary import SteeringDictionary
-from axmethods.inference.residuals import pad_batch
+from axmethods.hooks import hook_output
 from axmethods.interventions import (
     INTERVENTION_KINDS,
+    INTERVENTIONS,
     InterventionError,
     RowSteering,
     steer,
     steering_hooks,
 )
+from axmethods.models import pad_batch
 from axmethods.pyvene_bridge import pyvene_steering_model
 
 PROMPTS = ["hello world", "Write a short poem about the sea and the sky.", "What is the capital of France?"]
@@ -87,6 +89,34 @@ def test_hooks_are_removed_also_on_exceptions(tiny_llama_target) -> None:
         after = target.model(input_ids=input_ids, attention_mask=attention_mask).logits
     assert not target.residual_module(0)._forward_hooks
     assert torch.equal(before, after)
+
+
+def test_hook_output_rewraps_tuples_and_is_removed_on_error() -> None:
+    class Pair(torch.nn.Module):
+        def forward(self, x: torch.Tensor, scale: float = 1.0) -> tuple[torch.Tensor, str]:
+            return x * scale, "kept"
+
+    module, seen = Pair(), []
+
+    def double(hidden, call):
+        seen.append((call.module is module, call.args, call.kwargs))
+        return hidden * 2
+
+    with hook_output(module, double):
+        hidden, extra = module(torch.ones(2), scale=3.0)
+    assert torch.equal(hidden, torch.full((2,), 6.0)) and extra == "kept"
+    assert seen[0][0] and seen[0][2] == {"scale": 3.0}
+    with hook_output(module, lambda hidden, call: None):  # None leaves the output as it was
+        assert torch.equal(module(torch.ones(2))[0], torch.ones(2))
+    with pytest.raises(RuntimeError, match="boom"), hook_output(module, double):
+        raise RuntimeError("boom")
+    assert not module._forward_hooks
+
+
+def test_a_registered_kind_steers(monkeypatch) -> None:
+    monkeypatch.setitem(INTERVENTIONS, "double", lambda h, v, u, alpha: 2 * h)
+    h = torch.randn(2, 3, 4)
+    assert torch.equal(RowSteering(torch.randn(2, 4), torch.ones(2), "double").apply(h), 2 * h)
 
 
 def test_heterogeneous_batch_equals_per_row_steering(tiny_target) -> None:

@@ -18,7 +18,9 @@ from axmethods.models import (
     ChatTemplateMissingError,
     InvalidLayerError,
     TargetModelConfig,
+    frozen,
     load_target_model,
+    pad_batch,
 )
 
 EXPECTED_CLASSES = {"llama": "LlamaForCausalLM", "gemma2": "Gemma2ForCausalLM", "gemma3": "Gemma3ForCausalLM"}
@@ -67,6 +69,30 @@ def test_residual_module_output_is_hidden_states_after_the_block(tiny_target):
     assert not torch.equal(caught[last], hidden_states[last + 1])
     with torch.inference_mode():
         assert torch.allclose(tiny_target.model.model.norm(caught[last]), hidden_states[last + 1])
+
+
+def test_pad_batch_left_and_right():
+    ids, mask = pad_batch([[5, 6, 7], [8]], pad_id=0, side="right")
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    ids, mask = pad_batch([[5, 6, 7], [8]], pad_id=0, side="left")
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    with pytest.raises(ValueError, match="padding side"):
+        pad_batch([[1]], 0, side="middle")
+
+
+def test_frozen_restores_flags_mode_and_use_cache_also_on_error(tiny_llama_target):
+    model = tiny_llama_target.model
+    model.lm_head.weight.requires_grad_(False)
+    flags = [p.requires_grad for p in model.parameters()]
+    assert any(flags) and not all(flags)
+    with pytest.raises(RuntimeError, match="boom"), frozen(model):
+        assert not any(p.requires_grad for p in model.parameters())
+        model.train()
+        model.config.use_cache = False
+        model.requires_grad_(True)
+        raise RuntimeError("boom")
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert not model.training and model.config.use_cache
 
 
 def test_module_paths_and_pyvene_component(tiny_target):
@@ -161,7 +187,7 @@ def test_bad_specs_name_the_problem(tmp_path, tiny_llama_dir):
     with pytest.raises(ValueError, match="applies to Hub ids only"):
         load_target_model("smollm2-135m-instruct", revision="main")
     with pytest.raises(OSError, match="Cannot load target model 'axbench-test/no-such-model'"):
-        load_target_model("axbench-test/no-such-model")  # HF_HUB_OFFLINE=1 (conftest)
+        load_target_model("axbench-test/no-such-model")  # a quick 404 from the Hub stand-in (conftest)
 
 
 def test_gguf_conversion_is_atomic(tmp_path, monkeypatch):
@@ -257,13 +283,15 @@ def test_smollm2_cached_copy_matches_the_gguf(smollm2_loads):
 
 
 @pytest.mark.slow
-def test_an_embedded_models_hub_id_at_its_embedded_revision_loads_offline(smollm2_loads):
+def test_an_embedded_models_hub_id_at_its_embedded_revision_loads_offline(smollm2_loads, hub_server):
     """A dictionary trained on the embedded model records `<Hub id> @ embedded:<name>`: loading that spec gives
-    the same embedded weights, with no Hub access (the suite runs with HF_HUB_OFFLINE=1)."""
+    the same embedded weights, with no Hub access (the session's Hub stand-in sees no request)."""
     target = smollm2_loads.target
     assert target.revision == "embedded:smollm2-135m-instruct"
+    hub_server.clear_requests()
     again = load_target_model(target.model_id, revision=target.revision, cache_dir=str(smollm2_loads.cache_dir),
                               device="cpu", dtype="float32")
+    assert hub_server.requests == []
     assert again.spec == "smollm2-135m-instruct" and again.model_id == target.model_id
     with pytest.raises(ValueError, match="no embedded model 'smollm2-135m-instruct' with that Hub id"):
         load_target_model("google/gemma-2-2b-it", revision="embedded:smollm2-135m-instruct")

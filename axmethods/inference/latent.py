@@ -45,8 +45,8 @@ from huggingface_hub.utils import tqdm
 
 from axdata.schema import SHARED_NEGATIVE_ID
 from axmethods.dictionary import DictionaryError, SteeringDictionary
-from axmethods.inference.residuals import layer_outputs, pad_batch, pad_token_id
-from axmethods.models import TargetModel
+from axmethods.hooks import layer_outputs
+from axmethods.models import TargetModel, pad_batch, pad_token_id
 
 logger = logging.getLogger(__name__)
 

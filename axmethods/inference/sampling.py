@@ -1,22 +1,24 @@
-"""Batched sampling with a KV cache where every row draws from its own seeded random stream.
+"""The one KV-cache decode loop (steered generation and the in-process chat backend), where every row draws
+from its own seeded random stream and may have its own `SamplingConfig`.
 
 A row's tokens depend only on its prompt, its steering and its seed — not on which rows share its batch,
 the batch size or the padding — because each row's uniforms come from its own `torch.Generator` and a
 token is drawn by inverse-CDF lookup of one uniform in the row's (sorted, top-k- and top-p-truncated)
 distribution.
 That makes re-runs and resumed runs reproduce the same generations, which `generate(do_sample=True)`
-under one global seed cannot.
+under one global seed cannot. The loop is ours rather than `generate()` for the same reason: per-row seeds
+and per-row sampling settings.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from axmethods.inference.residuals import pad_batch, pad_token_id
-from axmethods.models import TargetModel
+from axmethods.models import TargetModel, pad_batch, pad_token_id
 
 
 @dataclass(frozen=True)
@@ -38,12 +40,18 @@ class SamplingConfig:
                              f"got {self}")
 
 
-def eos_token_ids(target: TargetModel) -> list[int]:
-    """Every id that ends a turn: the generation config's eos ids (e.g. Gemma's <end_of_turn>) and the tokenizer's."""
+def stop_token_ids(target: TargetModel) -> list[int]:
+    """Every id that ends a turn: the generation config's and the tokenizer's eos, and the chat template's
+    end-of-turn token (Gemma's <end_of_turn>), which is not always among the eos ids."""
     configured = target.model.generation_config.eos_token_id
     ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
     if target.tokenizer.eos_token_id is not None:
         ids.add(target.tokenizer.eos_token_id)
+    suffix_ids = target.encode(target.turn_suffix)
+    # GGUF tokenizers list such control tokens as added tokens but not always as special ones.
+    control_ids = set(target.tokenizer.all_special_ids) | set(target.tokenizer.get_added_vocab().values())
+    if suffix_ids and suffix_ids[0] in control_ids:
+        ids.add(suffix_ids[0])
     return sorted(ids)
 
 
@@ -71,39 +79,61 @@ def draw(logits: torch.Tensor, uniforms: torch.Tensor, config: SamplingConfig) -
 
 @torch.inference_mode()
 def sample(target: TargetModel, prompts: Sequence[Sequence[int]], seeds: Sequence[int],
-           config: SamplingConfig) -> list[list[int]]:
+           config: SamplingConfig | Sequence[SamplingConfig]) -> list[list[int]]:
     """New token ids per prompt (without the prompt, cut after the first end-of-turn token).
 
-    Run it inside `interventions.steering_hooks` to steer: the hook sees the prompt and every new token,
-    with padding-aware `position_ids`.
+    `config` is one for every row or one per row (then a row stops after its own `max_new_tokens`). Run it
+    inside `interventions.steering_hooks` to steer: the hook sees the prompt and every new token, with
+    padding-aware `position_ids`.
     """
-    if len(prompts) != len(seeds):
-        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds; give one seed per row")
-    device = target.device
+    configs = [config] * len(prompts) if isinstance(config, SamplingConfig) else list(config)
+    if not len(prompts) == len(seeds) == len(configs):
+        raise ValueError(f"{len(prompts)} prompts, {len(seeds)} seeds and {len(configs)} configs; give one per row")
+    device, model = target.device, target.model
     pad = pad_token_id(target)
     input_ids, attention_mask = pad_batch(prompts, pad, side="left")
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)
-    uniforms = torch.stack([torch.rand(config.max_new_tokens, generator=torch.Generator().manual_seed(seed))
-                            for seed in seeds])
-    eos = torch.tensor(eos_token_ids(target), device=device)
+    budgets = torch.tensor([c.max_new_tokens for c in configs])
+    steps = int(budgets.max())
+    uniforms = torch.zeros(len(prompts), steps)
+    for row, (seed, budget) in enumerate(zip(seeds, budgets.tolist())):
+        uniforms[row, :budget] = torch.rand(budget, generator=torch.Generator().manual_seed(seed))
+    groups: dict[SamplingConfig, list[int]] = {}
+    for row, row_config in enumerate(configs):
+        groups.setdefault(row_config, []).append(row)
+    stop = torch.tensor(stop_token_ids(target), device=device)
+    # transformers 5.24 renamed the forward's `past_key_values` to `cache` (the old name warns).
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     generated = []
-    outputs = target.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                           use_cache=True, logits_to_keep=1)
-    for step in range(config.max_new_tokens):
-        token = draw(outputs.logits[:, -1], uniforms[:, step], config)
-        token = token.masked_fill(finished, pad)
+    outputs = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                    use_cache=True, logits_to_keep=1)
+    for step in range(steps):
+        token = _draw_rows(outputs.logits[:, -1], uniforms[:, step], groups).masked_fill(finished, pad)
         generated.append(token)
-        finished |= torch.isin(token, eos)
-        if bool(finished.all()) or step == config.max_new_tokens - 1:
+        finished |= torch.isin(token, stop) | (budgets.to(device) <= step + 1)
+        if bool(finished.all()):
             break
+        # Finished rows keep decoding a pad nobody reads: cheaper than reshaping the cache.
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(prompts), 1)], dim=-1)
         position_ids = position_ids[:, -1:] + 1
-        outputs = target.model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=position_ids,
-                               cache=outputs.cache, use_cache=True, logits_to_keep=1)
+        outputs = model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=position_ids,
+                        use_cache=True, logits_to_keep=1, **{cache_arg: outputs[cache_arg]})
     tokens = torch.stack(generated, dim=1).cpu()
-    # Keep each row up to and including its first end-of-turn token; later positions are padding.
-    ended = torch.isin(tokens, eos.cpu())
+    # Keep each row up to and including its first end-of-turn token, at most its budget; the rest is padding.
+    ended = torch.isin(tokens, stop.cpu())
     lengths = torch.where(ended.any(-1), ended.int().argmax(-1) + 1, torch.tensor(tokens.shape[1]))
-    return [row[:length].tolist() for row, length in zip(tokens, lengths.tolist())]
+    return [row[:length].tolist() for row, length in zip(tokens, torch.minimum(lengths, budgets).tolist())]
+
+
+def _draw_rows(logits: torch.Tensor, uniforms: torch.Tensor, groups: dict[SamplingConfig, list[int]]
+               ) -> torch.Tensor:
+    """`draw` for each group of rows sharing a config (one call when the whole batch shares one)."""
+    if len(groups) == 1:
+        return draw(logits, uniforms, next(iter(groups)))
+    token = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
+    for row_config, rows in groups.items():
+        index = torch.tensor(rows, device=logits.device)
+        token[index] = draw(logits[index], uniforms[index], row_config)
+    return token

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import orthogonal
 
+from axmethods.hooks import Call, OutputFn, hook_output
 from axmethods.models import TargetModel
 
 PARAMETERISATIONS = ("vector", "lora", "loreft")
@@ -74,26 +75,24 @@ class ConceptIntervention(nn.Module):
 
     @contextmanager
     def applied(self, target: TargetModel, plan: RowPlan, *, prefill_only: bool = False) -> Iterator[RowPlan]:
-        def make_hook(index: int):
-            def hook(_module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
-                hidden = output[0] if isinstance(output, tuple) else output
+        """Hook every site (through `hooks.hook_output`) to add `delta` while the block runs."""
+        def at_site(index: int) -> OutputFn:
+            def intervene(hidden: torch.Tensor, call: Call) -> torch.Tensor | None:
                 if prefill_only and hidden.shape[1] == 1:
-                    return output
+                    return None
                 if hidden.shape[0] != plan.concepts.shape[0]:
                     raise InterventionSpecError(
                         f"the batch has {hidden.shape[0]} rows but the plan {plan.concepts.shape[0]}; build one "
                         "RowPlan per batch.")
-                change = self.delta(index, args[0] if args else hidden, hidden.float(), plan)
+                change = self.delta(index, call.args[0] if call.args else hidden, hidden.float(), plan)
                 if plan.mask is not None:
                     change = change * plan.mask[..., None].to(change.dtype)
-                steered = hidden + change.to(hidden.dtype)
-                return (steered, *output[1:]) if isinstance(output, tuple) else steered
-            return hook
+                return hidden + change.to(hidden.dtype)
+            return intervene
 
         with ExitStack() as stack:
             for index, module in enumerate(self.sites(target)):
-                handle = module.register_forward_hook(make_hook(index))
-                stack.callback(handle.remove)
+                stack.enter_context(hook_output(module, at_site(index)))
             yield plan
 
     def concept_parameters(self) -> dict[str, torch.Tensor]:
