@@ -29,6 +29,7 @@ from huggingface_hub.utils import tqdm
 
 from axdata.hashing import content_hash
 from axdata.io import atomic_path
+from axmethods.factors import AXBENCH_FACTORS
 from axmethods.dictionary import DictionaryError, SteeringDictionary
 from axmethods.inference.sampling import SamplingConfig, sample
 from axmethods.interventions import Positions, RowSteering, steering_hooks
@@ -38,7 +39,6 @@ logger = logging.getLogger(__name__)
 
 # AxBench's 14 steering factors, exactly its sweep configs' `steering_factors` (spec §1.8 / §4.4); the one
 # definition every default (run config, `infer steer`, `run_steering`) reads.
-AXBENCH_FACTORS = (0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 2.5, 3.0, 4.0, 5.0)
 # `instruction` is always the steering split's original instruction (what the judge and reviewers rate the answer
 # against, as AxBench's judge does with `original_prompt`); `model_instruction` is the user turn the model saw
 # (the same text, except for prompt steering, which prepends the concept's steering prompt).
