@@ -1,69 +1,89 @@
-"""Shared pieces of the gradient-trained rank-1 methods (Probe, ReFT-r1, SSV), trained jointly over concepts.
+"""Training settings of the gradient-trained rank-1 methods (Probe, ReFT-r1, SSV) and their run on `ConceptTrainer`.
 
-All concepts of a chunk are rows of one fp32 parameter [k, d]. Each step gives every concept a
-mini-batch of its *own* examples, and the loss is the sum of the per-concept mean losses, so each row's
-gradient is exactly that concept's gradient alone; AdamW and the per-row operations below (gradient
-clipping, unit-norm projection) are row-local, which makes joint training equal to k separate runs.
+All concepts of a chunk are rows of one fp32 parameter [k, d], trained by `axmethods.trainers.ConceptTrainer`
+(the one training engine): each step gives every concept a mini-batch of its *own* examples and the loss
+is the sum of the per-concept mean losses, so joint training equals k separate runs. The settings use
+TrainingArguments' names; the older `lr`, `epochs` and `batch_size` are accepted as aliases.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-import torch
+import datasets
+from torch import nn
+from transformers import TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from axmethods.methods.base import MethodConfig, TrainingSet
+from axmethods.trainers.concept_trainer import ConceptTrainer
+
+ALIASES = {"lr": "learning_rate", "epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size"}
 
 
-def concept_batches(members: torch.Tensor, batch_size: int, epochs: int, generator: torch.Generator
-                    ) -> Iterator[torch.Tensor]:
-    """Per step, [k, batch_size] row indices: each concept's examples reshuffled every epoch; −1 pads.
+@dataclass
+class TrainingSettings(MethodConfig):
+    """TrainingArguments' names for what the rank-1 methods' training needs (defaults: each method's paper)."""
 
-    A concept with fewer examples than the widest one simply has no rows in the last steps of an epoch.
+    learning_rate: float = field(default=1e-2, metadata={"help": "AdamW learning rate (linear decay to 0, no warmup)."})
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Passes over each concept's examples."})
+    per_device_train_batch_size: int = field(default=6, metadata={"help": "Examples PER CONCEPT per micro-batch."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimiser step "
+                                                                          "(the Trainer's: within an epoch)."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float = field(default=0.0, metadata={"help": "Gradient clipping of each concept on its own; "
+                                                                "0 = none."})
+    bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (the parameters stay fp32)."})
+    output_dir: str | None = field(default=None, metadata={"help": "Trainer logs and checkpoints, one folder per "
+                                                                   "chunk of concepts (a temporary folder when None)."})
+    save_strategy: str = field(default="no", metadata={"help": "Trainer checkpoints: no | steps | epoch."})
+    save_steps: float = field(default=500, metadata={"help": "Checkpoint every N optimiser steps (save_strategy "
+                                                             "steps)."})
+    resume_from_checkpoint: bool = field(default=False, metadata={"help": "Resume each chunk from its last "
+                                                                          "checkpoint in output_dir, if any."})
+    lr: float | None = field(default=None, metadata={"help": "Alias of learning_rate."})
+    epochs: float | None = field(default=None, metadata={"help": "Alias of num_train_epochs."})
+    batch_size: int | None = field(default=None, metadata={"help": "Alias of per_device_train_batch_size."})
+
+    def __post_init__(self) -> None:
+        for alias, name in ALIASES.items():
+            if getattr(self, alias) is not None:
+                setattr(self, name, getattr(self, alias))
+                setattr(self, alias, None)
+        super().__post_init__()
+
+    def training_arguments(self, output_dir: str) -> TrainingArguments:
+        """The Trainer's settings: AdamW (torch's, as AxBench), linear decay with no warmup, seeded."""
+        return TrainingArguments(
+            output_dir=output_dir, learning_rate=self.learning_rate, num_train_epochs=self.num_train_epochs,
+            per_device_train_batch_size=self.per_device_train_batch_size, weight_decay=self.weight_decay,
+            gradient_accumulation_steps=self.gradient_accumulation_steps, max_grad_norm=self.max_grad_norm,
+            lr_scheduler_type="linear", warmup_steps=0, optim="adamw_torch", seed=self.seed, bf16=self.bf16,
+            save_strategy=self.save_strategy, save_steps=self.save_steps, logging_strategy="no", report_to="none",
+            remove_unused_columns=False, dataloader_pin_memory=False)
+
+
+def examples_dataset(data: TrainingSet) -> datasets.Dataset:
+    """One row per (concept, example): `concept_index`, `example` (row of `data`) and its `label`."""
+    valid = data.members >= 0
+    concept = valid.nonzero(as_tuple=True)[0]
+    return datasets.Dataset.from_dict({"concept_index": concept.tolist(), "example": data.members[valid].tolist(),
+                                       "label": data.labels[valid].tolist()})
+
+
+def train_chunk(model: nn.Module, data: TrainingSet, collator: Any, settings: TrainingSettings, *,
+                unit_norm: nn.Parameter | None = None, frozen: nn.Module | None = None) -> ConceptTrainer:
+    """Train `model` (forward → (loss, Σ per-concept losses)) on `data`'s examples; returns the trainer.
+
+    Each chunk has its own folder under `output_dir`, named by its first concept, so a resumed run finds it.
     """
-    valid = members >= 0
-    steps = math.ceil(members.shape[1] / batch_size)
-    for _ in range(epochs):
-        keys = torch.rand(members.shape, generator=generator).masked_fill(~valid, float("inf"))
-        shuffled = members.gather(1, keys.argsort(1))
-        for step in range(steps):
-            yield shuffled[:, step * batch_size:(step + 1) * batch_size]
-
-
-def optimizer_steps(members: torch.Tensor, batch_size: int, epochs: int, accumulation: int) -> int:
-    return math.ceil(math.ceil(members.shape[1] / batch_size) * epochs / accumulation)
-
-
-def linear_decay(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """LR from its initial value linearly down to 0 over `total_steps`, no warmup (AxBench's schedule)."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / max(total_steps, 1)))
-
-
-@torch.no_grad()
-def remove_parallel_gradient(weight: torch.nn.Parameter) -> None:
-    """Drop each row's gradient component along the row (Gao et al. 2024): steps stay on the unit sphere."""
-    if weight.grad is None:
-        return
-    unit = weight / weight.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-    weight.grad -= (weight.grad * unit).sum(-1, keepdim=True) * unit
-
-
-@torch.no_grad()
-def normalise_(weight: torch.nn.Parameter) -> None:
-    weight /= weight.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-
-
-@torch.no_grad()
-def clip_rows_(weight: torch.nn.Parameter, max_norm: float) -> None:
-    """Per-concept gradient clipping (a joint `clip_grad_norm_` would couple the concepts)."""
-    if weight.grad is None or max_norm <= 0:
-        return
-    norms = weight.grad.norm(dim=-1, keepdim=True)
-    weight.grad *= (max_norm / (norms + 1e-6)).clamp(max=1.0)
-
-
-def prepare_gradient_(weight: torch.nn.Parameter, max_norm: float, unit_norm: bool) -> None:
-    """Before an optimiser step, AxBench's order: clip each row's gradient, then (unit-norm methods) remove its
-    component parallel to the row. The other order would let the clipped gradient reach `max_norm` in full."""
-    clip_rows_(weight, max_norm)
-    if unit_norm:
-        remove_parallel_gradient(weight)
+    root = settings.output_dir or tempfile.mkdtemp(prefix="axbench-train-")
+    folder = str(Path(root) / f"concepts_from_{data.concepts[0].concept_id}")
+    trainer = ConceptTrainer(model=model, args=settings.training_arguments(folder), train_dataset=examples_dataset(data),
+                             data_collator=collator, n_concepts=data.n_concepts, unit_norm=unit_norm, frozen=frozen)
+    resume = get_last_checkpoint(folder) if settings.resume_from_checkpoint and Path(folder).is_dir() else None
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer

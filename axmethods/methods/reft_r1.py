@@ -6,13 +6,12 @@ m·w at every non-prefix position of prompt + response and minimises the respons
 w stays unit-norm (gradient clipped, then its parallel component removed, before each step — AxBench's order —
 renormalised after). The L1 term divides the non-top-k latents by all intervened positions, as AxBench.
 Fixed AxBench bugs: fp32 master weights even for a bf16 model, gradient accumulation honoured, padding
-never enters the top-k. All concepts of a chunk
-train jointly as one [k, d] parameter indexed per batch row.
+never enters the top-k. All concepts of a chunk train jointly as one [k, d] parameter indexed per batch
+row, on `ConceptTrainer` (`axmethods.methods.joint`).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -21,22 +20,22 @@ import torch
 
 from axdata.concepts import Concept
 from axmethods.dictionary import SteeringDictionary
-from axmethods.methods.base import Method, MethodConfig, TrainingSet, normalise_rows
-from axmethods.methods.lm_training import LMSchedule, train_lm_rank1
+from axmethods.methods.base import Method, TrainingSet, normalise_rows
+from axmethods.methods.joint import TrainingSettings, train_chunk
+from axmethods.methods.lm_training import LMRank1Model, lm_collator
 from axmethods.models import TargetModel
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
-class ReFTr1Config(MethodConfig):
+class ReFTr1Config(TrainingSettings):
     concepts_per_chunk: int = field(default=8, metadata={"help": "Concepts trained jointly: a forward holds "
-                                                                 "concepts_per_chunk × batch_size rows."})
-    batch_size: int = field(default=6, metadata={"help": "Examples per concept per micro-batch (paper: 6)."})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimiser step."})
-    epochs: int = field(default=3, metadata={"help": "Passes over each concept's 144 examples (paper: 3)."})
-    lr: float = field(default=1e-2, metadata={"help": "AdamW learning rate (paper: 1e-2 for 2B, 5e-3 for 9B)."})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (paper: 0)."})
+                                                                 "concepts_per_chunk × batch size rows."})
+    per_device_train_batch_size: int = field(default=6, metadata={"help": "Examples per concept per micro-batch "
+                                                                          "(paper: 6)."})
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Passes over each concept's 144 examples "
+                                                                   "(paper: 3)."})
+    learning_rate: float = field(default=1e-2, metadata={"help": "AdamW learning rate (paper: 1e-2 for 2B, 5e-3 "
+                                                                 "for 9B)."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Per-concept gradient clipping (paper: 1.0)."})
     topk: int = field(default=8, metadata={"help": "Latents averaged into the sequence magnitude (paper: 8)."})
     coeff_latent_l1_loss: float = field(default=0.005, metadata={"help": "L1 weight on non-top-k latents, "
@@ -57,17 +56,14 @@ class ReFTr1(Method):
             layer: int) -> SteeringDictionary:
         cfg = self.config
         layer = target.validate_layer(layer)
-        data = TrainingSet.from_frame(train_df, concepts)
-        generator = torch.Generator().manual_seed(cfg.seed)
-        schedule = LMSchedule(cfg.batch_size, cfg.epochs, cfg.lr, cfg.weight_decay, cfg.gradient_accumulation_steps,
-                              cfg.max_grad_norm, unit_norm=True, aux_coefficient=cfg.coeff_latent_l1_loss,
-                              max_length=cfg.max_length)
         rows = []
-        for index, chunk in enumerate(data.chunks(cfg.concepts_per_chunk)):
-            init = torch.full((chunk.n_concepts, target.hidden_size), cfg.init_value)
-            weight = torch.nn.Parameter(normalise_rows(init).to(target.device))
-            rows.append(train_lm_rank1(target, layer, chunk, weight, self._intervene, schedule, generator,
-                                       self.loss_history, desc=f"ReFT-r1 chunk {index + 1}"))
+        for chunk in TrainingSet.from_frame(train_df, concepts).chunks(cfg.concepts_per_chunk):
+            init = normalise_rows(torch.full((chunk.n_concepts, target.hidden_size), cfg.init_value))
+            model = LMRank1Model(target, layer, init.to(target.device), self._intervene, cfg.coeff_latent_l1_loss)
+            trainer = train_chunk(model, chunk, lm_collator(target, chunk, cfg.max_length), cfg,
+                                  unit_norm=model.weight, frozen=target.model)
+            self.loss_history += trainer.loss_history
+            rows.append(model.weight.detach().float().cpu())
         return self.dictionary(target, concepts, layer, torch.cat(rows))
 
     def _intervene(self, hidden: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor

@@ -15,20 +15,20 @@ import torch
 
 from axdata.concepts import Concept
 from axmethods.dictionary import SteeringDictionary
-from axmethods.methods.base import Method, MethodConfig, TrainingSet
-from axmethods.methods.lm_training import LMSchedule, train_lm_rank1
+from axmethods.methods.base import Method, TrainingSet
+from axmethods.methods.joint import TrainingSettings, train_chunk
+from axmethods.methods.lm_training import LMRank1Model, lm_collator
 from axmethods.models import TargetModel
 
 
 @dataclass
-class SSVConfig(MethodConfig):
+class SSVConfig(TrainingSettings):
     concepts_per_chunk: int = field(default=8, metadata={"help": "Concepts trained jointly."})
-    batch_size: int = field(default=6, metadata={"help": "Examples per concept per micro-batch (paper: 6)."})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimiser step."})
-    epochs: int = field(default=3, metadata={"help": "Passes over each concept's positives (paper: 3)."})
-    lr: float = field(default=1e-2, metadata={"help": "AdamW learning rate (paper: 1e-2)."})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
-    max_grad_norm: float = field(default=0.0, metadata={"help": "Per-concept gradient clipping; 0 = none."})
+    per_device_train_batch_size: int = field(default=6, metadata={"help": "Examples per concept per micro-batch "
+                                                                          "(paper: 6)."})
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Passes over each concept's positives "
+                                                                   "(paper: 3)."})
+    learning_rate: float = field(default=1e-2, metadata={"help": "AdamW learning rate (paper: 1e-2)."})
     init_value: float = field(default=0.01, metadata={"help": "Constant initial value of every entry of w."})
 
 
@@ -46,16 +46,13 @@ class SSV(Method):
             layer: int) -> SteeringDictionary:
         cfg = self.config
         layer = target.validate_layer(layer)
-        data = TrainingSet.from_frame(train_df, concepts, positives_only=True)
-        generator = torch.Generator().manual_seed(cfg.seed)
-        schedule = LMSchedule(cfg.batch_size, cfg.epochs, cfg.lr, cfg.weight_decay, cfg.gradient_accumulation_steps,
-                              cfg.max_grad_norm, unit_norm=False, aux_coefficient=0.0, max_length=cfg.max_length)
         rows = []
-        for index, chunk in enumerate(data.chunks(cfg.concepts_per_chunk)):
-            weight = torch.nn.Parameter(torch.full((chunk.n_concepts, target.hidden_size), cfg.init_value,
-                                                   device=target.device))
-            rows.append(train_lm_rank1(target, layer, chunk, weight, _add, schedule, generator, self.loss_history,
-                                       desc=f"SSV chunk {index + 1}"))
+        for chunk in TrainingSet.from_frame(train_df, concepts, positives_only=True).chunks(cfg.concepts_per_chunk):
+            weight = torch.full((chunk.n_concepts, target.hidden_size), cfg.init_value, device=target.device)
+            model = LMRank1Model(target, layer, weight, _add)
+            trainer = train_chunk(model, chunk, lm_collator(target, chunk, cfg.max_length), cfg, frozen=target.model)
+            self.loss_history += trainer.loss_history
+            rows.append(model.weight.detach().float().cpu())
         return self.dictionary(target, concepts, layer, torch.cat(rows))
 
 

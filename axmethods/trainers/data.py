@@ -12,8 +12,7 @@ before the first step (no-grad, batched), not once per step.
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import datasets
@@ -23,9 +22,8 @@ import torch
 from huggingface_hub.utils import tqdm
 
 from axdata.concepts import Concept
-from axmethods.models import pad_token_id
 from axmethods.inference.sampling import SamplingConfig, sample
-from axmethods.models import TargetModel
+from axmethods.models import TargetModel, pad_token_id
 
 logger = logging.getLogger(__name__)
 
@@ -209,36 +207,6 @@ def reference_logps(target: TargetModel, rows: PairRows, batch_size: int, progre
     finally:
         target.model.train(was_training)
     return values[:len(rows)], values[len(rows):]
-
-
-class ConceptBatchSampler(torch.utils.data.Sampler[list[int]]):
-    """Each micro-batch holds `per_concept` pairs of every concept (reshuffled each epoch).
-
-    With each concept's loss averaged over its own rows and summed over concepts, and row-local
-    optimiser updates, training k concepts together equals k single-concept runs.
-    """
-
-    def __init__(self, concept_of_row: Sequence[int], per_concept: int, seed: int) -> None:
-        by_concept: dict[int, list[int]] = {}
-        for row, concept in enumerate(concept_of_row):
-            by_concept.setdefault(int(concept), []).append(row)
-        self.groups = [torch.tensor(rows) for _, rows in sorted(by_concept.items())]
-        self.per_concept = per_concept
-        self.seed = seed
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return math.ceil(max(len(g) for g in self.groups) / self.per_concept)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[list[int]]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        self.epoch += 1
-        shuffled = [g[torch.randperm(len(g), generator=generator)] for g in self.groups]
-        for step in range(len(self)):
-            yield [int(r) for g in shuffled for r in g[step * self.per_concept:(step + 1) * self.per_concept]]
 
 
 class PairCollator:

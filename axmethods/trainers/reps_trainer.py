@@ -4,10 +4,12 @@
     trainer.train()
     dictionary = trainer.export()           # a SteeringDictionary (vector) or ConceptAdapters (LoRA / LoReFT)
 
-`model` is an `axmethods.models.TargetModel` (the frozen base model and its chat facts); `train_dataset` is a
-`preference` split frame (input, winning_output, losing_output, concept_id). The base model's weights never
-receive gradients and are bitwise unchanged; the intervention's parameters are fp32 with a leading concept
-axis, so every concept of the run trains in the same forward passes (see `ConceptBatchSampler`).
+`model` is an `axmethods.models.TargetModel` (the frozen base model and its chat facts); `train_dataset` is the
+`preference` split (input, winning_output, losing_output, concept_id) as a `datasets.Dataset` or a pandas frame.
+The base model's weights never receive gradients and are bitwise unchanged; the intervention's parameters are
+fp32 with a leading concept axis, so every concept of the run trains in the same forward passes, on the one
+training engine (`axmethods.trainers.concept_trainer.ConceptTrainer`). Checkpoints hold the intervention only,
+so `trainer.train(resume_from_checkpoint=...)` works; the per-step factor draws restart from their seed.
 
 Each step, for each pair kind and each example, one factor α is drawn from `steering_factors`:
 - `orig_add`: steer with +α; the concept response y_c should win over the model's own answer y;
@@ -20,22 +22,19 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
+import datasets
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
-from trl.trainer.base_trainer import _BaseTrainer
 
 from axdata.concepts import Concept
-from axmethods.models import pad_token_id
-from axmethods.models import TargetModel
+from axmethods.models import TargetModel, pad_token_id
 from axmethods.trainers import losses
+from axmethods.trainers.concept_trainer import ConceptTrainer
 from axmethods.trainers.config import RePSConfig
 from axmethods.trainers.data import (
-    ConceptBatchSampler,
     PairCollator,
     check_preference_frame,
     forward_logits,
@@ -64,13 +63,19 @@ def default_intervention_layers(num_layers: int) -> list[int]:
 
 
 class SteeringModel(nn.Module):
-    """The frozen target model with a concept intervention: the only parameters that train are the intervention's."""
+    """The frozen target model with a concept intervention: the only parameters that train are the intervention's.
+
+    The base model is held, not registered: `state_dict` (the Trainer's checkpoints) is the intervention's.
+    """
 
     def __init__(self, target: TargetModel, intervention: ConceptIntervention) -> None:
         super().__init__()
-        self.base = target.model
         self.intervention = intervention.to(target.device)
         self.target = target
+
+    @property
+    def base(self) -> nn.Module:
+        return self.target.model
 
     @property
     def config(self) -> Any:
@@ -82,7 +87,7 @@ class SteeringModel(nn.Module):
         return self
 
 
-class RePSTrainer(_BaseTrainer):
+class RePSTrainer(ConceptTrainer):
     """Trainer for RePS (reference-free scaled SimPO), BiPO (DPO) and "Lang." (LM loss) steering interventions."""
 
     _tag_names = ["trl", "axbench", "steering", "reps"]  # noqa: RUF012 (TRL's class-attribute convention)
@@ -93,7 +98,8 @@ class RePSTrainer(_BaseTrainer):
         "citation": REPS_CITATION,
     }
 
-    def __init__(self, model: TargetModel, args: RePSConfig | None = None, train_dataset: pd.DataFrame | None = None,
+    def __init__(self, model: TargetModel, args: RePSConfig | None = None,
+                 train_dataset: datasets.Dataset | pd.DataFrame | None = None,
                  processing_class: Any = None, *, concepts: Sequence[Concept], callbacks: list | None = None,
                  method_name: str = "reps") -> None:
         if not isinstance(model, TargetModel):
@@ -115,6 +121,8 @@ class RePSTrainer(_BaseTrainer):
             dropout=args.intervention_dropout, lora_alpha=args.lora_alpha, lora_target_module=args.lora_target_module,
             init_std=args.init_std, train_bias=args.train_bias, generator=generator)
         pairs = args.loss_type != "lm"  # the LM objective needs neither losing answers nor a reference
+        if isinstance(train_dataset, datasets.Dataset):
+            train_dataset = train_dataset.to_pandas()
         frame = check_preference_frame(train_dataset, self.concepts, "the preference data", with_losing=pairs)
         rows = tokenize_pairs(model, frame, self.concepts, max_prompt_length=args.max_prompt_length,
                               max_response_length=args.max_response_length, with_losing=pairs)
@@ -123,14 +131,11 @@ class RePSTrainer(_BaseTrainer):
                                                       progress=not args.disable_tqdm)
         else:
             ref_winning = ref_losing = torch.zeros(len(rows))
-        self._frozen = [(p, p.requires_grad) for p in model.model.parameters()]
-        for parameter, _ in self._frozen:
-            parameter.requires_grad_(False)
         self._factor_generator = torch.Generator().manual_seed(args.seed + 1)
         self._metrics: dict[str, list[float]] = defaultdict(list)
         super().__init__(model=SteeringModel(model, intervention), args=args, train_dataset=rows.to_dataset(
             ref_winning, ref_losing), data_collator=PairCollator(), processing_class=processing_class or model.tokenizer,
-            callbacks=callbacks)
+            callbacks=callbacks, n_concepts=len(self.concepts), frozen=model.model)
 
     @staticmethod
     def _layers(args: RePSConfig, target: TargetModel) -> list[int]:
@@ -144,20 +149,6 @@ class RePSTrainer(_BaseTrainer):
     @property
     def intervention(self) -> ConceptIntervention:
         return self.model.intervention
-
-    def get_train_dataloader(self) -> DataLoader:
-        sampler = ConceptBatchSampler(self.train_dataset["concept_index"], self.args.per_device_train_batch_size,
-                                      self.args.seed)
-        loader = DataLoader(self.train_dataset, batch_sampler=sampler, collate_fn=self.data_collator,
-                            num_workers=self.args.dataloader_num_workers)
-        return self.accelerator.prepare(loader)
-
-    def train(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return super().train(*args, **kwargs)
-        finally:
-            for parameter, flag in self._frozen:
-                parameter.requires_grad_(flag)
 
     def _plan(self, kind: str, concept: torch.Tensor, factor: torch.Tensor, n_responses: int) -> RowPlan:
         """The intervention of one pair kind for its stacked winning (+ losing) sequences."""
@@ -216,17 +207,8 @@ class RePSTrainer(_BaseTrainer):
             self._metrics[f"margin/{kind}"].append(float(margin.detach().mean()))
             self._metrics[f"loss/{kind}"].append(float(loss.detach().mean()))
         total = losses.per_concept_sum(torch.cat(per_row), concept.repeat(len(kinds)), len(self.concepts))
+        self.record_loss(total.detach())
         return total
-
-    def _clip_grad_norm(self, model: nn.Module) -> torch.Tensor:
-        """Each concept's gradient clipped on its own (a joint norm would couple the concepts); returns the max."""
-        k = len(self.concepts)
-        grads = [p.grad for p in self.intervention.parameters() if p.grad is not None]
-        norms = torch.stack([g.reshape(k, -1).float().pow(2).sum(1) for g in grads]).sum(0).sqrt()
-        scale = (self.args.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
-        for grad in grads:  # concept-major: a leading axis of k × (layers) rows
-            grad.mul_(scale.repeat_interleave(grad.shape[0] // k).to(grad.dtype).view(-1, *[1] * (grad.ndim - 1)))
-        return norms.max()
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
@@ -234,15 +216,6 @@ class RePSTrainer(_BaseTrainer):
             logs = {**logs, **{key: sum(values) / len(values) for key, values in self._metrics.items() if values}}
             self._metrics.clear()
         super().log(logs, start_time)
-
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Checkpoints hold the intervention only (safetensors); the base model is unchanged and not copied."""
-        from safetensors.torch import save_file
-
-        folder = Path(output_dir or self.args.output_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.intervention.concept_parameters().items()},
-                  str(folder / "intervention.safetensors"))
 
     def export(self) -> Any:
         """The trained result: a `SteeringDictionary` (vector) or `ConceptAdapters` (LoRA / LoReFT)."""

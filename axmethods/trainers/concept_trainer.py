@@ -1,0 +1,161 @@
+"""`ConceptTrainer`: the one training engine — transformers' `Trainer` for k concepts trained at once.
+
+Every gradient-trained method (Probe, ReFT-r1, SSV, the RePS family) keeps all concepts of a run in
+parameters with a leading concept axis. Three things make such a run equal to k single-concept runs:
+- `ConceptBatchSampler`: each micro-batch holds `per_device_train_batch_size` examples of *every* concept;
+- the subclass's `compute_loss` returns the sum over concepts of each concept's mean loss;
+- the optimiser's step pre-hook clips each concept's gradient on its own (`max_grad_norm` is per concept)
+  and, for unit-norm directions, removes each row's gradient component along the row; a post-hook puts the
+  rows back on the unit sphere. AdamW is row-local, so no concept's update depends on another's.
+Everything else (AdamW, linear decay, gradient accumulation, mixed precision, checkpoints,
+`resume_from_checkpoint`, `accelerate launch`) is the Trainer's own. Checkpoints hold the trained parameters
+only: the module a subclass trains registers its frozen base model nowhere (see `SteeringModel`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from transformers import Trainer
+
+
+class ConceptBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """Each micro-batch holds `per_concept` rows of every concept (reshuffled each epoch, seeded by seed + epoch).
+
+    A concept with fewer rows than the widest one simply has none in the last steps of an epoch.
+    """
+
+    def __init__(self, concept_of_row: Sequence[int], per_concept: int, seed: int) -> None:
+        by_concept: dict[int, list[int]] = {}
+        for row, concept in enumerate(concept_of_row):
+            by_concept.setdefault(int(concept), []).append(row)
+        self.groups = [torch.tensor(rows) for _, rows in sorted(by_concept.items())]
+        self.per_concept = per_concept
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return math.ceil(max(len(g) for g in self.groups) / self.per_concept)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        shuffled = [g[torch.randperm(len(g), generator=generator)] for g in self.groups]
+        for step in range(len(self)):
+            yield [int(r) for g in shuffled for r in g[step * self.per_concept:(step + 1) * self.per_concept]]
+
+
+@torch.no_grad()
+def clip_per_concept_(parameters: Sequence[nn.Parameter], n_concepts: int, max_norm: float) -> None:
+    """Scale each concept's gradient (over all `parameters`, concept-major leading axis) to norm ≤ `max_norm`."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads or max_norm <= 0:
+        return
+    norms = torch.stack([g.reshape(n_concepts, -1).float().pow(2).sum(1) for g in grads]).sum(0).sqrt()
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for grad in grads:  # a leading axis of k × (layers) rows
+        grad.mul_(scale.repeat_interleave(grad.shape[0] // n_concepts).to(grad.dtype).view(-1, *[1] * (grad.ndim - 1)))
+
+
+@torch.no_grad()
+def remove_parallel_gradient(weight: nn.Parameter) -> None:
+    """Drop each row's gradient component along the row (Gao et al. 2024): steps stay on the unit sphere."""
+    if weight.grad is None:
+        return
+    unit = weight / weight.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    weight.grad -= (weight.grad * unit).sum(-1, keepdim=True) * unit
+
+
+@torch.no_grad()
+def normalise_(weight: nn.Parameter) -> None:
+    weight /= weight.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+
+
+def prepare_gradient_(weight: nn.Parameter, max_norm: float, unit_norm: bool) -> None:
+    """Before an optimiser step, AxBench's order: clip each row's gradient, then (unit-norm methods) remove its
+    component parallel to the row. The other order would let the clipped gradient reach `max_norm` in full."""
+    clip_per_concept_([weight], weight.shape[0], max_norm)
+    if unit_norm:
+        remove_parallel_gradient(weight)
+
+
+class ConceptTrainer(Trainer):
+    """A `Trainer` whose parameters have a leading axis of `n_concepts` (see the module docstring).
+
+    The model's forward returns (loss to minimise, Σ over concepts of each concept's mean loss); subclasses
+    with another objective override `compute_loss` and call `record_loss`. `loss_history` holds the mean
+    per-concept loss of every optimiser step. `unit_norm` names a [k, d] parameter kept at unit-norm rows;
+    `frozen` (the base model) gets no gradients until `train` returns, its flags then restored.
+    """
+
+    loss_is_scaled_for_ga = False  # compute_loss returns the micro-batch loss; training_step divides it
+
+    def __init__(self, *args: Any, n_concepts: int, unit_norm: nn.Parameter | None = None,
+                 frozen: nn.Module | None = None, concept_column: str = "concept_index", **kwargs: Any) -> None:
+        self._frozen = [(p, p.requires_grad) for p in frozen.parameters()] if frozen is not None else []
+        for parameter, _ in self._frozen:
+            parameter.requires_grad_(False)
+        self.n_concepts = n_concepts
+        self.unit_norm = unit_norm
+        self.concept_column = concept_column
+        self.loss_history: list[float] = []
+        self._running_loss = 0.0
+        self._per_concept_max_norm = 0.0
+        super().__init__(*args, **kwargs)
+
+    def get_train_dataloader(self) -> DataLoader:
+        sampler = ConceptBatchSampler(self.train_dataset[self.concept_column], self.args.per_device_train_batch_size,
+                                      self.args.seed)
+        loader = DataLoader(self.train_dataset, batch_sampler=sampler, collate_fn=self.data_collator,
+                            num_workers=self.args.dataloader_num_workers)
+        return self.accelerator.prepare(loader)
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        fresh = self.optimizer is None
+        optimizer = super().create_optimizer(model)
+        if fresh:
+            optimizer.register_step_pre_hook(lambda *_: self._prepare_gradients())
+            optimizer.register_step_post_hook(lambda *_: self._after_step())
+        return optimizer
+
+    def _prepare_gradients(self) -> None:
+        trained = [p for p in self.model.parameters() if p.requires_grad]
+        clip_per_concept_(trained, self.n_concepts, self._per_concept_max_norm)
+        if self.unit_norm is not None:
+            remove_parallel_gradient(self.unit_norm)
+
+    def _after_step(self) -> None:
+        if self.unit_norm is not None:
+            normalise_(self.unit_norm)
+        self.loss_history.append(self._running_loss)
+        self._running_loss = 0.0
+
+    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> torch.Tensor:
+        progress = self.state.global_step / max(self.state.max_steps, 1)  # for objectives ramped over training
+        loss, per_concept_sum = model(**inputs, progress=progress)
+        self.record_loss(per_concept_sum)
+        return loss
+
+    def record_loss(self, per_concept_sum: torch.Tensor) -> None:
+        """Add a micro-batch's Σ of per-concept losses to the step's mean per-concept loss."""
+        self._running_loss += float(per_concept_sum) / self.n_concepts / self.current_gradient_accumulation_steps
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """`Trainer.train`, with `max_grad_norm` applied per concept (the Trainer's joint clip would couple them)."""
+        self._per_concept_max_norm = self.args.max_grad_norm
+        self.args.max_grad_norm = 0.0
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            self.args.max_grad_norm = self._per_concept_max_norm
+            for parameter, flag in self._frozen:
+                parameter.requires_grad_(flag)
