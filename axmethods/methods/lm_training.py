@@ -11,16 +11,16 @@ Trainer's checkpoints hold the [k, d] weight only.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from axmethods.hooks import hook_output
 from axmethods.methods.base import TrainingSet
-from axmethods.models import TargetModel
+from axmethods.models import TargetModel, pad_batch, pad_token_id
 
 # (hidden [B, T, d] fp32, concept rows of the weight [B, d], intervened positions [B, T] bool)
 #   → (delta [B, T, d] fp32, auxiliary loss per row [B] or None)
@@ -45,20 +45,6 @@ def encode_lm(target: TargetModel, data: TrainingSet, max_length: int | None) ->
     return EncodedExamples(ids, prompt_lengths)
 
 
-@contextlib.contextmanager
-def intervention_hook(module: nn.Module, apply: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
-    def hook(_module: nn.Module, _inputs: object, output: object) -> object:
-        if isinstance(output, tuple):
-            return (apply(output[0]), *output[1:])
-        return apply(output)
-
-    handle = module.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
 class LMRank1Model(nn.Module):
     """A [k, d] fp32 intervention on block `layer` of the frozen target model, trained through the LM loss.
 
@@ -80,11 +66,11 @@ class LMRank1Model(nn.Module):
         n = self.weight.shape[0]
         state: dict[str, torch.Tensor | None] = {}
 
-        def apply(hidden: torch.Tensor) -> torch.Tensor:
+        def apply(hidden: torch.Tensor, _call: object) -> torch.Tensor:
             delta, state["aux"] = self.intervene(hidden.float(), self.weight[concept_index], intervened)
             return hidden + delta.to(hidden.dtype)
 
-        with intervention_hook(self.module, apply):
+        with hook_output(self.module, apply):
             logits = self.target.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
         token_loss = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels[:, 1:], ignore_index=-100,
                                      reduction="none")
@@ -107,13 +93,8 @@ class LMCollator:
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         rows = [f["example"] for f in features]
-        lengths = torch.tensor([len(self.encoded.ids[r]) for r in rows])
-        width = int(lengths.max())
-        input_ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
-        for i, r in enumerate(rows):
-            input_ids[i, :lengths[i]] = torch.tensor(self.encoded.ids[r])
-        position = torch.arange(width)[None]
-        attention_mask = (position < lengths[:, None]).long()
+        input_ids, attention_mask = pad_batch([self.encoded.ids[r] for r in rows], self.pad, side="right")
+        position = torch.arange(input_ids.shape[1])[None]
         prompt = torch.tensor([self.encoded.prompt_lengths[r] for r in rows])
         labels = input_ids.masked_fill((position < prompt[:, None]) | (attention_mask == 0), -100)
         intervened = (position >= self.prefix_length) & (attention_mask == 1)
@@ -122,8 +103,7 @@ class LMCollator:
 
 
 def lm_collator(target: TargetModel, data: TrainingSet, max_length: int | None) -> LMCollator:
-    pad = target.tokenizer.pad_token_id if target.tokenizer.pad_token_id is not None else 0
-    return LMCollator(encode_lm(target, data, max_length), target.prefix_length, pad)
+    return LMCollator(encode_lm(target, data, max_length), target.prefix_length, pad_token_id(target))
 
 
 def _per_concept_mean(sums: torch.Tensor, counts: torch.Tensor, concept: torch.Tensor, n: int) -> torch.Tensor:

@@ -14,6 +14,7 @@ only: the module a subclass trains registers its frozen base model nowhere (see 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -22,6 +23,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import Trainer
+
+from axmethods.models import frozen as frozen_model
 
 
 class ConceptBatchSampler(torch.utils.data.Sampler[list[int]]):
@@ -100,9 +103,9 @@ class ConceptTrainer(Trainer):
 
     def __init__(self, *args: Any, n_concepts: int, unit_norm: nn.Parameter | None = None,
                  frozen: nn.Module | None = None, concept_column: str = "concept_index", **kwargs: Any) -> None:
-        self._frozen = [(p, p.requires_grad) for p in frozen.parameters()] if frozen is not None else []
-        for parameter, _ in self._frozen:
-            parameter.requires_grad_(False)
+        self._freeze = contextlib.ExitStack()  # the base model stays frozen from here until `train` returns
+        if frozen is not None:
+            self._freeze.enter_context(frozen_model(frozen))
         self.n_concepts = n_concepts
         self.unit_norm = unit_norm
         self.concept_column = concept_column
@@ -157,5 +160,4 @@ class ConceptTrainer(Trainer):
             return super().train(*args, **kwargs)
         finally:
             self.args.max_grad_norm = self._per_concept_max_norm
-            for parameter, flag in self._frozen:
-                parameter.requires_grad_(flag)
+            self._freeze.close()

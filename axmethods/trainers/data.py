@@ -23,7 +23,7 @@ from huggingface_hub.utils import tqdm
 
 from axdata.concepts import Concept
 from axmethods.inference.sampling import SamplingConfig, sample
-from axmethods.models import TargetModel, pad_token_id
+from axmethods.models import TargetModel, pad_batch, pad_token_id
 
 logger = logging.getLogger(__name__)
 
@@ -153,21 +153,15 @@ class SequenceBatch:
 
 def pad_sequences(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad: int,
                   prefix_length: int) -> SequenceBatch:
-    prompt_width = max(len(p) for p in prompts)
-    response_width = max(len(r) for r in responses)
-    n = len(prompts)
-    input_ids = torch.full((n, prompt_width + response_width), pad, dtype=torch.long)
-    attention_mask = torch.zeros_like(input_ids)
-    prompt_mask = torch.zeros_like(input_ids, dtype=torch.bool)
-    for i, (p, r) in enumerate(zip(prompts, responses)):
-        start = prompt_width - len(p)
-        input_ids[i, start:prompt_width + len(r)] = torch.tensor([*p, *r])
-        attention_mask[i, start:prompt_width + len(r)] = 1
-        prompt_mask[i, start + prefix_length:prompt_width] = True
+    prompt_ids, prompt_attention = pad_batch(prompts, pad, side="left")
+    response_ids, response_mask = pad_batch(responses, pad, side="right")
+    input_ids = torch.cat([prompt_ids, response_ids], dim=1)
+    attention_mask = torch.cat([prompt_attention, response_mask], dim=1)
+    prompt_mask = torch.cat([prompt_attention.cumsum(-1) > prefix_length,
+                             torch.zeros_like(response_mask, dtype=torch.bool)], dim=1)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)
-    lengths = torch.tensor([len(r) for r in responses])[:, None]
-    response_mask = torch.arange(response_width)[None] < lengths
-    return SequenceBatch(input_ids, attention_mask, position_ids, response_mask, prompt_mask, prompt_width)
+    return SequenceBatch(input_ids, attention_mask, position_ids, response_mask.bool(), prompt_mask,
+                         prompt_ids.shape[1])
 
 
 def forward_logits(model: torch.nn.Module, batch: SequenceBatch) -> torch.Tensor:

@@ -4,7 +4,7 @@ Each concept trains on its positive rows of the train split in AxBench's LM view
 turn with the generation prompt, then the raw response with no EOS ("nonstop"); the loss covers the
 response tokens only. The examples reach TRL already tokenized (`input_ids` + `completion_mask`) because
 TRL appends EOS to every text completion and tokenizes prompt text with special tokens (a second <bos>
-on Gemma); `encode_lm` (axmethods.methods.lm_training) tokenizes the same way.
+on Gemma); `encode_lm` (axmethods.methods.lm_training) tokenizes the same way for ReFT-r1 and SSV.
 
 - LoRA-SFT (`peft=True`, method `lora`): peft's LoRA on `o_proj` of a few layers; after each concept the
   trained A/B matrices are read out and the model unwrapped, and all concepts are stacked into one
@@ -18,8 +18,7 @@ from __future__ import annotations
 import gc
 import logging
 import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from trl import SFTConfig
 
 from axdata.concepts import Concept
 from axdata.io import atomic_path
-from axmethods.models import TargetModel
+from axmethods.models import TargetModel, frozen
 from axmethods.trainers.artifacts import ConceptAdapters
 from axmethods.trainers.finetuned import FinetunedConcepts, concept_weights_path
 from axmethods.trainers.parameterisations import LoRAIntervention, lora_module_paths
@@ -159,22 +158,6 @@ def concept_dataset(target: TargetModel, data: pd.DataFrame, concept_id: int) ->
     return Dataset.from_dict({"input_ids": input_ids, "completion_mask": completion_mask})
 
 
-@contextmanager
-def restored_model_state(model: torch.nn.Module) -> Iterator[None]:
-    """Training flips `requires_grad` (peft freezes the base), the train/eval mode and `use_cache`: put them back."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    was_training = model.training
-    use_cache = getattr(model.config, "use_cache", None)
-    try:
-        yield
-    finally:
-        for parameter, flag in flags:
-            parameter.requires_grad_(flag)
-        model.train(was_training)
-        if use_cache is not None:
-            model.config.use_cache = use_cache
-
-
 def _run_trainer(target: TargetModel, dataset: Any, config: SFTSteeringConfig, peft_config: Any = None) -> Any:
     """One SFTTrainer run on `target.model` (wrapped by peft in place when `peft_config` is given)."""
     from trl import SFTTrainer
@@ -228,7 +211,7 @@ def _train_lora_sft(target: TargetModel, data: pd.DataFrame, concepts: Sequence[
         peft_config = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, use_rslora=config.use_rslora,
                                  lora_dropout=config.lora_dropout, target_modules=[config.lora_target_module],
                                  layers_to_transform=layers, bias="none", task_type="CAUSAL_LM")
-        with restored_model_state(target.model):
+        with frozen(target.model):
             trainer = _run_trainer(target, concept_dataset(target, data, concept.concept_id),
                                    _concept_config(config, concept.concept_id), peft_config)
             try:
@@ -268,7 +251,7 @@ def _train_full_sft(target: TargetModel, data: pd.DataFrame, concepts: Sequence[
     files: dict[int, Path] = {}
     losses: dict[str, float | None] = {}
     for index, concept in enumerate(concepts):
-        with restored_model_state(model):
+        with frozen(model):
             model.requires_grad_(True)
             try:
                 trainer = _run_trainer(target, concept_dataset(target, data, concept.concept_id),
