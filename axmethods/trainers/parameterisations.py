@@ -154,12 +154,7 @@ class LoRAIntervention(ConceptIntervention):
         return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
 
     def sites(self, target: TargetModel) -> list[nn.Module]:
-        try:
-            return [target.residual_module(layer).get_submodule(self.target_module) for layer in self.layers]
-        except AttributeError:
-            raise InterventionSpecError(
-                f"decoder blocks of {target.model_id} have no submodule {self.target_module!r}; set "
-                "lora_target_module to the attention output projection's path inside a block.") from None
+        return [_block_submodule(target, layer, self.target_module) for layer in self.layers]
 
     def delta(self, site: int, inputs: torch.Tensor, hidden: torch.Tensor, plan: RowPlan) -> torch.Tensor:
         x = F.dropout(inputs.float(), self.dropout, self.training)
@@ -222,6 +217,15 @@ class LoReFTIntervention(ConceptIntervention):
                 "dropout": self.dropout}
 
 
+def _block_submodule(target: TargetModel, layer: int, path: str) -> nn.Module:
+    try:
+        return target.residual_module(layer).get_submodule(path)
+    except AttributeError:
+        raise InterventionSpecError(
+            f"decoder blocks of {target.model_id} have no submodule {path!r}; set "
+            "lora_target_module to the attention output projection's path inside a block.") from None
+
+
 def lora_module_paths(target: TargetModel, layers: Sequence[int], target_module: str) -> list[str]:
     return [f"{target.residual_module_path(layer)}.{target_module}" for layer in layers]
 
@@ -259,12 +263,7 @@ def new_intervention(parameterisation: str, target: TargetModel, n_concepts: int
         return VectorIntervention(n_concepts, layers, target.hidden_size, dropout=dropout, init_std=init_std,
                                   generator=generator, train_bias=train_bias)
     if parameterisation == "lora":
-        try:
-            projection = target.residual_module(layers[0]).get_submodule(lora_target_module)
-        except AttributeError:
-            raise InterventionSpecError(
-                f"decoder blocks of {target.model_id} have no submodule {lora_target_module!r}; set "
-                "lora_target_module to the attention output projection's path inside a block.") from None
+        projection = _block_submodule(target, layers[0], lora_target_module)
         return LoRAIntervention(n_concepts, layers, projection.in_features, projection.out_features, rank=rank,
                                 alpha=lora_alpha, dropout=dropout, target_module=lora_target_module,
                                 module_paths=lora_module_paths(target, layers, lora_target_module),
