@@ -110,7 +110,7 @@ def test_upload_regular_and_lfs_files_then_download(hub_env: HubEnv, tmp_path: P
     weights = hf_hub_download(repo, "layer_12/weights.safetensors")
     np.testing.assert_array_equal(load_file(weights)["W"], np.arange(32, dtype=np.float32).reshape(4, 8))
     assert Path(hf_hub_download(repo, "README.md")).read_text() == "# hello\n"
-    # Downloads go to the per-test HF_HOME, never the user's cache.
+    # Downloads go to the session's HF_HOME (tests/conftest.py), never the user's cache.
     assert Path(weights).is_relative_to(hub_env.home)
 
     snapshot = Path(snapshot_download(repo))
@@ -379,8 +379,18 @@ def test_command_line_entry_point(tmp_path: Path) -> None:
         process.wait(timeout=10)
 
 
-def test_env_is_restored_after_hub_tests(hub_server) -> None:
+def test_the_libraries_read_the_stand_in_from_the_environment(hub_server) -> None:
+    """tests/conftest.py set the environment before any import: the libraries' own constants name the stand-in
+    and the session's HF_HOME, with nothing patched."""
+    import os
+
     import huggingface_hub.constants
 
-    assert huggingface_hub.constants.ENDPOINT != hub_server.endpoint
-    assert datasets.config.HF_ENDPOINT != hub_server.endpoint
+    home = Path(os.environ["HF_HOME"])
+    assert huggingface_hub.constants.ENDPOINT == datasets.config.HF_ENDPOINT == hub_server.endpoint
+    assert hub_server.host in huggingface_hub.constants.HF_URL_HOSTS  # the token goes to the stand-in only
+    assert Path(huggingface_hub.constants.HF_HUB_CACHE).is_relative_to(home)
+    assert Path(datasets.config.HF_DATASETS_CACHE).is_relative_to(home)
+    assert not huggingface_hub.constants.HF_HUB_OFFLINE and huggingface_hub.constants.HF_HUB_DISABLE_XET
+    with pytest.raises(RepositoryNotFoundError):  # a repo the stand-in lacks: a quick 404, no retries
+        HfApi().model_info("nobody/no-such-model")

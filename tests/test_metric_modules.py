@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-# Imported at module level so that the hub_env fixture patches evaluate's endpoint too.
 import evaluate
 import pytest
 from huggingface_hub import HfApi
@@ -13,10 +12,6 @@ from huggingface_hub import HfApi
 import axeval.metrics.hub as metric_hub
 from axeval.judge_templates import JUDGE_TEMPLATE_HASH, TEMPLATE_HASHES
 from axeval.metrics.hub import METRICS_DIR, push_metrics
-
-# evaluate imports downloaded modules as the package `evaluate_modules`, which lives in the modules cache it
-# first used; hub_env moves the cache into a fresh home, where that already-imported package cannot see.
-MODULES_CACHE = evaluate.config.HF_MODULES_CACHE
 
 STEERING_INPUTS = {
     "concept_ids": [0, 0, 0, 0, 1, 1],
@@ -75,8 +70,7 @@ def test_metric_card_names_the_current_judge_templates():
         assert section in (METRICS_DIR / "concept_detection" / "README.md").read_text(encoding="utf-8")
 
 
-def test_push_metrics_then_load_by_id_from_the_hub(hub_env, monkeypatch):
-    monkeypatch.setattr(evaluate.config, "HF_MODULES_CACHE", MODULES_CACHE)
+def test_push_metrics_then_load_by_id_from_the_hub(hub_env):
     org = hub_env.user
     pushed = push_metrics(org, token=hub_env.token)
     assert [p.repo_id for p in pushed] == [f"{org}/concept_detection", f"{org}/steering"]
@@ -204,5 +198,4 @@ def test_pushed_spaces_install_and_load_in_a_clean_virtualenv(hub_env, tmp_path:
         pytest.skip(f"the package index is unreachable from this machine: {install.stderr[-300:]}")
     assert install.returncode == 0, install.stderr[-3000:]
     env = {key: value for key, value in os.environ.items() if not key.startswith("PYTHON")}
-    _numbers_elsewhere(str(python), _CLEAN_VENV_CHECK, org, tmp_path,
-                       env={**env, "HF_HUB_OFFLINE": "0", "HF_EVALUATE_OFFLINE": "0"})
+    _numbers_elsewhere(str(python), _CLEAN_VENV_CHECK, org, tmp_path, env=env)
