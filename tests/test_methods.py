@@ -14,14 +14,8 @@ from sklearn.metrics import roc_auc_score
 from axdata.concepts import Concept
 from axdata.llm.types import Completion
 from axmethods.activations import ActivationCollector
-from axmethods.methods import (
-    METHODS,
-    MethodConfigError,
-    TrainingDataError,
-    TrainingSet,
-    get_method,
-    parse_config,
-)
+from axdata.settings import build_settings as parse_config
+from axmethods.methods import MethodConfigError, TrainingDataError, TrainingSet
 from axmethods.methods.bow import BoW
 from axmethods.methods.diffmean import DiffMean
 from axmethods.methods.lat import LAT
@@ -85,17 +79,14 @@ def test_training_set_uses_positives_and_same_genre_shared_negatives(train_df):
                                CONCEPTS)
 
 
-def test_registry_and_config_parsing():
-    assert set(METHODS) == {"diffmean", "pca", "lat", "probe", "reft-r1", "ssv", "sae", "sae-a", "bow",
-                            "prompt-steering", "prompt-detection"}
-    assert get_method("LsReFT") is ReFTr1 and get_method("LinearProbe") is Probe and get_method("SAE_A") is SAEA
-    with pytest.raises(KeyError, match="Unknown method"):
-        get_method("nope")
+def test_config_parsing():
+    # TrainingArguments' names; the older lr / epochs / batch_size are aliases of them.
     config = parse_config(ProbeConfig, {"lr": "0.5", "max_length": "96", "epochs": 2})
-    assert (config.lr, config.max_length, config.epochs) == (0.5, 96, 2)
+    assert (config.learning_rate, config.max_length, config.num_train_epochs) == (0.5, 96, 2)
+    assert parse_config(ProbeConfig, {"learning_rate": "0.5", "batch_size": 3}).per_device_train_batch_size == 3
     assert parse_config(PromptSteeringConfig, {"llm_prompts": "false"}).llm_prompts is False  # not type=bool
     with pytest.raises(MethodConfigError, match="no field"):
-        parse_config(ProbeConfig, {"learning_rate": "1"})
+        parse_config(ProbeConfig, {"learning_rat": "1"})
 
 
 def test_diffmean_matches_token_weighted_means(target, train_df):
@@ -143,7 +134,8 @@ def test_probe_learns_unit_direction_and_honours_accumulation(target, train_df):
     probe = Probe({"epochs": 8, "batch_size": 4, "gradient_accumulation_steps": 2, "lr": 5e-2})
     dictionary = probe.fit(target, train_df, CONCEPTS, LAYER)
     torch.testing.assert_close(dictionary.weight.norm(dim=1), torch.ones(2))
-    assert len(probe.loss_history) == math.ceil(3 * 8 / 2)  # 3 micro-batches per epoch, stepped every 2
+    assert len(probe.loss_history) == 8 * math.ceil(3 / 2)  # 3 micro-batches per epoch, stepped every 2 (Trainer:
+    # an epoch's last step takes its remaining micro-batch; accumulation never spans two epochs)
     assert np.mean(probe.loss_history[-3:]) < np.mean(probe.loss_history[:3])
     again = Probe({"epochs": 8, "batch_size": 4, "gradient_accumulation_steps": 2, "lr": 5e-2})
     torch.testing.assert_close(again.fit(target, train_df, CONCEPTS, LAYER).weight, dictionary.weight)
@@ -174,14 +166,14 @@ def test_reft_r1_keeps_fp32_master_weights_on_a_bf16_model(tiny_llama_dir, train
 
     bf16 = load_target_model(str(tiny_llama_dir), device="cpu", dtype="bfloat16")
     seen = []
-    original = reft_module.train_lm_rank1
+    original = reft_module.train_chunk
 
-    def spy(target, layer, data, weight, *args, **kwargs):
-        result = original(target, layer, data, weight, *args, **kwargs)
-        seen.append((weight.dtype, target.model.dtype))
+    def spy(model, *args, **kwargs):
+        result = original(model, *args, **kwargs)
+        seen.append((model.weight.dtype, model.target.model.dtype))
         return result
 
-    monkeypatch.setattr(reft_module, "train_lm_rank1", spy)
+    monkeypatch.setattr(reft_module, "train_chunk", spy)
     dictionary = ReFTr1(ReFTr1Config(epochs=1, batch_size=6)).fit(bf16, train_df, CONCEPTS, LAYER)
     assert seen == [(torch.float32, torch.bfloat16)]
     assert torch.isfinite(dictionary.weight).all()
@@ -265,11 +257,11 @@ def test_feature_aurocs_match_sklearn():
 
 
 def test_bow_equals_per_concept_sklearn_pipeline(target, train_df):
-    dictionary = BoW().fit(target, train_df, CONCEPTS, LAYER)
-    assert dictionary.config["detector"] == "text" and dictionary.config["steering"] == "none"
+    classifier = BoW().fit(target, train_df, CONCEPTS, LAYER)
+    assert classifier.detector == "text" and not classifier.steers
     data = TrainingSet.from_frame(train_df, CONCEPTS)
     texts = data.transcripts(target)
-    scores = BoW.score_texts(dictionary, texts)
+    scores = classifier.score_texts(texts)
     for c in range(2):
         rows = data.members[c].tolist()
         own = CountVectorizer()
@@ -297,13 +289,12 @@ class _FakeBackend:
 
 def test_prompt_steering_stores_one_instruction_per_concept(target, train_df):
     backend = _FakeBackend(lambda r: '"Always talk about it."')
-    dictionary = PromptSteering(backend=backend).fit(target, train_df, CONCEPTS, LAYER)
+    prompts = PromptSteering(backend=backend).fit(target, train_df, CONCEPTS, LAYER)
     assert len(backend.requests) == 2 and "the sea" in backend.requests[0].messages[0]["content"]
-    assert [c.extra["steering_prompt"] for c in dictionary.concepts] == ["Always talk about it."] * 2
-    assert dictionary.config["factor_free"] is True and dictionary.config["steering"] == "prompt"
-    assert not dictionary.weight.any()
+    assert prompts.prompts == {c.concept_id: "Always talk about it." for c in CONCEPTS} and prompts.llm == "fake"
+    assert prompts.steers and prompts.detector is None and prompts.steerer().factor_free
     fallback = PromptSteering({"llm_prompts": "false"}).fit(target, train_df, CONCEPTS, LAYER)
-    assert "Paris" in fallback.config["steering_prompts"]["1"]
+    assert "Paris" in fallback.prompts[1] and fallback.llm is None
     with pytest.raises(MethodConfigError, match="needs an LLM"):
         PromptSteering().fit(target, train_df, CONCEPTS, LAYER)
 
@@ -311,8 +302,8 @@ def test_prompt_steering_stores_one_instruction_per_concept(target, train_df):
 def test_prompt_detection_rates_and_reports_parse_failures(target, train_df):
     backend = _FakeBackend(lambda r: "Rating: [[2]]" if "Paris" in r.messages[0]["content"] else "hmm")
     method = PromptDetection()
-    dictionary = method.fit(target, train_df, CONCEPTS, LAYER)
-    assert dictionary.config["detector"] == "target-model"
+    rater = method.fit(target, train_df, CONCEPTS, LAYER)
+    assert rater.detector == "target-model" and not rater.steers
     ratings = method.score_texts(backend, ["Paris", "the sea"], ["I love Paris.", "Waves."])
     assert ratings[0] == 2.0 and math.isnan(ratings[1])
     assert parse_rating("**Rating:** [[1]].") == 1.0 and math.isnan(parse_rating("Rating: [[7]]"))
@@ -334,7 +325,7 @@ def test_train_cli_writes_a_loadable_dictionary(tiny_llama_dir, train_df, tmp_pa
 
     from axdata.builders import write_concepts, write_split
     from axeval.cli.train import train
-    from axmethods.dictionary import SteeringDictionary
+    from axmethods.results import load_result
 
     write_split(pa.Table.from_pandas(train_df, preserve_index=False), tmp_path / "data", "tiny", "train")
     write_concepts(CONCEPTS, tmp_path / "data", "tiny")
@@ -342,16 +333,16 @@ def test_train_cli_writes_a_loadable_dictionary(tiny_llama_dir, train_df, tmp_pa
     app.command()(train)
     app.command("other")(lambda: None)  # two commands: typer then dispatches by name
     result = CliRunner().invoke(app, ["train", method, "--data", str(tmp_path / "data"), "--model", str(tiny_llama_dir),
-                                      "--layer", "1", "--out", str(tmp_path / "dict"), "--set", "epochs=1",
+                                      "--layer", "1", "--out", str(tmp_path / "dict"), "--set", "num_train_epochs=1",
                                       "--set", "seed=7"] if method == "reft-r1" else
                                 ["train", method, "--data", str(tmp_path / "data"), "--model", str(tiny_llama_dir),
                                  "--layer", "1", "--out", str(tmp_path / "dict"), "--set", "seed=7"])
     assert result.exit_code == 0, result.output
-    loaded = SteeringDictionary.load(tmp_path / "dict")
+    loaded = load_result(tmp_path / "dict")
     assert loaded.method == method and loaded.n_concepts == 2 and loaded.config["seed"] == 7
     bad = CliRunner().invoke(app, ["train", method, "--data", str(tmp_path / "data"), "--model", str(tiny_llama_dir),
                                    "--layer", "1", "--out", str(tmp_path / "x"), "--set", "nope=1"])
-    assert bad.exit_code == 1 and "no field" in bad.output
+    assert bad.exit_code == 2 and "no field" in bad.output
 
 
 def test_joint_probe_row_matches_a_single_concept_run(target, train_df):
@@ -359,3 +350,21 @@ def test_joint_probe_row_matches_a_single_concept_run(target, train_df):
     joint = Probe(config).fit(target, train_df, CONCEPTS, LAYER).weight
     alone = Probe(config).fit(target, train_df, CONCEPTS[1:], LAYER).weight
     assert torch.nn.functional.cosine_similarity(joint[1], alone[0], dim=0) > 0.9
+
+
+def test_probe_checkpoints_and_resumes_to_the_same_direction(target, train_df, tmp_path):
+    """The one training engine is the Trainer's: checkpoints hold the [k, d] weight, a resumed run ends equal."""
+    import shutil
+
+    settings = {"epochs": 4, "batch_size": 4, "gradient_accumulation_steps": 1, "lr": 5e-2, "max_length": 32,
+                "output_dir": str(tmp_path), "save_strategy": "steps", "save_steps": 3}
+    full = Probe(settings).fit(target, train_df, CONCEPTS, LAYER).weight
+    folder = tmp_path / "concepts_from_0"
+    assert sorted(p.name for p in folder.glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-3", "checkpoint-6",
+                                                                  "checkpoint-9"]
+    for late in ("checkpoint-6", "checkpoint-9", "checkpoint-12"):
+        shutil.rmtree(folder / late)
+    method = Probe({**settings, "resume_from_checkpoint": True})
+    resumed = method.fit(target, train_df, CONCEPTS, LAYER)
+    assert len(method.loss_history) == 12 - 3  # only the steps after checkpoint-3 ran
+    torch.testing.assert_close(resumed.weight, full, atol=1e-6, rtol=1e-5)

@@ -154,8 +154,8 @@ def test_prompt_steering_is_judged_against_the_original_instruction(tiny_llama_t
     from axeval.judge import Judge
     from axmethods.inference.steering import PromptSteerer, plan_rows
 
-    concepts = [SimpleNamespace(concept_id=0, extra={"steering_prompt": "Mention the sea in every sentence."})]
-    steerer = PromptSteerer(SimpleNamespace(method="prompt-steering", concepts=concepts, config={}))
+    steerer = PromptSteerer(SimpleNamespace(method="prompt-steering", config_hash="h", template_hash="h",
+                                            prompts={0: "Mention the sea in every sentence."}))
     split = pd.DataFrame({"concept_id": [0], "input_concept": ["the sea"], "input_id": [0], "half": ["heldout"],
                           "original_prompt": ["Describe your morning."]})
     row = plan_rows(split, steerer, tiny_llama_target, [], seed=0).iloc[0]

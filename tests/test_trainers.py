@@ -142,6 +142,17 @@ def test_joint_training_equals_one_run_per_concept(target) -> None:
     torch.testing.assert_close(joint.intervention.weight[:1], alone.intervention.weight, atol=1e-5, rtol=1e-4)
 
 
+def test_a_datasets_dataset_trains_as_the_pandas_frame(target) -> None:
+    import datasets
+
+    runs = []
+    for data in (preference_df(), datasets.Dataset.from_pandas(preference_df())):
+        trainer = RePSTrainer(model=target, args=config(num_train_epochs=2), train_dataset=data, concepts=CONCEPTS)
+        trainer.train()
+        runs.append(trainer.intervention.weight.detach())
+    assert torch.equal(runs[0], runs[1])
+
+
 def _logits(target, text: str) -> torch.Tensor:
     ids = torch.tensor([target.encode(text)])
     with torch.no_grad():
@@ -258,7 +269,7 @@ def test_cli_trains_reps_and_lora_then_steers_with_their_own_factor_grids(tiny_l
     common = ["--data", str(data), "--model", str(tiny_llama_dir), "--layer", str(LAYER), "--device", "cpu",
               "--dtype", "float32", "--set", "num_train_epochs=1", "--set", "disable_tqdm=true"]
     result = runner.invoke(app, ["train", "reps", *common, "--out", str(tmp_path / "reps"),
-                                 "--set", "steering_factors=1,2", "--set", "inference_factors=1,3"])
+                                 "--set", "steering_factors=[1, 2]", "--set", "inference_factors=[1, 3]"])
     assert result.exit_code == 0, result.output
     assert "no preference split" in result.output
     result = runner.invoke(app, ["train", "lang-lora", *common, "--out", str(tmp_path / "lora")])
