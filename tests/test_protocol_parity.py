@@ -139,7 +139,7 @@ def test_reft_r1_l1_divides_by_every_intervened_position():
 
 def test_gradient_is_clipped_before_its_parallel_part_is_removed():
     """AxBench clips the gradient, then removes the part along w: the kept part can end below max_norm."""
-    from axmethods.methods.joint import prepare_gradient_
+    from axmethods.trainers.concept_trainer import prepare_gradient_
 
     weight = torch.nn.Parameter(torch.tensor([[1.0, 0.0]]))
     weight.grad = torch.tensor([[3.0, 4.0]])
