@@ -40,6 +40,7 @@ from axdata.io import atomic_path, atomic_write_json
 from axmethods.results import CARD_FILE, CONFIG_FILE, ConceptResult, DictionaryError, card_metadata
 
 if TYPE_CHECKING:
+    from axmethods.inference.steering import DictionarySteerer
     from axmethods.models import TargetModel
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,8 @@ class SteeringDictionary(ConceptResult):
 
     FORMAT: ClassVar[str] = FORMAT
     KIND: ClassVar[str] = "dictionary"
+    detector: ClassVar[str] = "residual"
+    steers: ClassVar[bool] = True
 
     weight: torch.Tensor
     concepts: list[Concept]
@@ -137,6 +140,17 @@ class SteeringDictionary(ConceptResult):
     def steering_vectors(self) -> torch.Tensor:
         """The rows steering adds ([n, d]): `steering_weight` where the method has one, else `weight`."""
         return self.weight if self.steering_weight is None else self.steering_weight
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether it steers with factor × calibration but has no calibration yet (latent inference computes it)."""
+        return self.calibration is None
+
+    def steerer(self, *, kind: str = "addition", positions: str = "all") -> DictionarySteerer:
+        """Steering with one row per concept: α = factor × calibration, intervention `kind`."""
+        from axmethods.inference.steering import DictionarySteerer
+
+        return DictionarySteerer(self, kind=kind, positions=positions)
 
     def activate(self, scores: torch.Tensor) -> torch.Tensor:
         """This method's detection read-out applied to raw projections `h @ W.T + b`."""

@@ -37,7 +37,9 @@ logger = logging.getLogger(__name__)
 # sft: TRL's SFTTrainer per concept; text: a classifier over the texts; llm: an LLM writes prompts / ratings;
 # lookup: a feature of a pretrained SAE is looked up, nothing is trained.
 Training = Literal["activations", "gradient", "preference", "lm", "sft", "text", "llm", "lookup"]
-Result = Literal["dictionary", "adapters", "finetuned"]
+# The result class (`axmethods.results`): SteeringDictionary, ConceptAdapters, FinetunedConcepts, BagOfWords,
+# SteeringPrompts, RelevanceRater.
+Result = Literal["dictionary", "adapters", "finetuned", "bag-of-words", "steering-prompts", "relevance-rater"]
 
 _ADAPTER_LAYOUT = {"low_rank_dimension": 4, "subtraction_type": "negate", "intervention_dropout": 0.1}
 
@@ -112,8 +114,9 @@ class MethodSpec:
 
 
 def _method(name: str, cls: str, summary: str, training: Training, *, detects: bool = True, steers: bool = True,
-            axbench: str) -> MethodSpec:
-    return MethodSpec(name, summary, training, detects, steers, f"axmethods.methods.{cls}", axbench_name=axbench)
+            axbench: str, result: Result = "dictionary") -> MethodSpec:
+    return MethodSpec(name, summary, training, detects, steers, f"axmethods.methods.{cls}", result,
+                      axbench_name=axbench)
 
 
 def _family(name: str, summary: str, training: Training, preset: Mapping[str, Any], *,
@@ -139,11 +142,11 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
     _method("sae-a", "sae:SAEA", "the SAE feature of best AUROC on the train split", "lookup",
             axbench="GemmaScopeSAEMaxAUC"),
     _method("bow", "bow:BoW", "bag-of-words logistic regression over the texts", "text", steers=False,
-            axbench="BoW"),
+            axbench="BoW", result="bag-of-words"),
     _method("prompt-steering", "prompt:PromptSteering", "an LLM-written instruction prepended to the prompt", "llm",
-            detects=False, axbench="PromptSteering"),
-    _method("prompt-detection", "prompt:PromptDetection", "an LLM rates how much a text shows the concept", "llm",
-            steers=False, axbench="PromptDetection"),
+            detects=False, axbench="PromptSteering", result="steering-prompts"),
+    _method("prompt-detection", "prompt:PromptDetection", "the target model rates how much a text shows the concept",
+            "llm", steers=False, axbench="PromptDetection", result="relevance-rater"),
     _family("reps", "RePS vector: scaled SimPO over orig_add / orig_sub pairs (2B: lr 0.04, batch 6, "
             "18 epochs, factors 2..20)", "preference", {}),
     _family("reps-lora", "RePS with a LoRA on o_proj (rank 4, 6 epochs, factors 0.2..2.0, -factor subtraction)",

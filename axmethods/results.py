@@ -1,10 +1,19 @@
 """The one result contract: every trained result shares `save_pretrained` / `from_pretrained` / `push_to_hub`.
 
-A method's result is one of a few typed classes — `SteeringDictionary` (rank-1 rows, `axmethods.dictionary`),
-`ConceptAdapters` (LoRA / LoReFT, `axmethods.trainers.artifacts`), `FinetunedConcepts` (full SFT,
-`axmethods.trainers.finetuned`) — each a `ConceptResult`: a folder of safetensors + `concepts.jsonl` + JSON
-config + a model card rendered from `hub_cards/`, identified by the `format` its config names. `load_result`
-opens any of them from a folder or a Hub repo, whatever its kind.
+A method's result is one of a few typed classes, each a `ConceptResult`: a folder of safetensors +
+`concepts.jsonl` + JSON config + a model card rendered from `hub_cards/`, identified by the `format` its
+config names. `load_result` opens any of them from a folder or a Hub repo, whatever its kind.
+
+| class | module | detects (`detector`) | steers |
+|---|---|---|---|
+| `SteeringDictionary` | `axmethods.dictionary` | residual read-out | adds factor × calibration × row |
+| `ConceptAdapters` | `axmethods.trainers.artifacts` | — | LoRA / LoReFT per concept |
+| `FinetunedConcepts` | `axmethods.trainers.finetuned` | — | swaps in fine-tuned weights |
+| `BagOfWords` | `axmethods.methods.bow` | text classifier | — |
+| `SteeringPrompts` | `axmethods.methods.prompt` | — | an instruction before the prompt |
+| `RelevanceRater` | `axmethods.methods.prompt` | the target model rates texts | — |
+
+The class says what a result does (`detector`, `steerer()`): nothing is chosen by keys of its config dict.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ import logging
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 import torch
 
@@ -22,7 +31,10 @@ from axdata.io import atomic_write_text
 
 if TYPE_CHECKING:
     from axdata.concepts import Concept
+    from axmethods.inference.steering import Steerer
     from axmethods.models import TargetModel
+
+DetectorKind = Literal["residual", "text", "target-model"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +60,9 @@ class ConceptResult:
 
     FORMAT: ClassVar[str]
     KIND: ClassVar[str] = "result"  # how messages name it: dictionary, adapters, fine-tuned concepts
+    # How latent inference scores texts with it (`axmethods.inference.latent`); None: it does not detect.
+    detector: ClassVar[DetectorKind | None] = None
+    steers: ClassVar[bool] = False  # True where `steerer()` gives a steerer
     concepts: list[Concept]
     method: str
     base_model: str
@@ -74,6 +89,12 @@ class ConceptResult:
             raise DictionaryError(f"concept_ids {missing[:10]} are not in this {self.method} {self.KIND} (it holds "
                                   f"{self.concept_ids[:10]}…)")
         return torch.tensor([index[int(cid)] for cid in concept_ids], dtype=torch.long)
+
+    def steerer(self, *, kind: str = "addition", positions: str = "all") -> Steerer:
+        """How steering inference applies this result (`axmethods.inference.steering.Steerer`)."""
+        raise DictionaryError(f"The {self.method} {self.KIND} is detection-only: it has no steering intervention. "
+                              "Steer with a steering method's result (e.g. DiffMean, ReFT-r1, prompt-steering); use "
+                              "this one with `infer latent`.")
 
     def check_model(self, target: TargetModel) -> None:
         if target.model_id != self.base_model:
@@ -143,6 +164,75 @@ class ConceptResult:
                 delete_patterns=self.push_patterns())
         logger.info("Pushed the %s result to %s", self.method, repo_id)
         return str(commit)
+
+
+class FolderResult(ConceptResult):
+    """A result kept as `config.json` (+ `concepts.jsonl`, optional tensors) at the folder's root.
+
+    Subclasses give `record()` (their config.json fields beyond the shared ones), `tensors()` and
+    `from_record(record, concepts, tensors)`; the rest is here.
+    """
+
+    TENSORS_FILE: ClassVar[str] = "tensors.safetensors"
+    CARD: ClassVar[str] = "baseline_card.md"
+    base_model_revision: str | None
+
+    def record(self) -> dict[str, Any]:
+        return {}
+
+    @property
+    def config_hash(self) -> str:
+        from axdata.hashing import content_hash
+
+        return content_hash({"method": self.method, "config": self.config, **self.record()})
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    @classmethod
+    def from_record(cls: type[R], record: dict[str, Any], concepts: list[Concept],
+                    tensors: dict[str, torch.Tensor]) -> R:
+        raise NotImplementedError
+
+    def write_files(self, root: Path) -> Path:
+        from safetensors.torch import save_file
+
+        from axdata.concepts import write_concepts_jsonl
+        from axdata.io import atomic_path, atomic_write_json
+
+        tensors = self.tensors()
+        if tensors:
+            with atomic_path(root / self.TENSORS_FILE) as tmp:
+                save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
+                          metadata={"format": self.FORMAT, "method": self.method})
+        write_concepts_jsonl(root / "concepts.jsonl", self.concepts)
+        atomic_write_json(root / CONFIG_FILE, {
+            "format": self.FORMAT, "format_version": 1, "method": self.method, "base_model": self.base_model,
+            "base_model_revision": self.base_model_revision, "config": self.config, **self.record()})
+        return root
+
+    @classmethod
+    def load(cls: type[R], directory: str | Path, **_: Any) -> R:
+        from safetensors.torch import load_file
+
+        from axdata.concepts import ConceptFileError, load_concepts
+
+        root = Path(directory)
+        record = read_folder_config(root, cls.FORMAT, f"{cls.__name__}.save_pretrained")
+        try:
+            concepts = load_concepts(root / "concepts.jsonl", dedupe=False)
+            tensors = load_file(str(root / cls.TENSORS_FILE)) if (root / cls.TENSORS_FILE).is_file() else {}
+        except (ConceptFileError, OSError) as error:
+            raise DictionaryError(f"{root}: {error}; the folder is damaged: re-save or re-download it.") from None
+        return cls.from_record(record, concepts, tensors)
+
+    def model_card(self, *, datasets: Sequence[str] = (), eval_results: Sequence[Mapping[str, Any]] = (),
+                   repo_id: str | None = None) -> str:
+        from axdata.cards import render_card
+
+        return render_card(self.CARD, metadata=card_metadata(self, datasets, eval_results, repo_id),
+                           result=self, repo_id=repo_id or "DIR_OR_REPO", datasets=list(datasets),
+                           examples=self.concepts[:10])
 
 
 def card_metadata(result: ConceptResult, datasets: Sequence[str], eval_results: Sequence[Mapping[str, Any]],
@@ -218,9 +308,12 @@ def load_result(repo_id_or_dir: str | Path, layer: int | None = None, *, revisio
     from axmethods.trainers.artifacts import ConceptAdapters
     from axmethods.trainers.finetuned import FinetunedConcepts
 
+    from axmethods.methods.bow import BagOfWords
+    from axmethods.methods.prompt import RelevanceRater, SteeringPrompts
+
     root = fetch(repo_id_or_dir, revision=revision, token=token)
-    kinds: dict[str, type[ConceptResult]] = {ConceptAdapters.FORMAT: ConceptAdapters,
-                                              FinetunedConcepts.FORMAT: FinetunedConcepts}
+    kinds: dict[str, type[ConceptResult]] = {
+        kind.FORMAT: kind for kind in (ConceptAdapters, FinetunedConcepts, BagOfWords, SteeringPrompts, RelevanceRater)}
     kind = kinds.get(folder_format(root) or "")
     if kind is not None:
         return kind.load(root)

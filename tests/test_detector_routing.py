@@ -19,11 +19,11 @@ from axdata.llm.types import Completion
 from axeval.cli.infer import infer_app
 from axeval.stages import methods as stage_methods
 from axmethods.dictionary import DictionaryError, SteeringDictionary
-from axmethods.inference.latent import calibrate, detector_kind, latent_inference
-from axmethods.inference.steering import steerer_for
-from axmethods.methods.bow import BoW
+from axmethods.inference.latent import calibrate, latent_inference
+from axmethods.methods.bow import BagOfWords, BoW
 from axmethods.methods.diffmean import DiffMean
-from axmethods.methods.prompt import PromptDetection, PromptSteering
+from axmethods.methods.prompt import PromptDetection, PromptSteering, RelevanceRater, SteeringPrompts
+from axmethods.results import load_result
 
 LAYER = 1
 CONCEPTS = [Concept(0, "the sea", genres=("text",)), Concept(1, "Paris", genres=("text",))]
@@ -100,9 +100,24 @@ def fitted(tiny_llama_target):
     )
 
 
-def test_detector_kinds(fitted) -> None:
-    assert [detector_kind(d) for d in (fitted.diffmean, fitted.bow, fitted.detection, fitted.steering)] == [
-        "residual", "text", "target-model", "none"]
+def test_each_method_has_its_result_type_and_detector(fitted) -> None:
+    results = (fitted.diffmean, fitted.bow, fitted.detection, fitted.steering)
+    assert [type(r) for r in results] == [SteeringDictionary, BagOfWords, RelevanceRater, SteeringPrompts]
+    assert [r.detector for r in results] == ["residual", "text", "target-model", None]
+    assert [r.steers for r in results] == [True, False, False, True]
+
+
+def test_baseline_results_round_trip(fitted, tmp_path: Path) -> None:
+    texts = [fitted.target.format_transcript("Write something.", t) for t in SEA[:2] + PARIS[:2]]
+    for name in ("bow", "detection", "steering"):
+        result = getattr(fitted, name)
+        result.save_pretrained(tmp_path / name)
+        loaded = load_result(tmp_path / name)
+        assert type(loaded) is type(result) and loaded.concepts == result.concepts
+        assert loaded.config_hash == result.config_hash and "axbench" in (tmp_path / name / "README.md").read_text()
+    torch.testing.assert_close(load_result(tmp_path / "bow").score_texts(texts), fitted.bow.score_texts(texts))
+    assert load_result(tmp_path / "steering").prompts == fitted.steering.prompts
+    assert load_result(tmp_path / "detection").settings == fitted.detection.settings
 
 
 def test_every_detector_in_latent_mode(fitted, caplog: pytest.LogCaptureFixture) -> None:
@@ -120,7 +135,7 @@ def test_every_detector_in_latent_mode(fitted, caplog: pytest.LogCaptureFixture)
     assert by_method["diffmean"]["max_token"].notna().all()
     # BoW: P(positive) of the same transcripts, each row for its own concept; no token columns.
     texts = [target.format_transcript(i, o) for i, o in zip(latent["input"], latent["output"])]
-    matrix = BoW.score_texts(fitted.bow, texts)
+    matrix = fitted.bow.score_texts(texts)
     expected = matrix[torch.arange(len(latent)), torch.tensor(latent["concept_id"].to_numpy())].numpy()
     np.testing.assert_allclose(by_method["bow"]["score"], expected, rtol=1e-6)
     assert by_method["bow"]["max_token_index"].isna().all() and by_method["bow"]["max_token"].isna().all()
@@ -151,7 +166,7 @@ def test_every_detector_in_latent_imbalance_mode(fitted) -> None:
         assert (shared.groupby("scored_concept_id").size() == len(pool)).all()
     bow = scores[scores["method"] == "bow"]
     pool_texts = [target.format_transcript(i, o) for i, o in zip(pool["input"], pool["output"])]
-    matrix = BoW.score_texts(fitted.bow, pool_texts)
+    matrix = fitted.bow.score_texts(pool_texts)
     shared = bow[bow["concept_id"] == -1]
     expected = matrix[torch.tensor(shared["row_id"].to_numpy()), torch.tensor(shared["scored_concept_id"].to_numpy())]
     np.testing.assert_allclose(shared["score"], expected.numpy(), rtol=1e-6)
@@ -182,11 +197,11 @@ def test_only_residual_dictionaries_calibrate(fitted) -> None:
         calibrate(fitted.bow, scores)
 
 
-def test_steerer_for_refuses_detection_only_dictionaries(fitted) -> None:
-    for dictionary in (fitted.bow, fitted.detection):
+def test_detection_only_results_have_no_steerer(fitted) -> None:
+    for result in (fitted.bow, fitted.detection):
         with pytest.raises(DictionaryError, match="detection-only"):
-            steerer_for(dictionary)
-    assert steerer_for(fitted.steering).factor_free
+            result.steerer()
+    assert fitted.steering.steerer().factor_free
 
 
 def _stage_context(tmp_path: Path, target, split: pd.DataFrame | dict) -> SimpleNamespace:
@@ -225,7 +240,7 @@ def test_steering_stage_skips_detection_only_dictionaries(fitted, tmp_path: Path
 def test_latent_stage_scores_every_method(fitted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ctx, dataset = _stage_context(tmp_path, fitted.target, {"latent": latent_frame(), "latent_imbalance": pool_frame()})
     monkeypatch.setattr(stage_methods, "run_dataset", lambda ctx: dataset)
-    monkeypatch.setattr(stage_methods, "load_dictionaries",
+    monkeypatch.setattr(stage_methods, "load_detectors",
                         lambda ctx: [fitted.diffmean, fitted.bow, fitted.detection, fitted.steering])
     monkeypatch.setattr("axmethods.chat_backend.TransformersChatBackend", lambda target: fitted.backend)
     summary = stage_methods.LatentStage().run(ctx)
@@ -268,7 +283,7 @@ def test_infer_cli_routes_every_method_and_config_is_optional(fitted, tiny_llama
         assert set(scores["method"]) == {"diffmean", "bow"}
         assert scores.loc[scores["method"] == "bow", "max_token"].isna().all()
     assert SteeringDictionary.load(tmp_path / "diffmean").calibration is not None
-    assert SteeringDictionary.load(tmp_path / "bow").calibration is None
+    assert isinstance(load_result(tmp_path / "bow"), BagOfWords)  # nothing to calibrate, nothing written back
     # Steering: the calibrated residual dictionary and prompt steering work, detection-only ones are refused.
     steer = ["steer", *model, "--factors", "1", "--max-new-tokens", "3"]
     result = runner.invoke(infer_app, [*steer, "--dictionary", str(tmp_path / "diffmean"),

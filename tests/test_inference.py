@@ -294,10 +294,19 @@ def test_infer_cli_latent_calibrates_then_steers(tiny_llama_target, tiny_llama_d
 
 
 def test_latent_inference_rejects_an_unknown_detector_and_skips_steering_only(tiny_llama_target) -> None:
+    from axmethods.methods.prompt import SteeringPrompts
+
     target = tiny_llama_target
-    odd = make_dictionary(target, config={"detector": "oracle"})
+
+    class Oracle(SteeringDictionary):
+        detector = "oracle"
+
+    odd = Oracle(**{f: getattr(make_dictionary(target), f) for f in ("weight", "concepts", "layer", "hook_module",
+                                                                      "base_model", "method")})
     with pytest.raises(DictionaryError, match="oracle"):
         latent_inference(target, [odd], latent_frame(), progress=False)
-    prompt_only = make_dictionary(target, method="prompt-steering", config={"steering": "prompt", "detector": "none"})
+    concepts = make_dictionary(target).concepts
+    prompt_only = SteeringPrompts(prompts={c.concept_id: "Talk about it." for c in concepts}, concepts=concepts,
+                                  method="prompt-steering", base_model="m", layer=0, template="t", template_hash="h")
     scores = latent_inference(target, [prompt_only, make_dictionary(target)], latent_frame(), progress=False)
     assert set(scores["method"]) == {"DiffMean"} and len(scores) == len(latent_frame())

@@ -27,13 +27,25 @@ def test_every_method_is_one_entry_found_by_our_name_or_axbench_class_name() -> 
         get_method("nope")
 
 
-@pytest.mark.parametrize("name", sorted(RANK1))
-def test_rank1_specs_agree_with_their_classes(name: str) -> None:
+RESULT_CLASSES = {"dictionary": "axmethods.dictionary:SteeringDictionary",
+                  "adapters": "axmethods.trainers.artifacts:ConceptAdapters",
+                  "finetuned": "axmethods.trainers.finetuned:FinetunedConcepts",
+                  "bag-of-words": "axmethods.methods.bow:BagOfWords",
+                  "steering-prompts": "axmethods.methods.prompt:SteeringPrompts",
+                  "relevance-rater": "axmethods.methods.prompt:RelevanceRater"}
+
+
+@pytest.mark.parametrize("name", sorted(RANK1 | FAMILY))
+def test_specs_agree_with_their_classes_and_result_types(name: str) -> None:
+    import importlib
+
     spec = get_method(name)
-    cls = spec.load()
-    assert cls.name == name and spec.settings_class is cls.config_class
-    assert spec.steers == (cls.steering != "none")
-    assert spec.detects == (cls.steering != "prompt")  # every rank-1 method but prompt steering detects
+    if name in RANK1:
+        cls = spec.load()
+        assert cls.name == name and spec.settings_class is cls.config_class
+    module, _, attribute = RESULT_CLASSES[spec.result].partition(":")
+    result = getattr(importlib.import_module(module), attribute)
+    assert spec.steers == result.steers and spec.detects == (result.detector is not None)
 
 
 def test_family_settings_apply_the_preset_then_the_values() -> None:
@@ -56,8 +68,8 @@ def test_list_settings_shows_defaults_with_the_preset(name: str) -> None:
     assert any(line.strip().startswith(expected) for line in lines), lines
 
 
-def test_registry_and_train_help_load_without_torch() -> None:
-    code = ("import sys; import axmethods.registry, axeval.cli.train; "
+def test_the_cli_and_the_registry_load_without_torch() -> None:
+    code = ("import sys; import axmethods.registry, axeval.cli; "
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'")
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -285,10 +285,9 @@ def test_cli_trains_reps_and_lora_then_steers_with_their_own_factor_grids(tiny_l
         assert len(generations) == 2 * 2 * n_factors
     assert sorted(pd.read_parquet(tmp_path / "reps.parquet")["factor"].unique()) == [1.0, 3.0]
     result = runner.invoke(app, ["train", "reps", *common, "--out", str(tmp_path / "x"), "--set", "loss_type=ipo"])
-    assert result.exit_code == 1 and "loss_type" in result.output
-    result = runner.invoke(app, ["train", "bipo", "--data", str(data), "--layer", "1", "--out", str(tmp_path / "y"),
-                                 "--set", "help=1"])
-    assert result.exit_code == 0 and "simpo_scaler" in result.output
+    assert result.exit_code == 2 and "loss_type" in result.output  # a bad setting is a usage error
+    result = runner.invoke(app, ["train", "bipo", "--list-settings"])
+    assert result.exit_code == 0 and "simpo_scaler" in result.output and "beta = 1.0" in result.output
 
 
 def test_batched_reference_logps_equal_one_sequence_at_a_time(tiny_target) -> None:

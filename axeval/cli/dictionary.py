@@ -29,7 +29,6 @@ def push(
 ) -> None:
     """Upload a dictionary layer folder (or a trained method's adapters / fine-tuned weights) and its card."""
     from axmethods.dictionary import DictionaryError, SteeringDictionary
-    from axmethods.inference.steering import needs_calibration
     from axmethods.results import load_result
 
     try:
@@ -37,7 +36,7 @@ def push(
     except (DictionaryError, FileNotFoundError) as error:
         typer.echo(f"Push failed: {error}", err=True)
         raise typer.Exit(1) from None
-    if isinstance(artifact, SteeringDictionary) and needs_calibration(artifact):
+    if isinstance(artifact, SteeringDictionary) and artifact.needs_calibration:
         if not allow_uncalibrated:
             typer.echo(f"Push refused: the {artifact.method} dictionary in {directory} has no calibration (the "
                        "per-concept max activation that scales steering factors), so nobody could steer with it. "

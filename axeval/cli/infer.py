@@ -12,8 +12,6 @@ _DICTIONARY_HELP = "A dictionary directory (or Hub model repo id) written by `ax
 
 
 def _load(dictionaries: list[str], layer: int | None, model: str | None, dtype: str, device: str):
-    from axmethods.dictionary import SteeringDictionary
-    from axmethods.inference.latent import check_dictionary
     from axmethods.models import TargetModelConfig, load_target_model
     from axmethods.results import load_result
 
@@ -22,9 +20,8 @@ def _load(dictionaries: list[str], layer: int | None, model: str | None, dtype: 
     spec = TargetModelConfig(model=model) if model else \
         TargetModelConfig(model=loaded[0].base_model, revision=loaded[0].base_model_revision)
     target = load_target_model(spec, dtype=dtype, device=device)
-    for dictionary in loaded:
-        if isinstance(dictionary, SteeringDictionary):
-            check_dictionary(dictionary, target)  # text detectors (BoW) have a vocabulary-sized weight
+    for result in loaded:
+        result.check_model(target)
     return loaded, target
 
 
@@ -60,17 +57,18 @@ def latent(
     from axdata.io import atomic_path
     from axmethods.dictionary import WEIGHTS_FILE, SteeringDictionary
     from axmethods.inference.latent import calibrate as calibrate_dictionary
-    from axmethods.inference.latent import detector_kind, latent_inference
+    from axmethods.inference.latent import latent_inference
 
     try:
         config = resolve_config(data, config)
         loaded_all, target = _load(dictionary, layer, model, dtype, device)
-        dictionaries = [d for d in loaded_all if isinstance(d, SteeringDictionary)]
+        dictionaries = [d for d in loaded_all if d.detector]
         for skipped in loaded_all:
-            if not isinstance(skipped, SteeringDictionary):
-                typer.echo(f"Skipped {skipped.method}: its adapters steer but have no detector.", err=True)
+            if not skipped.detector:
+                typer.echo(f"Skipped {skipped.method}: its {skipped.KIND} steer but have no detector.", err=True)
         if not dictionaries:
-            raise ValueError("none of --dictionary is a steering dictionary; latent inference needs a detector.")
+            raise ValueError("none of --dictionary detects; latent inference needs a detector (a dictionary, BoW "
+                             "or prompt detection).")
         latent_split = read_split(data, config, "latent")
         pool = read_split(data, config, "latent_imbalance") if mode == "latent_imbalance" else None
         scores = latent_inference(target, dictionaries, latent_split, mode=mode, imbalance_pool=pool,
@@ -83,12 +81,9 @@ def latent(
     for method, count in scores.attrs.get("nan_scores", {}).items():
         if count:
             typer.echo(f"{method}: {count} scores are NaN (answers without a parsable rating)", err=True)
-    for loaded in dictionaries:
-        if detector_kind(loaded) == "none":
-            typer.echo(f"Skipped {loaded.method}: a steering-only method has no detector.", err=True)
     if mode == "latent" and calibrate:
         for source, loaded in zip(dictionary, loaded_all):
-            if not isinstance(loaded, SteeringDictionary) or detector_kind(loaded) != "residual":
+            if not isinstance(loaded, SteeringDictionary):
                 continue  # only residual-stream dictionaries steer with a calibrated magnitude
             calibrated = calibrate_dictionary(loaded, scores, fallback=fallback)
             if calibrated is loaded:
@@ -131,7 +126,6 @@ def steer(
     from axmethods.inference.sampling import SamplingConfig
     from axmethods.factors import AXBENCH_FACTORS
     from axmethods.inference.steering import run_steering
-    from axmethods.trainers.artifacts import steerer_for_artifact
 
     try:
         factor_values = [float(value) for value in factors.split(",") if value.strip()] if factors else None
@@ -140,8 +134,8 @@ def steer(
     try:
         config = resolve_config(data, config)
         (loaded,), target = _load([dictionary], layer, model, dtype, device)
-        # Refuses detection-only dictionaries (BoW, prompt-detection) with a clear message.
-        steerer = steerer_for_artifact(loaded, kind=intervention, positions=positions)  # type: ignore[arg-type]
+        # Detection-only results (BoW, prompt detection) refuse with a clear message.
+        steerer = loaded.steerer(kind=intervention, positions=positions)
         factor_values = factor_values or getattr(steerer, "factors", None) or list(AXBENCH_FACTORS)
         sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                                   top_p=top_p)

@@ -16,12 +16,11 @@ from axeval.pipeline import RunContext, Stage, join_counts
 from axeval.stages.dataset import run_dataset
 from axmethods.activations import ActivationCollector
 from axmethods.dictionary import SteeringDictionary
-from axmethods.inference.latent import calibrate, check_dictionary, detector_kind, latent_inference
+from axmethods.inference.latent import calibrate, latent_inference
 from axmethods.inference.sampling import SamplingConfig
-from axmethods.inference.steering import UnsteeredBaseline, can_steer, run_steering
+from axmethods.inference.steering import UnsteeredBaseline, run_steering
 from axmethods.registry import get_method
-from axmethods.results import load_result
-from axmethods.trainers.artifacts import steerer_for_artifact
+from axmethods.results import ConceptResult, load_result
 
 logger = logging.getLogger(__name__)
 
@@ -49,25 +48,24 @@ def dictionary_dir(ctx: RunContext, method: str) -> Path:
 
 def artifact_marker(ctx: RunContext, name: str) -> Path:
     """The file a finished training of method `name` leaves: a dictionary's weights or an adapter folder's config."""
-    if get_method(name).result != "dictionary":
+    if get_method(name).result != "dictionary":  # folder results keep their config at the root
         return dictionary_dir(ctx, name) / "config.json"
     return dictionary_dir(ctx, name) / f"l{ctx.config.run.layer}" / "weights.safetensors"
 
 
-def load_artifacts(ctx: RunContext) -> list[Any]:
-    """Every method's trained result: steering dictionaries, and adapters / fine-tuned weights of trained methods."""
+def load_artifacts(ctx: RunContext) -> list[ConceptResult]:
+    """Every method's trained result (`axmethods.results`), each checked against the target model."""
     target = ctx.target_model()
     artifacts = [load_result(dictionary_dir(ctx, name), layer=ctx.config.run.layer)
                  for name in method_names(ctx)]
     for artifact in artifacts:
-        if isinstance(artifact, SteeringDictionary):
-            check_dictionary(artifact, target)  # a text detector's (BoW) weight spans its vocabulary, not d
+        artifact.check_model(target)
     return artifacts
 
 
-def load_dictionaries(ctx: RunContext) -> list[SteeringDictionary]:
-    """The steering dictionaries only: what latent inference can score (adapters have no detector)."""
-    return [artifact for artifact in load_artifacts(ctx) if isinstance(artifact, SteeringDictionary)]
+def load_detectors(ctx: RunContext) -> list[ConceptResult]:
+    """The results that detect (a class with a `detector`): what latent inference scores."""
+    return [artifact for artifact in load_artifacts(ctx) if artifact.detector]
 
 
 class TrainStage(Stage):
@@ -130,15 +128,14 @@ class LatentStage(Stage):
     def run(self, ctx: RunContext) -> dict[str, Any]:
         dataset = run_dataset(ctx)
         target = ctx.target_model()
-        dictionaries = load_dictionaries(ctx)
-        # Every method goes in: latent_inference routes each to its detector and skips steering-only ones.
+        dictionaries = load_detectors(ctx)
         latent = dataset.split("latent")
         batch = ctx.config.inference.latent_batch_size
         scores = latent_inference(target, dictionaries, latent, batch_size=batch)
         _write(scores, ctx.run_dir.inference_dir / "latent.parquet")
-        detectors = [d for d in dictionaries if detector_kind(d) != "none"]
+        detectors = [d for d in dictionaries if d.detector]
         for dictionary in dictionaries:
-            if detector_kind(dictionary) == "residual":  # only residual read-outs calibrate a steering magnitude
+            if isinstance(dictionary, SteeringDictionary):  # only residual read-outs calibrate a magnitude
                 calibrated = calibrate(dictionary, scores,
                                        fallback=protocol.calibration_fallback(ctx.config.run.protocol))
                 if calibrated is not dictionary:
@@ -181,10 +178,10 @@ class SteeringStage(Stage):
             if steered is not None and get_method(artifact.method).name not in steered:
                 logger.info("%s is not in methods.steer: detection only in this run", artifact.method)
                 continue
-            if isinstance(artifact, SteeringDictionary) and not can_steer(artifact):
-                logger.info("%s is detection-only (steering = none): skipped in the steering stage", artifact.method)
+            if not artifact.steers:
+                logger.info("%s is detection-only: skipped in the steering stage", artifact.method)
                 continue
-            steerers.append(steerer_for_artifact(artifact, kind=settings.intervention, positions=settings.positions))
+            steerers.append(artifact.steerer(kind=settings.intervention, positions=settings.positions))
         if settings.unsteered_baseline:
             steerers.append(UnsteeredBaseline())
         sampling = SamplingConfig(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,

@@ -18,25 +18,23 @@ concept has no rows, AxBench used a constant 50; we use the median of the dictio
 (same scale as the concepts that did fire) unless a `fallback` constant is given (50.0 reproduces
 AxBench), and record which concepts fell back in `calibration_info`.
 
-Detector routing (`detector_kind`): `latent_inference` takes the dictionaries of every method and scores each
-with its own detector, on the same rows and with the same output columns:
-- `residual` (DiffMean, PCA, Probe, ReFT-r1, SAE, …): the one-pass residual read-out above;
-- `text` (BoW, `config["detector"] == "text"`): `BoW.score_texts` on the same chat transcripts;
-  `max_token_index` / `max_token` are null;
-- `target-model` (PromptDetection): the target model itself, through a chat backend (by default a
-  `TransformersChatBackend` of the target), rates each (row, concept) pair on the row's `output`; answers
-  without a rating stay NaN, are counted in `result.attrs["nan_scores"]` and logged; token columns null;
-- `none` (PromptSteering and other steering-only methods): skipped with an info log.
+Detector routing (each result class's `detector`, `axmethods.results`): `latent_inference` takes the results of
+every method and scores each with its own detector, on the same rows and with the same output columns:
+- `residual` (`SteeringDictionary`: DiffMean, PCA, Probe, ReFT-r1, SAE, …): the one-pass residual read-out above;
+- `text` (`BagOfWords`): its `score_texts` on the same chat transcripts; `max_token_index` / `max_token` are null;
+- `target-model` (`RelevanceRater`, prompt detection): the target model itself, through a chat backend (by
+  default a `TransformersChatBackend` of the target), rates each (row, concept) pair on the row's `output`;
+  answers without a rating stay NaN, are counted in `result.attrs["nan_scores"]` and logged; token columns null;
+- none (steering prompts, adapters and other steering-only results): skipped with an info log.
 Only residual dictionaries have a steering calibration (`calibrate`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -47,11 +45,14 @@ from axdata.schema import SHARED_NEGATIVE_ID
 from axmethods.dictionary import DictionaryError, SteeringDictionary
 from axmethods.hooks import layer_outputs
 from axmethods.models import TargetModel, pad_batch, pad_token_id
+from axmethods.results import ConceptResult
+
+if TYPE_CHECKING:
+    from axmethods.methods.prompt import RelevanceRater
 
 logger = logging.getLogger(__name__)
 
 LATENT_MODES = ("latent", "latent_imbalance")
-DETECTOR_KINDS = ("residual", "text", "target-model", "none")
 # Bound on the [B, T, n_concepts] score block materialised at once (elements), so 16k-concept
 # dictionaries score in concept chunks instead of allocating gigabytes.
 _MAX_SCORE_ELEMENTS = 1 << 26
@@ -113,36 +114,17 @@ def _max_pool(dictionary: SteeringDictionary, hidden: torch.Tensor, weight: torc
     return torch.cat(values, dim=1), torch.cat(indices, dim=1)
 
 
-def detector_kind(dictionary: SteeringDictionary) -> str:
-    """How `dictionary` detects its concepts: "residual", "text", "target-model" or "none" (see the module doc)."""
-    detector = dictionary.config.get("detector")
-    if detector in ("text", "target-model", "none"):
-        return detector
-    if detector not in (None, "residual"):
-        raise DictionaryError(f"The {dictionary.method} dictionary declares detector {detector!r}; known detectors: "
-                              f"{', '.join(DETECTOR_KINDS)}.")
-    if dictionary.config.get("detection_activation") == "external" or dictionary.config.get("steering") == "prompt":
-        return "none"  # an external detector this code does not know (or none at all): nothing to score here
-    return "residual"
-
-
-def check_dictionary(dictionary: SteeringDictionary, target: TargetModel) -> None:
-    """`dictionary.check_model(target)`, except for text detectors (their weight is over a vocabulary, not d)."""
-    if detector_kind(dictionary) != "text":
-        dictionary.check_model(target)
-
-
 # One (text index, concept row) → (scores, token index or None) lookup per dictionary.
 _Scorer = Callable[[np.ndarray, np.ndarray], "tuple[np.ndarray, np.ndarray | None]"]
 ChatBackendArg = Any  # a ChatBackend, or a zero-argument factory of one (called only when needed)
 
 
-def latent_inference(target: TargetModel, dictionaries: Sequence[SteeringDictionary], latent: pd.DataFrame, *,
+def latent_inference(target: TargetModel, dictionaries: Sequence[ConceptResult], latent: pd.DataFrame, *,
                      mode: str = "latent", imbalance_pool: pd.DataFrame | None = None, batch_size: int = 16,
                      progress: bool = True, chat_backend: ChatBackendArg = None) -> pd.DataFrame:
     """Scores of the eval rows for each dictionary (see the module docstring), one frame for all methods.
 
-    Dictionaries of any method: each is routed to its detector (`detector_kind`); steering-only ones are skipped.
+    Results of any method: each is routed to its class's detector; steering-only ones are skipped.
     `chat_backend`: a ChatBackend or a factory of one for target-model detectors (PromptDetection); default a
     `TransformersChatBackend` of `target`.
 
@@ -153,7 +135,10 @@ def latent_inference(target: TargetModel, dictionaries: Sequence[SteeringDiction
     """
     if mode not in LATENT_MODES:
         raise ValueError(f"mode {mode!r} is unknown; use one of {', '.join(LATENT_MODES)}")
-    kinds = [detector_kind(d) for d in dictionaries]
+    kinds = [d.detector or "none" for d in dictionaries]
+    unknown = sorted({kind for kind in kinds} - {"residual", "text", "target-model", "none"})
+    if unknown:
+        raise DictionaryError(f"no latent inference for detector(s) {unknown}; known: residual, text, target-model.")
     for dictionary, kind in zip(dictionaries, kinds):
         if kind == "none":
             logger.info("%s: steering-only method (no detector); skipped in latent inference", dictionary.method)
@@ -180,7 +165,7 @@ def latent_inference(target: TargetModel, dictionaries: Sequence[SteeringDiction
         if kind == "residual":
             scorer = _residual_scorer(residual_scores[id(dictionary)])
         elif kind == "text":
-            scorer = _matrix_scorer(_bow_scores(dictionary, texts))
+            scorer = _matrix_scorer(dictionary.score_texts(texts))
         else:
             if backend is None:
                 backend = _resolve_backend(chat_backend, target)
@@ -214,12 +199,6 @@ def _resolve_backend(chat_backend: ChatBackendArg, target: TargetModel) -> Any:
     return chat_backend
 
 
-def _bow_scores(dictionary: SteeringDictionary, texts: Sequence[str]) -> torch.Tensor:
-    from axmethods.methods.bow import BoW
-
-    return BoW.score_texts(dictionary, texts)
-
-
 def _residual_scorer(scores: LatentScores) -> _Scorer:
     def lookup(text_index: np.ndarray, concept_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         t, r = torch.from_numpy(text_index), torch.from_numpy(concept_rows)
@@ -233,15 +212,11 @@ def _matrix_scorer(matrix: torch.Tensor) -> _Scorer:
     return lookup
 
 
-def _target_model_scorer(dictionary: SteeringDictionary, backend: Any, outputs: list[str]) -> _Scorer:
-    from axmethods.methods.prompt import PromptDetection, PromptDetectionConfig
-
-    known = {f.name for f in dataclasses.fields(PromptDetectionConfig)}
-    method = PromptDetection(PromptDetectionConfig(**{k: v for k, v in dictionary.config.items() if k in known}))
-    names = [concept.concept for concept in dictionary.concepts]
+def _target_model_scorer(rater: RelevanceRater, backend: Any, outputs: list[str]) -> _Scorer:
+    names = [concept.concept for concept in rater.concepts]
 
     def lookup(text_index: np.ndarray, concept_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        ratings = method.score_texts(backend, [names[r] for r in concept_rows], [outputs[t] for t in text_index])
+        ratings = rater.score_texts(backend, [names[r] for r in concept_rows], [outputs[t] for t in text_index])
         return np.asarray(ratings, dtype=np.float32), None
     return lookup
 
@@ -325,11 +300,11 @@ def calibrate(dictionary: SteeringDictionary, latent_scores: pd.DataFrame, *,
 
     A dictionary whose method fixes its calibration (`calibration_fixed`) is returned as it is.
     """
+    if not isinstance(dictionary, SteeringDictionary):
+        raise DictionaryError(f"The {dictionary.method} {dictionary.KIND} has no residual detector, so it has no "
+                              "steering calibration; calibrate residual-stream dictionaries only.")
     if dictionary.calibration_fixed:
         return dictionary
-    if detector_kind(dictionary) != "residual":
-        raise DictionaryError(f"The {dictionary.method} dictionary has no residual detector, so it has no steering "
-                              "calibration; calibrate residual-stream dictionaries only.")
     rows = latent_scores[(latent_scores["method"] == dictionary.method)
                          & (latent_scores.get("layer", dictionary.layer) == dictionary.layer)
                          & (latent_scores.get("source_split", "latent") == "latent")]

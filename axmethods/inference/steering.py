@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -34,6 +34,9 @@ from axmethods.dictionary import DictionaryError, SteeringDictionary
 from axmethods.inference.sampling import SamplingConfig, sample
 from axmethods.interventions import Positions, RowSteering, steering_hooks
 from axmethods.models import TargetModel
+
+if TYPE_CHECKING:
+    from axmethods.methods.prompt import SteeringPrompts
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +79,7 @@ class DictionarySteerer:
     dictionary: SteeringDictionary
     kind: str = "addition"
     positions: Positions = "all"
-    factor_free: bool = False
+    factor_free: bool = False  # every factor is a different magnitude
     _checked: Any = field(default=None, init=False, repr=False)
 
     @property
@@ -111,55 +114,27 @@ class DictionarySteerer:
 class PromptSteerer:
     """Prompt steering: the concept's LLM-written instruction prepended to the user turn; no hooks, no factor."""
 
-    dictionary: SteeringDictionary
+    prompts: SteeringPrompts
     factor_free: bool = True
 
     @property
     def method(self) -> str:
-        return self.dictionary.method
+        return self.prompts.method
 
     def provenance(self) -> dict[str, Any]:
-        return {"dictionary_config_hash": self.dictionary.config_hash,
-                "template_hash": self.dictionary.config.get("template_hash")}
+        return {"dictionary_config_hash": self.prompts.config_hash, "template_hash": self.prompts.template_hash}
 
     def instructions(self, prompts: pd.DataFrame) -> list[str]:
-        by_concept = {c.concept_id: c.extra.get("steering_prompt") for c in self.dictionary.concepts}
+        by_concept = self.prompts.prompts
         missing = sorted({int(cid) for cid in prompts["concept_id"] if not by_concept.get(int(cid))})
         if missing:
-            raise DictionaryError(f"the {self.method} dictionary has no steering prompt for concepts {missing[:10]}; "
-                                  "refit it on the same dataset config.")
+            raise DictionaryError(f"the {self.method} steering prompts have no instruction for concepts "
+                                  f"{missing[:10]}; refit them on the same dataset config.")
         return [f"{by_concept[int(cid)]}\n\nQuestion: {prompt}"
                 for cid, prompt in zip(prompts["concept_id"], prompts["original_prompt"])]
 
     def intervene(self, target: TargetModel, rows: pd.DataFrame) -> tuple[AbstractContextManager[Any], np.ndarray]:
         return nullcontext(), np.full(len(rows), np.nan)
-
-
-def can_steer(dictionary: SteeringDictionary) -> bool:
-    """Whether the dictionary's method steers at all (detection-only methods — BoW, PromptDetection — say
-    `config["steering"] == "none"`)."""
-    return dictionary.config.get("steering") != "none"
-
-
-def needs_calibration(dictionary: SteeringDictionary) -> bool:
-    """Whether the dictionary steers with factor × calibration but has no calibration yet (latent inference
-    computes it): such a dictionary cannot steer until it is calibrated."""
-    return can_steer(dictionary) and dictionary.config.get("steering") != "prompt" and dictionary.calibration is None
-
-
-def steerer_for(dictionary: SteeringDictionary, *, kind: str = "addition", positions: Positions = "all") -> Steerer:
-    """The steerer a dictionary's method calls for (its config records how it steers).
-
-    Raises DictionaryError for detection-only dictionaries (`steering == "none"`): they have no intervention.
-    """
-    if not can_steer(dictionary):
-        raise DictionaryError(f"The {dictionary.method} dictionary is detection-only (steering = none): it has no "
-                              "steering intervention. Steer with a steering method's dictionary (e.g. DiffMean, "
-                              "ReFT-r1, prompt-steering); use this one with `infer latent`.")
-    if dictionary.config.get("steering") == "prompt":
-        return PromptSteerer(dictionary)
-    return DictionarySteerer(dictionary, kind=kind, positions=positions,
-                             factor_free=bool(dictionary.config.get("factor_free", False)))
 
 
 class UnsteeredBaseline:

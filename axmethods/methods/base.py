@@ -1,15 +1,10 @@
 """The `Method` interface every detection / steering method implements, and the per-concept training sets.
 
-A method turns the `train` split into a `SteeringDictionary`: `Method(config).fit(target, train_df,
-concepts, layer)`. Each concept trains on its positives plus the shared negatives (concept_id −1) of
-its genre — AxBench's 72 + 72 = 144 examples (spec §1.4). Class attributes say how the dictionary is
-used afterwards:
-- `detection_activation`: what turns `h @ W.T + b` into a per-token detection score ("identity" or
-  "relu", stored as the dictionary's `activation`), or "external" for detectors that do not read the
-  residual stream (BoW, prompt detection: their dictionary says `config["detector"]`);
-- `steering`: "addition" (h += factor × calibration × W[c]), "prompt" (an instruction prepended to the
-  user turn; factor-free), or "none" (detection-only);
-- `trains_on`: which text view the method needs ("binarized" transcripts or "lm" prompt/response pairs).
+A method turns the `train` split into its result: `Method(config).fit(target, train_df, concepts, layer)`,
+a `SteeringDictionary` for the rank-1 methods (the BoW and prompt baselines return their own result types,
+`axmethods.results`). Each concept trains on its positives plus the shared negatives (concept_id −1) of its
+genre — AxBench's 72 + 72 = 144 examples (spec §1.4). `detection_activation` is what turns `h @ W.T + b`
+into a per-token detection score ("identity" or "relu", stored as the dictionary's `activation`).
 
 Adding a method = one subclass with a config dataclass + one entry in `axmethods.registry.METHODS`.
 """
@@ -33,11 +28,11 @@ from axdata.validation import check_dataclass_numbers
 from axmethods.activations import ActivationCollector, TokenActivations, resolve_dtype
 from axmethods.dictionary import SteeringDictionary
 from axmethods.models import TargetModel
+from axmethods.results import ConceptResult
 
 logger = logging.getLogger(__name__)
 
-DetectionActivation = Literal["identity", "relu", "external"]
-SteeringKind = Literal["addition", "prompt", "none"]
+DetectionActivation = Literal["identity", "relu"]
 
 
 # A method setting that is unknown, mistyped or out of range: the one settings error.
@@ -193,8 +188,6 @@ class Method(ABC):
     name: ClassVar[str]
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
     detection_activation: ClassVar[DetectionActivation] = "identity"
-    steering: ClassVar[SteeringKind] = "addition"
-    unit_norm: ClassVar[bool] = True
     paper: ClassVar[str] = "AxBench (Wu, Arora et al., ICML 2025, arXiv 2501.17148)"
 
     def __init__(self, config: MethodConfig | Mapping[str, Any] | None = None) -> None:
@@ -207,20 +200,13 @@ class Method(ABC):
                                     f"{type(config).__name__}; build one or pass a dict of its fields.")
         self.config = config
 
-    @property
-    def factor_free(self) -> bool:
-        """Whether steering ignores the factor (every factor row is just another sample)."""
-        return self.steering == "prompt"
-
     @abstractmethod
     def fit(self, target: TargetModel, train_df: pd.DataFrame, concepts: Sequence[Concept],
-            layer: int) -> SteeringDictionary:
-        """Train on `train_df` (the `train` split) for `concepts`; one dictionary row per concept."""
+            layer: int) -> ConceptResult:
+        """Train on `train_df` (the `train` split) for `concepts`; one result row per concept."""
 
     def score(self, dictionary: SteeringDictionary, hidden: torch.Tensor) -> torch.Tensor:
         """Per-token detection scores [tokens, n_concepts] of residuals `hidden` [tokens, d]."""
-        if self.detection_activation == "external":
-            raise NotImplementedError(f"{self.name} does not score residual activations; use its own scorer.")
         pre = hidden.float() @ dictionary.weight.to(hidden.device).T
         if dictionary.bias is not None:
             pre = pre + dictionary.bias.to(hidden.device)
@@ -234,19 +220,11 @@ class Method(ABC):
     def dictionary(self, target: TargetModel, concepts: Sequence[Concept], layer: int, weight: torch.Tensor,
                    *, bias: torch.Tensor | None = None, steering_weight: torch.Tensor | None = None,
                    extra_config: Mapping[str, Any] | None = None) -> SteeringDictionary:
-        config = {
-            **dataclasses.asdict(self.config),
-            "detection_activation": self.detection_activation,
-            "steering": self.steering,
-            "factor_free": self.factor_free,
-            **(extra_config or {}),
-        }
         return SteeringDictionary(
             weight=weight, concepts=list(concepts), layer=layer, hook_module=target.residual_module_path(layer),
             base_model=target.model_id, method=self.name, base_model_revision=target.revision, bias=bias,
-            config=config, steering_weight=steering_weight,
-            activation="identity" if self.detection_activation == "external" else self.detection_activation,
-        )
+            config={**dataclasses.asdict(self.config), **(extra_config or {})}, steering_weight=steering_weight,
+            activation=self.detection_activation)
 
 
 class ActivationMethod(Method):

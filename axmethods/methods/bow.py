@@ -3,18 +3,18 @@
 scikit-learn `CountVectorizer` over the binarized chat transcripts + `LogisticRegression` (L2, C=100,
 lbfgs, 1,000 iterations) per concept; the score of a text is P(positive).
 
-How it fits the dictionary contract: the vocabulary is fitted once over every training text (stored in
-`config["vocabulary"]`), so each concept's classifier is one row of `weight` [n, vocabulary size] with its
-intercept in `bias`, and `score = sigmoid(counts @ weight.T + bias)`. This equals AxBench's per-concept
-vectorizers: words absent from a concept's texts are all-zero columns whose L2-penalised coefficients
-stay exactly 0. The dictionary says `config["detector"] == "text"` (and `steering == "none"`): its
-`weight` is not a residual direction, so residual-stream inference must call `BoW.score_texts`.
+The result is a `BagOfWords`: the vocabulary is fitted once over every training text, so each concept's
+classifier is one row of `weight` [n, vocabulary size] with its intercept in `bias`, and
+`score = sigmoid(counts @ weight.T + bias)`. This equals AxBench's per-concept vectorizers: words absent from
+a concept's texts are all-zero columns whose L2-penalised coefficients stay exactly 0. It detects on the
+texts (`detector = "text"`) and does not steer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -23,9 +23,9 @@ from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from axdata.concepts import Concept
-from axmethods.dictionary import DictionaryError, SteeringDictionary
 from axmethods.methods.base import Method, MethodConfig, TrainingSet
 from axmethods.models import TargetModel
+from axmethods.results import DictionaryError, FolderResult
 
 
 @dataclass
@@ -34,15 +34,56 @@ class BoWConfig(MethodConfig):
     max_iter: int = field(default=1000, metadata={"help": "lbfgs iterations (paper: 1000)."})
 
 
+@dataclass
+class BagOfWords(FolderResult):
+    """Per-concept logistic regressions over word counts of the chat transcripts (the BoW baseline's result)."""
+
+    FORMAT: ClassVar[str] = "axbench-bag-of-words"
+    KIND: ClassVar[str] = "text classifier"
+    detector: ClassVar[str] = "text"
+
+    weight: torch.Tensor  # [n_concepts, vocabulary size]
+    bias: torch.Tensor  # [n_concepts]
+    vocabulary: list[str]
+    concepts: list[Concept]
+    method: str
+    base_model: str
+    layer: int
+    base_model_revision: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        expected = (len(self.concepts), len(self.vocabulary))
+        if tuple(self.weight.shape) != expected or tuple(self.bias.shape) != expected[:1]:
+            raise DictionaryError(f"the {self.method} classifier's weight {tuple(self.weight.shape)} and bias "
+                                  f"{tuple(self.bias.shape)} do not fit {expected[0]} concepts × {expected[1]} words.")
+
+    def score_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """P(positive) [texts, n_concepts] of chat transcripts `texts` under each concept's classifier."""
+        counts = CountVectorizer(vocabulary=self.vocabulary).transform(list(texts))
+        logits = torch.from_numpy((counts @ self.weight.numpy().T).astype(np.float32))
+        return torch.sigmoid(logits + self.bias)
+
+    def record(self) -> dict[str, Any]:
+        return {"layer": self.layer, "vocabulary": self.vocabulary}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"weight": self.weight, "bias": self.bias}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], concepts: list[Concept],
+                    tensors: dict[str, torch.Tensor]) -> BagOfWords:
+        return cls(weight=tensors["weight"], bias=tensors["bias"], vocabulary=record["vocabulary"], concepts=concepts,
+                   method=record["method"], base_model=record["base_model"], layer=record["layer"],
+                   base_model_revision=record.get("base_model_revision"), config=record.get("config", {}))
+
+
 class BoW(Method):
     name = "bow"
     config_class = BoWConfig
-    detection_activation = "external"
-    steering = "none"
-    unit_norm = False
 
     def fit(self, target: TargetModel, train_df: pd.DataFrame, concepts: Sequence[Concept],
-            layer: int) -> SteeringDictionary:
+            layer: int) -> BagOfWords:
         data = TrainingSet.from_frame(train_df, concepts)
         texts = data.transcripts(target)
         vectorizer = CountVectorizer()
@@ -55,17 +96,7 @@ class BoW(Method):
             model = LogisticRegression(C=self.config.C, max_iter=self.config.max_iter, random_state=self.config.seed)
             model.fit(counts[rows], data.labels[c, :len(rows)].numpy())
             weight[c], bias[c] = model.coef_[0], model.intercept_[0]
-        vocabulary = vectorizer.get_feature_names_out().tolist()
-        return self.dictionary(target, concepts, layer, torch.from_numpy(weight), bias=torch.from_numpy(bias),
-                               extra_config={"detector": "text", "vocabulary": vocabulary})
-
-    @staticmethod
-    def score_texts(dictionary: SteeringDictionary, texts: Sequence[str]) -> torch.Tensor:
-        """P(positive) [texts, n_concepts] of chat transcripts `texts` under each concept's classifier."""
-        vocabulary = dictionary.config.get("vocabulary")
-        if dictionary.config.get("detector") != "text" or vocabulary is None:
-            raise DictionaryError(f"The {dictionary.method} dictionary is not a bag-of-words detector "
-                                  "(config has no vocabulary); score it on residual activations instead.")
-        counts = CountVectorizer(vocabulary=vocabulary).transform(list(texts))
-        logits = torch.from_numpy((counts @ dictionary.weight.numpy().T).astype(np.float32))
-        return torch.sigmoid(logits + (dictionary.bias if dictionary.bias is not None else 0.0))
+        return BagOfWords(weight=torch.from_numpy(weight), bias=torch.from_numpy(bias),
+                          vocabulary=vectorizer.get_feature_names_out().tolist(), concepts=list(concepts),
+                          method=self.name, base_model=target.model_id, layer=layer,
+                          base_model_revision=target.revision, config=asdict(self.config))

@@ -1,23 +1,22 @@
 """Prompt baselines (AxBench `prompt.py`, spec §3.11): steering and detection without any vector.
 
-- PromptSteering: one LLM call per concept writes an instruction that makes a model bring the concept up;
-  steering inference prepends it to the user turn (`"<instruction>\\n\\nQuestion: <prompt>"`) and ignores
-  the factor. The instruction is stored per concept in `Concept.extra["steering_prompt"]` and in
-  `config["steering_prompts"]`; `weight` is all zeros (adding it is a no-op).
-- PromptDetection: the target model itself rates how relevant a text is to the concept (0–2, the judge's
-  concept-relevance contract, "Rating: [[score]]"); detection-only, nothing to train. Unparsable answers are
-  NaN and counted, never silently 0 or −1.
+- PromptSteering → `SteeringPrompts`: one LLM call per concept writes an instruction that makes a model bring
+  the concept up; steering inference prepends it to the user turn (`"<instruction>\\n\\nQuestion: <prompt>"`)
+  and ignores the factor. The instruction is stored per concept (`prompts`).
+- PromptDetection → `RelevanceRater`: the target model itself rates how relevant a text is to the concept (0–2,
+  the judge's concept-relevance contract, "Rating: [[score]]"); detection-only, nothing to train. Unparsable
+  answers are NaN and counted, never silently 0 or −1.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pandas as pd
 import torch
@@ -25,9 +24,12 @@ import torch
 from axdata.concepts import Concept
 from axdata.generation.templates import FALLBACK_STEERING_PROMPT, STEERING_PROMPT, PromptTemplate
 from axdata.llm.types import ChatBackend, ChatRequest, SamplingParams
-from axmethods.dictionary import SteeringDictionary
 from axmethods.methods.base import Method, MethodConfig, MethodConfigError
 from axmethods.models import TargetModel
+from axmethods.results import DictionaryError, FolderResult
+
+if TYPE_CHECKING:
+    from axmethods.inference.steering import PromptSteerer
 
 logger = logging.getLogger(__name__)
 
@@ -58,31 +60,102 @@ class PromptDetectionConfig(MethodConfig):
     max_tokens: int = field(default=512, metadata={"help": "Longest rating answer (paper: 512)."})
 
 
+@dataclass
+class SteeringPrompts(FolderResult):
+    """Each concept's steering instruction (prompt steering's result): steers by prompting, detects nothing."""
+
+    FORMAT: ClassVar[str] = "axbench-steering-prompts"
+    KIND: ClassVar[str] = "steering prompts"
+    steers: ClassVar[bool] = True
+
+    prompts: dict[int, str]  # concept_id → instruction
+    concepts: list[Concept]
+    method: str
+    base_model: str
+    layer: int
+    template: str
+    template_hash: str
+    llm: str | None = None  # the LLM that wrote the instructions (None: AxBench's fixed fallback sentence)
+    base_model_revision: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.prompts = {int(cid): text for cid, text in self.prompts.items()}
+        missing = [c.concept_id for c in self.concepts if not self.prompts.get(c.concept_id)]
+        if missing:
+            raise DictionaryError(f"the {self.method} steering prompts have no instruction for concepts "
+                                  f"{missing[:10]}; refit them on the same dataset config.")
+
+    def steerer(self, *, kind: str = "addition", positions: str = "all") -> PromptSteerer:
+        from axmethods.inference.steering import PromptSteerer
+
+        return PromptSteerer(self)
+
+    def record(self) -> dict[str, Any]:
+        return {"layer": self.layer, "prompts": {str(k): v for k, v in self.prompts.items()},
+                "template": self.template, "template_hash": self.template_hash, "llm": self.llm}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], concepts: list[Concept],
+                    tensors: dict[str, torch.Tensor]) -> SteeringPrompts:
+        return cls(prompts=record["prompts"], concepts=concepts, method=record["method"],
+                   base_model=record["base_model"], layer=record["layer"], template=record["template"],
+                   template_hash=record["template_hash"], llm=record.get("llm"),
+                   base_model_revision=record.get("base_model_revision"), config=record.get("config", {}))
+
+
+@dataclass
+class RelevanceRater(FolderResult):
+    """Prompt detection's result: the concepts and the settings with which the target model rates texts."""
+
+    FORMAT: ClassVar[str] = "axbench-relevance-rater"
+    KIND: ClassVar[str] = "relevance rater"
+    detector: ClassVar[str] = "target-model"
+
+    concepts: list[Concept]
+    method: str
+    base_model: str
+    layer: int
+    settings: PromptDetectionConfig
+    base_model_revision: str | None = None
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {**asdict(self.settings), "template": RELEVANCE.name, "template_hash": RELEVANCE.version}
+
+    def score_texts(self, backend: ChatBackend, concepts: Sequence[str], texts: Sequence[str]) -> list[float]:
+        """The 0–2 relevance rating of each text for its concept (NaN where the answer has no rating)."""
+        return PromptDetection(self.settings).score_texts(backend, concepts, texts)
+
+    def record(self) -> dict[str, Any]:
+        return {"layer": self.layer}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], concepts: list[Concept],
+                    tensors: dict[str, torch.Tensor]) -> RelevanceRater:
+        settings = {k: v for k, v in record.get("config", {}).items() if k not in ("template", "template_hash")}
+        return cls(concepts=concepts, method=record["method"], base_model=record["base_model"],
+                   layer=record["layer"], settings=PromptDetectionConfig(**settings),
+                   base_model_revision=record.get("base_model_revision"))
+
+
 class PromptSteering(Method):
     name = "prompt-steering"
     config_class = PromptSteeringConfig
-    detection_activation = "external"
-    steering = "prompt"
-    unit_norm = False
 
     def __init__(self, config: PromptSteeringConfig | None = None, backend: ChatBackend | None = None) -> None:
         super().__init__(config)
         self.backend = backend
 
     def fit(self, target: TargetModel, train_df: pd.DataFrame, concepts: Sequence[Concept],
-            layer: int) -> SteeringDictionary:
+            layer: int) -> SteeringPrompts:
         prompts = self.steering_prompts(concepts)
-        with_prompts = [dataclasses.replace(c, extra={**c.extra, "steering_prompt": p})
-                        for c, p in zip(concepts, prompts)]
         template = STEERING_PROMPT if self.config.llm_prompts else FALLBACK_STEERING_PROMPT
-        return self.dictionary(
-            target, with_prompts, layer, torch.zeros(len(concepts), target.hidden_size),
-            extra_config={"detector": "none", "steering_prompts": {str(c.concept_id): p for c, p in
-                                                                    zip(concepts, prompts)},
-                          "template": template.name, "template_hash": template.version,
-                          "llm": self.backend.model_name if self.backend is not None and self.config.llm_prompts
-                          else None},
-        )
+        return SteeringPrompts(
+            prompts={c.concept_id: p for c, p in zip(concepts, prompts)}, concepts=list(concepts), method=self.name,
+            base_model=target.model_id, layer=layer, template=template.name, template_hash=template.version,
+            llm=self.backend.model_name if self.backend is not None and self.config.llm_prompts else None,
+            base_model_revision=target.revision, config=asdict(self.config))
 
     def steering_prompts(self, concepts: Sequence[Concept]) -> list[str]:
         cfg = self.config
@@ -103,15 +176,11 @@ class PromptSteering(Method):
 class PromptDetection(Method):
     name = "prompt-detection"
     config_class = PromptDetectionConfig
-    detection_activation = "external"
-    steering = "none"
-    unit_norm = False
 
     def fit(self, target: TargetModel, train_df: pd.DataFrame, concepts: Sequence[Concept],
-            layer: int) -> SteeringDictionary:
-        return self.dictionary(target, concepts, layer, torch.zeros(len(concepts), target.hidden_size),
-                               extra_config={"detector": "target-model", "template": RELEVANCE.name,
-                                             "template_hash": RELEVANCE.version})
+            layer: int) -> RelevanceRater:
+        return RelevanceRater(concepts=list(concepts), method=self.name, base_model=target.model_id, layer=layer,
+                              settings=self.config, base_model_revision=target.revision)
 
     def score_texts(self, backend: ChatBackend, concepts: Sequence[str], texts: Sequence[str]) -> list[float]:
         """The 0–2 relevance rating of each text for its concept (NaN where the answer has no rating)."""

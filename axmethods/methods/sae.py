@@ -113,7 +113,6 @@ class SAE(Method):
     name = "sae"
     config_class = SAEConfig
     detection_activation = "relu"
-    unit_norm = False
 
     def fit(self, target: TargetModel, train_df: pd.DataFrame, concepts: Sequence[Concept],
             layer: int) -> SteeringDictionary:

@@ -35,10 +35,8 @@ from axdata.concepts import Concept, load_concepts, write_concepts_jsonl
 from axdata.hashing import content_hash
 from axdata.io import atomic_path, atomic_write_json
 from axmethods.dictionary import DictionaryError, SteeringDictionary
-from axmethods.inference.steering import Steerer, steerer_for
-from axmethods.interventions import Positions
 from axmethods.models import TargetModel
-from axmethods.results import CONFIG_FILE, ConceptResult, read_folder_config
+from axmethods.results import CONFIG_FILE, ConceptResult, card_metadata, read_folder_config
 from axmethods.trainers.parameterisations import (
     ConceptIntervention,
     LoRAIntervention,
@@ -95,8 +93,7 @@ def export_intervention(intervention: ConceptIntervention, target: TargetModel, 
     if isinstance(intervention, VectorIntervention):
         layer = intervention.layers[0]
         weight = intervention.weight.detach().float().cpu().clone()
-        config = {**record, "detection_activation": "relu", "steering": "addition", "factor_free": False,
-                  "steering_factors": factors, "calibration": "fixed"}
+        config = {**record, "steering_factors": factors, "calibration": "fixed"}
         return SteeringDictionary(
             weight=weight, concepts=list(concepts), layer=layer, hook_module=target.residual_module_path(layer),
             base_model=target.model_id, method=method, base_model_revision=target.revision, config=config,
@@ -114,6 +111,7 @@ class ConceptAdapters(ConceptResult):
 
     FORMAT: ClassVar[str] = ADAPTERS_FORMAT
     KIND: ClassVar[str] = "adapters"
+    steers: ClassVar[bool] = True
 
     intervention: ConceptIntervention
     concepts: list[Concept]
@@ -144,6 +142,9 @@ class ConceptAdapters(ConceptResult):
                                                                                   device=target.device))
         return self.intervention.applied(target, plan,
                                          prefill_only=self.config.get("intervention_positions") == "prompt")
+
+    def steerer(self, *, kind: str = "addition", positions: str = "all") -> AdapterSteerer:
+        return AdapterSteerer(self)
 
     def write_files(self, root: Path) -> Path:
         """The folder's files, atomically one by one; LoRA adapters are also exported for peft (`peft/`)."""
@@ -241,15 +242,3 @@ def export_peft(adapters: ConceptAdapters, out: Path) -> list[Path]:
         config.save_pretrained(str(folder))
         written.append(folder)
     return written
-
-
-def steerer_for_artifact(artifact: Any, *, kind: str = "addition", positions: Positions = "all") -> Steerer:
-    """The steerer of any trained result: a dictionary's (by its method's steering kind), adapters', fine-tunes'."""
-    if isinstance(artifact, ConceptAdapters):
-        return AdapterSteerer(artifact)
-    if isinstance(artifact, SteeringDictionary):
-        return steerer_for(artifact, kind=kind, positions=positions)
-    if hasattr(artifact, "steerer"):
-        return artifact.steerer()
-    raise DictionaryError(f"cannot steer with a {type(artifact).__name__}; pass a SteeringDictionary, "
-                          "ConceptAdapters or FinetunedConcepts.")

@@ -3,7 +3,7 @@
 The TrainingArguments fields keep their meaning, with two exceptions that make many concepts in one run
 equal to one run per concept: `per_device_train_batch_size` counts preference pairs *per concept* per
 micro-batch, and `max_grad_norm` clips each concept's gradient on its own. Defaults are the paper's RePS
-rank-1 vector on Gemma-2-2B (spec §3.13); `TRAINED_METHODS` in `axmethods.trainers.presets` holds the
+rank-1 vector on Gemma-2-2B (spec §3.13); `axmethods.registry.METHODS` holds the
 presets of the other methods of the family.
 """
 
@@ -13,15 +13,13 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from axmethods.factors import VECTOR_STEER_FACTORS, VECTOR_TRAIN_FACTORS
+
 LOSS_TYPES = ("scaled_simpo", "dpo", "lm")
 PAIR_KINDS = ("orig_add", "orig_sub")
 SUBTRACTION_TYPES = ("null_it_out", "negate")
 POSITIONS = ("all", "prompt")
 
-# Spec §3.13: training factors {2, 4, …, 20}; steering inference factors {2, 4, …, 20, 25, 30, 40, 50}.
-VECTOR_TRAIN_FACTORS = [float(f) for f in range(2, 21, 2)]
-VECTOR_STEER_FACTORS = VECTOR_TRAIN_FACTORS + [25.0, 30.0, 40.0, 50.0]
-ADAPTER_TRAIN_FACTORS = [round(0.2 * i, 1) for i in range(1, 11)]
 
 
 @dataclass

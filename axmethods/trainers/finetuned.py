@@ -33,9 +33,8 @@ from axdata.cards import render_card
 from axdata.concepts import Concept, load_concepts, write_concepts_jsonl
 from axdata.hashing import content_hash
 from axdata.io import atomic_path, atomic_write_json
-from axmethods.results import DictionaryError
 from axmethods.models import TargetModel
-from axmethods.results import CONFIG_FILE, ConceptResult, card_metadata, read_folder_config
+from axmethods.results import CONFIG_FILE, ConceptResult, DictionaryError, card_metadata, read_folder_config
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +56,7 @@ class FinetunedConcepts(ConceptResult):
 
     FORMAT: ClassVar[str] = FINETUNED_FORMAT
     KIND: ClassVar[str] = "fine-tuned concepts"
+    steers: ClassVar[bool] = True
 
     concepts: list[Concept]
     weight_files: dict[int, Path]
@@ -87,7 +87,7 @@ class FinetunedConcepts(ConceptResult):
             raise DictionaryError(f"cannot read {path} ({error}); the folder is damaged: re-train or re-download "
                                   "it.") from None
 
-    def steerer(self) -> FinetunedSteerer:
+    def steerer(self, *, kind: str = "addition", positions: str = "all") -> FinetunedSteerer:
         return FinetunedSteerer(self)
 
     def write_files(self, root: Path) -> Path:
