@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import yaml
 
 from axdata.llm.config import LLMConfig
-from axdata.generation.generation_config import GenerationConfig
+from axdata.generation.config import DataGenerationConfig
 from axdata.hashing import content_hash
 from axdata.settings import SettingsError, build_settings, check_settings, parse_value
 from axdata.validation import check_dataclass_numbers
@@ -135,7 +135,7 @@ SECTIONS: dict[str, type] = {
     "run": RunSection,
     "model": TargetModelConfig,
     "llm": LLMConfig,
-    "data": GenerationConfig,
+    "data": DataGenerationConfig,
     "methods": MethodsSection,
     "inference": InferenceSection,
     "judge": JudgeConfig,
@@ -148,7 +148,7 @@ class AxbenchConfig:
     run: RunSection = field(default_factory=RunSection)
     model: TargetModelConfig = field(default_factory=TargetModelConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
-    data: GenerationConfig = field(default_factory=GenerationConfig)
+    data: DataGenerationConfig = field(default_factory=DataGenerationConfig)
     methods: MethodsSection = field(default_factory=MethodsSection)
     inference: InferenceSection = field(default_factory=InferenceSection)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
@@ -199,7 +199,7 @@ class AxbenchConfig:
         for name, values in self.methods.settings.items():
             if not isinstance(name, str) or not isinstance(values, dict | None):
                 raise ConfigError(f"{source}: methods.settings must map method names to their settings, e.g. "
-                                  f"{{reft-r1: {{epochs: 3}}}}; got {name!r}: {values!r}.")
+                                  f"{{reft-r1: {{num_train_epochs: 3}}}}; got {name!r}: {values!r}.")
         names = []
         for name in self.methods.train:
             try:

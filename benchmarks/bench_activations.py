@@ -141,7 +141,7 @@ def bench_joint_probe(acts: TokenActivations, positive: torch.Tensor, negative: 
     concepts = [Concept(c, f"concept {c}") for c in range(n_concepts)]
     data = TrainingSet(concepts, [""] * acts.n_texts, [""] * acts.n_texts, torch.zeros(acts.n_texts, dtype=torch.bool),
                        members, labels)
-    config = ProbeConfig(epochs=epochs)
+    config = ProbeConfig(num_train_epochs=epochs)
 
     started = time.perf_counter()
     joint = Probe(config).fit_chunk(acts, data, torch.Generator().manual_seed(0))

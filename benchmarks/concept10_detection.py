@@ -55,7 +55,7 @@ def main() -> None:
         method_class = get_method(name).load()
         settings = {"max_length": args.max_length}
         if method_class.name in ("reft-r1", "ssv"):
-            settings["epochs"] = args.lm_epochs
+            settings["num_train_epochs"] = args.lm_epochs
         started = time.perf_counter()
         method = method_class(settings)
         if isinstance(method, ActivationMethod):  # share the cached activations

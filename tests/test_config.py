@@ -94,9 +94,9 @@ def test_unknown_method_settings_fail_at_load():
     ("run.layer=-2", "run.layer = -2: must be 0 or more"),
     ("run.name=../../x", "run.name = '../../x': must be one folder name"),
     ("run.name=..", "run.name = '..': must be one folder name"),
-    ("methods.settings={probe: {epochs: -1}}", "methods.settings.probe.epochs = -1: must be greater than 0"),
+    ("methods.settings={probe: {num_train_epochs: -1}}", "methods.settings.probe.num_train_epochs = -1.0: must be greater than 0"),
     ("methods.settings={reps: {learning_rate: 0}}", "methods.settings.reps.learning_rate = 0.0: must be greater"),
-    ("methods.settings={reft-r1: {lr: .nan}}", "methods.settings.reft-r1.lr = nan: must be a finite number"),
+    ("methods.settings={reft-r1: {learning_rate: .nan}}", "methods.settings.reft-r1.learning_rate = nan: must be a finite number"),
 ])
 def test_bad_numbers_stop_at_load_naming_the_key(tmp_path, override, message):
     path = tmp_path / "run.yaml"
@@ -110,9 +110,9 @@ def test_method_configs_check_their_numbers_wherever_they_are_built():
     from axmethods.methods.probe import Probe
     from axmethods.registry import get_method
 
-    with pytest.raises(MethodConfigError, match="ProbeConfig.epochs = -1"):
-        Probe({"epochs": "-1"})
-    with pytest.raises(MethodConfigError, match="probe.epochs = -1"):
-        get_method("probe").settings({"epochs": "-1"})
+    with pytest.raises(MethodConfigError, match="ProbeConfig.num_train_epochs = -1.0"):
+        Probe({"num_train_epochs": "-1"})
+    with pytest.raises(MethodConfigError, match="probe.num_train_epochs = -1.0"):
+        get_method("probe").settings({"num_train_epochs": "-1"})
     with pytest.raises(ValueError, match="num_train_epochs = 0.0: must be greater than 0"):
         get_method("reps").settings({"num_train_epochs": "0"})

@@ -13,7 +13,7 @@ from axdata.builders import read_concepts, read_split
 from axdata.concepts import Concept
 from axdata.generation.contrast import contrast_concepts
 from axdata.generation.examples import sample_instructions, tokenizer_truncator
-from axdata.generation.generation_config import GenerationConfig
+from axdata.generation.config import DataGenerationConfig
 from axdata.generation.genre import determine_genre
 from axdata.generation.pipeline import generate_dataset
 from axdata.generation.templates import WITH_CONCEPT, template_versions
@@ -71,7 +71,7 @@ def test_small_pools_are_walked_again_without_early_repeats():
 
 
 def test_full_run_writes_every_split_with_provenance(llm, tiny_llama_target, tmp_path):
-    config = GenerationConfig(**SMALL)
+    config = DataGenerationConfig(**SMALL)
     target = TransformersChatBackend(tiny_llama_target, batch_size=4)
     truncate = tokenizer_truncator(tiny_llama_target.tokenizer)
     result = run(generate_dataset(CONCEPTS, config, llm=llm, target=target, out_dir=tmp_path / "out",
@@ -141,7 +141,7 @@ def target_request_like(text: str):
 
 def test_failed_answers_are_reasked_then_reported(llm, tiny_llama_target, tmp_path):
     concepts = [Concept(0, "a stubborn topic"), Concept(1, "a flaky topic")]
-    config = GenerationConfig(**SMALL, splits=["train"], max_reasks=2)
+    config = DataGenerationConfig(**SMALL, splits=["train"], max_reasks=2)
     target = TransformersChatBackend(tiny_llama_target, batch_size=4)
     result = run(generate_dataset(concepts, config, llm=llm, target=target, out_dir=tmp_path / "out",
                                   dataset_config="c", work_dir=tmp_path / "work"))
@@ -160,17 +160,17 @@ def test_rerun_reuses_committed_units_and_changed_config_remakes_them(llm, tiny_
     target = TransformersChatBackend(tiny_llama_target, batch_size=4)
     kwargs = {"llm": llm, "target": target, "out_dir": tmp_path / "out", "dataset_config": "c",
               "work_dir": tmp_path / "work"}
-    config = GenerationConfig(**SMALL, splits=["train", "steering"])
+    config = DataGenerationConfig(**SMALL, splits=["train", "steering"])
     first = run(generate_dataset(CONCEPTS[:2], config, **kwargs))
     again = run(generate_dataset(CONCEPTS[:2], config, **kwargs))
     assert again.report["units"] == {"made": 0, "reused": first.report["units"]["made"]}
-    changed = run(generate_dataset(CONCEPTS[:2], GenerationConfig(**{**SMALL, "output_length": 6},
+    changed = run(generate_dataset(CONCEPTS[:2], DataGenerationConfig(**{**SMALL, "output_length": 6},
                                                                    splits=["train", "steering"]), **kwargs))
     assert changed.report["units"]["reused"] == 0
 
 
 def test_cost_projection_at_gpt_4o_mini_prices(llm, tiny_llama_target, tmp_path):
-    config = GenerationConfig(**SMALL, splits=["train"])
+    config = DataGenerationConfig(**SMALL, splits=["train"])
     target = TransformersChatBackend(tiny_llama_target, batch_size=4)
     result = run(generate_dataset(CONCEPTS, config, llm=llm, target=target, out_dir=tmp_path / "out",
                                   dataset_config="c", work_dir=tmp_path / "work"))
@@ -184,9 +184,9 @@ def test_cost_projection_at_gpt_4o_mini_prices(llm, tiny_llama_target, tmp_path)
 
 def test_config_rejects_inconsistent_splits():
     with pytest.raises(ValueError, match="add 'latent'"):
-        GenerationConfig(splits=["latent_imbalance"])
+        DataGenerationConfig(splits=["latent_imbalance"])
     with pytest.raises(ValueError, match="unknown split"):
-        GenerationConfig(splits=["tarin"])
+        DataGenerationConfig(splits=["tarin"])
 
 
 def test_instruction_pools(tmp_path):

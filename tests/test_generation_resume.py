@@ -19,7 +19,7 @@ from generation_helpers import RoutingServer, client_for
 from axdata.builders import list_splits, read_concepts, read_split
 from axdata.concepts import Concept
 from axdata.generation.examples import tokenizer_truncator
-from axdata.generation.generation_config import GenerationConfig
+from axdata.generation.config import DataGenerationConfig
 from axdata.generation.pipeline import generate_dataset
 from axmethods.chat_backend import TransformersChatBackend
 
@@ -34,7 +34,7 @@ SCRIPT = textwrap.dedent("""
     from generation_helpers import client_for
     from axdata.concepts import Concept
     from axdata.generation.examples import tokenizer_truncator
-    from axdata.generation.generation_config import GenerationConfig
+    from axdata.generation.config import DataGenerationConfig
     from axdata.generation.pipeline import generate_dataset
     from axmethods.chat_backend import TransformersChatBackend
     from axmethods.models import load_target_model
@@ -45,7 +45,7 @@ SCRIPT = textwrap.dedent("""
     llm = client_for({url!r}, root, max_concurrency=2)
     target = TransformersChatBackend(target_model, batch_size=4, cache=llm.cache, ledger=llm.ledger)
     concepts = [Concept(i, text) for i, text in {concepts!r}]
-    asyncio.run(generate_dataset(concepts, GenerationConfig(**{config!r}), llm=llm, target=target,
+    asyncio.run(generate_dataset(concepts, DataGenerationConfig(**{config!r}), llm=llm, target=target,
                                  out_dir=root / "out", dataset_config="c", work_dir=root / "work",
                                  truncate=tokenizer_truncator(target_model.tokenizer)))
 """)
@@ -85,7 +85,7 @@ def test_sigkilled_run_resumes_to_the_rows_of_an_uninterrupted_run(tmp_path, tin
         reference = tmp_path / "reference"
         llm = client_for(server.base_url, reference, max_concurrency=2)
         target = TransformersChatBackend(tiny_llama_target, batch_size=4, cache=llm.cache, ledger=llm.ledger)
-        asyncio.run(generate_dataset(CONCEPTS, GenerationConfig(**CONFIG), llm=llm, target=target,
+        asyncio.run(generate_dataset(CONCEPTS, DataGenerationConfig(**CONFIG), llm=llm, target=target,
                                      out_dir=reference / "out", dataset_config="c", work_dir=reference / "work",
                                      truncate=tokenizer_truncator(tiny_llama_target.tokenizer)))
         llm.close()

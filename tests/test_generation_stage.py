@@ -8,7 +8,7 @@ import pytest
 from generation_helpers import RoutingServer
 
 from axdata.builders import list_splits, read_concepts, read_provenance, read_split
-from axdata.generation.generation_config import GenerationConfig
+from axdata.generation.config import DataGenerationConfig
 from axdata.llm.ledger import Ledger
 from axdata.generation.report import cost_projection
 from axeval.config import AxbenchConfig
@@ -37,7 +37,7 @@ def test_stage_writes_the_dataset_and_is_skipped_when_current(tmp_path, tiny_lla
     server = RoutingServer().start()
     try:
         config = _config(tmp_path, server.base_url, "gpt-4o-mini", tiny_llama_dir)
-        data = GenerationConfig(concept_path=str(_concepts(tmp_path)), num_of_examples=4, output_length=8,
+        data = DataGenerationConfig(concept_path=str(_concepts(tmp_path)), num_of_examples=4, output_length=8,
                                 latent_num_of_examples=2, imbalance_factor=2, steering_num_of_examples=2)
         stage = DataStage(data)
         first = run_pipeline(config, [stage])
@@ -61,7 +61,7 @@ def test_stage_writes_the_dataset_and_is_skipped_when_current(tmp_path, tiny_lla
 def test_stage_without_concepts_names_the_fix(tmp_path, tiny_llama_dir):
     config = _config(tmp_path, "http://127.0.0.1:9/v1", "gpt-4o-mini", tiny_llama_dir)
     with pytest.raises(StageError, match="stage 'data' failed: data.concept_path is not set") as raised:
-        run_pipeline(config, [DataStage(GenerationConfig())])
+        run_pipeline(config, [DataStage(DataGenerationConfig())])
     assert isinstance(raised.value.__cause__, ValueError)  # the cause is chained (--debug shows it)
 
 
@@ -69,7 +69,7 @@ def test_stage_without_concepts_names_the_fix(tmp_path, tiny_llama_dir):
 def test_embedded_llm_end_to_end_with_cost_projection(tmp_path, tiny_llama_dir, embedded_server):
     """The real embedded SmolLM2 writes the responses: structure and accounting, not quality."""
     config = _config(tmp_path, embedded_server.base_url, embedded_server.model, tiny_llama_dir)
-    data = GenerationConfig(concept_path=str(_concepts(tmp_path)), num_of_examples=4, output_length=8,
+    data = DataGenerationConfig(concept_path=str(_concepts(tmp_path)), num_of_examples=4, output_length=8,
                             splits=["train"])
     result = run_pipeline(config, [DataStage(data)])
     name = default_dataset_config(str(tiny_llama_dir), 1)
@@ -90,7 +90,7 @@ def test_embedded_llm_end_to_end_with_cost_projection(tmp_path, tiny_llama_dir, 
     assert result.stages[0].summary["llm_calls"] > 0
 
 
-@pytest.mark.skipif(not hasattr(AxbenchConfig(), "data"), reason="GenerationConfig is not yet the run config's "
+@pytest.mark.skipif(not hasattr(AxbenchConfig(), "data"), reason="DataGenerationConfig is not yet the run config's "
                     "`data` section (axeval.config.SECTIONS)")
 def test_cli_generate(tmp_path, tiny_llama_dir):
     import typer

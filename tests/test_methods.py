@@ -80,10 +80,12 @@ def test_training_set_uses_positives_and_same_genre_shared_negatives(train_df):
 
 
 def test_config_parsing():
-    # TrainingArguments' names; the older lr / epochs / batch_size are aliases of them.
-    config = parse_config(ProbeConfig, {"lr": "0.5", "max_length": "96", "epochs": 2})
+    # TrainingArguments' names, the one settings vocabulary of every method; the old lr / epochs are unknown.
+    config = parse_config(ProbeConfig, {"learning_rate": "0.5", "max_length": "96", "num_train_epochs": 2})
     assert (config.learning_rate, config.max_length, config.num_train_epochs) == (0.5, 96, 2)
-    assert parse_config(ProbeConfig, {"learning_rate": "0.5", "batch_size": 3}).per_device_train_batch_size == 3
+    for old in ("lr", "epochs", "batch_size"):
+        with pytest.raises(MethodConfigError, match=f"no field.*'{old}'"):
+            parse_config(ProbeConfig, {old: 1})
     assert parse_config(PromptSteeringConfig, {"llm_prompts": "false"}).llm_prompts is False  # not type=bool
     with pytest.raises(MethodConfigError, match="no field"):
         parse_config(ProbeConfig, {"learning_rat": "1"})
@@ -131,18 +133,18 @@ def test_pca_equals_sklearn_first_component(target, train_df):
 
 
 def test_probe_learns_unit_direction_and_honours_accumulation(target, train_df):
-    probe = Probe({"epochs": 8, "batch_size": 4, "gradient_accumulation_steps": 2, "lr": 5e-2})
+    probe = Probe({"num_train_epochs": 8, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2, "learning_rate": 5e-2})
     dictionary = probe.fit(target, train_df, CONCEPTS, LAYER)
     torch.testing.assert_close(dictionary.weight.norm(dim=1), torch.ones(2))
     assert len(probe.loss_history) == 8 * math.ceil(3 / 2)  # 3 micro-batches per epoch, stepped every 2 (Trainer:
     # an epoch's last step takes its remaining micro-batch; accumulation never spans two epochs)
     assert np.mean(probe.loss_history[-3:]) < np.mean(probe.loss_history[:3])
-    again = Probe({"epochs": 8, "batch_size": 4, "gradient_accumulation_steps": 2, "lr": 5e-2})
+    again = Probe({"num_train_epochs": 8, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2, "learning_rate": 5e-2})
     torch.testing.assert_close(again.fit(target, train_df, CONCEPTS, LAYER).weight, dictionary.weight)
 
 
 def test_reft_r1_trains_unit_relu_direction(target, train_df):
-    config = ReFTr1Config(epochs=6, batch_size=4, lr=5e-2)
+    config = ReFTr1Config(num_train_epochs=6, per_device_train_batch_size=4, learning_rate=5e-2)
     method = ReFTr1(config)
     dictionary = method.fit(target, train_df, CONCEPTS, LAYER)
     assert dictionary.activation == "relu"
@@ -154,7 +156,7 @@ def test_reft_r1_trains_unit_relu_direction(target, train_df):
 
 
 def test_joint_reft_r1_row_matches_a_single_concept_run(target, train_df):
-    config = ReFTr1Config(epochs=2, batch_size=4, lr=5e-2)
+    config = ReFTr1Config(num_train_epochs=2, per_device_train_batch_size=4, learning_rate=5e-2)
     joint = ReFTr1(config).fit(target, train_df, CONCEPTS, LAYER).weight
     # Rows never interact, but the shuffles differ with the number of concepts: same direction, not bitwise.
     alone = ReFTr1(config).fit(target, train_df, CONCEPTS[:1], LAYER).weight
@@ -174,13 +176,13 @@ def test_reft_r1_keeps_fp32_master_weights_on_a_bf16_model(tiny_llama_dir, train
         return result
 
     monkeypatch.setattr(reft_module, "train_chunk", spy)
-    dictionary = ReFTr1(ReFTr1Config(epochs=1, batch_size=6)).fit(bf16, train_df, CONCEPTS, LAYER)
+    dictionary = ReFTr1(ReFTr1Config(num_train_epochs=1, per_device_train_batch_size=6)).fit(bf16, train_df, CONCEPTS, LAYER)
     assert seen == [(torch.float32, torch.bfloat16)]
     assert torch.isfinite(dictionary.weight).all()
 
 
 def test_ssv_trains_on_positives_without_normalising(target, train_df):
-    method = SSV(SSVConfig(epochs=4, batch_size=3))
+    method = SSV(SSVConfig(num_train_epochs=4, per_device_train_batch_size=3))
     dictionary = method.fit(target, train_df, CONCEPTS, LAYER)
     assert dictionary.activation == "relu" and dictionary.weight.shape == (2, target.hidden_size)
     assert not torch.allclose(dictionary.weight.norm(dim=1), torch.ones(2))
@@ -346,7 +348,7 @@ def test_train_cli_writes_a_loadable_dictionary(tiny_llama_dir, train_df, tmp_pa
 
 
 def test_joint_probe_row_matches_a_single_concept_run(target, train_df):
-    config = ProbeConfig(epochs=12, batch_size=4, gradient_accumulation_steps=1, lr=5e-2)
+    config = ProbeConfig(num_train_epochs=12, per_device_train_batch_size=4, gradient_accumulation_steps=1, learning_rate=5e-2)
     joint = Probe(config).fit(target, train_df, CONCEPTS, LAYER).weight
     alone = Probe(config).fit(target, train_df, CONCEPTS[1:], LAYER).weight
     assert torch.nn.functional.cosine_similarity(joint[1], alone[0], dim=0) > 0.9
@@ -356,7 +358,7 @@ def test_probe_checkpoints_and_resumes_to_the_same_direction(target, train_df, t
     """The one training engine is the Trainer's: checkpoints hold the [k, d] weight, a resumed run ends equal."""
     import shutil
 
-    settings = {"epochs": 4, "batch_size": 4, "gradient_accumulation_steps": 1, "lr": 5e-2, "max_length": 32,
+    settings = {"num_train_epochs": 4, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1, "learning_rate": 5e-2, "max_length": 32,
                 "output_dir": str(tmp_path), "save_strategy": "steps", "save_steps": 3}
     full = Probe(settings).fit(target, train_df, CONCEPTS, LAYER).weight
     folder = tmp_path / "concepts_from_0"

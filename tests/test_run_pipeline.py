@@ -52,7 +52,7 @@ def write_config(tmp_path, tiny_llama_dir, llm_server) -> tuple:
                 "structured_output": "json_schema"},
         "data": {"concept_path": str(concepts), "num_of_examples": 4, "output_length": 8,
                  "latent_num_of_examples": 4, "imbalance_factor": 2, "steering_num_of_examples": 4},
-        "methods": {"train": ["diffmean", "reft-r1", "prompt-steering"], "settings": {"reft-r1": {"epochs": 1}}},
+        "methods": {"train": ["diffmean", "reft-r1", "prompt-steering"], "settings": {"reft-r1": {"num_train_epochs": 1}}},
         "inference": {"factors": [0.5, 2.0], "max_new_tokens": 6, "steering_batch_size": 8},
         "report": {"baseline": "prompt-steering", "n_resamples": 50, "dataset_id": "me/rivers-bench"},
     }

@@ -14,7 +14,7 @@ from generation_helpers import CONCEPTS, RoutingServer, client_for
 from axdata.builders import read_concepts, read_split
 from axdata.concepts import load_concepts
 from axdata.generation.examples import tokenizer_truncator
-from axdata.generation.generation_config import GenerationConfig
+from axdata.generation.config import DataGenerationConfig
 from axdata.generation.pipeline import generate_dataset
 from axdata.generation.written import WRITTEN_MODEL, WrittenExamples, WrittenExamplesError
 from axmethods.chat_backend import TransformersChatBackend
@@ -52,7 +52,7 @@ def llm(tmp_path):
 
 def test_written_concepts_skip_the_llm_and_the_others_are_generated(llm, tiny_llama_target, tmp_path):
     concepts = [dataclasses.replace(CONCEPTS[0], genres=("text",)), *CONCEPTS[1:]]
-    config = GenerationConfig(**SMALL, examples_path=str(_full(tmp_path / "written.jsonl")))
+    config = DataGenerationConfig(**SMALL, examples_path=str(_full(tmp_path / "written.jsonl")))
     target = TransformersChatBackend(tiny_llama_target, batch_size=4)
     result = asyncio.new_event_loop().run_until_complete(generate_dataset(
         concepts, config, llm=llm, target=target, out_dir=tmp_path / "out", dataset_config="c", work_dir=tmp_path / "w",
@@ -78,7 +78,7 @@ def test_written_concepts_skip_the_llm_and_the_others_are_generated(llm, tiny_ll
 
 def test_too_few_written_rows_fail_before_any_work(llm, tiny_llama_target, tmp_path):
     path = _examples(tmp_path / "few.jsonl", [_line("train", "positive", 0)])
-    config = GenerationConfig(**SMALL, examples_path=str(path))
+    config = DataGenerationConfig(**SMALL, examples_path=str(path))
     target = TransformersChatBackend(tiny_llama_target, batch_size=4)
     with pytest.raises(WrittenExamplesError, match=r"has 1 written train/positive rows but the data config asks for 2"):
         asyncio.new_event_loop().run_until_complete(generate_dataset(
@@ -117,7 +117,7 @@ def test_the_shipped_demo_examples_cover_the_demo_config():
     configs = resources.files("axeval") / "configs"
     concepts = load_concepts(Path(str(configs / "demo_concepts.jsonl")))
     data = yaml.safe_load((configs / "demo.yaml").read_text())["data"]
-    config = GenerationConfig(**data)
+    config = DataGenerationConfig(**data)
     written = WrittenExamples(Path(str(configs / "demo_examples.jsonl")))
     written.check(concepts, {("train", "positive"): config.positives_per_concept,
                              ("latent", "positive"): config.latent_num_of_examples,

@@ -125,7 +125,7 @@ def config_fingerprint(data_dir: str | Path, config: str) -> str:
 
 
 @dataclass
-class AxBenchConfig(datasets.BuilderConfig):
+class AxBenchBuilderConfig(datasets.BuilderConfig):
     """One model/layer setting: `name` is the config folder, `data_dir` the dataset directory holding it."""
 
 
@@ -138,9 +138,9 @@ class AxBenchDataset(datasets.ArrowBasedBuilder):
     """
 
     VERSION = datasets.Version("1.0.0")
-    BUILDER_CONFIG_CLASS = AxBenchConfig
+    BUILDER_CONFIG_CLASS = AxBenchBuilderConfig
     # The configs are the settings in a directory, known only once one is given: see builder_class().
-    BUILDER_CONFIGS: ClassVar[list[AxBenchConfig]] = []
+    BUILDER_CONFIGS: ClassVar[list[AxBenchBuilderConfig]] = []
 
     def _info(self) -> datasets.DatasetInfo:
         data_dir = self._data_dir_or_fail()
@@ -176,7 +176,7 @@ def builder_class(data_dir: str | Path) -> type[AxBenchDataset]:
     Uses `datasets`' own mechanism for configs known at run time (the one it uses for README `configs:`),
     so the class stays picklable and importable by the module name."""
     root = Path(data_dir).resolve()
-    configs = [AxBenchConfig(name=check_config_name(name), data_dir=str(root), version=AxBenchDataset.VERSION)
+    configs = [AxBenchBuilderConfig(name=check_config_name(name), data_dir=str(root), version=AxBenchDataset.VERSION)
                for name in list_configs(root)]
     if not configs:
         raise FileNotFoundError(f"{root} holds no dataset configs (no <config>/<split>-*.parquet files); import or "

@@ -19,7 +19,7 @@ import numpy as np
 
 from axdata.concepts import Concept
 from axdata.generation.asking import Asked, Failure, ask, check_response, clean, derive_seed
-from axdata.generation.generation_config import PAPER_POOLS, GenerationConfig
+from axdata.generation.config import PAPER_POOLS, DataGenerationConfig
 from axdata.generation.pools import InstructionPool
 from axdata.generation.templates import (
     FALLBACK_STEERING_PROMPT,
@@ -97,7 +97,7 @@ def sae_fields(concept: Concept) -> dict[str, Any]:
 class Context:
     """What every unit needs: the config, the pool, the two backends and the truncation rule."""
 
-    config: GenerationConfig
+    config: DataGenerationConfig
     pool: InstructionPool
     llm: ChatBackend
     target: ChatBackend
@@ -212,7 +212,7 @@ def written_latent_rows(ctx: Context, concept: Concept, genre: str) -> Unit | No
     return unit
 
 
-def _negative_genres(config: GenerationConfig) -> list[str]:
+def _negative_genres(config: DataGenerationConfig) -> list[str]:
     n = config.latent_num_of_examples
     math, code = int(config.math_share * n), int(config.code_share * n)
     return ["math"] * math + ["code"] * code + ["text"] * (n - math - code)

@@ -43,7 +43,7 @@ from axdata.generation.examples import (
     train_positives,
     written_latent_rows,
 )
-from axdata.generation.generation_config import GenerationConfig
+from axdata.generation.config import DataGenerationConfig
 from axdata.generation.genre import determine_genre
 from axdata.generation.pools import InstructionPool, load_pool
 from axdata.generation.report import cost_projection, ledger_summary, sum_counts
@@ -125,7 +125,7 @@ class UnitStore:
         return unit
 
 
-def run_fingerprint(config: GenerationConfig, pool: InstructionPool, llm: ChatBackend, target: ChatBackend,
+def run_fingerprint(config: DataGenerationConfig, pool: InstructionPool, llm: ChatBackend, target: ChatBackend,
                     written: WrittenExamples | None = None) -> str:
     content = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NON_CONTENT_FIELDS}
     return content_hash({"config": content, "templates": template_versions(), "pool": pool.fingerprint(),
@@ -133,7 +133,7 @@ def run_fingerprint(config: GenerationConfig, pool: InstructionPool, llm: ChatBa
                          "written": None if written is None else written.fingerprint()})
 
 
-def load_written(config: GenerationConfig, concepts: Sequence[Concept]) -> WrittenExamples | None:
+def load_written(config: DataGenerationConfig, concepts: Sequence[Concept]) -> WrittenExamples | None:
     """The config's written examples, checked against the concepts and sizes before any work starts."""
     if config.examples_path is None:
         return None
@@ -168,7 +168,7 @@ async def _contrast_unit(ctx: Context, concept: Concept) -> Unit:
 
 async def run_generation(
     concepts: Sequence[Concept],
-    config: GenerationConfig,
+    config: DataGenerationConfig,
     *,
     llm: ChatBackend,
     target: ChatBackend,
@@ -273,7 +273,7 @@ def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return frame
 
 
-def _assemble(config: GenerationConfig, negative_units: Sequence[Unit], per_concept: Sequence[dict[str, Unit]]
+def _assemble(config: DataGenerationConfig, negative_units: Sequence[Unit], per_concept: Sequence[dict[str, Unit]]
               ) -> tuple[dict[str, pd.DataFrame], list[str]]:
     """Rows in a fixed order — shared negatives by genre, then concepts in the given order — whatever
     order the units finished in."""
@@ -291,7 +291,7 @@ def _assemble(config: GenerationConfig, negative_units: Sequence[Unit], per_conc
     return frames, notes
 
 
-def _imbalance_pool(config: GenerationConfig, latent: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
+def _imbalance_pool(config: DataGenerationConfig, latent: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
     """One negative pool shared by all concepts: `latent_num_of_examples × imbalance_factor` rows drawn
     (seeded) from every concept's detection-eval negatives, relabelled as carrying no concept."""
     wanted = config.latent_num_of_examples * config.imbalance_factor
@@ -324,7 +324,7 @@ def write_dataset(frames: dict[str, pd.DataFrame], concepts: Sequence[Concept], 
 
 async def generate_dataset(
     concepts: Sequence[Concept],
-    config: GenerationConfig,
+    config: DataGenerationConfig,
     *,
     llm: ChatBackend,
     target: ChatBackend,

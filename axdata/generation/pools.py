@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from axdata.generation.generation_config import PAPER_POOLS, SHIPPED_POOL
+from axdata.generation.config import PAPER_POOLS, SHIPPED_POOL
 from axdata.hashing import content_hash
 from axdata.schema import GENRES
 

@@ -16,7 +16,7 @@ from typing import Any
 from axdata.builders import concepts_path
 from axdata.concepts import Concept, load_concepts
 from axdata.generation.examples import tokenizer_truncator
-from axdata.generation.generation_config import GenerationConfig
+from axdata.generation.config import DataGenerationConfig
 from axdata.generation.pipeline import REPORT_FILE, GenerationResult, generate_dataset
 from axdata.generation.templates import template_versions
 from axdata.hashing import file_hash
@@ -34,11 +34,11 @@ class DataStage(Stage):
     name = "data"
     description = "generate the concept datasets with the LLM and the target model"
 
-    def __init__(self, data_config: GenerationConfig | None = None):
+    def __init__(self, data_config: DataGenerationConfig | None = None):
         # Explicit config for callers outside a full run config (the CLI, tests); else the run's `data` section.
         self.data_config = data_config
 
-    def config(self, ctx: RunContext) -> GenerationConfig:
+    def config(self, ctx: RunContext) -> DataGenerationConfig:
         return self.data_config if self.data_config is not None else ctx.config.data
 
     def dataset_config(self, ctx: RunContext) -> str:
@@ -79,14 +79,14 @@ def _hash_if_file(path: str | None) -> str | None:
     return file_hash(path) if path and Path(path).exists() else path
 
 
-def read_concepts(config: GenerationConfig) -> list[Concept]:
+def read_concepts(config: DataGenerationConfig) -> list[Concept]:
     if not config.concept_path:
         raise ValueError("data.concept_path is not set: generation needs a concept list (.csv, .txt, .jsonl or "
                          "Neuronpedia .json). Set data.concept_path in the config or pass --concepts.")
     return load_concepts(config.concept_path, max_concepts=config.max_concepts, seed=config.seed)
 
 
-def generate_for_run(ctx: RunContext, config: GenerationConfig, dataset_config: str, out_dir: Path
+def generate_for_run(ctx: RunContext, config: DataGenerationConfig, dataset_config: str, out_dir: Path
                      ) -> GenerationResult:
     """Generate `config`'s splits into `out_dir/dataset_config` with the run's LLM and target model."""
     concepts = read_concepts(config)

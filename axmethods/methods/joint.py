@@ -3,7 +3,7 @@
 All concepts of a chunk are rows of one fp32 parameter [k, d], trained by `axmethods.trainers.ConceptTrainer`
 (the one training engine): each step gives every concept a mini-batch of its *own* examples and the loss
 is the sum of the per-concept mean losses, so joint training equals k separate runs. The settings use
-TrainingArguments' names; the older `lr`, `epochs` and `batch_size` are accepted as aliases.
+TrainingArguments' names (one settings vocabulary with the RePS family and the Trainer).
 """
 
 from __future__ import annotations
@@ -20,9 +20,6 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from axmethods.methods.base import MethodConfig, TrainingSet
 from axmethods.trainers.concept_trainer import ConceptTrainer
-
-ALIASES = {"lr": "learning_rate", "epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size"}
-
 
 @dataclass
 class TrainingSettings(MethodConfig):
@@ -44,16 +41,6 @@ class TrainingSettings(MethodConfig):
                                                              "steps)."})
     resume_from_checkpoint: bool = field(default=False, metadata={"help": "Resume each chunk from its last "
                                                                           "checkpoint in output_dir, if any."})
-    lr: float | None = field(default=None, metadata={"help": "Alias of learning_rate."})
-    epochs: float | None = field(default=None, metadata={"help": "Alias of num_train_epochs."})
-    batch_size: int | None = field(default=None, metadata={"help": "Alias of per_device_train_batch_size."})
-
-    def __post_init__(self) -> None:
-        for alias, name in ALIASES.items():
-            if getattr(self, alias) is not None:
-                setattr(self, name, getattr(self, alias))
-                setattr(self, alias, None)
-        super().__post_init__()
 
     def training_arguments(self, output_dir: str) -> TrainingArguments:
         """The Trainer's settings: AdamW (torch's, as AxBench), linear decay with no warmup, seeded."""
