@@ -36,7 +36,6 @@ class SSV(Method):
     name = "ssv"
     config_class = SSVConfig
     detection_activation = "relu"
-    unit_norm = False
 
     def __init__(self, config: SSVConfig | None = None) -> None:
         super().__init__(config)
