@@ -27,15 +27,16 @@ $(STAMP): pyproject.toml $(TORCH_CONSTRAINTS) | $(BIN)/python
 demo: setup
 	$(BIN)/axbench demo
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # A local Argilla server (argilla-server + osmem-server + redis) for `axbench curate`; its own venv .argilla-venv.
 argilla: setup
 	$(BIN)/python -m axeval.curation.local_server --install
 
+# Part of `make test` (the rules: pyproject.toml [tool.ruff.lint]).
 lint: setup
-	$(BIN)/ruff check axdata axeval axmethods tests benchmarks
+	$(BIN)/ruff check axdata axeval axmethods tests benchmarks scripts
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

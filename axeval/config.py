@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
-from axdata.llm.config import LLMConfig
 from axdata.generation.config import DataGenerationConfig
 from axdata.hashing import content_hash
+from axdata.llm.config import LLMConfig
 from axdata.settings import SettingsError, build_settings, check_settings, parse_value
 from axdata.validation import check_dataclass_numbers
 from axeval.judge import JudgeConfig
@@ -171,7 +172,7 @@ class AxbenchConfig:
         return content_hash(content)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], source: str = "<config>") -> "AxbenchConfig":
+    def from_dict(cls, raw: dict[str, Any], source: str = "<config>") -> AxbenchConfig:
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: the config must be a mapping of sections ({', '.join(SECTIONS)}).")
         unknown = sorted(set(raw) - set(SECTIONS) - {"hashes"})
@@ -239,7 +240,7 @@ class AxbenchConfig:
         self.report.baseline = resolved
 
     @classmethod
-    def load(cls, path: str | Path | None = None, overrides: Sequence[str] = ()) -> "AxbenchConfig":
+    def load(cls, path: str | Path | None = None, overrides: Sequence[str] = ()) -> AxbenchConfig:
         raw: dict[str, Any] = {}
         source = "<defaults>"
         if path is not None:

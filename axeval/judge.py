@@ -33,8 +33,8 @@ import numpy as np
 import pandas as pd
 from huggingface_hub.utils import tqdm
 
-from axdata.llm import ChatBackend, ChatRequest, SamplingParams, StructuredOutputError
 from axdata.io import atomic_path
+from axdata.llm import ChatBackend, ChatRequest, SamplingParams, StructuredOutputError
 from axeval.judge_templates import CRITERIA, JUDGE_TEMPLATE_HASH, TEMPLATE_HASHES, rating_schema, render
 
 logger = logging.getLogger(__name__)

@@ -15,17 +15,17 @@ import os
 import socket
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, ClassVar, Sequence, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from filelock import FileLock, Timeout
 
-from axdata.llm import ChatBackend, Ledger, open_llm
 from axdata.hashing import content_hash
 from axdata.io import atomic_write_text
+from axdata.llm import ChatBackend, Ledger, open_llm
 from axeval.config import AxbenchConfig
 from axeval.errors import USER_ERRORS
 from axeval.rundir import RunDirectory
@@ -210,7 +210,7 @@ def _run_stages(config: AxbenchConfig, stages: Sequence[Stage], force: bool) -> 
             t0 = time.perf_counter()
             try:
                 summary = stage.run(ctx)
-            except Exception as error:  # noqa: BLE001 - re-raised with the stage named, the cause chained
+            except Exception as error:
                 cause = str(error).rstrip(".") if isinstance(error, USER_ERRORS) \
                     else f"{type(error).__name__}: {error}"
                 raise StageError(f"stage {stage.name!r} failed: {cause}. Its finished work is kept; fix the "

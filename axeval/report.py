@@ -281,7 +281,7 @@ def compact(frame: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     shown = pd.DataFrame(index=frame.index)
     for column in frame.columns:
         # The interval's bounds join its mean; its own count repeats the table's concept counts.
-        if column.endswith(("_ci_low", "_ci_high")) or column.endswith("_n") and f"{column[:-2]}_mean" in frame:
+        if column.endswith(("_ci_low", "_ci_high")) or (column.endswith("_n") and f"{column[:-2]}_mean" in frame):
             continue
         if column.endswith("_mean") and f"{column[:-5]}_ci_low" in frame.columns:
             prefix = column[:-5]

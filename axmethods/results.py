@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 import torch
+from typing_extensions import Self
 
 from axdata.io import atomic_write_text
 
@@ -127,7 +128,7 @@ class ConceptResult:
         raise NotImplementedError
 
     @classmethod
-    def load(cls: type[R], directory: str | Path, **kwargs: Any) -> R:
+    def load(cls, directory: str | Path, **kwargs: Any) -> Self:
         raise NotImplementedError
 
     def push_patterns(self) -> list[str]:
@@ -140,8 +141,8 @@ class ConceptResult:
         return RESULT_PATTERNS
 
     @classmethod
-    def from_pretrained(cls: type[R], repo_id_or_dir: str | Path, *, revision: str | None = None,
-                        token: str | None = None, **kwargs: Any) -> R:
+    def from_pretrained(cls, repo_id_or_dir: str | Path, *, revision: str | None = None,
+                        token: str | None = None, **kwargs: Any) -> Self:
         """Load from a local directory or a Hub model repo (only the files it needs are downloaded)."""
         return cls.load(fetch(repo_id_or_dir, revision=revision, token=token,
                               patterns=cls.download_patterns(**kwargs)), **kwargs)
@@ -190,8 +191,8 @@ class FolderResult(ConceptResult):
         return {}
 
     @classmethod
-    def from_record(cls: type[R], record: dict[str, Any], concepts: list[Concept],
-                    tensors: dict[str, torch.Tensor]) -> R:
+    def from_record(cls, record: dict[str, Any], concepts: list[Concept],
+                    tensors: dict[str, torch.Tensor]) -> Self:
         raise NotImplementedError
 
     def write_files(self, root: Path) -> Path:
@@ -212,7 +213,7 @@ class FolderResult(ConceptResult):
         return root
 
     @classmethod
-    def load(cls: type[R], directory: str | Path, **_: Any) -> R:
+    def load(cls, directory: str | Path, **_: Any) -> Self:
         from safetensors.torch import load_file
 
         from axdata.concepts import ConceptFileError, load_concepts
@@ -305,11 +306,10 @@ def load_result(repo_id_or_dir: str | Path, layer: int | None = None, *, revisio
                 token: str | None = None) -> ConceptResult:
     """Any method's result from a folder or a Hub repo: adapters, fine-tuned weights or a steering dictionary."""
     from axmethods.dictionary import SteeringDictionary
-    from axmethods.trainers.artifacts import ConceptAdapters
-    from axmethods.trainers.finetuned import FinetunedConcepts
-
     from axmethods.methods.bow import BagOfWords
     from axmethods.methods.prompt import RelevanceRater, SteeringPrompts
+    from axmethods.trainers.artifacts import ConceptAdapters
+    from axmethods.trainers.finetuned import FinetunedConcepts
 
     root = fetch(repo_id_or_dir, revision=revision, token=token)
     kinds: dict[str, type[ConceptResult]] = {

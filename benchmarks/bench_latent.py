@@ -37,8 +37,7 @@ from fixtures_models import build_tiny_model
 from axdata.concepts import Concept
 from axmethods.dictionary import SteeringDictionary
 from axmethods.inference.latent import score_texts
-from axmethods.models import pad_batch, pad_token_id
-from axmethods.models import load_target_model
+from axmethods.models import load_target_model, pad_batch, pad_token_id
 
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "sea", "sky", "poem", "plants", "capital", "France", "Paris", "bridge", "numbers"]
 

@@ -44,7 +44,9 @@ from axmethods.trainers.reps_trainer import RePSTrainer
 
 def pairs_frame(n_concepts: int, pairs: int, response_words: int, seed: int = 0) -> pd.DataFrame:
     rng = random.Random(seed)
-    text = lambda n: " ".join(rng.choice(WORDS) for _ in range(n))
+    def text(n: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(n))
+
     return pd.DataFrame([{"input": text(12), "winning_output": text(response_words),
                           "losing_output": text(response_words), "concept_id": c}
                          for c in range(n_concepts) for _ in range(pairs)])

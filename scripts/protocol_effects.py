@@ -25,8 +25,8 @@ from axdata.builders.axbench_import import import_axbench
 from axeval.detection import concept_detection
 from axmethods.activations import ActivationCollector, resolve_dtype
 from axmethods.inference.latent import latent_inference
-from axmethods.registry import get_method
 from axmethods.models import load_target_model
+from axmethods.registry import get_method
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "axbench" / "concept10"
 

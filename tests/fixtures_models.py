@@ -126,7 +126,7 @@ def _config_for(arch: Arch, tokenizer: PreTrainedTokenizerFast) -> PreTrainedCon
     return Gemma3TextConfig(**common, query_pre_attn_scalar=16, sliding_window=64)
 
 
-def build_tiny_model(directory: str | Path, arch: Arch, chat_template: str | None | object = _DEFAULT,
+def build_tiny_model(directory: str | Path, arch: Arch, chat_template: str | object | None = _DEFAULT,
                      seed: int = 0) -> Path:
     """Save a tiny random `arch` checkpoint with its tokenizer into `directory`; returns it."""
     directory = Path(directory)

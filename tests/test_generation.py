@@ -11,9 +11,9 @@ from generation_helpers import CONCEPTS, RoutingServer, client_for
 
 from axdata.builders import read_concepts, read_split
 from axdata.concepts import Concept
+from axdata.generation.config import DataGenerationConfig
 from axdata.generation.contrast import contrast_concepts
 from axdata.generation.examples import sample_instructions, tokenizer_truncator
-from axdata.generation.config import DataGenerationConfig
 from axdata.generation.genre import determine_genre
 from axdata.generation.pipeline import generate_dataset
 from axdata.generation.templates import WITH_CONCEPT, template_versions

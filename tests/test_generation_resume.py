@@ -18,8 +18,8 @@ from generation_helpers import RoutingServer, client_for
 
 from axdata.builders import list_splits, read_concepts, read_split
 from axdata.concepts import Concept
-from axdata.generation.examples import tokenizer_truncator
 from axdata.generation.config import DataGenerationConfig
+from axdata.generation.examples import tokenizer_truncator
 from axdata.generation.pipeline import generate_dataset
 from axmethods.chat_backend import TransformersChatBackend
 

@@ -9,8 +9,8 @@ from generation_helpers import RoutingServer
 
 from axdata.builders import list_splits, read_concepts, read_provenance, read_split
 from axdata.generation.config import DataGenerationConfig
-from axdata.llm.ledger import Ledger
 from axdata.generation.report import cost_projection
+from axdata.llm.ledger import Ledger
 from axeval.config import AxbenchConfig
 from axeval.pipeline import StageError, run_pipeline
 from axeval.stages.data import DataStage, default_dataset_config

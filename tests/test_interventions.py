@@ -39,7 +39,8 @@ def test_kinds_algebra() -> None:
     v = torch.randn(2, 8, generator=generator)
     alpha = torch.tensor([3.0, -1.0])
     u = v / v.norm(dim=-1, keepdim=True)
-    project = lambda x: (x * u[:, None]).sum(-1)
+    def project(x):
+        return (x * u[:, None]).sum(-1)
     assert torch.allclose(RowSteering(v, alpha, "addition").apply(h), h + alpha[:, None, None] * v[:, None])
     assert torch.allclose(project(RowSteering(v, alpha, "clamp").apply(h)), alpha[:, None].expand(2, 5), atol=1e-5)
     assert torch.allclose(project(RowSteering(v, alpha, "ablate").apply(h)), torch.zeros(2, 5), atol=1e-5)

@@ -13,8 +13,8 @@ from sklearn.metrics import roc_auc_score
 
 from axdata.concepts import Concept
 from axdata.llm.types import Completion
-from axmethods.activations import ActivationCollector
 from axdata.settings import build_settings as parse_config
+from axmethods.activations import ActivationCollector
 from axmethods.methods import MethodConfigError, TrainingDataError, TrainingSet
 from axmethods.methods.bow import BoW
 from axmethods.methods.diffmean import DiffMean
@@ -40,9 +40,9 @@ def _train_frame() -> pd.DataFrame:
              "Paris, France, by the river.", "Walking in Paris at night.", "Paris has old bridges."]
     neutral = ["Numbers 0 1 2 3.", "Hello world.", "A quick brown fox.", "The lazy dog sleeps.",
                "Apples and zebras.", "Punctuation ; , . !"]
-    for i, text in enumerate(sea):
+    for _i, text in enumerate(sea):
         rows.append(("Write something.", text, "the sea", "text", "positive", 0))
-    for i, text in enumerate(paris):
+    for _i, text in enumerate(paris):
         rows.append(("Write something.", text, "Paris", "text", "positive", 1))
     for text in neutral:
         rows.append(("Say anything.", text, "EEEEE", "text", "negative", -1))

@@ -145,7 +145,7 @@ def test_a_run_dictionary_is_pushed_with_the_runs_results(hub_env: HubEnv, tmp_p
 
     from axeval.cli.dictionary import dictionary_app
 
-    run, repo_id, commit = _run_on_pulled_data(tmp_path, hub_env)
+    run, _repo_id, commit = _run_on_pulled_data(tmp_path, hub_env)
     make_dictionary(calibration=torch.ones(4)).save_pretrained(run / "dictionaries" / "DiffMean")
     model_repo = hub_env.repo_id("run-diffmean")
     result = CliRunner().invoke(dictionary_app, ["push", str(run / "dictionaries" / "DiffMean"), model_repo])

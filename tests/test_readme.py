@@ -115,7 +115,7 @@ def _run(item: str, cwd: Path, monkeypatch: pytest.MonkeyPatch) -> str:
         result = CliRunner().invoke(app, shlex.split(block)[1:], terminal_width=80)
         assert result.exit_code == 0, f"README command failed: {block}\n{result.output[-3000:]}\n{result.exception!r}"
         return result.output
-    exec(compile(block, "README.md", "exec"), {"__name__": "readme"})  # noqa: S102 - the README's own snippet
+    exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
     return ""
 
 

@@ -15,10 +15,10 @@ from axdata.concepts import Concept
 from axmethods.inference.sampling import SamplingConfig, sample
 from axmethods.inference.steering import plan_batches, run_steering
 from axmethods.models import TargetModel
+from axmethods.registry import get_method
 from axmethods.results import load_result
 from axmethods.trainers.artifacts import ConceptAdapters, export_peft
 from axmethods.trainers.finetuned import FinetunedConcepts, FinetunedSteerer, swapped_weights
-from axmethods.registry import get_method
 from axmethods.trainers.sft import SFTDataError, SFTSteeringConfig, concept_dataset, train_sft
 
 CONCEPTS = [Concept(3, "the sea"), Concept(7, "apples")]

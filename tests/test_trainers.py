@@ -15,14 +15,14 @@ from axeval.cli import app
 from axmethods.dictionary import SteeringDictionary
 from axmethods.interventions import steer
 from axmethods.models import load_target_model
+from axmethods.registry import get_method
+from axmethods.results import load_result
 from axmethods.trainers import (
     ConceptAdapters,
     RePSConfig,
     parameterisations,
     preference_frame,
 )
-from axmethods.registry import get_method
-from axmethods.results import load_result
 from axmethods.trainers.artifacts import export_peft
 from axmethods.trainers.losses import dpo, per_concept_sum, scaled_simpo
 from axmethods.trainers.reps_trainer import RePSTrainer, default_intervention_layers

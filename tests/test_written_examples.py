@@ -13,8 +13,8 @@ from generation_helpers import CONCEPTS, RoutingServer, client_for
 
 from axdata.builders import read_concepts, read_split
 from axdata.concepts import load_concepts
-from axdata.generation.examples import tokenizer_truncator
 from axdata.generation.config import DataGenerationConfig
+from axdata.generation.examples import tokenizer_truncator
 from axdata.generation.pipeline import generate_dataset
 from axdata.generation.written import WRITTEN_MODEL, WrittenExamples, WrittenExamplesError
 from axmethods.chat_backend import TransformersChatBackend
@@ -72,7 +72,7 @@ def test_written_concepts_skip_the_llm_and_the_others_are_generated(llm, tiny_ll
     # The LLM was asked nothing about concept 0: no genre (given by the concept), no rows, no contrast words.
     asked = [json.loads(line) for line in (tmp_path / "ledger.jsonl").read_text().splitlines()]
     assert not [entry for entry in asked if entry.get("concept_id") == 0]
-    assert [c.genre for c in read_concepts(tmp_path / "out", "c")][0] == "text"
+    assert next(c.genre for c in read_concepts(tmp_path / "out", "c")) == "text"
     assert result.report["steps"]["positive"]["written"] == 2
 
 

@@ -120,7 +120,7 @@ def read_provenance(out_dir: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: not valid JSON ({error}); fix or delete the file (it only feeds the card).") from None
     if not isinstance(provenance, dict):
         # ValueError like every other bad-input error here: callers report those to the user.
-        raise ValueError(f"{path}: holds a {type(provenance).__name__}, not a JSON object; "  # noqa: TRY004
+        raise ValueError(f"{path}: holds a {type(provenance).__name__}, not a JSON object; "
                          'write an object such as {"generator_model": "gpt-4o-mini"}.')
     return provenance
 

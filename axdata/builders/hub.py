@@ -152,7 +152,7 @@ def push_dataset(
         (staging / CARD_FILE).write_text(card, encoding="utf-8")
         # The benchmark registration (one task per kind and config, the same configs as the card's YAML) goes in
         # a commit of its own: the Hub validates eval.yaml at push time, and a refusal must not lose the data.
-        registration = eval_yaml(repo_id.split("/")[-1], {config: list_splits(root, config) for config in configs})
+        registration = eval_yaml(repo_id.rsplit("/", maxsplit=1)[-1], {config: list_splits(root, config) for config in configs})
         files = sorted(str(path.relative_to(staging)) for path in staging.rglob("*") if path.is_file())
 
         repo_url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
@@ -276,7 +276,7 @@ def dataset_card(repo_id: str, configs: list[ConfigSummary], *, version: str, li
         language=["en"],
         tags=list(TAGS),
         size_categories=[_size_category(sum(split.rows for config in configs for split in config.splits))],
-        pretty_name=repo_id.split("/")[-1],
+        pretty_name=repo_id.rsplit("/", maxsplit=1)[-1],
         configs=[{"config_name": config.name, **({"default": True} if index == 0 else {}),
                   "data_files": [{"split": split.name, "path": f"{config.name}/{split.name}-*.parquet"}
                                  for split in config.splits]}

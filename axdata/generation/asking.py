@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from axdata.llm.types import ChatBackend, ChatRequest, Completion
 from axdata.hashing import content_hash
+from axdata.llm.types import ChatBackend, ChatRequest, Completion
 
 V = TypeVar("V")
 

@@ -30,8 +30,8 @@ from axdata.generation.templates import (
     WITHOUT_CONCEPT,
     PromptTemplate,
 )
-from axdata.llm.types import ChatBackend, ChatRequest, Completion, SamplingParams
 from axdata.generation.written import WRITTEN_MODEL, WrittenExample, WrittenExamples
+from axdata.llm.types import ChatBackend, ChatRequest, Completion, SamplingParams
 from axdata.schema import EMPTY_CONCEPT, HALVES, SHARED_NEGATIVE_ID
 
 Truncate = Callable[[str, int], str]

@@ -31,6 +31,7 @@ from huggingface_hub.utils import tqdm
 from axdata.builders import read_provenance, write_concepts, write_provenance, write_split
 from axdata.concepts import Concept
 from axdata.generation.asking import Failure
+from axdata.generation.config import DataGenerationConfig
 from axdata.generation.contrast import contrast_concepts
 from axdata.generation.examples import (
     Context,
@@ -43,15 +44,14 @@ from axdata.generation.examples import (
     train_positives,
     written_latent_rows,
 )
-from axdata.generation.config import DataGenerationConfig
 from axdata.generation.genre import determine_genre
 from axdata.generation.pools import InstructionPool, load_pool
 from axdata.generation.report import cost_projection, ledger_summary, sum_counts
 from axdata.generation.templates import template_versions
-from axdata.llm.types import ChatBackend
 from axdata.generation.written import WrittenExamples
 from axdata.hashing import content_hash
 from axdata.io import atomic_write_json
+from axdata.llm.types import ChatBackend
 from axdata.schema import EMPTY_CONCEPT, GENRES, SHARED_NEGATIVE_ID, table_from_frame
 
 logger = logging.getLogger(__name__)

@@ -15,9 +15,9 @@ import math
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from axdata.llm.types import BudgetExceededError, ChatRequest, Completion
 
@@ -38,7 +38,7 @@ class Prices:
 
     @classmethod
     def for_model(cls, model: str, input_usd_per_mtok: float | None = None,
-                  output_usd_per_mtok: float | None = None) -> "Prices":
+                  output_usd_per_mtok: float | None = None) -> Prices:
         known_in, known_out = KNOWN_PRICES.get(model, (0.0, 0.0))
         return cls(known_in if input_usd_per_mtok is None else input_usd_per_mtok,
                    known_out if output_usd_per_mtok is None else output_usd_per_mtok)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from axdata.hashing import content_hash
 
@@ -69,7 +70,7 @@ class ChatRequest:
     sample_index: int = 0
 
     @classmethod
-    def user(cls, content: str, purpose: str, **kwargs: Any) -> "ChatRequest":
+    def user(cls, content: str, purpose: str, **kwargs: Any) -> ChatRequest:
         return cls(messages=({"role": "user", "content": content},), purpose=purpose, **kwargs)
 
     def cache_key(self, model: str) -> str:

@@ -7,6 +7,7 @@ import sys
 
 import typer
 
+from axdata.settings import SettingsError
 from axeval.cli.config import config_app
 from axeval.cli.curate import curate_app
 from axeval.cli.data import data_app
@@ -16,7 +17,6 @@ from axeval.cli.infer import infer_app
 from axeval.cli.llm import llm_app
 from axeval.cli.run import register_run_commands
 from axeval.cli.train import train
-from axdata.settings import SettingsError
 from axeval.errors import USER_ERRORS
 
 app = typer.Typer(
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"axbench: usage error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    except Exception as error:  # noqa: BLE001 - the one place that turns errors into messages
+    except Exception as error:
         if debug:
             raise
         # A user error is one line, exit 1; a defect of ours is one line too, asking for a report.

@@ -36,7 +36,7 @@ def import_(
                                               "paper's tatsu-lab/alpaca_eval (needs the Hub)."),
 ) -> None:
     """Import AxBench-format data losslessly into our dataset layout and print what was imported."""
-    if out_dir is None and out is None or out_dir is not None and out is not None and out_dir != out:
+    if (out_dir is None and out is None) or (out_dir is not None and out is not None and out_dir != out):
         typer.echo("Give the output directory once: as OUT_DIR or as --out.", err=True)
         raise typer.Exit(2)
     out = out_dir if out_dir is not None else out

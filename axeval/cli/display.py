@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,6 @@ def frame_table(frame: pd.DataFrame, title: str, key: str = "method") -> Table:
     for column in frame.columns:
         table.add_column(str(column), justify="left" if column == key else "right", no_wrap=column == key)
     for row in frame.itertuples(index=False):
-        table.add_row(*("–" if isinstance(v, float) and v != v else f"{v:.3f}" if isinstance(v, float) else str(v)
+        table.add_row(*("–" if isinstance(v, float) and math.isnan(v) else f"{v:.3f}" if isinstance(v, float) else str(v)
                         for v in row))
     return table

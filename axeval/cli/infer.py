@@ -123,8 +123,8 @@ def steer(
 ) -> None:
     """Generate a steered answer for every (concept, prompt, factor) row of the steering split."""
     from axdata.builders import read_split, resolve_config
-    from axmethods.inference.sampling import SamplingConfig
     from axmethods.factors import AXBENCH_FACTORS
+    from axmethods.inference.sampling import SamplingConfig
     from axmethods.inference.steering import run_steering
 
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich import box
@@ -19,10 +18,10 @@ llm_app = typer.Typer(help="Serve the embedded LLM; inspect LLM calls, tokens an
 @llm_app.command("serve")
 def serve(
     model: str = typer.Option(DEFAULT_EMBEDDED_MODEL, help="Embedded model to serve."),
-    port: Optional[int] = typer.Option(None, help="Port on 127.0.0.1 (default: a free one)."),
+    port: int | None = typer.Option(None, help="Port on 127.0.0.1 (default: a free one)."),
     n_parallel: int = typer.Option(4, help="Requests decoded in parallel."),
     n_ctx: int = typer.Option(8192, help="Context size shared by the parallel slots."),
-    threads: Optional[int] = typer.Option(None, help="CPU threads (default: all cores)."),
+    threads: int | None = typer.Option(None, help="CPU threads (default: all cores)."),
 ) -> None:
     """Start the embedded OpenAI-compatible server on 127.0.0.1, print its base_url, stop on Ctrl-C."""
     from axdata.llm.server import serve_forever

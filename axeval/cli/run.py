@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.resources
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING
 
 import typer
 from rich import box
@@ -31,7 +31,7 @@ def register_run_commands(app: typer.Typer) -> None:
 
 def run(
     config: Path = typer.Argument(..., help="YAML config (sections: run, model, llm, …)."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help=_SET_HELP),
+    set_: list[str] | None = typer.Option(None, "--set", "-s", help=_SET_HELP),
     force: bool = typer.Option(False, help="Re-run every stage even when its outputs are current."),
 ) -> None:
     """Run the benchmark described by CONFIG; stages whose outputs are current are skipped."""
@@ -39,8 +39,8 @@ def run(
 
 
 def demo(
-    output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Where the run directory goes."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help=_SET_HELP),
+    output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="Where the run directory goes."),
+    set_: list[str] | None = typer.Option(None, "--set", "-s", help=_SET_HELP),
     force: bool = typer.Option(False, help="Re-run every stage even when its outputs are current."),
 ) -> None:
     """The benchmark on the embedded defaults: embedded target model, embedded LLM, no keys, no network."""

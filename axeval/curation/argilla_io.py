@@ -46,7 +46,7 @@ def connect(api_url: str | None = None, api_key: str | None = None) -> Any:
     client = rg.Argilla(api_url=url, api_key=key)
     try:
         me = client.me
-    except Exception as error:  # the client raises its own hierarchy; name the server and the likely cause
+    except Exception as error:  # noqa: BLE001 - the client raises its own hierarchy; name the server and cause
         raise ConnectionError(f"Argilla at {url} did not accept the API key from {KEY_ENV} or is unreachable "
                               f"({type(error).__name__}); check both.") from None
     logger.info("Connected to Argilla at %s as %s", url, me.username)

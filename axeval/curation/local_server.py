@@ -157,7 +157,7 @@ class LocalArgilla:
         return "\n".join(parts)
 
     def _spawn(self, name: str, command: list[str], env: dict[str, str]) -> None:
-        log = open(self.log_path(name), "ab")  # noqa: SIM115 - the child process owns it until it exits
+        log = open(self.log_path(name), "ab")
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    env=env, cwd=self.home, start_new_session=True)
         log.close()

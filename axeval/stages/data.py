@@ -15,8 +15,8 @@ from typing import Any
 
 from axdata.builders import concepts_path
 from axdata.concepts import Concept, load_concepts
-from axdata.generation.examples import tokenizer_truncator
 from axdata.generation.config import DataGenerationConfig
+from axdata.generation.examples import tokenizer_truncator
 from axdata.generation.pipeline import REPORT_FILE, GenerationResult, generate_dataset
 from axdata.generation.templates import template_versions
 from axdata.hashing import file_hash

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from axdata.llm import ChatRequest, SamplingParams
 from axdata.io import atomic_write_json
+from axdata.llm import ChatRequest, SamplingParams
 from axeval.pipeline import RunContext, Stage
 
 CHECK_SCHEMA = {

@@ -6,9 +6,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from axdata.llm import ChatRequest, SamplingParams
 from axdata.hashing import content_hash
 from axdata.io import atomic_write_json
+from axdata.llm import ChatRequest, SamplingParams
 from axeval.pipeline import RunContext, Stage
 from axmethods.chat_backend import TransformersChatBackend
 

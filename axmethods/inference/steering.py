@@ -29,8 +29,8 @@ from huggingface_hub.utils import tqdm
 
 from axdata.hashing import content_hash
 from axdata.io import atomic_path
-from axmethods.factors import AXBENCH_FACTORS
 from axmethods.dictionary import DictionaryError, SteeringDictionary
+from axmethods.factors import AXBENCH_FACTORS
 from axmethods.inference.sampling import SamplingConfig, sample
 from axmethods.interventions import Positions, RowSteering, steering_hooks
 from axmethods.models import TargetModel

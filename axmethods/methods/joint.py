@@ -21,6 +21,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from axmethods.methods.base import MethodConfig, TrainingSet
 from axmethods.trainers.concept_trainer import ConceptTrainer
 
+
 @dataclass
 class TrainingSettings(MethodConfig):
     """TrainingArguments' names for what the rank-1 methods' training needs (defaults: each method's paper)."""

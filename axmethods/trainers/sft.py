@@ -81,7 +81,7 @@ class SFTSteeringConfig(SFTConfig):
                                                                              "(AxBench: prompt labels are −100)."})
     save_strategy: str = field(default="no", metadata={"help": "Trainer checkpoints: 'no' (the result is exported "
                                                                "at the end of each concept) | 'steps' | 'epoch'."})
-    report_to: None | str | list[str] = field(default="none", metadata={"help": "Experiment trackers "
+    report_to: str | list[str] | None = field(default="none", metadata={"help": "Experiment trackers "
                                                                                 "(none, wandb, trackio, ...)."})
 
     # The baseline.

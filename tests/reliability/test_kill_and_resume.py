@@ -44,7 +44,7 @@ def _run_in_process(config: Path) -> None:
 
 @pytest.mark.slow
 def test_a_run_killed_in_every_stage_in_turn_ends_with_the_artefacts_of_an_uninterrupted_run(
-        tmp_path, tiny_llama_dir, llm_server):
+        tmp_path, tiny_llama_dir, llm_server):  # noqa: F811 - the fixture imported above
     baseline_config, baseline_dir = _config(tmp_path / "baseline", tiny_llama_dir, llm_server)
     _run_in_process(baseline_config)
     expected = _artefacts(baseline_dir)

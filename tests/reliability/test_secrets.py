@@ -11,7 +11,7 @@ from axeval.cli import app
 SECRET = "sk-axbench-test-0123456789abcdef"
 
 
-def test_the_api_key_lands_in_no_output_file(tmp_path, tiny_llama_dir, llm_server, monkeypatch):
+def test_the_api_key_lands_in_no_output_file(tmp_path, tiny_llama_dir, llm_server, monkeypatch):  # noqa: F811
     monkeypatch.setenv("AXBENCH_TEST_SECRET_KEY", SECRET)
     path, run_dir = write_config(tmp_path, tiny_llama_dir, llm_server)
     config = yaml.safe_load(path.read_text())

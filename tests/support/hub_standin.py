@@ -1001,7 +1001,7 @@ class HubStandin:
             self._thread.join()
         self._server = self._thread = None
 
-    def __enter__(self) -> HubStandin:  # noqa: PYI034 (typing.Self needs Python 3.11)
+    def __enter__(self) -> HubStandin:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
