@@ -6,7 +6,7 @@
     >>> get_method("LsReFT").name, get_method("LsReFT").training
     ('reft-r1', 'gradient')
     >>> sorted(name for name, spec in METHODS.items() if spec.result == "adapters")
-    ['lang-lora', 'lang-loreft', 'lora', 'loreft', 'reps-lora', 'reps-loreft', 'sft']
+    ['lang-lora', 'lang-loreft', 'lora', 'loreft', 'reps-lora', 'reps-loreft']
 
 A spec says what a method detects / steers, how it trains, what its result is, its settings class (the paper's
 settings are its defaults, plus the spec's `preset`) and how to train it (`spec.train(...)`). This module imports

@@ -23,14 +23,15 @@ import logging
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
-from typing_extensions import Self
 
 from axdata.io import atomic_write_text
 
 if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self from Python 3.11
+
     from axdata.concepts import Concept
     from axmethods.inference.steering import Steerer
     from axmethods.models import TargetModel
@@ -43,9 +44,6 @@ CONFIG_FILE, CARD_FILE = "config.json", "README.md"
 EVAL_RESULTS_FILE = ".eval_results/axbench.yaml"
 # Every file a result is made of (what `from_pretrained` downloads): a repo may hold much else (checkpoints, logs).
 RESULT_PATTERNS = ["README.md", "*.json", "*.jsonl", "*.safetensors", ".eval_results/*"]
-
-R = TypeVar("R", bound="ConceptResult")
-
 
 class DictionaryError(ValueError):
     """A result is malformed or does not fit the model it is used with."""

@@ -44,6 +44,9 @@ SKIPPED = {
     "axbench eval leaderboard my-org/": "needs the leaderboard above; tests/test_publish.py rebuilds the page",
     "axbench dictionary push dicts/diffmean my-org/smollm2-l10-diffmean --eval-results":
         "needs the reader's run; tests/test_publish.py pushes a dictionary with its results",
+    "from axdata.builders import read_concepts, read_split": "trains ReFT-r1 on Concept10 for minutes on a CPU; "
+                                                             "tests/test_registry.py and tests/test_methods.py "
+                                                             "make the same calls",
     "from axmethods.trainers import RePSConfig": "a fragment (target, preference_df and concepts are the reader's); "
                                                  "tests/test_trainers.py makes the same calls",
     "from axdata.llm import ChatRequest": "needs an OpenAI key; tests/test_llm_client.py makes the same calls "
