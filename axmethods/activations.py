@@ -163,9 +163,6 @@ class ActivationCollector:
         values = torch.cat(rows) if rows else torch.empty(0, self.target.hidden_size)
         return TokenActivations(values, offsets)
 
-    def forget(self) -> None:
-        self._kept.clear()
-
     def _run(self, texts: list[str]) -> list[torch.Tensor]:
         ids = [self.target.encode(text)[: self.max_length] for text in texts]
         too_short = [i for i, row in enumerate(ids) if len(row) <= self.target.prefix_length]

@@ -14,6 +14,8 @@ config names. `load_result` opens any of them from a folder or a Hub repo, whate
 | `RelevanceRater` | `axmethods.methods.prompt` | the target model rates texts | — |
 
 The class says what a result does (`detector`, `steerer()`): nothing is chosen by keys of its config dict.
+Two protocols name the roles: a `Detector` is what latent inference scores with, a `Steerer`
+(`axmethods.inference.steering`) what steering inference generates with; `result.steerer()` makes one.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import logging
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import torch
 
@@ -44,6 +46,17 @@ CONFIG_FILE, CARD_FILE = "config.json", "README.md"
 EVAL_RESULTS_FILE = ".eval_results/axbench.yaml"
 # Every file a result is made of (what `from_pretrained` downloads): a repo may hold much else (checkpoints, logs).
 RESULT_PATTERNS = ["README.md", "*.json", "*.jsonl", "*.safetensors", ".eval_results/*"]
+
+class Detector(Protocol):
+    """A result latent inference can score with: its `detector` says how (a residual read-out, a text classifier
+    or the target model rating texts); `rows` maps concept ids to its rows."""
+
+    method: str
+    layer: int
+    detector: ClassVar[DetectorKind]
+
+    def rows(self, concept_ids: Sequence[int]) -> torch.Tensor: ...
+
 
 class DictionaryError(ValueError):
     """A result is malformed or does not fit the model it is used with."""

@@ -45,7 +45,7 @@ from axdata.schema import SHARED_NEGATIVE_ID
 from axmethods.dictionary import DictionaryError, SteeringDictionary
 from axmethods.hooks import layer_outputs
 from axmethods.models import TargetModel, pad_batch, pad_token_id
-from axmethods.results import ConceptResult
+from axmethods.results import ConceptResult, Detector
 
 if TYPE_CHECKING:
     from axmethods.methods.prompt import RelevanceRater
@@ -119,7 +119,7 @@ _Scorer = Callable[[np.ndarray, np.ndarray], "tuple[np.ndarray, np.ndarray | Non
 ChatBackendArg = Any  # a ChatBackend, or a zero-argument factory of one (called only when needed)
 
 
-def latent_inference(target: TargetModel, dictionaries: Sequence[ConceptResult], latent: pd.DataFrame, *,
+def latent_inference(target: TargetModel, dictionaries: Sequence[Detector | ConceptResult], latent: pd.DataFrame, *,
                      mode: str = "latent", imbalance_pool: pd.DataFrame | None = None, batch_size: int = 16,
                      progress: bool = True, chat_backend: ChatBackendArg = None) -> pd.DataFrame:
     """Scores of the eval rows for each dictionary (see the module docstring), one frame for all methods.
