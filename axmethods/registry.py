@@ -107,11 +107,6 @@ class MethodSpec:
         fit_kwargs = {"collector": collector} if collector is not None and self.training == "activations" else {}
         return method.fit(target, train, concepts, layer, **fit_kwargs)
 
-    def describe(self) -> str:
-        """One line for `axbench train --help`."""
-        does = " + ".join(word for word, flag in (("detects", self.detects), ("steers", self.steers)) if flag)
-        return f"{self.name:<17} {does:<17} {self.training:<11} {self.summary}"
-
 
 def _method(name: str, cls: str, summary: str, training: Training, *, detects: bool = True, steers: bool = True,
             axbench: str, result: Result = "dictionary") -> MethodSpec:
