@@ -164,7 +164,7 @@ def test_joint_reft_r1_row_matches_a_single_concept_run(target, train_df):
 
 
 def test_reft_r1_keeps_fp32_master_weights_on_a_bf16_model(tiny_llama_dir, train_df, monkeypatch):
-    import axmethods.methods.reft_r1 as reft_module
+    import axmethods.methods.lm_training as reft_module  # where ReFT-r1 (an LMRank1Method) trains its chunks
 
     bf16 = load_target_model(str(tiny_llama_dir), device="cpu", dtype="bfloat16")
     seen = []

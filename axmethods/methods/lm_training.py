@@ -11,15 +11,21 @@ Trainer's checkpoints hold the [k, d] weight only.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from abc import abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from axdata.concepts import Concept
+from axmethods.dictionary import SteeringDictionary
 from axmethods.hooks import hook_output
-from axmethods.methods.base import TrainingSet
+from axmethods.methods.base import Method, TrainingSet
+from axmethods.methods.joint import train_chunk
 from axmethods.models import TargetModel, pad_batch, pad_token_id
 
 # (hidden [B, T, d] fp32, concept rows of the weight [B, d], intervened positions [B, T] bool)
@@ -111,3 +117,40 @@ def _per_concept_mean(sums: torch.Tensor, counts: torch.Tensor, concept: torch.T
     total = torch.zeros(n, device=sums.device).index_add(0, concept, sums.float())
     tokens = torch.zeros(n, device=sums.device).index_add(0, concept, counts.float())
     return total / tokens.clamp(min=1)
+
+
+class LMRank1Method(Method):
+    """A rank-1 method trained through the LM loss (ReFT-r1, SSV): each chunk of concepts is one `LMRank1Model`
+    trained on `ConceptTrainer`; subclasses give the initial weight and the intervention."""
+
+    detection_activation = "relu"
+    positives_only: ClassVar[bool] = False  # train on the positives only (SSV) or with the negatives (ReFT-r1)
+    unit_norm: ClassVar[bool] = False  # keep each row at unit norm (gradient's parallel part removed)
+
+    def __init__(self, config: object | None = None) -> None:
+        super().__init__(config)
+        self.loss_history: list[float] = []
+
+    @abstractmethod
+    def initial_weight(self, n_concepts: int, hidden_size: int) -> torch.Tensor:
+        """The [n_concepts, hidden_size] starting rows."""
+
+    @abstractmethod
+    def intervene(self, hidden: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the delta added to `hidden` at the `mask`ed positions, an auxiliary loss per row or None)."""
+
+    def fit(self, target: TargetModel, train_df: pd.DataFrame, concepts: Sequence[Concept],
+            layer: int) -> SteeringDictionary:
+        cfg = self.config
+        layer = target.validate_layer(layer)
+        rows = []
+        data = TrainingSet.from_frame(train_df, concepts, positives_only=self.positives_only)
+        for chunk in data.chunks(cfg.concepts_per_chunk):
+            weight = self.initial_weight(chunk.n_concepts, target.hidden_size).to(target.device)
+            model = LMRank1Model(target, layer, weight, self.intervene, getattr(cfg, "coeff_latent_l1_loss", 0.0))
+            trainer = train_chunk(model, chunk, lm_collator(target, chunk, cfg.max_length), cfg,
+                                  unit_norm=model.weight if self.unit_norm else None, frozen=target.model)
+            self.loss_history += trainer.loss_history
+            rows.append(model.weight.detach().float().cpu())
+        return self.dictionary(target, concepts, layer, torch.cat(rows))

@@ -12,18 +12,13 @@ row, on `ConceptTrainer` (`axmethods.methods.joint`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import pandas as pd
 import torch
 
-from axdata.concepts import Concept
-from axmethods.dictionary import SteeringDictionary
-from axmethods.methods.base import Method, TrainingSet, normalise_rows
-from axmethods.methods.joint import TrainingSettings, train_chunk
-from axmethods.methods.lm_training import LMRank1Model, lm_collator
-from axmethods.models import TargetModel
+from axmethods.methods.base import normalise_rows
+from axmethods.methods.joint import TrainingSettings
+from axmethods.methods.lm_training import LMRank1Method
 
 
 @dataclass
@@ -43,31 +38,16 @@ class ReFTr1Config(TrainingSettings):
     init_value: float = field(default=0.01, metadata={"help": "Constant initial value of w before normalising."})
 
 
-class ReFTr1(Method):
+class ReFTr1(LMRank1Method):
     name = "reft-r1"
     config_class = ReFTr1Config
-    detection_activation = "relu"
+    unit_norm = True
 
-    def __init__(self, config: ReFTr1Config | None = None) -> None:
-        super().__init__(config)
-        self.loss_history: list[float] = []
+    def initial_weight(self, n_concepts: int, hidden_size: int) -> torch.Tensor:
+        return normalise_rows(torch.full((n_concepts, hidden_size), self.config.init_value))
 
-    def fit(self, target: TargetModel, train_df: pd.DataFrame, concepts: Sequence[Concept],
-            layer: int) -> SteeringDictionary:
-        cfg = self.config
-        layer = target.validate_layer(layer)
-        rows = []
-        for chunk in TrainingSet.from_frame(train_df, concepts).chunks(cfg.concepts_per_chunk):
-            init = normalise_rows(torch.full((chunk.n_concepts, target.hidden_size), cfg.init_value))
-            model = LMRank1Model(target, layer, init.to(target.device), self._intervene, cfg.coeff_latent_l1_loss)
-            trainer = train_chunk(model, chunk, lm_collator(target, chunk, cfg.max_length), cfg,
-                                  unit_norm=model.weight, frozen=target.model)
-            self.loss_history += trainer.loss_history
-            rows.append(model.weight.detach().float().cpu())
-        return self.dictionary(target, concepts, layer, torch.cat(rows))
-
-    def _intervene(self, hidden: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    def intervene(self, hidden: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
         return topk_relu_intervention(hidden, weight, mask, self.config.topk)
 
 

@@ -7,18 +7,12 @@ times α. Concepts of a chunk train jointly as one fp32 [k, d] parameter.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import pandas as pd
 import torch
 
-from axdata.concepts import Concept
-from axmethods.dictionary import SteeringDictionary
-from axmethods.methods.base import Method, TrainingSet
-from axmethods.methods.joint import TrainingSettings, train_chunk
-from axmethods.methods.lm_training import LMRank1Model, lm_collator
-from axmethods.models import TargetModel
+from axmethods.methods.joint import TrainingSettings
+from axmethods.methods.lm_training import LMRank1Method
 
 
 @dataclass
@@ -32,28 +26,13 @@ class SSVConfig(TrainingSettings):
     init_value: float = field(default=0.01, metadata={"help": "Constant initial value of every entry of w."})
 
 
-class SSV(Method):
+class SSV(LMRank1Method):
     name = "ssv"
     config_class = SSVConfig
-    detection_activation = "relu"
+    positives_only = True
 
-    def __init__(self, config: SSVConfig | None = None) -> None:
-        super().__init__(config)
-        self.loss_history: list[float] = []
+    def initial_weight(self, n_concepts: int, hidden_size: int) -> torch.Tensor:
+        return torch.full((n_concepts, hidden_size), self.config.init_value)
 
-    def fit(self, target: TargetModel, train_df: pd.DataFrame, concepts: Sequence[Concept],
-            layer: int) -> SteeringDictionary:
-        cfg = self.config
-        layer = target.validate_layer(layer)
-        rows = []
-        for chunk in TrainingSet.from_frame(train_df, concepts, positives_only=True).chunks(cfg.concepts_per_chunk):
-            weight = torch.full((chunk.n_concepts, target.hidden_size), cfg.init_value, device=target.device)
-            model = LMRank1Model(target, layer, weight, _add)
-            trainer = train_chunk(model, chunk, lm_collator(target, chunk, cfg.max_length), cfg, frozen=target.model)
-            self.loss_history += trainer.loss_history
-            rows.append(model.weight.detach().float().cpu())
-        return self.dictionary(target, concepts, layer, torch.cat(rows))
-
-
-def _add(hidden: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, None]:
-    return weight[:, None, :] * mask[..., None], None
+    def intervene(self, hidden: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return weight[:, None, :] * mask[..., None], None
