@@ -318,6 +318,12 @@ def _read_config(folder: Path) -> dict[str, Any]:
     missing = [key for key in ("method", "layer", "hook_module", "base_model") if key not in config]
     if missing:
         raise DictionaryError(f"{path} lacks {', '.join(missing)}; re-save the dictionary.")
+    settings = config.get("config") or {}
+    if settings.get("detector") in ("text", "target-model", "none") or settings.get("steering") in ("prompt", "none"):
+        # Before results were typed, BoW and the prompt baselines were saved as dictionaries; read as one they
+        # would detect or steer wrongly (a zero vector instead of a prompt), so they are refused.
+        raise DictionaryError(f"{path} holds a {config['method']} result in the old dictionary layout; retrain it "
+                              f"(`axbench train {config['method']} …`, or `axbench run CONFIG --force`).")
     return config
 
 

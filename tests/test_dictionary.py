@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -223,3 +224,12 @@ def test_push_refuses_an_uncalibrated_steering_dictionary(tmp_path: Path) -> Non
     assert result.exit_code == 1
     assert "Push refused" in result.output and "axbench infer latent --dictionary" in result.output
     assert "--allow-uncalibrated" in result.output
+
+
+@pytest.mark.parametrize("legacy", [{"detector": "text"}, {"detector": "none", "steering": "prompt"},
+                                    {"detector": "target-model", "steering": "none"}])
+def test_a_baseline_saved_in_the_old_dictionary_layout_is_refused(tmp_path: Path, legacy: dict) -> None:
+    # BoW and the prompt baselines were dictionaries routed by config strings before they had their own classes.
+    dataclasses.replace(make_dictionary(), config=legacy).save_pretrained(tmp_path)
+    with pytest.raises(DictionaryError, match="old dictionary layout; retrain it"):
+        SteeringDictionary.load(tmp_path)
