@@ -36,7 +36,7 @@ argilla: setup
 
 # Part of `make test` (the rules: pyproject.toml [tool.ruff.lint]).
 lint: setup
-	$(BIN)/ruff check axdata axeval axmethods tests benchmarks scripts
+	$(BIN)/ruff check axdata axeval axmethods tests benchmarks
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

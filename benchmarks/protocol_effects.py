@@ -6,7 +6,7 @@ included). Prints, per method, the detection numbers under the definitions we us
 and with the opposite one; and the Probe with its declared gradient accumulation (ours) and with a step per
 batch (AxBench's effective run, `probe-reference-steps`).
 
-    python scripts/protocol_effects.py --setting prod_2b_l20_v1 --layer 10 --max-length 96
+    python benchmarks/protocol_effects.py --setting prod_2b_l20_v1 --layer 10 --max-length 96
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ with both settings at temperature 0 and prints, per setting, the parse failures,
 and how often the two settings give the same rating (there are no human labels here: agreement between the
 settings, not with people).
 
-    python scripts/judge_answer_bounds.py --rows 40 --reason-max-chars 160
+    python benchmarks/judge_answer_bounds.py --rows 40 --reason-max-chars 160
 """
 
 from __future__ import annotations
