@@ -50,7 +50,8 @@ FORMAT_VERSION = 1
 WEIGHTS_FILE = "weights.safetensors"
 CONCEPTS_FILE = "concepts.jsonl"
 _MATRICES = ("weight", "steering_weight")
-_VECTORS = ("bias", "calibration")
+# output_score: each row's output score (axmethods.output_score), absent in dictionaries never scored.
+_VECTORS = ("bias", "calibration", "output_score")
 # The concept id of each weight row, stored with the weights so that a reordered concepts.jsonl is caught.
 _ROW_IDS = "concept_ids"
 _LAYER_FOLDER = re.compile(r"l(\d+)")
@@ -85,6 +86,8 @@ class SteeringDictionary(ConceptResult):
     activation: str = "identity"
     steering_weight: torch.Tensor | None = None
     calibration_info: dict[str, Any] = field(default_factory=dict)
+    output_score: torch.Tensor | None = None
+    output_score_info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.weight.ndim != 2:
@@ -95,7 +98,7 @@ class SteeringDictionary(ConceptResult):
         ids = [c.concept_id for c in self.concepts]
         if len(set(ids)) != len(ids):
             raise DictionaryError("concept_ids must be unique within a dictionary")
-        for name in ("bias", "calibration"):
+        for name in _VECTORS:
             vector = getattr(self, name)
             if vector is not None and tuple(vector.shape) != (n,):
                 raise DictionaryError(f"{name} must have shape ({n},), got {tuple(vector.shape)}")
@@ -106,7 +109,7 @@ class SteeringDictionary(ConceptResult):
             raise DictionaryError(f"activation {self.activation!r} is unknown; use one of {', '.join(ACTIVATIONS)}")
         if self.layer < 0:
             raise DictionaryError(f"layer must be ≥ 0, got {self.layer}")
-        for name in ("weight", "steering_weight", "bias", "calibration"):
+        for name in ("weight", "steering_weight", *_VECTORS):
             tensor = getattr(self, name)
             if tensor is not None and not bool(torch.isfinite(tensor).all()):
                 rows = torch.nonzero(~torch.isfinite(tensor.reshape(n, -1)).all(dim=1)).flatten().tolist()
@@ -114,7 +117,7 @@ class SteeringDictionary(ConceptResult):
                                       f"{[ids[row] for row in rows[:10]]}; the method diverged or the file is "
                                       "damaged — retrain (e.g. a lower learning rate) or re-download it")
         self.weight = self.weight.detach().float().contiguous()
-        for name in ("bias", "calibration", "steering_weight"):
+        for name in (*_VECTORS, "steering_weight"):
             tensor = getattr(self, name)
             if tensor is not None:
                 setattr(self, name, tensor.detach().float().contiguous())
@@ -170,6 +173,10 @@ class SteeringDictionary(ConceptResult):
         """A copy carrying `calibration` ([n], in row order) and a record of where it came from."""
         return dataclasses.replace(self, calibration=calibration, calibration_info=dict(info))
 
+    def with_output_scores(self, scores: torch.Tensor, info: Mapping[str, Any]) -> SteeringDictionary:
+        """A copy carrying each row's output score ([n], axmethods.output_score) and how it was measured."""
+        return dataclasses.replace(self, output_score=scores, output_score_info=dict(info))
+
     def check_model(self, target: TargetModel) -> None:
         """Raise DictionaryError unless this dictionary can be read and written on `target`."""
         if target.hidden_size != self.hidden_size:
@@ -220,7 +227,8 @@ class SteeringDictionary(ConceptResult):
                 base_model_revision=config.get("base_model_revision"), bias=tensors.get("bias"),
                 calibration=tensors.get("calibration"), config=config.get("config", {}),
                 activation=config.get("activation", "identity"), steering_weight=tensors.get("steering_weight"),
-                calibration_info=config.get("calibration_info", {}),
+                calibration_info=config.get("calibration_info", {}), output_score=tensors.get("output_score"),
+                output_score_info=config.get("output_score_info", {}),
             )
         except DictionaryError as error:
             raise DictionaryError(f"{folder}: {error}. Fix: re-save the dictionary from its method.") from None
@@ -273,6 +281,7 @@ class SteeringDictionary(ConceptResult):
             "config": self.config,
             "config_hash": self.config_hash,
             "calibration_info": self.calibration_info,
+            **({"output_score_info": self.output_score_info} if self.output_score is not None else {}),
         }
 
 

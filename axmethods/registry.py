@@ -109,7 +109,7 @@ class MethodSpec:
 
 
 def _method(name: str, cls: str, summary: str, training: Training, *, detects: bool = True, steers: bool = True,
-            axbench: str, result: Result = "dictionary") -> MethodSpec:
+            axbench: str | None, result: Result = "dictionary") -> MethodSpec:
     return MethodSpec(name, summary, training, detects, steers, f"axmethods.methods.{cls}", result,
                       axbench_name=axbench)
 
@@ -134,6 +134,8 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
     _method("ssv", "ssv:SSV", "supervised steering vector, LM loss on positives", "gradient",
             axbench="SteeringVector"),
     _method("sae", "sae:SAE", "a GemmaScope / SAELens SAE feature per concept", "lookup", axbench="GemmaScopeSAE"),
+    _method("sae-filtered", "sae:SAEFiltered", "SAE, steering only concepts whose feature has output score >= 0.01 "
+            "(Arad et al. 2025)", "lookup", axbench=None),
     _method("sae-a", "sae:SAEA", "the SAE feature of best AUROC on the train split", "lookup",
             axbench="GemmaScopeSAEMaxAUC"),
     _method("bow", "bow:BoW", "bag-of-words logistic regression over the texts", "text", steers=False,

@@ -11,8 +11,8 @@ import pytest
 from axdata.settings import SettingsError
 from axmethods.registry import METHODS, UnknownMethodError, get_method, settings_help
 
-RANK1 = {"diffmean", "pca", "lat", "probe", "reft-r1", "ssv", "sae", "sae-a", "bow", "prompt-steering",
-         "prompt-detection"}
+RANK1 = {"diffmean", "pca", "lat", "probe", "reft-r1", "ssv", "sae", "sae-a", "sae-filtered", "bow",
+         "prompt-steering", "prompt-detection"}
 FAMILY = {"reps", "reps-lora", "reps-loreft", "bipo", "lang-vector", "lang-lora", "lang-loreft", "loreft", "lora",
           "sft"}
 

@@ -1,4 +1,5 @@
-"""`axbench dictionary push|pull|convert-axbench`: move steering dictionaries between disk, the Hub and AxBench."""
+"""`axbench dictionary push|pull|convert-axbench|output-score`: move steering dictionaries between disk, the Hub
+and AxBench, and score their rows."""
 
 from __future__ import annotations
 
@@ -123,3 +124,42 @@ def convert_axbench(
         raise typer.Exit(1) from None
     folder = dictionary.save_pretrained(directory)
     typer.echo(f"Converted {dictionary.n_concepts} concepts × {dictionary.hidden_size} to {folder}")
+
+
+@dictionary_app.command("output-score")
+def output_score(
+    directory: Path = typer.Argument(..., help="A calibrated rank-1 dictionary directory (after `axbench infer latent`)."),
+    model: str | None = typer.Option(None, "--model", help="Target model; default: the dictionary's base model."),
+    layer: int | None = typer.Option(None, "--layer", help="Layer folder to read when the directory holds several."),
+    amplification: float = typer.Option(10.0, "--amplification", help="Each row is added at amplification × its "
+                                        "calibration (paper: 10)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Rows scored per forward pass."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16 | float16."),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """Output score (Arad et al. 2025) of every row: written into the dictionary (in place) and printed."""
+    from axmethods.dictionary import DictionaryError, SteeringDictionary
+    from axmethods.models import TargetModelConfig, load_target_model
+    from axmethods.output_score import THRESHOLD, OutputScoreSettings, dictionary_output_scores
+
+    try:
+        dictionary = SteeringDictionary.load(directory, layer=layer)
+        if dictionary.calibration is None:  # refused before a model loads: the fix is another command
+            raise DictionaryError(f"The {dictionary.method} dictionary in {directory} has no calibration, which sets "
+                                  "how far each row is amplified; run `axbench infer latent --dictionary "
+                                  f"{directory} --data DATA` first (it calibrates the dictionary in place).")
+        spec = TargetModelConfig(model=model) if model else \
+            TargetModelConfig(model=dictionary.base_model, revision=dictionary.base_model_revision)
+        target = load_target_model(spec, dtype=dtype, device=device)
+        settings = OutputScoreSettings(amplification=amplification, batch_size=batch_size)
+        scored = dictionary_output_scores(target, dictionary, settings, progress=True)
+    except DictionaryError as error:
+        typer.echo(f"Output score failed: {error}", err=True)
+        raise typer.Exit(2) from None
+    from axmethods.dictionary import WEIGHTS_FILE
+
+    scored.save_pretrained(directory.parent if (directory / WEIGHTS_FILE).is_file() else directory)
+    for concept, score in zip(scored.concepts, scored.output_score.tolist()):
+        typer.echo(f"{concept.concept_id}\t{score:.4f}\t{concept.concept}")
+    kept = int((scored.output_score >= THRESHOLD).sum())
+    typer.echo(f"{scored.method}: output score ≥ {THRESHOLD} for {kept} of {scored.n_concepts} rows; saved in {directory}")

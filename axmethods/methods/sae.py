@@ -1,9 +1,10 @@
 """SAE and SAE-A (AxBench `sae.py: GemmaScopeSAE` / `GemmaScopeSAEMaxAUC`, spec §3.7–3.8).
 
-No training: the concept's feature of a GemmaScope-format JumpReLU SAE (W_enc [d, z], W_dec [z, d],
-b_enc [z], b_dec [d], threshold [z]) read from a local `.npz` or `.safetensors` file (never
-downloaded). Detection reads with the encoder, steering writes with the decoder row
-(`steering_weight`).
+No training: the concept's feature of a JumpReLU SAE (W_enc [d, z], W_dec [z, d], b_enc [z], b_dec [d],
+threshold [z]) read from local files (never downloaded): a GemmaScope params `.npz` / `.safetensors` file, or
+a SAELens folder (`cfg.json` + `sae_weights.safetensors`, architecture `jumprelu` or `standard` = ReLU, i.e.
+threshold 0) — the layout most released SAEs use. Detection reads with the encoder, steering writes with the
+decoder row (`steering_weight`).
 
 The detection read-out is JumpReLU, `1[pre > θ]·pre` with pre = h·W_enc + b_enc. The dictionary stores
 it as ReLU(h·W_enc + (b_enc − θ)): zero exactly where JumpReLU is zero and a strictly increasing function
@@ -18,10 +19,14 @@ latent rows, which `latent.calibrate` converts back to JumpReLU units (max score
   `sae_feature` in `config.features` ({concept_id: index}).
 - SAE-A: per concept, the feature whose max-pooled activation over the concept's 144 training texts has
   the highest AUROC against their labels; all features of all concepts of a chunk in one pass.
+- SAE-filtered (Arad et al. 2025): SAE's features, each given its output score (`axmethods.output_score`);
+  concepts whose feature scores below the paper's threshold (0.01) are kept for detection but not steered
+  (`config["output_score_filter"]` lists them; the report counts them and compares SAE on kept vs dropped).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -39,11 +44,22 @@ from axmethods.activations import TokenActivations
 from axmethods.dictionary import SteeringDictionary
 from axmethods.methods.base import Method, MethodConfig, MethodConfigError, TrainingSet
 from axmethods.models import TargetModel
+from axmethods.output_score import (
+    AMPLIFICATION,
+    THRESHOLD,
+    OutputScoreSettings,
+    output_scores,
+    sae_amplification,
+    threshold_mask,
+)
 
 logger = logging.getLogger(__name__)
 
 SAE_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
 _TRAILING_INDEX = re.compile(r"/(\d+)/?$")
+SAELENS_CONFIG, SAELENS_WEIGHTS = "cfg.json", "sae_weights.safetensors"
+SAELENS_ARCHITECTURES = ("jumprelu", "standard")
+_RESID_POST = re.compile(r"blocks\.(\d+)\.hook_resid_post")
 
 
 @dataclass
@@ -53,10 +69,14 @@ class JumpReLUSAE:
     b_enc: torch.Tensor  # [z]
     b_dec: torch.Tensor  # [d]
     threshold: torch.Tensor  # [z]
+    model_name: str | None = None  # SAELens cfg.json's model_name (None for GemmaScope files)
 
     @classmethod
-    def load(cls, path: str | Path) -> JumpReLUSAE:
+    def load(cls, path: str | Path, *, layer: int | None = None) -> JumpReLUSAE:
+        """A GemmaScope params file, or a SAELens folder (checked against `layer` when given)."""
         path = Path(path)
+        if path.is_dir():
+            return cls.load_saelens(path, layer=layer)
         if not path.is_file():
             raise FileNotFoundError(f"SAE params file {path} does not exist; pass a local GemmaScope params.npz "
                                     "or .safetensors (sae_path=...). Nothing is downloaded.")
@@ -70,12 +90,60 @@ class JumpReLUSAE:
         missing = [key for key in SAE_KEYS if key not in tensors]
         if missing:
             raise MethodConfigError(f"SAE params file {path} lacks {missing}; GemmaScope files hold {list(SAE_KEYS)}.")
-        sae = cls(**{key: tensors[key].float() for key in SAE_KEYS})
-        d, z = sae.W_enc.shape
-        if sae.W_dec.shape != (z, d) or sae.b_enc.shape != (z,) or sae.threshold.shape != (z,) or sae.b_dec.shape != (d,):
-            raise MethodConfigError(f"SAE params file {path} has inconsistent shapes (W_enc {tuple(sae.W_enc.shape)}, "
-                                    f"W_dec {tuple(sae.W_dec.shape)}); expected W_enc [d, z], W_dec [z, d].")
+        return cls(**{key: tensors[key].float() for key in SAE_KEYS})._checked(path)
+
+    @classmethod
+    def load_saelens(cls, folder: Path, *, layer: int | None = None) -> JumpReLUSAE:
+        """A SAELens folder: `cfg.json` (architecture, d_in, hook_name) + `sae_weights.safetensors`."""
+        def bad(problem: str, fix: str) -> MethodConfigError:
+            return MethodConfigError(f"SAE folder {folder}: {problem}; {fix}")
+
+        if not (folder / SAELENS_CONFIG).is_file() or not (folder / SAELENS_WEIGHTS).is_file():
+            raise bad(f"no {SAELENS_CONFIG} + {SAELENS_WEIGHTS}", "pass a SAELens SAE folder or a GemmaScope "
+                      "params .npz / .safetensors file")
+        try:
+            cfg = json.loads((folder / SAELENS_CONFIG).read_text(encoding="utf-8"))
+            tensors = load_file(str(folder / SAELENS_WEIGHTS))
+        except (ValueError, OSError) as error:
+            raise bad(f"unreadable {SAELENS_CONFIG} or {SAELENS_WEIGHTS} ({error})", "re-download it") from None
+        cfg = {**cfg.get("metadata", {}), **cfg}  # SAELens 6 keeps hook_name / model_name under metadata
+        architecture = cfg.get("architecture", "standard")
+        if architecture not in SAELENS_ARCHITECTURES:
+            raise bad(f"architecture {architecture!r} is not supported", f"supported: {', '.join(SAELENS_ARCHITECTURES)}")
+        if cfg.get("normalize_activations") not in (None, "none"):
+            raise bad(f"normalize_activations={cfg['normalize_activations']!r} is not supported",
+                      "use an SAE trained on raw residuals (normalize_activations 'none')")
+        if architecture == "jumprelu" and "threshold" not in tensors and "log_threshold" in tensors:
+            tensors["threshold"] = tensors.pop("log_threshold").exp()
+        if architecture == "standard":
+            tensors.setdefault("threshold", torch.zeros_like(tensors.get("b_enc", torch.zeros(0))))
+        missing = [key for key in SAE_KEYS if key not in tensors]
+        if missing:
+            raise bad(f"{SAELENS_WEIGHTS} lacks {missing}", f"a SAELens {architecture} SAE holds {list(SAE_KEYS)} "
+                      "(or log_threshold)")
+        sae = cls(**{key: tensors[key].float() for key in SAE_KEYS})._checked(folder)
+        if cfg.get("d_in") not in (None, sae.hidden_size):
+            raise bad(f"cfg.json says d_in {cfg['d_in']} but the weights read width {sae.hidden_size}", "re-download it")
+        hook = str(cfg.get("hook_name", ""))
+        match = _RESID_POST.fullmatch(hook)
+        if match is None:
+            raise bad(f"hook_name {hook!r} is not a residual-stream output (blocks.<L>.hook_resid_post)",
+                      "use a residual-stream SAE")
+        if layer is not None and int(match.group(1)) != layer:
+            raise bad(f"it was trained on layer {match.group(1)} ({hook}) but the run uses layer {layer}",
+                      f"set layer {match.group(1)} or use the SAE of layer {layer}")
+        if cfg.get("apply_b_dec_to_input"):  # encode(x - b_dec) = x·W_enc + (b_enc - b_dec·W_enc)
+            sae.b_enc = sae.b_enc - sae.b_dec @ sae.W_enc
+        sae.model_name = cfg.get("model_name")
         return sae
+
+    def _checked(self, path: Path) -> JumpReLUSAE:
+        d, z = self.W_enc.shape
+        if (self.W_dec.shape != (z, d) or self.b_enc.shape != (z,) or self.threshold.shape != (z,)
+                or self.b_dec.shape != (d,)):
+            raise MethodConfigError(f"SAE params file {path} has inconsistent shapes (W_enc {tuple(self.W_enc.shape)}, "
+                                    f"W_dec {tuple(self.W_dec.shape)}); expected W_enc [d, z], W_dec [z, d].")
+        return self
 
     @property
     def hidden_size(self) -> int:
@@ -93,7 +161,9 @@ class JumpReLUSAE:
 @dataclass
 class SAEConfig(MethodConfig):
     sae_path: str = field(default="", metadata={"help": "Local GemmaScope-format params file (.npz or "
-                                                        ".safetensors) with W_enc, W_dec, b_enc, b_dec, threshold."})
+                                                        ".safetensors) with W_enc, W_dec, b_enc, b_dec, threshold, "
+                                                        "or a SAELens folder (cfg.json + sae_weights.safetensors; "
+                                                        "jumprelu or standard)."})
     features: str = field(default="", metadata={"help": "JSON {concept_id: feature index} overriding each "
                                                         "concept's Neuronpedia ref (SAE only)."})
     max_activations: str = field(
@@ -102,6 +172,17 @@ class SAEConfig(MethodConfig):
                                       "steering magnitude is factor × that value, as in AxBench. Without it, the max "
                                       "JumpReLU activation over the concept's latent rows (AxBench's "
                                       "disable_neuronpedia_max_act)."})
+
+
+@dataclass
+class SAEFilteredConfig(SAEConfig):
+    output_score_threshold: float = field(default=THRESHOLD, metadata={
+        "help": "Concepts whose feature's output score (Arad et al. 2025) is below this are not steered (paper: "
+                "0.01)."})
+    amplification: float = field(default=AMPLIFICATION, metadata={
+        "help": "Output score: the feature is added at amplification × the largest SAE activation at the neutral "
+                "prompt's last token (paper: 10)."})
+    output_score_batch: int = field(default=64, metadata={"help": "Features scored per forward pass."})
 
 
 @dataclass
@@ -116,7 +197,7 @@ class SAE(Method):
 
     def fit(self, target: TargetModel, train_df: pd.DataFrame, concepts: Sequence[Concept],
             layer: int) -> SteeringDictionary:
-        sae = self._load(target)
+        sae = self._load(target, layer)
         features = self.pick_features(sae, target, train_df, concepts, layer)
         maxima = self._max_activations(features)
         dictionary = self.dictionary(
@@ -125,10 +206,16 @@ class SAE(Method):
             extra_config={"sae_features": features.tolist(), "jumprelu_threshold": sae.threshold[features].tolist(),
                           **({"calibration": "fixed"} if maxima is not None else {})},
         )
-        if maxima is None:
-            return dictionary
-        return dictionary.with_calibration(maxima, {"source": "max_activations", "path": self.config.max_activations,
-                                                    "statistic": "Neuronpedia max activation of the feature"})
+        if maxima is not None:
+            dictionary = dictionary.with_calibration(maxima, {
+                "source": "max_activations", "path": self.config.max_activations,
+                "statistic": "Neuronpedia max activation of the feature"})
+        return self.finish(dictionary, sae, target, features, layer)
+
+    def finish(self, dictionary: SteeringDictionary, sae: JumpReLUSAE, target: TargetModel, features: torch.Tensor,
+               layer: int) -> SteeringDictionary:
+        """Hook for subclasses (sae-filtered scores and filters the features)."""
+        return dictionary
 
     def _max_activations(self, features: torch.Tensor) -> torch.Tensor | None:
         """Each picked feature's max activation from `max_activations` (None without that file)."""
@@ -170,14 +257,47 @@ class SAE(Method):
                                     f"{sae.W_enc.shape[1]} features; check sae_path and the concept refs.")
         return features
 
-    def _load(self, target: TargetModel) -> JumpReLUSAE:
+    def _load(self, target: TargetModel, layer: int) -> JumpReLUSAE:
         if not self.config.sae_path:
-            raise MethodConfigError(f"{self.name} needs sae_path=<local params.npz or .safetensors>.")
-        sae = JumpReLUSAE.load(self.config.sae_path)
+            raise MethodConfigError(f"{self.name} needs sae_path=<local params.npz or .safetensors, or a SAELens "
+                                    "folder>.")
+        sae = JumpReLUSAE.load(self.config.sae_path, layer=layer)
+        if sae.model_name and sae.model_name.split("/")[-1].removesuffix("-it") not in target.model_id:
+            logger.warning("SAE %s was trained on %r and is used with %r (same width)", self.config.sae_path,
+                           sae.model_name, target.model_id)
         if sae.hidden_size != target.hidden_size:
             raise MethodConfigError(f"SAE {self.config.sae_path} reads width {sae.hidden_size} but {target.spec!r} "
                                     f"has hidden size {target.hidden_size}; use an SAE trained on this model.")
         return sae
+
+
+class SAEFiltered(SAE):
+    """SAE whose concepts are steered only when their feature is an output feature (output score ≥ threshold).
+
+    Every concept keeps its row (detection is SAE's); the rows carry their output scores, and
+    `config["output_score_filter"]` names the dropped concepts, which steering skips
+    (`axmethods.output_score.restrict_to_kept`) and the report counts.
+    """
+
+    name = "sae-filtered"
+    config_class = SAEFilteredConfig
+
+    def finish(self, dictionary: SteeringDictionary, sae: JumpReLUSAE, target: TargetModel, features: torch.Tensor,
+               layer: int) -> SteeringDictionary:
+        settings = OutputScoreSettings(amplification=self.config.amplification,
+                                       batch_size=self.config.output_score_batch)
+        scale = sae_amplification(target, layer, sae.encode, settings)
+        scores = output_scores(target, layer, sae.W_dec[features], scale, settings)
+        keep = threshold_mask(scores, self.config.output_score_threshold)
+        dropped = [c for c, kept in zip(dictionary.concept_ids, keep.tolist()) if not kept]
+        logger.info("%s: %d of %d concepts have an output feature (score ≥ %g)", self.name, int(keep.sum()),
+                    len(keep), self.config.output_score_threshold)
+        config = {**dictionary.config, "output_score_filter": {
+            "threshold": self.config.output_score_threshold, "kept": int(keep.sum()), "of": len(keep),
+            "dropped": dropped}}
+        info = settings.info(scale=f"amplification × max SAE activation at the last token = {scale:.6g}",
+                             threshold=self.config.output_score_threshold)
+        return dataclasses.replace(dictionary, config=config).with_output_scores(scores, info)
 
 
 class SAEA(SAE):
