@@ -55,6 +55,7 @@ class ReportInputs:
     judgements: pd.DataFrame | None = None
     title: str = "AxBench report"
     curations: list[Path] = field(default_factory=list)  # labels folders (axbench curate pull)
+    output_scores: pd.DataFrame | None = None  # method, concept_id, output_score, steered (run_output_scores)
 
     @classmethod
     def from_run_dir(cls, run_dir: str | Path) -> ReportInputs:
@@ -69,8 +70,10 @@ class ReportInputs:
                 "or the judge first (axbench run CONFIG resumes where it stopped)."
             )
         from axeval.curation.labels import find_curations
+        from axmethods.output_score import run_output_scores
 
-        return cls(**frames, title=f"AxBench report: {root.name}", curations=find_curations(root))
+        return cls(**frames, title=f"AxBench report: {root.name}", curations=find_curations(root),
+                   output_scores=run_output_scores(RunDirectory(root).dictionaries_dir))
 
 
 def _reused(judge: dict[str, Any]) -> str:
@@ -95,6 +98,8 @@ class Report:
     agreement: dict[str, pd.DataFrame] = field(default_factory=dict)  # curation dataset → agreement table
     files: dict[str, Path] = field(default_factory=dict)
     note: str | None = None  # what the run is (and is not) evidence of, in one line
+    output_scores: pd.DataFrame | None = None  # section "SAE feature selection (output score)"
+    filter_notes: list[str] = field(default_factory=list)  # how many concepts an output-score filter steers
 
     def judge_line(self) -> str | None:
         if not self.judge:
@@ -114,6 +119,7 @@ class Report:
     def caveats(self) -> list[str]:
         """The report's note, and what a reader must know about its intervals."""
         lines = [self.note] if self.note else []
+        lines += self.filter_notes
         n = self.n_concepts()
         if 0 < n < SMALL_SAMPLE:
             lines.append(f"Intervals over {n} concept{'s' if n != 1 else ''} (fewer than {SMALL_SAMPLE}) are rough: "
@@ -196,6 +202,9 @@ def build_report(
         plots["steering_factors"] = _plot_factor_curves(
             steering.factor_curves(scored), out / "plots" / "steering_factors.png")
 
+    if inputs.output_scores is not None:
+        report.output_scores, report.filter_notes = output_score_table(
+            inputs.output_scores, selected if inputs.judgements is not None else None)
     for folder in inputs.curations:
         plots[f"agreement_{folder.name}"] = _agreement(report, folder, out / "plots" / f"agreement_{folder.name}.png")
     report.leaderboard = leaderboard(report)
@@ -327,12 +336,46 @@ def report_sections(report: Report) -> list[tuple[str, str | None, pd.DataFrame]
                            ("Steering", report.steering_summary), ("Winrates", report.winrates)):
         if frame is not None:
             sections.append((heading, _SECTION_NOTES[heading], compact(frame)))
+    if report.output_scores is not None:
+        sections.append(("SAE feature selection (output score)", _OUTPUT_SCORE_NOTE, report.output_scores))
     for dataset, frame in report.agreement.items():
         sections.append((f"Judge–human agreement: {dataset}", _AGREEMENT_NOTE, compact(frame)))
     return sections
 
 
 _INTRO = "Mean over concepts with 95% bootstrap intervals over concepts."
+_OUTPUT_SCORE_NOTE = ("Output score (Arad et al. 2025): the row amplified on a neutral prompt, probability × rank of its "
+                      "logit-lens tokens in the next-token distribution (0–1). A filtered method (sae-filtered) steers "
+                      "only concepts scoring ≥ its threshold; dropped concepts are not generated and not counted as 0. "
+                      "SAE's steering on the kept and on the dropped concepts is shown beside it.")
+
+
+def output_score_table(scores: pd.DataFrame, selected: pd.DataFrame | None) -> tuple[pd.DataFrame, list[str]]:
+    """Per scored method: concepts steered, output-score median / share ≥ 0.01, steering on its steered concepts;
+    and for a filtered method, SAE's steering on the same kept and dropped concepts. Also the caveat lines."""
+    from axmethods.output_score import THRESHOLD
+
+    def steering_on(method: str, concept_ids: list[int]) -> str:
+        if selected is None or method not in set(selected["method"]):
+            return "–"
+        rows = selected[(selected["method"] == method) & selected["concept_id"].isin(concept_ids)]["score"].dropna()
+        return f"{rows.mean():.3f} (n={len(rows)})" if len(rows) else "–"
+
+    records, notes = [], []
+    for method, group in scores.groupby("method", sort=True):
+        kept = group.loc[group["steered"], "concept_id"].astype(int).tolist()
+        dropped = group.loc[~group["steered"], "concept_id"].astype(int).tolist()
+        records.append((method, f"{len(kept)} of {len(group)} steered", f"{group['output_score'].median():.4f}",
+                        f"{int((group['output_score'] >= THRESHOLD).sum())} of {len(group)}",
+                        steering_on(method, kept)))
+        if dropped:
+            notes.append(f"{method} steers {len(kept)} of {len(group)} concepts (output score above its threshold); "
+                         f"its steering row averages over those {len(kept)} only, the {len(dropped)} others were not "
+                         "generated (section \"SAE feature selection\").")
+            for label, ids in (("kept", kept), ("dropped", dropped)):
+                records.append((f"sae on {method}'s {label} concepts", str(len(ids)), "", "", steering_on("sae", ids)))
+    columns = ["Method", "Concepts", "Median output score", f"Output score ≥ {THRESHOLD}", "Steering (these concepts)"]
+    return pd.DataFrame.from_records(records, columns=columns), notes
 
 
 def render_markdown(report: Report, title: str, plots: dict[str, Path], out: Path) -> str:

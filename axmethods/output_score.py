@@ -24,8 +24,8 @@ not change any score (tested).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -167,8 +167,24 @@ def threshold_mask(scores: torch.Tensor, threshold: float = THRESHOLD) -> torch.
     return scores >= threshold
 
 
-def describe(scores: Sequence[float]) -> str:
-    values = torch.as_tensor(list(scores), dtype=torch.float32)
-    if not len(values):
-        return "no scores"
-    return (f"median {values.median():.4f}, {int(threshold_mask(values).sum())} of {len(values)} ≥ {THRESHOLD}")
+def run_output_scores(dictionaries_dir: Path) -> pd.DataFrame | None:
+    """Every output score stored in a run's dictionaries (`<run>/dictionaries/<method>/l<layer>/`), one row per
+    (method, concept): output_score and whether the concept is steered (False: an output-score filter dropped
+    it). None when no dictionary has scores."""
+    import json
+
+    import pandas as pd
+    from safetensors.numpy import load_file
+
+    frames = []
+    for weights in sorted(Path(dictionaries_dir).glob("*/l*/weights.safetensors")):
+        tensors = load_file(str(weights))
+        if "output_score" not in tensors or "concept_ids" not in tensors:
+            continue
+        config = json.loads((weights.parent / "config.json").read_text(encoding="utf-8"))
+        dropped = set(config.get("config", {}).get("output_score_filter", {}).get("dropped", []))
+        ids = tensors["concept_ids"].tolist()
+        frames.append(pd.DataFrame({"method": config["method"], "concept_id": ids,
+                                    "output_score": tensors["output_score"].astype(float),
+                                    "steered": [cid not in dropped for cid in ids]}))
+    return pd.concat(frames, ignore_index=True) if frames else None

@@ -126,6 +126,7 @@ def steer(
     from axmethods.factors import AXBENCH_FACTORS
     from axmethods.inference.sampling import SamplingConfig
     from axmethods.inference.steering import run_steering
+    from axmethods.output_score import restrict_to_kept
 
     try:
         factor_values = [float(value) for value in factors.split(",") if value.strip()] if factors else None
@@ -139,7 +140,8 @@ def steer(
         factor_values = factor_values or getattr(steerer, "factors", None) or list(AXBENCH_FACTORS)
         sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                                   top_p=top_p)
-        result = run_steering(target, steerer, read_split(data, config, "steering"), out, factors=factor_values,
+        prompts = restrict_to_kept(read_split(data, config, "steering"), loaded)  # sae-filtered: kept concepts
+        result = run_steering(target, steerer, prompts, out, factors=factor_values,
                               sampling=sampling, batch_size=batch_size, seed=seed)
     except (ValueError, FileNotFoundError) as error:
         raise _fail(error) from None
