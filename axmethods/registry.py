@@ -35,11 +35,13 @@ logger = logging.getLogger(__name__)
 # activations: closed form over frozen layer-L activations; gradient: rank-1 parameters trained on the Trainer;
 # preference / lm: the RePS family on the Trainer (preference pairs, or the LM loss on concept responses);
 # sft: TRL's SFTTrainer per concept; text: a classifier over the texts; llm: an LLM writes prompts / ratings;
-# lookup: a feature of a pretrained SAE is looked up, nothing is trained.
-Training = Literal["activations", "gradient", "preference", "lm", "sft", "text", "llm", "lookup"]
+# lookup: a feature of a pretrained SAE is looked up, nothing is trained; hypernet: one network for all concepts
+# (HyperSteer) that writes each concept's vector.
+Training = Literal["activations", "gradient", "preference", "lm", "sft", "text", "llm", "lookup", "hypernet"]
 # The result class (`axmethods.results`): SteeringDictionary, ConceptAdapters, FinetunedConcepts, BagOfWords,
 # SteeringPrompts, RelevanceRater.
-Result = Literal["dictionary", "adapters", "finetuned", "bag-of-words", "steering-prompts", "relevance-rater"]
+Result = Literal["dictionary", "adapters", "finetuned", "bag-of-words", "steering-prompts", "relevance-rater",
+                 "hypernetwork"]
 
 _ADAPTER_LAYOUT = {"low_rank_dimension": 4, "subtraction_type": "negate", "intervention_dropout": 0.1}
 
@@ -70,13 +72,13 @@ class MethodSpec:
 
     @property
     def settings_class(self) -> type:
-        return self.load() if self.family else self.load().config_class
+        return self.load() if self.family or self.training == "hypernet" else self.load().config_class
 
     def settings(self, values: Mapping[str, Any] | None = None, *, layer: int | None = None,
                  where: str | None = None) -> Any:
         """The method's settings: its class defaults, the preset, then `values` (texts read as YAML)."""
         preset = {key: list(value) if isinstance(value, list) else value for key, value in self.preset.items()}
-        fixed = {"layer": layer} if self.training in ("preference", "lm") and layer is not None else {}
+        fixed = {"layer": layer} if self.training in ("preference", "lm", "hypernet") and layer is not None else {}
         return build_settings(self.settings_class, {**preset, **(values or {})}, where=where or self.name, **fixed)
 
     def train(self, target: TargetModel, read_split: Callable[[str], pd.DataFrame | None],
@@ -93,6 +95,10 @@ class MethodSpec:
 
             frame = training_frame(self, target, concepts, read_split, settings, notify=notify)
             return train_family_method(self, target, frame, concepts, settings, progress=notify)
+        if self.training == "hypernet":
+            from axmethods.trainers.hypersteer import train_hypersteer
+
+            return train_hypersteer(target, read_split, concepts, settings, method_name=self.name, progress=notify)
         train = read_split("train")
         if train is None:
             raise FileNotFoundError(f"{self.name} trains on the train split, and the dataset has none.")
@@ -144,6 +150,10 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
             detects=False, axbench="PromptSteering", result="steering-prompts"),
     _method("prompt-detection", "prompt:PromptDetection", "the target model rates how much a text shows the concept",
             "llm", steers=False, axbench="PromptDetection", result="relevance-rater"),
+    MethodSpec("hypersteer", "HyperSteer: one hypernetwork (concept text, prompt) -> steering vector for any "
+               "concept, LM loss (objective: reps for RePS's); lr 8e-5, batch 12, factors 0.0..1.8", "hypernet",
+               detects=False, steers=True, implementation="axmethods.trainers.hypersteer:HyperSteerConfig",
+               result="hypernetwork", axbench_name="HyperSteer"),
     _family("reps", "RePS vector: scaled SimPO over orig_add / orig_sub pairs (2B: lr 0.04, batch 6, "
             "18 epochs, factors 2..20)", "preference", {}),
     _family("reps-lora", "RePS with a LoRA on o_proj (rank 4, 6 epochs, factors 0.2..2.0, -factor subtraction)",

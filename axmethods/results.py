@@ -12,6 +12,7 @@ config names. `load_result` opens any of them from a folder or a Hub repo, whate
 | `BagOfWords` | `axmethods.methods.bow` | text classifier | — |
 | `SteeringPrompts` | `axmethods.methods.prompt` | — | an instruction before the prompt |
 | `RelevanceRater` | `axmethods.methods.prompt` | the target model rates texts | — |
+| `HyperSteerResult` | `axmethods.methods.hypersteer` | — | adds factor × Δ(concept, prompt) |
 
 The class says what a result does (`detector`, `steerer()`): nothing is chosen by keys of its config dict.
 Two protocols name the roles: a `Detector` is what latent inference scores with, a `Steerer`
@@ -318,13 +319,15 @@ def load_result(repo_id_or_dir: str | Path, layer: int | None = None, *, revisio
     """Any method's result from a folder or a Hub repo: adapters, fine-tuned weights or a steering dictionary."""
     from axmethods.dictionary import SteeringDictionary
     from axmethods.methods.bow import BagOfWords
+    from axmethods.methods.hypersteer import HyperSteerResult
     from axmethods.methods.prompt import RelevanceRater, SteeringPrompts
     from axmethods.trainers.artifacts import ConceptAdapters
     from axmethods.trainers.finetuned import FinetunedConcepts
 
     root = fetch(repo_id_or_dir, revision=revision, token=token)
     kinds: dict[str, type[ConceptResult]] = {
-        kind.FORMAT: kind for kind in (ConceptAdapters, FinetunedConcepts, BagOfWords, SteeringPrompts, RelevanceRater)}
+        kind.FORMAT: kind for kind in (ConceptAdapters, FinetunedConcepts, BagOfWords, SteeringPrompts, RelevanceRater,
+                                       HyperSteerResult)}
     kind = kinds.get(folder_format(root) or "")
     if kind is not None:
         return kind.load(root)

@@ -15,10 +15,11 @@ RANK1 = {"diffmean", "pca", "lat", "probe", "reft-r1", "ssv", "sae", "sae-a", "s
          "prompt-steering", "prompt-detection"}
 FAMILY = {"reps", "reps-lora", "reps-loreft", "bipo", "lang-vector", "lang-lora", "lang-loreft", "loreft", "lora",
           "sft"}
+HYPERNET = {"hypersteer"}  # one network for all concepts (axmethods.trainers.hypersteer)
 
 
 def test_every_method_is_one_entry_found_by_our_name_or_axbench_class_name() -> None:
-    assert set(METHODS) == RANK1 | FAMILY
+    assert set(METHODS) == RANK1 | FAMILY | HYPERNET
     assert get_method("LsReFT").name == "reft-r1" and get_method("LinearProbe").name == "probe"
     assert get_method("SAE_A").name == "sae-a" and get_method(" RePS-LoRA ").name == "reps-lora"
     with pytest.raises(UnknownMethodError, match="Unknown method 'nope'"):
@@ -32,10 +33,11 @@ RESULT_CLASSES = {"dictionary": "axmethods.dictionary:SteeringDictionary",
                   "finetuned": "axmethods.trainers.finetuned:FinetunedConcepts",
                   "bag-of-words": "axmethods.methods.bow:BagOfWords",
                   "steering-prompts": "axmethods.methods.prompt:SteeringPrompts",
-                  "relevance-rater": "axmethods.methods.prompt:RelevanceRater"}
+                  "relevance-rater": "axmethods.methods.prompt:RelevanceRater",
+                  "hypernetwork": "axmethods.methods.hypersteer:HyperSteerResult"}
 
 
-@pytest.mark.parametrize("name", sorted(RANK1 | FAMILY))
+@pytest.mark.parametrize("name", sorted(RANK1 | FAMILY | HYPERNET))
 def test_specs_agree_with_their_classes_and_result_types(name: str) -> None:
     import importlib
 

@@ -4,6 +4,7 @@ and AxBench, and score their rows."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
@@ -163,3 +164,54 @@ def output_score(
         typer.echo(f"{concept.concept_id}\t{score:.4f}\t{concept.concept}")
     kept = int((scored.output_score >= THRESHOLD).sum())
     typer.echo(f"{scored.method}: output score ≥ {THRESHOLD} for {kept} of {scored.n_concepts} rows; saved in {directory}")
+
+
+@dictionary_app.command("from-hypernet")
+def from_hypernet(
+    hypernet_dir: Path = typer.Argument(..., help="A HyperSteer hypernetwork folder (`axbench train hypersteer`) or "
+                                        "Hub repo."),
+    concepts: Path = typer.Option(..., "--concepts", help="Concepts to write rows for, in any concept format "
+                                  "(.txt one per line, .csv, .jsonl incl. AxBench's metadata.jsonl, Neuronpedia "
+                                  ".json); concepts the network never saw work too."),
+    out: Path = typer.Option(..., "--out", help="Where to write the rank-1 steering dictionary."),
+    model: str | None = typer.Option(None, "--model", help="Target model; default: the network's base model."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16 | float16."),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """Turn a concept list into a steering dictionary with a HyperSteer hypernetwork (Δ averaged over its
+    reference prompts; HyperSteer's factor grid, calibration 1)."""
+    from axdata.concepts import ConceptFileError, load_concepts
+    from axmethods.dictionary import DictionaryError
+    from axmethods.methods.hypersteer import HyperSteerResult
+    from axmethods.models import TargetModelConfig, load_target_model
+    from axmethods.results import load_result
+
+    def refuse(problem: str) -> NoReturn:
+        typer.echo(f"from-hypernet: {problem}", err=True)
+        raise typer.Exit(2)
+
+    if not hypernet_dir.exists() and (hypernet_dir.is_absolute() or str(hypernet_dir).startswith(".")):
+        refuse(f"{hypernet_dir}: no such folder. Fix: pass the --out folder of `axbench train hypersteer`.")
+    try:
+        hypernet = load_result(hypernet_dir)
+    except (DictionaryError, FileNotFoundError, OSError, ValueError) as error:
+        refuse(f"{hypernet_dir} is not a hypernetwork folder ({error}). Fix: pass the --out folder of "
+               "`axbench train hypersteer`.")
+    if not isinstance(hypernet, HyperSteerResult):
+        refuse(f"{hypernet_dir} holds a {hypernet.method} {hypernet.KIND}, not a HyperSteer hypernetwork. Fix: pass "
+               "the --out folder of `axbench train hypersteer`.")
+    try:
+        wanted = load_concepts(concepts, dedupe=False)
+    except (ConceptFileError, OSError) as error:
+        refuse(f"{error}" if isinstance(error, ConceptFileError) else f"cannot read {concepts} ({error}).")
+    spec = TargetModelConfig(model=model) if model else \
+        TargetModelConfig(model=hypernet.base_model, revision=hypernet.base_model_revision)
+    target = load_target_model(spec, dtype=dtype, device=device)
+    try:
+        dictionary = hypernet.to_dictionary(wanted, target)
+    except DictionaryError as error:
+        refuse(str(error))
+    folder = dictionary.save_pretrained(out)
+    unseen = len({c.concept_id for c in wanted} - set(hypernet.concept_ids))
+    typer.echo(f"Wrote {dictionary.n_concepts} concepts × {dictionary.hidden_size} ({unseen} not trained on) to "
+               f"{folder}; steer with `axbench infer steer --dictionary {out}`")

@@ -45,7 +45,8 @@ def train(
     if list_settings:
         typer.echo("\n".join(settings_help(spec)))
         raise typer.Exit(0)
-    needs_layer = spec.result == "dictionary"  # adapters and fine-tuned weights take their layers from settings
+    # adapters and fine-tuned weights take their layers from settings
+    needs_layer = spec.result in ("dictionary", "hypernetwork")
     missing = [option for option, value in (("--data", data), ("--layer", layer if needs_layer else 0), ("--out", out))
                if value is None]
     if missing:
