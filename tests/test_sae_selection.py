@@ -181,3 +181,39 @@ def test_report_counts_the_kept_concepts_and_compares_sae_on_the_same_concepts(t
     assert "## SAE feature selection (output score)" in markdown
     assert "sae-filtered steers 2 of 4 concepts" in markdown and "were not generated" in markdown
     assert "SAE feature selection (output score)" in (tmp_path / "report.html").read_text()
+
+
+def test_axbench_run_reports_sae_and_sae_filtered_side_by_side(tmp_path, tiny_llama_dir):
+    """Both methods in one `axbench run`: the same features; sae-filtered steers only its output features, and
+    the report counts them and shows SAE on the kept and dropped concepts."""
+    from test_run_pipeline import JudgingServer, write_config
+
+    from axeval.config import AxbenchConfig
+    from axeval.pipeline import run_pipeline
+    from axeval.stages import default_stages
+
+    plain = load_target_model(str(tiny_llama_dir), device="cpu", dtype="float32")
+    params = _params(plain.hidden_size, seed=3)
+    params["W_dec"][5] = plain.model.get_output_embeddings().weight.detach()[42]
+    params["W_dec"][7] = 0.0  # no output at all: score 0
+    folder = _saelens(tmp_path / "sae", params)
+    server = JudgingServer().start()
+    try:
+        path, run_dir = write_config(tmp_path, tiny_llama_dir, server)
+        # Random-init logits are near uniform, so every score is small: a tiny threshold separates 5 from 7.
+        settings = {"sae": {"sae_path": str(folder), "features": '{"0": 5, "1": 7}'},
+                    "sae-filtered": {"sae_path": str(folder), "features": '{"0": 5, "1": 7}',
+                                     "output_score_threshold": 0.0001}}
+        config = AxbenchConfig.load(path, ["methods.train=[sae, sae-filtered]", "report.baseline=unsteered",
+                                           f"methods.settings={json.dumps(settings)}"])
+        run_pipeline(config, default_stages(config))
+    finally:
+        server.stop()
+    steering = pd.read_parquet(run_dir / "inference" / "steering.parquet")
+    assert set(steering.loc[steering["method"] == "sae-filtered", "concept_id"]) == {0}
+    assert set(steering.loc[steering["method"] == "sae", "concept_id"]) == {0, 1}
+    latent = pd.read_parquet(run_dir / "inference" / "latent.parquet")
+    assert set(latent.loc[latent["method"] == "sae-filtered", "concept_id"]) == {0, 1}  # detection: every concept
+    report = (run_dir / "eval" / "report.md").read_text()
+    assert "sae-filtered steers 1 of 2 concepts" in report
+    assert "| sae on sae-filtered's dropped concepts | 1 |" in report

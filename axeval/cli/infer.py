@@ -141,6 +141,9 @@ def steer(
         sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                                   top_p=top_p)
         prompts = restrict_to_kept(read_split(data, config, "steering"), loaded)  # sae-filtered: kept concepts
+        if prompts.empty:
+            raise ValueError(f"no concept of the {loaded.method} dictionary passed its output-score filter "
+                             "(config output_score_filter); there is nothing to steer.")
         result = run_steering(target, steerer, prompts, out, factors=factor_values,
                               sampling=sampling, batch_size=batch_size, seed=seed)
     except (ValueError, FileNotFoundError) as error:

@@ -182,8 +182,11 @@ class SteeringStage(Stage):
             if not artifact.steers:
                 logger.info("%s is detection-only: skipped in the steering stage", artifact.method)
                 continue
-            steerers.append(artifact.steerer(kind=settings.intervention, positions=settings.positions))
             kept_prompts[artifact.method] = restrict_to_kept(prompts, artifact)  # sae-filtered: its kept concepts
+            if kept_prompts[artifact.method].empty:
+                logger.warning("%s: no concept passed its output-score filter; nothing to steer", artifact.method)
+                continue
+            steerers.append(artifact.steerer(kind=settings.intervention, positions=settings.positions))
         if settings.unsteered_baseline:
             steerers.append(UnsteeredBaseline())
         sampling = SamplingConfig(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
