@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -95,6 +95,18 @@ class TokenActivations:
         return TokenActivations(torch.cat([part.values for part in parts]), offsets)
 
 
+@dataclass
+class TextSums:
+    """Per-text fp32 token sums [n_texts, d] and token counts [n_texts]: what `TokenActivations.segment_sum()`
+    and `.lengths` give, without the tokens (`ActivationCollector.collect_sums`)."""
+
+    sums: torch.Tensor
+    lengths: torch.Tensor
+
+    def segment_sum(self) -> torch.Tensor:
+        return self.sums
+
+
 @cache
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU computes bf16 matmuls natively (avx512_bf16 / AMX); without them bf16 is slower
@@ -163,22 +175,61 @@ class ActivationCollector:
         values = torch.cat(rows) if rows else torch.empty(0, self.target.hidden_size)
         return TokenActivations(values, offsets)
 
+    def collect_sums(self, texts: Sequence[str], keep: Sequence[bool] | None = None) -> TextSums:
+        """Per-text token sums of `texts`, in order: equal to `collect(texts, keep)`'s `segment_sum()` and
+        `lengths`, but only the kept texts' token
+        activations are held: the others are summed batch by batch, so memory is O(texts × d), not
+        O(tokens × d) (DiffMean needs nothing more; at Gemma-2-2B width a 64-concept chunk's tokens are ~2 GB).
+        """
+        keys = [text_key(text) for text in texts]
+        keep = [True] * len(texts) if self.keep_all else keep if keep is not None else [False] * len(texts)
+        keep_keys = {key for key, flag in zip(keys, keep) if flag}
+        missing: dict[str, str] = {}
+        for key, text in zip(keys, texts):
+            if key not in self._kept:
+                missing.setdefault(key, text)
+        sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}
+        missing_keys = list(missing)
+        for batch, rows in self._batches(list(missing.values())):
+            # Summed per batch with the same segment math as `collect(...).segment_sum()`: identical values.
+            packed = TokenActivations.cat([TokenActivations(row, torch.tensor([0, row.shape[0]])) for row in rows])
+            for i, total, row in zip(batch, packed.segment_sum(), rows):
+                key = missing_keys[i]
+                sums[key], counts[key] = total, row.shape[0]
+                if key in keep_keys:
+                    self._kept[key] = row
+        for key in keys:
+            if key in self._kept and key not in sums:
+                row = self._kept[key]
+                sums[key] = TokenActivations(row, torch.tensor([0, row.shape[0]])).segment_sum()[0]
+                counts[key] = row.shape[0]
+        if not keys:
+            return TextSums(torch.empty(0, self.target.hidden_size), torch.empty(0, dtype=torch.long))
+        return TextSums(torch.stack([sums[key] for key in keys]),
+                        torch.tensor([counts[key] for key in keys], dtype=torch.long))
+
     def _run(self, texts: list[str]) -> list[torch.Tensor]:
+        out: list[torch.Tensor | None] = [None] * len(texts)
+        for batch, rows in self._batches(texts):
+            for i, row in zip(batch, rows):
+                out[i] = row
+        return out  # type: ignore[return-value]  # every slot is filled above
+
+    def _batches(self, texts: list[str]) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
+        """(indices into `texts`, their content-token activations) per forward batch, shortest texts first."""
         ids = [self.target.encode(text)[: self.max_length] for text in texts]
         too_short = [i for i, row in enumerate(ids) if len(row) <= self.target.prefix_length]
         if too_short:
             raise ValueError(f"Text {texts[too_short[0]][:80]!r} has no token after the chat prefix; pass "
                              "chat-formatted texts (TargetModel.format_transcript).")
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        out: list[torch.Tensor | None] = [None] * len(ids)
         batches = [order[start:start + self.batch_size] for start in range(0, len(order), self.batch_size)]
         for batch in tqdm(batches, desc=f"activations @ layer {self.layer}", unit="batch",
                           disable=not self.progress or len(batches) < 2):
             hidden = self._forward([ids[i] for i in batch])
-            for row, i in enumerate(batch):
-                out[i] = hidden[row, self.target.prefix_length:len(ids[i])].clone()
+            yield batch, [hidden[row, self.target.prefix_length:len(ids[i])].clone() for row, i in enumerate(batch)]
         self.forward_texts += len(texts)
-        return out  # type: ignore[return-value]  # every slot is filled above
 
     def _forward(self, rows: list[list[int]]) -> torch.Tensor:
         # Right padding: real tokens keep positions 0..n-1 and causal attention never sees the pads.

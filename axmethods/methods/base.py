@@ -25,7 +25,7 @@ from axdata.concepts import Concept
 from axdata.schema import EMPTY_CONCEPT, SHARED_NEGATIVE_ID
 from axdata.settings import SettingsError, build_settings
 from axdata.validation import check_dataclass_numbers
-from axmethods.activations import ActivationCollector, TokenActivations, resolve_dtype
+from axmethods.activations import ActivationCollector, TextSums, TokenActivations, resolve_dtype
 from axmethods.dictionary import SteeringDictionary
 from axmethods.models import TargetModel
 from axmethods.results import ConceptResult
@@ -232,7 +232,11 @@ class ActivationMethod(Method):
 
     `fit` collects activations one chunk of concepts at a time (the shared negatives once for all
     chunks) and hands each chunk to `fit_chunk`, which works on all its concepts with tensor ops.
+    A method that needs only per-text token sums (`needs_tokens = False`, DiffMean) gets `TextSums`
+    instead of `TokenActivations`: the chunk's token activations are then never held at once.
     """
+
+    needs_tokens: ClassVar[bool] = True
 
     def fit(self, target: TargetModel, train_df: pd.DataFrame, concepts: Sequence[Concept],
             layer: int, *, collector: ActivationCollector | None = None) -> SteeringDictionary:
@@ -245,14 +249,15 @@ class ActivationMethod(Method):
         generator = torch.Generator().manual_seed(self.config.seed)
         rows = []
         for chunk in data.chunks(self.config.concepts_per_chunk):
-            activations = collector.collect(chunk.transcripts(target), keep=chunk.shared.tolist())
+            collect = collector.collect if self.needs_tokens else collector.collect_sums
+            activations = collect(chunk.transcripts(target), keep=chunk.shared.tolist())
             rows.append(self.fit_chunk(activations, chunk, generator))
         logger.info("%s: fitted %d concepts at layer %d (%d texts through the model)", self.name, len(concepts),
                     layer, collector.forward_texts)
         return self.dictionary(target, concepts, layer, torch.cat(rows))
 
     @abstractmethod
-    def fit_chunk(self, activations: TokenActivations, data: TrainingSet, generator: torch.Generator
+    def fit_chunk(self, activations: TokenActivations | TextSums, data: TrainingSet, generator: torch.Generator
                   ) -> torch.Tensor:
         """[n_concepts of `data`, d] directions from `activations` of `data`'s rows (in row order)."""
 

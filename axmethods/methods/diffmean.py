@@ -1,7 +1,8 @@
 """DiffMean (AxBench `mean.py: DiffMean`, spec §3.1): mean positive token minus mean negative token.
 
 Token-weighted means (every non-prefix token counts once, not every sequence), unit-normalised;
-detection is the raw dot product. All concepts of a chunk are one pair of matmuls: per-text token
+detection is the raw dot product. Only per-text token sums are needed, so training holds those, never a
+chunk's token activations (`needs_tokens = False`). All concepts of a chunk are one pair of matmuls: per-text token
 sums [rows, d] weighted by the concepts' membership masks [concepts, rows].
 """
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from axmethods.activations import TokenActivations
+from axmethods.activations import TextSums, TokenActivations
 from axmethods.methods.base import ActivationMethod, MethodConfig, TrainingSet, normalise_rows
 
 
@@ -23,13 +24,14 @@ class DiffMeanConfig(MethodConfig):
 class DiffMean(ActivationMethod):
     name = "diffmean"
     config_class = DiffMeanConfig
+    needs_tokens = False
 
-    def fit_chunk(self, activations: TokenActivations, data: TrainingSet, generator: torch.Generator
+    def fit_chunk(self, activations: TokenActivations | TextSums, data: TrainingSet, generator: torch.Generator
                   ) -> torch.Tensor:
         return diffmean_directions(activations, data.membership(1.0), data.membership(0.0))
 
 
-def diffmean_directions(activations: TokenActivations, positive: torch.Tensor, negative: torch.Tensor
+def diffmean_directions(activations: TokenActivations | TextSums, positive: torch.Tensor, negative: torch.Tensor
                         ) -> torch.Tensor:
     """Unit rows of (token mean over `positive` texts − token mean over `negative` texts), per concept.
 

@@ -1,0 +1,61 @@
+"""Paper-scale data handling on tiny models: DiffMean trains from per-text sums (no chunk of token
+activations held) with the same dictionary, and the paper-scale scripts run end to end at tiny sizes."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import torch
+
+from axdata.builders import read_concepts, read_split
+from axmethods.activations import ActivationCollector
+from axmethods.methods.diffmean import DiffMean
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _small_dataset(tmp_path: Path, n_concepts: int = 4) -> Path:
+    memory = _script("paper_scale_memory")
+    args = Namespace(train_positives=5, hard_negatives=2, imbalance_pool=12, input_words=4, output_words=12)
+    memory.synthesise(tmp_path / "data", n_concepts, args)
+    return tmp_path / "data"
+
+
+def test_collect_sums_equals_the_token_path(tiny_target):
+    texts = [tiny_target.format_transcript(f"instruction {i}", "word " * (3 + 2 * i)) for i in range(7)]
+    texts.append(texts[1])  # a repeat: computed once, summed twice
+    keep = [i % 3 == 0 for i in range(len(texts))]
+    tokens = ActivationCollector(tiny_target, 1, batch_size=3, progress=False).collect(texts, keep=keep)
+    summing = ActivationCollector(tiny_target, 1, batch_size=3, progress=False)
+    sums = summing.collect_sums(texts, keep=keep)
+    assert torch.equal(sums.segment_sum(), tokens.segment_sum())
+    assert torch.equal(sums.lengths, tokens.lengths)
+    # Kept texts stay cached as token activations: a later collect() of them makes no forward pass.
+    forwarded = summing.forward_texts
+    again = summing.collect([texts[0], texts[3]])
+    assert summing.forward_texts == forwarded
+    assert torch.equal(again.segment_sum(), tokens.select([0, 3]).segment_sum())
+
+
+def test_diffmean_from_sums_equals_diffmean_from_tokens(tiny_llama_target, tmp_path):
+    class TokenDiffMean(DiffMean):
+        needs_tokens = True
+
+    data = _small_dataset(tmp_path)
+    config = "synthetic-l1"
+    train, concepts = read_split(data, config, "train"), read_concepts(data, config)
+    settings = {"activation_dtype": "model", "concepts_per_chunk": 3, "activation_batch_size": 4}
+    streamed = DiffMean(settings).fit(tiny_llama_target, train, concepts, 1)
+    reference = TokenDiffMean(settings).fit(tiny_llama_target, train, concepts, 1)
+    assert torch.equal(streamed.weight, reference.weight)
