@@ -33,6 +33,9 @@ SKIPPED = {
     "axbench train reps": "trains for minutes on a CPU; tests/test_trainers.py and tests/test_reps_concept10.py "
                           "train every RePS-family method",
     "axbench infer steer --dictionary dicts/reps": "needs the RePS dictionary of the line above",
+    "axbench train sae-filtered --data": "needs an SAE of SmolLM2 (none is released offline); "
+                                         "tests/test_sae_selection.py trains sae-filtered from synthetic SAELens "
+                                         "and GemmaScope SAEs, also in `axbench run`",
     "export ARGILLA_API_URL": _CURATION,
     "axbench curate": _CURATION,
     "axbench eval report runs/demo": _CURATION + " (the report's agreement section: tests/test_curation.py)",
@@ -64,9 +67,11 @@ RUN_IN_WORK = [
     "axbench infer latent --dictionary dicts/diffmean --data data/concept10 --out latent.parquet",
     "axbench eval detect latent.parquet",
     "axbench infer steer --dictionary dicts/diffmean --data data/concept10 --factors 2 --max-new-tokens 16 --out steering.parquet",
+    "axbench dictionary output-score dicts/diffmean",
     "axbench dictionary push dicts/diffmean my-org/smollm2-l10-diffmean",
     "import torch\nfrom axmethods.dictionary import SteeringDictionary",  # the dictionary above, as pyvene
     "axbench train bipo --list-settings",
+    "axbench train sae-filtered --list-settings",
 ]
 RUN_IN_ROOT = [
     "axbench config show configs/paper/2b-l20.yaml --set run.protocol=reference",
