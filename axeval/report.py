@@ -56,6 +56,7 @@ class ReportInputs:
     title: str = "AxBench report"
     curations: list[Path] = field(default_factory=list)  # labels folders (axbench curate pull)
     output_scores: pd.DataFrame | None = None  # method, concept_id, output_score, steered (run_output_scores)
+    held_out: dict[str, list[int]] = field(default_factory=dict)  # method → concepts its training never saw
 
     @classmethod
     def from_run_dir(cls, run_dir: str | Path) -> ReportInputs:
@@ -73,7 +74,8 @@ class ReportInputs:
         from axmethods.output_score import run_output_scores
 
         return cls(**frames, title=f"AxBench report: {root.name}", curations=find_curations(root),
-                   output_scores=run_output_scores(RunDirectory(root).dictionaries_dir))
+                   output_scores=run_output_scores(RunDirectory(root).dictionaries_dir),
+                   held_out=run_held_out(RunDirectory(root).dictionaries_dir))
 
 
 def _reused(judge: dict[str, Any]) -> str:
@@ -100,6 +102,7 @@ class Report:
     note: str | None = None  # what the run is (and is not) evidence of, in one line
     output_scores: pd.DataFrame | None = None  # section "SAE feature selection (output score)"
     filter_notes: list[str] = field(default_factory=list)  # how many concepts an output-score filter steers
+    held_out: pd.DataFrame | None = None  # section "Seen vs held-out concepts" (HyperSteer)
 
     def judge_line(self) -> str | None:
         if not self.judge:
@@ -205,6 +208,8 @@ def build_report(
     if inputs.output_scores is not None:
         report.output_scores, report.filter_notes = output_score_table(
             inputs.output_scores, selected if inputs.judgements is not None else None)
+    if inputs.held_out and inputs.judgements is not None:
+        report.held_out = held_out_table(selected, inputs.held_out)
     for folder in inputs.curations:
         plots[f"agreement_{folder.name}"] = _agreement(report, folder, out / "plots" / f"agreement_{folder.name}.png")
     report.leaderboard = leaderboard(report)
@@ -338,6 +343,8 @@ def report_sections(report: Report) -> list[tuple[str, str | None, pd.DataFrame]
             sections.append((heading, _SECTION_NOTES[heading], compact(frame)))
     if report.output_scores is not None:
         sections.append(("SAE feature selection (output score)", _OUTPUT_SCORE_NOTE, report.output_scores))
+    if report.held_out is not None:
+        sections.append(("Seen vs held-out concepts", _HELD_OUT_NOTE, report.held_out))
     for dataset, frame in report.agreement.items():
         sections.append((f"Judge–human agreement: {dataset}", _AGREEMENT_NOTE, compact(frame)))
     return sections
@@ -376,6 +383,31 @@ def output_score_table(scores: pd.DataFrame, selected: pd.DataFrame | None) -> t
                 records.append((f"sae on {method}'s {label} concepts", str(len(ids)), "", "", steering_on("sae", ids)))
     columns = ["Method", "Concepts", "Median output score", f"Output score ≥ {THRESHOLD}", "Steering (these concepts)"]
     return pd.DataFrame.from_records(records, columns=columns), notes
+
+
+_HELD_OUT_NOTE = ("A method trained on some concepts only (HyperSteer's held_out_concepts): its mean steering score "
+                  "(after factor selection) on the concepts it was trained on and on those it never saw.")
+
+
+def run_held_out(dictionaries_dir: Path) -> dict[str, list[int]]:
+    """Method → held-out concept ids, from the run's results that record some (HyperSteer hypernetworks)."""
+    held: dict[str, list[int]] = {}
+    for path in sorted(Path(dictionaries_dir).glob("*/config.json")) if Path(dictionaries_dir).is_dir() else []:
+        record = json.loads(path.read_text())
+        if record.get("held_out_concepts"):
+            held[record["method"]] = [int(c["concept_id"]) for c in record["held_out_concepts"]]
+    return held
+
+
+def held_out_table(selected: pd.DataFrame, held_out: dict[str, list[int]]) -> pd.DataFrame:
+    """Per method with held-out concepts: mean steering score on its seen and on its held-out concepts."""
+    records = []
+    for method, ids in held_out.items():
+        rows = selected[selected["method"] == method]
+        for label, part in (("seen", rows[~rows["concept_id"].isin(ids)]), ("held out", rows[rows["concept_id"].isin(ids)])):
+            scores = part["score"].dropna()
+            records.append((method, label, len(scores), f"{scores.mean():.3f}" if len(scores) else "–"))
+    return pd.DataFrame.from_records(records, columns=["Method", "Concepts", "n", "Steering score"])
 
 
 def render_markdown(report: Report, title: str, plots: dict[str, Path], out: Path) -> str:

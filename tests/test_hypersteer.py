@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 from test_builders import make_dataset
+from test_run_pipeline import JudgingServer, write_config
 from typer.testing import CliRunner
 
 from axdata.concepts import Concept
@@ -160,3 +161,31 @@ def test_from_hypernet_user_errors_exit_2(tmp_path: Path) -> None:
     wrong = _cli("dictionary", "from-hypernet", str(tmp_path / "notnet"), "--concepts", str(tmp_path / "empty.txt"),
                  "--out", str(tmp_path / "o"))
     assert wrong.exit_code == 2 and "not a hypernetwork folder" in wrong.output
+
+
+@pytest.fixture
+def judging_llm():
+    server = JudgingServer().start()  # the run's stand-in LLM (data generation and judge)
+    yield server
+    server.stop()
+
+
+def test_axbench_run_trains_once_and_reports_held_out_concepts(tmp_path: Path, tiny_llama_dir: Path,
+                                                               judging_llm) -> None:
+    from axeval.config import AxbenchConfig
+    from axeval.pipeline import run_pipeline
+    from axeval.stages import default_stages
+
+    path, _ = write_config(tmp_path, tiny_llama_dir, judging_llm)
+    settings = {"hypersteer": {"max_steps": 2, "held_out_concepts": [1], "disable_tqdm": True}}
+    config = AxbenchConfig.load(path, ["methods.train=[diffmean, hypersteer]", "report.baseline=unsteered",
+                                       f"methods.settings={json.dumps(settings)}"])
+    result = run_pipeline(config, default_stages(config))
+    assert result.stages[-1].name == "report"
+    root = tmp_path / "runs" / "r"
+    assert isinstance(load_result(root / "dictionaries" / "hypersteer"), HyperSteerResult)
+    steering = pd.read_parquet(root / "inference" / "steering.parquet")
+    steered = steering[steering["method"] == "hypersteer"]
+    assert sorted(steered["factor"].unique()) == HYPERSTEER_FACTORS and set(steered["concept_id"]) == {0, 1}
+    report = (root / "eval" / "report.md").read_text()
+    assert "Seen vs held-out concepts" in report and "held out" in report
