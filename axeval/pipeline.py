@@ -29,6 +29,7 @@ from axdata.llm import ChatBackend, Ledger, open_llm
 from axeval.config import AxbenchConfig
 from axeval.errors import USER_ERRORS
 from axeval.rundir import RunDirectory
+from axmethods.distributed import barrier, broadcast, is_main, world_size
 from axmethods.models import TargetModel, load_target_model
 
 logger = logging.getLogger(__name__)
@@ -84,6 +85,9 @@ class Stage(ABC):
     name: ClassVar[str]
     version: ClassVar[str] = "1"
     description: ClassVar[str] = ""
+    # Under a distributed launcher: True = every process runs the stage (it splits its own work and only rank 0
+    # writes); False = rank 0 runs it while the others wait (LLM stages: the LLM server scales those).
+    distributed: ClassVar[bool] = False
 
     @abstractmethod
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
@@ -180,14 +184,31 @@ def locked_run_directory(root: Path) -> Iterator[None]:
 
 
 def run_pipeline(config: AxbenchConfig, stages: Sequence[Stage], *, force: bool = False) -> PipelineResult:
-    """Run the stages in order (current ones skipped) inside the run directory's lock."""
-    with locked_run_directory(Path(config.run_dir)):
+    """Run the stages in order (current ones skipped) inside the run directory's lock.
+
+    Under a distributed launcher rank 0 alone takes the lock (it is the one writer); the others learn whether it
+    got it and stop with the same error when it did not.
+    """
+    if world_size() == 1:
+        with locked_run_directory(Path(config.run_dir)):
+            return _run_stages(config, stages, force)
+    with ExitStack() as lock:
+        refusal = None
+        if is_main():
+            try:
+                lock.enter_context(locked_run_directory(Path(config.run_dir)))
+            except RunLockedError as error:
+                refusal = str(error)
+        refusal = broadcast(refusal)
+        if refusal is not None:
+            raise RunLockedError(refusal)
         return _run_stages(config, stages, force)
 
 
 def _run_stages(config: AxbenchConfig, stages: Sequence[Stage], force: bool) -> PipelineResult:
     run_dir = RunDirectory(config.run_dir)
-    run_dir.write_config(config.to_dict(), config_hashes(config, stages))
+    if is_main():
+        run_dir.write_config(config.to_dict(), config_hashes(config, stages))
     started = time.perf_counter()
     ctx = RunContext(config, run_dir)
     results: list[StageResult] = []
@@ -195,7 +216,7 @@ def _run_stages(config: AxbenchConfig, stages: Sequence[Stage], force: bool) -> 
         for stage in stages:
             fingerprint = stage.fingerprint(ctx)
             stamp = run_dir.read_stamp(stage.name)
-            current = (
+            current = broadcast(  # rank 0's view decides for every process, so all of them take the same path
                 not force
                 and stamp is not None
                 and stamp.get("fingerprint") == fingerprint
@@ -209,17 +230,41 @@ def _run_stages(config: AxbenchConfig, stages: Sequence[Stage], force: bool) -> 
             logger.info("stage %s: %s", stage.name, stage.description)
             t0 = time.perf_counter()
             try:
-                summary = stage.run(ctx)
+                summary = _run_stage(stage, ctx)
             except Exception as error:
                 cause = str(error).rstrip(".") if isinstance(error, USER_ERRORS) \
                     else f"{type(error).__name__}: {error}"
                 raise StageError(f"stage {stage.name!r} failed: {cause}. Its finished work is kept; fix the "
                                  "cause and run the same command again to resume.") from error
             seconds = time.perf_counter() - t0
-            run_dir.write_stamp(stage.name, {"fingerprint": fingerprint, "seconds": seconds, "summary": summary,
-                                             "finished": time.time()})
+            if is_main():
+                run_dir.write_stamp(stage.name, {"fingerprint": fingerprint, "seconds": seconds, "summary": summary,
+                                                 "finished": time.time()})
+            barrier()  # the next stage reads what this one wrote
             results.append(StageResult(stage.name, "ran", seconds, summary, _describe(stage, summary)))
         totals = ctx.ledger.totals() if ctx.ledger is not None else None
     finally:
         ctx.close()
     return PipelineResult(run_dir.root, results, totals, time.perf_counter() - started)
+
+
+class OtherProcessError(RuntimeError):
+    """Rank 0 failed a stage it ran alone; the other processes stop with its message."""
+
+
+def _run_stage(stage: Stage, ctx: RunContext) -> dict[str, Any]:
+    """Run `stage` here; a rank-0-only stage runs on rank 0 while the others wait for its outcome (summary or
+    error) — one broadcast, under the process group's long timeout (`axmethods.distributed`)."""
+    if stage.distributed or world_size() == 1:
+        return stage.run(ctx)
+    outcome: tuple[dict[str, Any] | None, str | None] = (None, None)
+    if is_main():
+        try:
+            outcome = (stage.run(ctx), None)
+        except Exception as error:
+            broadcast((None, f"{type(error).__name__}: {error}"))
+            raise
+    summary, failure = broadcast(outcome)
+    if failure is not None:
+        raise OtherProcessError(f"rank 0 failed: {failure}")
+    return summary or {}

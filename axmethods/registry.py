@@ -111,7 +111,36 @@ class MethodSpec:
             kwargs["backend"] = backend
         method = self.load()(settings, **kwargs)
         fit_kwargs = {"collector": collector} if collector is not None and self.training == "activations" else {}
+        if self.training == "activations" and self.name not in _ONE_RANDOM_STREAM:
+            from axmethods.distributed import world_size
+
+            if world_size() > 1:
+                return _fit_split(method, target, train, concepts, layer, fit_kwargs)
         return method.fit(target, train, concepts, layer, **fit_kwargs)
+
+
+# LAT draws the token pairs of every chunk from one generator, so a chunk's pairs depend on the chunks before it:
+# splitting its chunks across processes would change them. Under a launcher every process fits it whole (exact).
+_ONE_RANDOM_STREAM = frozenset({"lat"})
+
+
+def _fit_split(method: Any, target: TargetModel, train: pd.DataFrame, concepts: Sequence[Concept], layer: int,
+               fit_kwargs: dict[str, Any]) -> Any:
+    """A closed-form method under a distributed launcher: each process fits every N-th chunk of concepts and every
+    process gets the whole dictionary (concepts are independent; chunks of at most `concepts_per_chunk`, fewer when
+    that keeps every process busy)."""
+    import torch
+
+    from axmethods.distributed import gather, shard, unshard, world_size
+
+    size = max(1, min(method.config.concepts_per_chunk, -(-len(concepts) // world_size())))
+    chunks = [list(concepts[start:start + size]) for start in range(0, len(concepts), size)]
+    fitted = [method.fit(target, train, chunk, layer, **fit_kwargs) for chunk in shard(chunks)]
+    if any(part.bias is not None or part.steering_weight is not None for part in fitted):
+        raise NotImplementedError(f"{method.name} fits a bias or steering weight; only weight-only closed-form "
+                                  "methods are split across processes.")
+    weights = unshard(gather([part.weight.cpu() for part in fitted]))
+    return method.dictionary(target, concepts, layer, torch.cat(weights))
 
 
 def _method(name: str, cls: str, summary: str, training: Training, *, detects: bool = True, steers: bool = True,

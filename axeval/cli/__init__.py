@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> None:
     args = [arg for arg in args if arg != DEBUG_FLAG]
     configure_logging(debug)
     try:
+        from axmethods.distributed import announce
+
+        announce()  # under torchrun / accelerate launch: "process 1 of 2", once; bars and INFO logs on rank 0 only
         app(args=args, prog_name="axbench")
     except KeyboardInterrupt:
         print("axbench: interrupted; run the same command again to resume.", file=sys.stderr)

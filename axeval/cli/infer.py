@@ -56,6 +56,7 @@ def latent(
     from axdata.builders import read_split, resolve_config
     from axdata.io import atomic_path
     from axmethods.dictionary import WEIGHTS_FILE, SteeringDictionary
+    from axmethods.distributed import is_main
     from axmethods.inference.latent import calibrate as calibrate_dictionary
     from axmethods.inference.latent import latent_inference
 
@@ -75,6 +76,8 @@ def latent(
                                   batch_size=batch_size)
     except (ValueError, FileNotFoundError) as error:
         raise _fail(error) from None
+    if not is_main():
+        return  # under a distributed launcher every process has all the scores; rank 0 writes them
     with atomic_path(out) as tmp:
         scores.to_parquet(tmp, index=False)
     typer.echo(f"Wrote {len(scores)} scores to {out}")
@@ -123,6 +126,7 @@ def steer(
 ) -> None:
     """Generate a steered answer for every (concept, prompt, factor) row of the steering split."""
     from axdata.builders import read_split, resolve_config
+    from axmethods.distributed import is_main
     from axmethods.factors import AXBENCH_FACTORS
     from axmethods.inference.sampling import SamplingConfig
     from axmethods.inference.steering import run_steering
@@ -148,4 +152,5 @@ def steer(
                               sampling=sampling, batch_size=batch_size, seed=seed)
     except (ValueError, FileNotFoundError) as error:
         raise _fail(error) from None
-    typer.echo(f"Wrote {len(result)} steered generations to {out}")
+    if is_main():  # the other processes of a distributed launch generated their share; rank 0 wrote it
+        typer.echo(f"Wrote {len(result)} steered generations to {out}")

@@ -59,8 +59,9 @@ def _run(config_path: Path, overrides: list[str], force: bool) -> None:
     from axeval.cli.config import load_run_config
     from axeval.pipeline import RunLockedError, run_pipeline
     from axeval.stages import default_stages
+    from axmethods.distributed import is_main
 
-    console = Console()
+    console = Console(quiet=not is_main())  # under a distributed launcher, rank 0 alone prints the run's summary
     config = load_run_config(config_path, overrides)
     console.print(f"Run directory: [bold]{config.run_dir}[/bold] (config hash {config.hash()})")
     try:

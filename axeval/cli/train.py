@@ -36,6 +36,7 @@ def train(
     """Train METHOD on a dataset's splits and save its result (dictionary, adapters, weights) to --out."""
     from axdata.builders import read_concepts, read_split, resolve_config
     from axdata.settings import SettingsError, parse_assignments
+    from axmethods.distributed import is_main
     from axmethods.methods import TrainingDataError
     from axmethods.models import load_target_model
     from axmethods.registry import get_method, settings_help
@@ -73,6 +74,8 @@ def train(
         result = spec.train(target, split_or_none, concepts, layer, method_settings, notify=typer.echo)
     except (TrainingDataError, PreferenceDataError, ValueError, FileNotFoundError) as error:
         _fail(f"Training {spec.name} failed: {error}")
+    if not is_main():
+        return  # under a distributed launcher every process trained its share; rank 0 writes the result
     folder = result.save_pretrained(out, datasets=[f"{data}/{dataset_config}"])
     where = f" at layer {layer}" if layer is not None else ""
     typer.echo(f"Trained {spec.name} on {len(concepts)} concepts of {data}/{dataset_config}{where} in "

@@ -16,6 +16,7 @@ from axeval.pipeline import RunContext, Stage, join_counts
 from axeval.stages.dataset import run_dataset
 from axmethods.activations import ActivationCollector
 from axmethods.dictionary import SteeringDictionary
+from axmethods.distributed import is_main
 from axmethods.inference.latent import calibrate, latent_inference
 from axmethods.inference.sampling import SamplingConfig
 from axmethods.inference.steering import UnsteeredBaseline, run_steering
@@ -72,6 +73,7 @@ def load_detectors(ctx: RunContext) -> list[ConceptResult]:
 class TrainStage(Stage):
     name = "train"
     description = "fit every configured method on the train split into a steering dictionary"
+    distributed = True  # the Trainer's data parallelism / closed-form concepts split (MethodSpec.train)
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         dataset = run_dataset(ctx)
@@ -102,11 +104,14 @@ class TrainStage(Stage):
                 if key not in collectors:
                     collectors[key] = spec.load()(settings).collector(target, layer)
                 collector = collectors[key]
+            if spec.training == "llm" and not is_main():
+                continue  # LLM-written prompts: rank 0 asks the LLM (whose server scales it) and writes them
             logger.info("training %s on %d concepts", spec.name, len(concepts))
             result = spec.train(target, lambda split: dataset.split(split) if dataset.has_split(split) else None,
                                 concepts, layer, settings, backend=ctx.llm() if spec.training == "llm" else None,
                                 collector=collector)
-            result.save_pretrained(dictionary_dir(ctx, spec.name), datasets=[str(dataset.directory)])
+            if is_main():
+                result.save_pretrained(dictionary_dir(ctx, spec.name), datasets=[str(dataset.directory)])
             summary[spec.name] = {"concepts": result.n_concepts}
         return summary
 
@@ -114,6 +119,7 @@ class TrainStage(Stage):
 class LatentStage(Stage):
     name = "latent"
     description = "score the detection splits with every dictionary in one pass; calibrate steering magnitudes"
+    distributed = True  # texts split across processes (latent_inference); rank 0 writes
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         return {"train": ctx.stamp_hash("train"), "batch": ctx.config.inference.latent_batch_size,
@@ -139,7 +145,7 @@ class LatentStage(Stage):
             if isinstance(dictionary, SteeringDictionary):  # only residual read-outs calibrate a magnitude
                 calibrated = calibrate(dictionary, scores,
                                        fallback=protocol.calibration_fallback(ctx.config.run.protocol))
-                if calibrated is not dictionary:
+                if calibrated is not dictionary and is_main():
                     calibrated.save_pretrained(dictionary_dir(ctx, dictionary.method), datasets=[str(dataset.directory)])
         summary: dict[str, Any] = {"rows": len(scores), "methods": [d.method for d in detectors]}
         if any(scores.attrs.get("nan_scores", {}).values()):
@@ -157,6 +163,7 @@ class LatentStage(Stage):
 class SteeringStage(Stage):
     name = "steering"
     description = "generate every (concept, prompt, factor) row with each method's intervention"
+    distributed = True  # batches split across processes (run_steering); rank 0 writes
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         return {"latent": ctx.stamp_hash("latent"), "inference": dataclasses.asdict(ctx.config.inference),
@@ -199,6 +206,8 @@ class SteeringStage(Stage):
                          seed=ctx.config.run.seed)
             for steerer in steerers
         ]
+        if not is_main():
+            return {}  # rank 0 has every generation (run_steering gathers them) and writes the stage's output
         generations = pd.concat(frames, ignore_index=True)
         dataset = run_dataset(ctx)
         if dataset.has_split("train"):  # the judge-free concept score, next to the judge's (axeval.lexical)
@@ -209,5 +218,7 @@ class SteeringStage(Stage):
 
 
 def _write(frame: pd.DataFrame, path: Path) -> None:
+    if not is_main():
+        return  # under a distributed launcher every process holds the frame; rank 0 writes it
     with atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False)

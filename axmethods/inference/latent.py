@@ -43,6 +43,7 @@ from huggingface_hub.utils import tqdm
 
 from axdata.schema import SHARED_NEGATIVE_ID
 from axmethods.dictionary import DictionaryError, SteeringDictionary
+from axmethods.distributed import gather, shard, world_size
 from axmethods.hooks import layer_outputs
 from axmethods.models import TargetModel, pad_batch, pad_token_id
 from axmethods.results import ConceptResult, Detector
@@ -86,7 +87,9 @@ def score_texts(target: TargetModel, dictionaries: Sequence[SteeringDictionary],
     order = sorted(range(len(texts)), key=lambda i: -len(token_ids[i]))
     layers = {d.layer for d in dictionaries}
     batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
-    for batch in tqdm(batches, desc="latent scores", unit="batch", disable=not progress):
+    # Under a distributed launcher each process scores every N-th batch (the same batches as one process would,
+    # so the scores are bit-identical); the shards are gathered below.
+    for batch in tqdm(shard(batches), desc="latent scores", unit="batch", disable=not progress):
         input_ids, attention_mask = pad_batch([token_ids[i] for i in batch], pad_token_id(target), side="right")
         hidden = layer_outputs(target, layers, input_ids, attention_mask)
         positions = torch.arange(input_ids.shape[1])[None, :]
@@ -96,7 +99,19 @@ def score_texts(target: TargetModel, dictionaries: Sequence[SteeringDictionary],
             values, argmax = _max_pool(dictionary, hidden[dictionary.layer], weight, bias, valid)
             max_act[k][index] = values.cpu()
             max_index[k][index] = argmax.cpu()
+    if world_size() > 1:
+        _gather_rows(shard(batches), max_act, max_index)
     return [LatentScores(a, i, token_ids) for a, i in zip(max_act, max_index)]
+
+
+def _gather_rows(own_batches: list[list[int]], max_act: list[torch.Tensor], max_index: list[torch.Tensor]) -> None:
+    """Fill every process's score tensors with the rows the other processes scored."""
+    rows = torch.tensor([i for batch in own_batches for i in batch], dtype=torch.long)
+    parts = gather((rows, [a[rows] for a in max_act], [i[rows] for i in max_index]))
+    for part_rows, part_act, part_index in parts:
+        for k in range(len(max_act)):
+            max_act[k][part_rows] = part_act[k]
+            max_index[k][part_rows] = part_index[k]
 
 
 def _max_pool(dictionary: SteeringDictionary, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

@@ -30,6 +30,7 @@ from huggingface_hub.utils import tqdm
 from axdata.hashing import content_hash
 from axdata.io import atomic_path
 from axmethods.dictionary import DictionaryError, SteeringDictionary
+from axmethods.distributed import broadcast, gather, is_main, rank, world_size
 from axmethods.factors import AXBENCH_FACTORS
 from axmethods.inference.sampling import SamplingConfig, sample
 from axmethods.interventions import Positions, RowSteering, steering_hooks
@@ -224,24 +225,24 @@ def run_steering(target: TargetModel, steerer: Steerer, steering_split: pd.DataF
                                                                                  "prompt"]].to_numpy().tolist()})
     parts_dir = out.with_name(out.name + ".parts")
     parts = [parts_dir / f"{run_id}-{k:05d}.parquet" for k in range(len(batches))]
-    done = sum(part.exists() for part in parts)
-    if done:
-        logger.info("Resuming %s: %d of %d batches already generated", out, done, len(batches))
-    for batch, part in tqdm(list(zip(batches, parts)), desc=f"steering {steerer.method}", unit="batch",
-                            disable=not progress):
-        if part.exists():
-            continue
-        batch_rows = rows.iloc[batch]
-        context, magnitudes = steerer.intervene(target, batch_rows)
-        with context:
-            tokens = sample(target, [prompt_ids[i] for i in batch], batch_rows["seed"].tolist(), sampling)
-        generated = batch_rows.assign(
-            magnitude=magnitudes.astype(np.float64),
-            generation=target.tokenizer.batch_decode(tokens, skip_special_tokens=True),
-            method=steerer.method,
-        )
-        with atomic_path(part) as tmp:
-            generated.to_parquet(tmp, index=False)
+    # Rank 0 owns the part files: it says which batches are missing; under a distributed launcher each process
+    # generates every N-th of them per round and rank 0 writes the round's parts (rows are seeded by identity,
+    # so who generates a batch changes nothing).
+    todo = broadcast([k for k, part in enumerate(parts) if not part.exists()] if is_main() else None)
+    if len(todo) < len(batches):
+        logger.info("Resuming %s: %d of %d batches already generated", out, len(batches) - len(todo), len(batches))
+    processes = world_size()
+    for start in tqdm(range(0, len(todo), processes), desc=f"steering {steerer.method}", unit="batch",
+                      disable=not progress):
+        mine = todo[start + rank()] if start + rank() < len(todo) else None
+        generated = None if mine is None else _generate(target, steerer, rows.iloc[batches[mine]],
+                                                        [prompt_ids[i] for i in batches[mine]], sampling)
+        for k, frame in gather((mine, generated)):
+            if is_main() and frame is not None:
+                with atomic_path(parts[k]) as tmp:
+                    frame.to_parquet(tmp, index=False)
+    if not is_main():
+        return pd.DataFrame(columns=list(OUTPUT_COLUMNS))  # rank 0 writes `out` (and returns it)
     result = pd.concat([pd.read_parquet(part) for part in parts], ignore_index=True)
     result = result.sort_values(["concept_id", "prompt_id", "factor"], ignore_index=True)[list(OUTPUT_COLUMNS)]
     table = pa.Table.from_pandas(result, preserve_index=False)
@@ -252,6 +253,19 @@ def run_steering(target: TargetModel, steerer: Steerer, steering_split: pd.DataF
     shutil.rmtree(parts_dir, ignore_errors=True)
     logger.info("Wrote %d steered generations of %s to %s", len(result), steerer.method, out)
     return result
+
+
+def _generate(target: TargetModel, steerer: Steerer, batch_rows: pd.DataFrame, batch_prompt_ids: list[list[int]],
+              sampling: SamplingConfig) -> pd.DataFrame:
+    """One batch of steered generations (the rows with their magnitude, generation and method)."""
+    context, magnitudes = steerer.intervene(target, batch_rows)
+    with context:
+        tokens = sample(target, batch_prompt_ids, batch_rows["seed"].tolist(), sampling)
+    return batch_rows.assign(
+        magnitude=magnitudes.astype(np.float64),
+        generation=target.tokenizer.batch_decode(tokens, skip_special_tokens=True),
+        method=steerer.method,
+    )
 
 
 def read_provenance(path: str | Path) -> dict[str, Any]:
