@@ -25,6 +25,7 @@ from axdata.validation import check_dataclass_numbers
 from axeval.judge import JudgeConfig
 from axeval.protocol import check_protocol
 from axmethods.factors import AXBENCH_FACTORS
+from axmethods.inference.sampling import ENGINES
 from axmethods.models import TargetModelConfig
 from axmethods.registry import UnknownMethodError, get_method
 
@@ -98,6 +99,12 @@ class InferenceSection:
     positions: str = field(default="all", metadata={"help": "Steer 'all' positions or only 'after_prefix'."})
     latent_batch_size: int = field(default=16, metadata={"help": "Texts per forward pass in latent inference."})
     steering_batch_size: int = field(default=32, metadata={"help": "Rows per batch in steered generation."})
+    engine: str = field(
+        default="eager",
+        metadata={"help": "Steered-generation decoder: 'eager' (the default decode loop) or 'compiled' (a static KV "
+                          "cache and a torch.compile'd step, one graph for every batch; for GPUs, same outputs). "
+                          "Steerers it cannot run (adapters, fine-tuned weights, non-addition) stay eager."},
+    )
     unsteered_baseline: bool = field(
         default=True, metadata={"help": "Also generate the unsteered model's answers (a factor-free reference)."}
     )
@@ -108,6 +115,8 @@ class InferenceSection:
             raise ValueError(f"inference.factors = {self.factors!r}: give at least one finite number.")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"inference.top_p = {self.top_p!r}: must be in (0, 1].")
+        if self.engine not in ENGINES:
+            raise ValueError(f"inference.engine = {self.engine!r}: use one of {', '.join(ENGINES)}.")
 
 
 @dataclass

@@ -123,15 +123,21 @@ def steer(
     batch_size: int = typer.Option(32, "--batch-size"),
     dtype: str = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16 | float16."),
     device: str = typer.Option("auto", "--device"),
+    engine: str = typer.Option("eager", "--engine",
+                               help="eager | compiled (static KV cache and a torch.compile'd step, for GPUs; same "
+                                    "generations; steerers it cannot run stay eager, with a logged line)."),
 ) -> None:
     """Generate a steered answer for every (concept, prompt, factor) row of the steering split."""
     from axdata.builders import read_split, resolve_config
+    from axdata.settings import SettingsError
     from axmethods.distributed import is_main
     from axmethods.factors import AXBENCH_FACTORS
-    from axmethods.inference.sampling import SamplingConfig
+    from axmethods.inference.sampling import ENGINES, SamplingConfig
     from axmethods.inference.steering import run_steering
     from axmethods.output_score import restrict_to_kept
 
+    if engine not in ENGINES:
+        raise SettingsError(f"--engine {engine!r} is unknown; use one of {', '.join(ENGINES)}.")
     try:
         factor_values = [float(value) for value in factors.split(",") if value.strip()] if factors else None
     except ValueError:
@@ -149,7 +155,7 @@ def steer(
             raise ValueError(f"no concept of the {loaded.method} dictionary passed its output-score filter "
                              "(config output_score_filter); there is nothing to steer.")
         result = run_steering(target, steerer, prompts, out, factors=factor_values,
-                              sampling=sampling, batch_size=batch_size, seed=seed)
+                              sampling=sampling, batch_size=batch_size, seed=seed, engine=engine)
     except (ValueError, FileNotFoundError) as error:
         raise _fail(error) from None
     if is_main():  # the other processes of a distributed launch generated their share; rank 0 wrote it

@@ -166,7 +166,9 @@ class SteeringStage(Stage):
     distributed = True  # batches split across processes (run_steering); rank 0 writes
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
-        return {"latent": ctx.stamp_hash("latent"), "inference": dataclasses.asdict(ctx.config.inference),
+        # The engine changes the speed, not the generations: switching it does not redo the stage.
+        inference = {k: v for k, v in dataclasses.asdict(ctx.config.inference).items() if k != "engine"}
+        return {"latent": ctx.stamp_hash("latent"), "inference": inference,
                 "seed": ctx.config.run.seed, "steer": ctx.config.methods.steer,
                 "data": run_dataset(ctx).fingerprint("steering", "train")}
 
@@ -202,7 +204,7 @@ class SteeringStage(Stage):
             run_steering(target, steerer, kept_prompts.get(steerer.method, prompts),
                          ctx.run_dir.inference_dir / "steering" / f"{steerer.method}.parquet",
                          factors=getattr(steerer, "factors", None) or settings.factors, sampling=sampling,
-                         batch_size=settings.steering_batch_size,
+                         batch_size=settings.steering_batch_size, engine=settings.engine,
                          seed=ctx.config.run.seed)
             for steerer in steerers
         ]

@@ -15,10 +15,14 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from axmethods.models import TargetModel, pad_batch, pad_token_id
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 @dataclass(frozen=True)
@@ -77,23 +81,70 @@ def draw(logits: torch.Tensor, uniforms: torch.Tensor, config: SamplingConfig) -
     return sorted_ids.gather(-1, position).squeeze(-1)
 
 
+# `inference.engine` / `--engine`: which decoder `run_steering` uses (axmethods.inference.compiled for "compiled").
+ENGINES: tuple[str, ...] = ("eager", "compiled")
+
+
+def check_engine(name: str) -> str:
+    """`name` if it is an engine, else a ValueError naming the choices."""
+    if name not in ENGINES:
+        raise ValueError(f"engine {name!r} is unknown; use eager (the default decode loop) or compiled (a static KV "
+                         "cache and a torch.compile'd decode step).")
+    return name
+
+
+class Decoder(Protocol):
+    """Runs the model for `sample`: `start` the left-padded prompts, then `step` one new token per row; both return
+    the next-token logits `[B, V]`. Rows stay in order; the decoder owns its cache, mask and positions."""
+
+    def start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, steps: int) -> torch.Tensor: ...
+
+    def step(self, token: torch.Tensor) -> torch.Tensor: ...
+
+
+class DynamicCacheDecoder:
+    """The eager decoder: transformers' growing `DynamicCache`, a mask that grows by one column per step and
+    padding-aware `position_ids` (a steering hook sees the same `position_ids` as in a full forward)."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model = model
+        # transformers 5.24 renamed the forward's `past_key_values` to `cache` (the old name warns).
+        self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+    def start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, steps: int) -> torch.Tensor:
+        self.attention_mask = attention_mask
+        self.position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=self.position_ids,
+                             use_cache=True, logits_to_keep=1)
+        self.cache = outputs[self.cache_arg]
+        return outputs.logits[:, -1]
+
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        self.attention_mask = torch.cat([self.attention_mask, self.attention_mask.new_ones(len(token), 1)], dim=-1)
+        self.position_ids = self.position_ids[:, -1:] + 1
+        outputs = self.model(input_ids=token[:, None], attention_mask=self.attention_mask,
+                             position_ids=self.position_ids, use_cache=True, logits_to_keep=1,
+                             **{self.cache_arg: self.cache})
+        self.cache = outputs[self.cache_arg]
+        return outputs.logits[:, -1]
+
+
 @torch.inference_mode()
 def sample(target: TargetModel, prompts: Sequence[Sequence[int]], seeds: Sequence[int],
-           config: SamplingConfig | Sequence[SamplingConfig]) -> list[list[int]]:
+           config: SamplingConfig | Sequence[SamplingConfig], decoder: Decoder | None = None) -> list[list[int]]:
     """New token ids per prompt (without the prompt, cut after the first end-of-turn token).
 
     `config` is one for every row or one per row (then a row stops after its own `max_new_tokens`). Run it
     inside `interventions.steering_hooks` to steer: the hook sees the prompt and every new token, with
-    padding-aware `position_ids`.
+    padding-aware `position_ids`. `decoder` runs the model (default: an eager `DynamicCacheDecoder`; the
+    compiled engine passes its `CompiledDecoder`); the sampling is the same whichever runs it.
     """
     configs = [config] * len(prompts) if isinstance(config, SamplingConfig) else list(config)
     if not len(prompts) == len(seeds) == len(configs):
         raise ValueError(f"{len(prompts)} prompts, {len(seeds)} seeds and {len(configs)} configs; give one per row")
-    device, model = target.device, target.model
+    device = target.device
     pad = pad_token_id(target)
     input_ids, attention_mask = pad_batch(prompts, pad, side="left")
-    input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)
     budgets = torch.tensor([c.max_new_tokens for c in configs])
     steps = int(budgets.max())
     uniforms = torch.zeros(len(prompts), steps)
@@ -103,23 +154,18 @@ def sample(target: TargetModel, prompts: Sequence[Sequence[int]], seeds: Sequenc
     for row, row_config in enumerate(configs):
         groups.setdefault(row_config, []).append(row)
     stop = torch.tensor(stop_token_ids(target), device=device)
-    # transformers 5.24 renamed the forward's `past_key_values` to `cache` (the old name warns).
-    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    decoder = decoder or DynamicCacheDecoder(target.model)
     finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     generated = []
-    outputs = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                    use_cache=True, logits_to_keep=1)
+    logits = decoder.start(input_ids.to(device), attention_mask.to(device), steps)
     for step in range(steps):
-        token = _draw_rows(outputs.logits[:, -1], uniforms[:, step], groups).masked_fill(finished, pad)
+        token = _draw_rows(logits, uniforms[:, step], groups).masked_fill(finished, pad)
         generated.append(token)
         finished |= torch.isin(token, stop) | (budgets.to(device) <= step + 1)
         if bool(finished.all()):
             break
         # Finished rows keep decoding a pad nobody reads: cheaper than reshaping the cache.
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(prompts), 1)], dim=-1)
-        position_ids = position_ids[:, -1:] + 1
-        outputs = model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=position_ids,
-                        use_cache=True, logits_to_keep=1, **{cache_arg: outputs[cache_arg]})
+        logits = decoder.step(token)
     tokens = torch.stack(generated, dim=1).cpu()
     # Keep each row up to and including its first end-of-turn token, at most its budget; the rest is padding.
     ended = torch.isin(tokens, stop.cpu())

@@ -37,6 +37,8 @@ from axmethods.interventions import Positions, RowSteering, steering_hooks
 from axmethods.models import TargetModel
 
 if TYPE_CHECKING:
+    from axmethods.inference.compiled import CompiledSteering
+    from axmethods.inference.sampling import Decoder
     from axmethods.methods.prompt import SteeringPrompts
 
 logger = logging.getLogger(__name__)
@@ -101,12 +103,16 @@ class DictionarySteerer:
     def instructions(self, prompts: pd.DataFrame) -> list[str]:
         return prompts["original_prompt"].tolist()
 
-    def intervene(self, target: TargetModel, rows: pd.DataFrame) -> tuple[AbstractContextManager[Any], np.ndarray]:
+    def row_steering(self, target: TargetModel, rows: pd.DataFrame) -> RowSteering:
+        """The batch's vectors and magnitudes (`intervene` hooks them in; the compiled engine adds them itself)."""
         if self._checked is not target:  # once per target: the check warns on a base-model mismatch
             self.dictionary.check_model(target)
             self._checked = target
-        steering = RowSteering.from_dictionary(self.dictionary, rows["concept_id"].tolist(), rows["factor"].tolist(),
-                                               self.kind)
+        return RowSteering.from_dictionary(self.dictionary, rows["concept_id"].tolist(), rows["factor"].tolist(),
+                                           self.kind)
+
+    def intervene(self, target: TargetModel, rows: pd.DataFrame) -> tuple[AbstractContextManager[Any], np.ndarray]:
+        steering = self.row_steering(target, rows)
         return steering_hooks(target, self.dictionary.layer, steering, positions=self.positions), \
             steering.magnitudes.numpy()
 
@@ -209,8 +215,14 @@ def plan_batches(rows: pd.DataFrame, prompt_ids: Sequence[Sequence[int]], batch_
 
 def run_steering(target: TargetModel, steerer: Steerer, steering_split: pd.DataFrame, out: str | Path, *,
                  factors: Sequence[float] = AXBENCH_FACTORS, sampling: SamplingConfig | None = None,
-                 batch_size: int = 32, seed: int = 42, progress: bool = True) -> pd.DataFrame:
-    """Generate every row, resuming from the part files of an interrupted run; returns and writes `out`."""
+                 batch_size: int = 32, seed: int = 42, progress: bool = True, engine: str = "eager") -> pd.DataFrame:
+    """Generate every row, resuming from the part files of an interrupted run; returns and writes `out`.
+
+    `engine`: "eager" (the default decode loop) or "compiled" (static KV cache, compiled step:
+    `axmethods.inference.compiled`); the generations do not depend on it, so it is not part of the provenance.
+    """
+    from axmethods.inference.compiled import steering_engine  # it imports this module
+
     out = Path(out)
     sampling = sampling or SamplingConfig()
     rows = plan_rows(steering_split, steerer, target, factors, seed)
@@ -223,6 +235,8 @@ def run_steering(target: TargetModel, steerer: Steerer, steering_split: pd.DataF
     batches = plan_batches(rows, prompt_ids, batch_size, by_concept=getattr(steerer, "batch_by_concept", False))
     run_id = content_hash({**provenance, "batch_size": batch_size, "rows": rows[["concept_id", "prompt_id", "factor",
                                                                                  "prompt"]].to_numpy().tolist()})
+    intervener, decoder = steering_engine(engine, target, steerer, [len(ids) for ids in prompt_ids],
+                                          sampling.max_new_tokens, batch_size)
     parts_dir = out.with_name(out.name + ".parts")
     parts = [parts_dir / f"{run_id}-{k:05d}.parquet" for k in range(len(batches))]
     # Rank 0 owns the part files: it says which batches are missing; under a distributed launcher each process
@@ -235,8 +249,8 @@ def run_steering(target: TargetModel, steerer: Steerer, steering_split: pd.DataF
     for start in tqdm(range(0, len(todo), processes), desc=f"steering {steerer.method}", unit="batch",
                       disable=not progress):
         mine = todo[start + rank()] if start + rank() < len(todo) else None
-        generated = None if mine is None else _generate(target, steerer, rows.iloc[batches[mine]],
-                                                        [prompt_ids[i] for i in batches[mine]], sampling)
+        generated = None if mine is None else _generate(target, intervener, rows.iloc[batches[mine]],
+                                                        [prompt_ids[i] for i in batches[mine]], sampling, decoder)
         for k, frame in gather((mine, generated)):
             if is_main() and frame is not None:
                 with atomic_path(parts[k]) as tmp:
@@ -255,12 +269,13 @@ def run_steering(target: TargetModel, steerer: Steerer, steering_split: pd.DataF
     return result
 
 
-def _generate(target: TargetModel, steerer: Steerer, batch_rows: pd.DataFrame, batch_prompt_ids: list[list[int]],
-              sampling: SamplingConfig) -> pd.DataFrame:
+def _generate(target: TargetModel, steerer: Steerer | CompiledSteering, batch_rows: pd.DataFrame,
+              batch_prompt_ids: list[list[int]], sampling: SamplingConfig, decoder: Decoder | None = None
+              ) -> pd.DataFrame:
     """One batch of steered generations (the rows with their magnitude, generation and method)."""
     context, magnitudes = steerer.intervene(target, batch_rows)
     with context:
-        tokens = sample(target, batch_prompt_ids, batch_rows["seed"].tolist(), sampling)
+        tokens = sample(target, batch_prompt_ids, batch_rows["seed"].tolist(), sampling, decoder)
     return batch_rows.assign(
         magnitude=magnitudes.astype(np.float64),
         generation=target.tokenizer.batch_decode(tokens, skip_special_tokens=True),
