@@ -72,6 +72,10 @@ RUN_IN_WORK = [
     "import torch\nfrom axmethods.dictionary import SteeringDictionary",  # the dictionary above, as pyvene
     "axbench train bipo --list-settings",
     "axbench train sae-filtered --list-settings",
+    "axbench train hypersteer --data data/concept10 --model smollm2-135m-instruct --layer 10 --out dicts/hypersteer "
+    "--set max_steps=2 --set held_out_concepts=[8,9]",
+    "axbench dictionary from-hypernet dicts/hypersteer --concepts data/concept10/gemma-2-2b-it-l20/concepts.jsonl "
+    "--out dicts/from-hypernet",
 ]
 RUN_IN_ROOT = [
     "axbench config show configs/paper/2b-l20.yaml --set run.protocol=reference",
