@@ -126,20 +126,31 @@ class HyperSteerResult(FolderResult):
         encoded = [target.encode(prompt)[-prompt_limit:] for prompt in prompts]
         return deltas(self.network(target), target, self.layer, tokens, encoded).float().cpu()
 
+    @torch.no_grad()
     def to_dictionary(self, concepts: Sequence[Concept], target: TargetModel, *,
                       prompts: Sequence[str] | None = None, batch_size: int = 16) -> SteeringDictionary:
-        """One row per concept: Δ averaged over `prompts` (default: the reference prompts, see the module doc)."""
+        """One row per concept: Δ averaged over `prompts` (default: the reference prompts, see the module doc).
+
+        The prompts' residuals are computed once per batch and shared by every concept."""
         from axmethods.dictionary import SteeringDictionary
+        from axmethods.models import pad_batch, pad_token_id
+        from axmethods.trainers.hypersteer import concept_tokens, prompt_memory
 
         if not concepts:
             raise DictionaryError("to_dictionary needs at least one concept.")
         texts = list(prompts or self.reference_prompts or NEUTRAL_PROMPTS)
-        templated = [target.format_prompt(text) for text in texts]
-        rows = []
-        for concept in concepts:
-            parts = [self.deltas(target, [concept.concept] * len(templated[i:i + batch_size]),
-                                 templated[i:i + batch_size]) for i in range(0, len(templated), batch_size)]
-            rows.append(torch.cat(parts).mean(0))
+        limit = int(self.config.get("max_prompt_length", 256))
+        encoded = [target.encode(target.format_prompt(text))[-limit:] for text in texts]
+        tokens = concept_tokens(target, concepts, int(self.config.get("max_concept_length", 64)))
+        network = self.network(target)
+        sums = torch.zeros(len(concepts), target.hidden_size)
+        for start in range(0, len(encoded), batch_size):
+            memory, memory_mask = prompt_memory(target, self.layer, encoded[start:start + batch_size])
+            for row, ids in enumerate(tokens):
+                concept_ids, concept_mask = pad_batch([ids] * len(memory), pad_token_id(target), side="left")
+                sums[row] += network(concept_ids.to(memory.device), concept_mask.to(memory.device), memory,
+                                     memory_mask).float().sum(0).cpu()
+        rows = list(sums / len(encoded))
         source = "given" if prompts else "reference" if self.reference_prompts else "neutral"
         return SteeringDictionary(
             weight=torch.stack(rows), concepts=list(concepts), layer=self.layer,
