@@ -26,6 +26,12 @@ SKIPPED = {
                                "(the demo) and tests/test_run_pipeline.py",
     "axbench demo --output-dir": "tests/test_cli.py runs exactly this (with a temporary --output-dir)",
     "axbench run configs/paper/": "needs a GPU, the Gemma weights and an OpenAI key",
+    "accelerate launch --multi_gpu": "needs GPUs (and a second machine); the same code path runs under torchrun "
+                                     "in tests/test_distributed.py",
+    "torchrun --standalone --nproc_per_node 2 $(which axbench) infer latent": "tests/test_distributed.py runs "
+                                     "infer latent (and train, infer steer, run) under exactly this launcher",
+    "vllm serve": "needs a GPU and vLLM; the client's OpenAI-compatible path is tested against local servers "
+                  "in tests/test_llm_client.py",
     "axbench data generate my-run.yaml": "placeholders the reader writes; generation is tested by "
                                          "tests/test_generation_stage.py and tests/test_written_examples.py",
     "axbench train reft-r1": "three epochs on Concept10 take minutes on a CPU; ReFT-r1 is trained in tests/test_methods.py",

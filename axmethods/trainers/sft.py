@@ -30,6 +30,7 @@ from trl import SFTConfig
 
 from axdata.concepts import Concept
 from axdata.io import atomic_path
+from axmethods.distributed import is_main
 from axmethods.models import TargetModel, frozen
 from axmethods.trainers.artifacts import ConceptAdapters
 from axmethods.trainers.finetuned import FinetunedConcepts, concept_weights_path
@@ -271,6 +272,8 @@ def _save_trained(model: torch.nn.Module, root: Path, concept_id: int) -> Path:
     """Every trained tensor of `model` (tied weights once, by their `named_parameters` name) as safetensors."""
     tensors = {name: p.detach().to("cpu").contiguous() for name, p in model.named_parameters() if p.requires_grad}
     path = concept_weights_path(root, concept_id)
+    if not is_main():
+        return path  # under a distributed launcher DDP kept the weights equal on every process; rank 0 writes them
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "axbench-finetuned-concepts", "concept_id": str(concept_id)})
     return path
