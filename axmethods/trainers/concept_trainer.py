@@ -138,7 +138,10 @@ class ConceptTrainer(Trainer):
     def _after_step(self) -> None:
         if self.unit_norm is not None:
             normalise_(self.unit_norm)
-        self.loss_history.append(self._running_loss)
+        loss = self._running_loss
+        if self.accelerator.num_processes > 1:  # DDP: each process saw its own micro-batches; the step's mean
+            loss = float(self.accelerator.reduce(torch.tensor(loss, device=self.accelerator.device), "mean"))
+        self.loss_history.append(loss)
         self._running_loss = 0.0
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
