@@ -26,7 +26,6 @@ from axeval.cli import app
 from axmethods.dictionary import SteeringDictionary
 from axmethods.distributed import gather, shard, unshard, world_size
 
-pytestmark = pytest.mark.slow
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 AXBENCH = Path(sys.executable).with_name("axbench")
 ATOL = 1e-5  # scores / weights: float reduction order differs with batch composition; measured max ~1e-7
@@ -141,6 +140,7 @@ def two_processes(one_process, tiny_llama_dir):
     return root, two_path, result
 
 
+@pytest.mark.slow  # torchrun launches: ~2 min for the file on 2 busy cores
 def test_commands_under_torchrun_match_one_process(two_processes):
     """train diffmean / probe, infer latent and infer steer: two processes write what one process writes."""
     root, _, result = two_processes
@@ -160,6 +160,7 @@ def test_commands_under_torchrun_match_one_process(two_processes):
         sorted(p.relative_to(one).as_posix() for p in one.rglob("*") if p.is_file())
 
 
+@pytest.mark.slow  # torchrun launches: ~2 min for the file on 2 busy cores
 def test_run_under_torchrun_matches_one_process_and_resumes(one_process, two_processes):
     """`axbench run` with two processes: rank 0 alone generates data and judges; the files equal the one-process
     run's; a launch after a kill resumes."""
@@ -192,3 +193,29 @@ def test_run_under_torchrun_matches_one_process_and_resumes(one_process, two_pro
         assert again.stderr.count(process) == 1, again.stderr[-3000:]
     assert again.stdout.count("skipped") >= 4  # model, llm, data, train
     assert (two / "eval" / "report.md").exists()
+
+
+class _Failing:
+    name, distributed = "judge", False
+
+    def run(self, ctx):
+        raise RuntimeError("the LLM server is down")
+
+
+def test_a_stage_rank_0_runs_alone_stops_the_others_with_its_error(monkeypatch):
+    """A rank-0-only stage (data, judge): rank 0 broadcasts its outcome, so a failure there stops every process
+    with rank 0's message instead of leaving them waiting at a barrier."""
+    from axeval import pipeline
+
+    sent = []
+    monkeypatch.setattr(pipeline, "world_size", lambda: 2)
+    monkeypatch.setattr(pipeline, "is_main", lambda: True)
+    monkeypatch.setattr(pipeline, "broadcast", lambda value: sent.append(value) or value)
+    with pytest.raises(RuntimeError, match="server is down"):
+        pipeline._run_stage(_Failing(), ctx=None)
+    assert sent == [(None, "RuntimeError: the LLM server is down")]
+    # Rank 1 receives that outcome and stops with it.
+    monkeypatch.setattr(pipeline, "is_main", lambda: False)
+    monkeypatch.setattr(pipeline, "broadcast", lambda value: sent[0])
+    with pytest.raises(pipeline.OtherProcessError, match="rank 0 failed: RuntimeError: the LLM server is down"):
+        pipeline._run_stage(_Failing(), ctx=None)
