@@ -119,11 +119,10 @@ def announce() -> None:
     """Once per process at start-up: say which process this is; quieten the others' logs and progress bars."""
     if not launched():
         return
-    if getattr(announce, "done", False):
-        return  # once per process, even when one process runs several commands
-    announce.done = True  # type: ignore[attr-defined]
-    print(f"axbench: process {rank() + 1} of {world_size()} (rank {rank()}, {state().device})", file=sys.stderr,
-          flush=True)
+    if not getattr(announce, "done", False):  # once per process, even when one process runs several commands
+        announce.done = True  # type: ignore[attr-defined]
+        print(f"axbench: process {rank() + 1} of {world_size()} (rank {rank()}, {state().device})",
+              file=sys.stderr, flush=True)
     if rank() != 0:
         import logging
 

@@ -69,10 +69,15 @@ def main(argv: list[str] | None = None) -> None:
     args = [arg for arg in args if arg != DEBUG_FLAG]
     configure_logging(debug)
     try:
-        from axmethods.distributed import announce
+        from axmethods.distributed import announce, barrier
 
         announce()  # under torchrun / accelerate launch: "process 1 of 2", once; bars and INFO logs on rank 0 only
-        app(args=args, prog_name="axbench")
+        try:
+            app(args=args, prog_name="axbench")
+        except SystemExit as done:
+            if done.code in (0, None):
+                barrier()  # every process ends when rank 0 has written what a next command reads
+            raise
     except KeyboardInterrupt:
         print("axbench: interrupted; run the same command again to resume.", file=sys.stderr)
         raise SystemExit(130) from None
