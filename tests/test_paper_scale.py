@@ -27,7 +27,7 @@ def _script(name: str):
 
 def _small_dataset(tmp_path: Path, n_concepts: int = 4) -> Path:
     memory = _script("paper_scale_memory")
-    args = Namespace(train_positives=5, hard_negatives=2, imbalance_pool=12, input_words=4, output_words=12)
+    args = Namespace(train_positives=5, latent_examples=3, hard_negatives=1, imbalance_pool=12, input_words=4, output_words=12)
     memory.synthesise(tmp_path / "data", n_concepts, args)
     return tmp_path / "data"
 
@@ -59,3 +59,53 @@ def test_diffmean_from_sums_equals_diffmean_from_tokens(tiny_llama_target, tmp_p
     streamed = DiffMean(settings).fit(tiny_llama_target, train, concepts, 1)
     reference = TokenDiffMean(settings).fit(tiny_llama_target, train, concepts, 1)
     assert torch.equal(streamed.weight, reference.weight)
+
+
+def _fitted(tiny_llama_target, tmp_path: Path, n_concepts: int = 5):
+    from axdata.concepts import Concept
+    from axmethods.methods.bow import BoW
+
+    data = _small_dataset(tmp_path, n_concepts)
+    config = "synthetic-l1"
+    train = read_split(data, config, "train")
+    # Dictionary rows in an order that is not the concept ids' order, so parts must follow the ids.
+    concepts = sorted(read_concepts(data, config), key=lambda c: (c.concept_id * 3) % n_concepts)
+    assert [c.concept_id for c in concepts] != sorted(c.concept_id for c in concepts)
+    assert isinstance(concepts[0], Concept)
+    diffmean = DiffMean({"activation_dtype": "model"}).fit(tiny_llama_target, train, concepts, 1)
+    bow = BoW().fit(tiny_llama_target, train, concepts, 1)
+    return data, config, diffmean, bow
+
+
+def test_latent_own_rows_keep_the_same_scores(tiny_llama_target, tmp_path):
+    from axmethods.inference.latent import score_texts
+
+    data, config, diffmean, _ = _fitted(tiny_llama_target, tmp_path)
+    latent = read_split(data, config, "latent")
+    texts = [tiny_llama_target.format_transcript(i, o) for i, o in zip(latent["input"], latent["output"])]
+    rows = diffmean.rows(latent["concept_id"].tolist())
+    (dense,) = score_texts(tiny_llama_target, [diffmean], texts, batch_size=4, progress=False)
+    (own,) = score_texts(tiny_llama_target, [diffmean], texts, batch_size=4, progress=False, own_rows=[rows])
+    assert own.max_act.shape == (len(texts), 1)
+    picked = torch.arange(len(texts))
+    assert torch.equal(own.max_act[:, 0], dense.max_act[picked, rows])
+    assert torch.equal(own.max_index[:, 0], dense.max_index[picked, rows])
+
+
+def test_streamed_latent_files_equal_the_frames(tiny_llama_target, tmp_path):
+    import pandas as pd
+
+    from axmethods.inference.latent import latent_inference, write_latent_inference
+
+    data, config, diffmean, bow = _fitted(tiny_llama_target, tmp_path)
+    latent, pool = read_split(data, config, "latent"), read_split(data, config, "latent_imbalance")
+    for dictionaries in ([diffmean], [bow, diffmean], [diffmean, bow]):
+        for mode in ("latent", "latent_imbalance"):
+            frame = latent_inference(tiny_llama_target, dictionaries, latent, mode=mode, imbalance_pool=pool,
+                                     batch_size=4, progress=False)
+            path = tmp_path / f"{mode}.parquet"
+            written = write_latent_inference(path, tiny_llama_target, dictionaries, latent, mode=mode,
+                                             imbalance_pool=pool, batch_size=4, progress=False, concepts_per_part=2)
+            frame.to_parquet(tmp_path / "whole.parquet", index=False)
+            assert written["rows"] == len(frame)
+            pd.testing.assert_frame_equal(pd.read_parquet(path), pd.read_parquet(tmp_path / "whole.parquet"))

@@ -17,7 +17,7 @@ from axeval.stages.dataset import run_dataset
 from axmethods.activations import ActivationCollector
 from axmethods.dictionary import SteeringDictionary
 from axmethods.distributed import is_main
-from axmethods.inference.latent import calibrate, latent_inference
+from axmethods.inference.latent import calibrate, latent_inference, write_latent_inference
 from axmethods.inference.sampling import SamplingConfig
 from axmethods.inference.steering import UnsteeredBaseline, run_steering
 from axmethods.output_score import restrict_to_kept
@@ -153,10 +153,11 @@ class LatentStage(Stage):
         if dataset.has_split("latent_imbalance"):
             pool = dataset.split("latent_imbalance")
             pool = pool[pool["category"] == "negative"]
-            imbalance = latent_inference(target, dictionaries, latent, mode="latent_imbalance", imbalance_pool=pool,
-                                         batch_size=batch)
-            _write(imbalance, ctx.run_dir.inference_dir / "latent_imbalance.parquet")
-            summary["imbalance_rows"] = len(imbalance)
+            # n_concepts × pool rows per method (Concept500: 1.8M): written part by part, never held whole.
+            path = ctx.run_dir.inference_dir / "latent_imbalance.parquet"
+            imbalance = write_latent_inference(path if is_main() else None, target, dictionaries, latent,
+                                               mode="latent_imbalance", imbalance_pool=pool, batch_size=batch)
+            summary["imbalance_rows"] = imbalance["rows"]
         return summary
 
 

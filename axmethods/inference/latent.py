@@ -32,15 +32,19 @@ Only residual dictionaries have a steering calibration (`calibrate`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from huggingface_hub.utils import tqdm
 
+from axdata.io import atomic_path
 from axdata.schema import SHARED_NEGATIVE_ID
 from axmethods.dictionary import DictionaryError, SteeringDictionary
 from axmethods.distributed import gather, shard, world_size
@@ -63,14 +67,23 @@ _MAX_SCORE_ELEMENTS = 1 << 26
 class LatentScores:
     """Max-pooled scores of N texts for a dictionary's n concepts."""
 
-    max_act: torch.Tensor  # [N, n] float32
+    max_act: torch.Tensor  # [N, n] float32 ([N, 1] when `own_rows` is set)
     max_index: torch.Tensor  # [N, n] long, token index in the text's own (unpadded) token ids
     token_ids: list[list[int]]  # the texts' token ids, for the argmax tokens
+    # [N] dictionary row kept per text when only each text's own concept was kept (`score_texts(own_rows=…)`):
+    # then column 0 holds that row's score, and memory is O(N), not O(N × n) (40k rows × 500 concepts: 240 MB).
+    own_rows: torch.Tensor | None = None
 
 
 def score_texts(target: TargetModel, dictionaries: Sequence[SteeringDictionary], texts: Sequence[str], *,
-                batch_size: int = 16, progress: bool = True) -> list[LatentScores]:
-    """Max-pooled scores of chat-formatted `texts` for all concepts of each dictionary (one pass per batch)."""
+                batch_size: int = 16, progress: bool = True,
+                own_rows: Sequence[torch.Tensor | None] | None = None) -> list[LatentScores]:
+    """Max-pooled scores of chat-formatted `texts` for all concepts of each dictionary (one pass per batch).
+
+    `own_rows[k]` ([N] long, optional): keep only row `own_rows[k][i]` of dictionary k for text i (the same
+    values, gathered per batch), so the result is [N, 1] instead of [N, n].
+    """
+    own_rows = list(own_rows) if own_rows is not None else [None] * len(dictionaries)
     for dictionary in dictionaries:
         dictionary.check_model(target)
     token_ids = [target.encode(text) for text in texts]
@@ -81,8 +94,9 @@ def score_texts(target: TargetModel, dictionaries: Sequence[SteeringDictionary],
     dtype = target.dtype
     weights = [(d.weight.to(target.device, dtype), None if d.bias is None else d.bias.to(target.device))
                for d in dictionaries]
-    max_act = [torch.empty(len(texts), d.n_concepts) for d in dictionaries]
-    max_index = [torch.empty(len(texts), d.n_concepts, dtype=torch.long) for d in dictionaries]
+    width = [d.n_concepts if rows is None else 1 for d, rows in zip(dictionaries, own_rows)]
+    max_act = [torch.empty(len(texts), w) for w in width]
+    max_index = [torch.empty(len(texts), w, dtype=torch.long) for w in width]
     # Longest first, so each batch pads to similar lengths and an out-of-memory shows up at once.
     order = sorted(range(len(texts)), key=lambda i: -len(token_ids[i]))
     layers = {d.layer for d in dictionaries}
@@ -97,11 +111,14 @@ def score_texts(target: TargetModel, dictionaries: Sequence[SteeringDictionary],
         index = torch.tensor(batch)
         for k, (dictionary, (weight, bias)) in enumerate(zip(dictionaries, weights)):
             values, argmax = _max_pool(dictionary, hidden[dictionary.layer], weight, bias, valid)
+            if own_rows[k] is not None:
+                keep = own_rows[k][index][:, None].to(values.device)
+                values, argmax = values.gather(1, keep), argmax.gather(1, keep)
             max_act[k][index] = values.cpu()
             max_index[k][index] = argmax.cpu()
     if world_size() > 1:
         _gather_rows(shard(batches), max_act, max_index)
-    return [LatentScores(a, i, token_ids) for a, i in zip(max_act, max_index)]
+    return [LatentScores(a, i, token_ids, rows) for a, i, rows in zip(max_act, max_index, own_rows)]
 
 
 def _gather_rows(own_batches: list[list[int]], max_act: list[torch.Tensor], max_index: list[torch.Tensor]) -> None:
@@ -147,7 +164,72 @@ def latent_inference(target: TargetModel, dictionaries: Sequence[Detector | Conc
     split), source_split, and — in `latent` mode — the eval row's input, output, output_concept,
     concept_genre, dataset_category. `max_token_index` / `max_token` are null for non-residual detectors.
     `result.attrs["nan_scores"]` counts NaN scores per method (target-model answers without a rating).
+    `write_latent_inference` writes the same rows to a parquet file part by part instead of holding them.
     """
+    nan_scores: dict[str, int] = {}
+    frames = list(_scored_parts(target, dictionaries, latent, mode=mode, imbalance_pool=imbalance_pool,
+                                batch_size=batch_size, progress=progress, chat_backend=chat_backend,
+                                nan_scores=nan_scores))
+    if not frames:
+        result = pd.DataFrame({c: pd.Series(dtype=object) for c in _LEADING})
+    else:
+        result = pd.concat(frames, ignore_index=True)
+    result.attrs["nan_scores"] = nan_scores
+    return result
+
+
+def write_latent_inference(path: str | Path | None, target: TargetModel, dictionaries: Sequence[Detector | ConceptResult],
+                           latent: pd.DataFrame, *, mode: str = "latent", imbalance_pool: pd.DataFrame | None = None,
+                           batch_size: int = 16, progress: bool = True, chat_backend: ChatBackendArg = None,
+                           concepts_per_part: int = 64) -> dict[str, Any]:
+    """`latent_inference(...)` written to the parquet file `path` (atomically) part by part, never held whole.
+
+    `latent_imbalance` rows are n_concepts × pool per method (Concept500: 500 × 3,600 = 1.8M rows per method, a
+    few hundred MB each as a frame): residual dictionaries are written `concepts_per_part` concepts at a time.
+    The file reads back (`pd.read_parquet`) equal to the frame `latent_inference` returns. `path=None` scores
+    and counts without writing (the processes other than the main one under a distributed launcher).
+    Returns {"rows": rows written, "nan_scores": NaN scores per method}.
+    """
+    nan_scores: dict[str, int] = {}
+    parts = _scored_parts(target, dictionaries, latent, mode=mode, imbalance_pool=imbalance_pool,
+                          batch_size=batch_size, progress=progress, chat_backend=chat_backend, nan_scores=nan_scores,
+                          concepts_per_part=concepts_per_part)
+    detecting = [d.detector for d in dictionaries if d.detector]
+    # pd.concat of residual (int64) and other (nullable Int64) token indices gives Int64: cast every part alike.
+    token_index = "int64" if all(kind == "residual" for kind in detecting) else "Int64"
+    rows = 0
+    if path is None:
+        for part in parts:
+            rows += len(part)
+        return {"rows": rows, "nan_scores": nan_scores}
+    with atomic_path(Path(path)) as tmp:
+        writer: pq.ParquetWriter | None = None
+        try:
+            for part in parts:
+                part = part.astype({"max_token_index": token_index})
+                if writer is None:
+                    schema = pa.Schema.from_pandas(part, preserve_index=False)
+                    # An all-null text column of the first part (a non-residual max_token) is a string column.
+                    schema = pa.schema([f.with_type(pa.string()) if pa.types.is_null(f.type) else f for f in schema],
+                                       metadata=schema.metadata)
+                    writer = pq.ParquetWriter(tmp, schema)
+                writer.write_table(pa.Table.from_pandas(part, schema=writer.schema, preserve_index=False))
+                rows += len(part)
+            if writer is None:
+                pd.DataFrame({c: pd.Series(dtype=object) for c in _LEADING}).to_parquet(tmp, index=False)
+        finally:
+            if writer is not None:
+                writer.close()
+    return {"rows": rows, "nan_scores": nan_scores}
+
+
+def _scored_parts(target: TargetModel, dictionaries: Sequence[Detector | ConceptResult], latent: pd.DataFrame, *,
+                  mode: str, imbalance_pool: pd.DataFrame | None, batch_size: int, progress: bool,
+                  chat_backend: ChatBackendArg, nan_scores: dict[str, int], concepts_per_part: int | None = None
+                  ) -> Iterator[pd.DataFrame]:
+    """The rows of `latent_inference`, method by method (in `concepts_per_part` concept parts for residual
+    dictionaries in `latent_imbalance` mode; None: one part per method), columns in their final order.
+    Parts of one method follow its scored concept ids in ascending order, as the whole frame's sort does."""
     if mode not in LATENT_MODES:
         raise ValueError(f"mode {mode!r} is unknown; use one of {', '.join(LATENT_MODES)}")
     kinds = [d.detector or "none" for d in dictionaries]
@@ -169,11 +251,13 @@ def latent_inference(target: TargetModel, dictionaries: Sequence[Detector | Conc
         ], ignore_index=True)
     texts = [target.format_transcript(i, o) for i, o in zip(texts_frame["input"], texts_frame["output"])]
     residual = [d for d, kind in zip(dictionaries, kinds) if kind == "residual"]
+    # `latent` mode scores each row for its own concept only: keep just that column (O(rows), not O(rows × n)).
+    own_rows = [_own_rows(d, texts_frame) for d in residual] if mode == "latent" else None
     residual_scores = dict(zip(map(id, residual), score_texts(target, residual, texts, batch_size=batch_size,
-                                                              progress=progress))) if residual else {}
+                                                              progress=progress, own_rows=own_rows))) if residual else {}
     vocabulary = _token_strings(target) if residual else None
     backend = None
-    frames, nan_scores = [], {}
+    any_frame = False
     for dictionary, kind in zip(dictionaries, kinds):
         if kind == "none":
             continue
@@ -185,23 +269,34 @@ def latent_inference(target: TargetModel, dictionaries: Sequence[Detector | Conc
             if backend is None:
                 backend = _resolve_backend(chat_backend, target)
             scorer = _target_model_scorer(dictionary, backend, texts_frame["output"].tolist())
-        rows = _own_concept_rows if mode == "latent" else _imbalance_rows
-        frame = rows(dictionary, scorer, texts_frame, residual_scores.get(id(dictionary)), vocabulary)
-        nan_scores[dictionary.method] = int(frame["score"].isna().sum())
+        scores = residual_scores.get(id(dictionary))
+        if mode == "latent":
+            frames: Iterator[pd.DataFrame] = iter([_own_concept_rows(dictionary, scorer, texts_frame, scores,
+                                                                     vocabulary)])
+        elif kind == "residual" and concepts_per_part is not None:
+            _warn_unknown_positives(dictionary, texts_frame)
+            by_id = np.argsort(np.asarray(dictionary.concept_ids), kind="stable")
+            frames = (_imbalance_rows(dictionary, scorer, texts_frame, scores, vocabulary,
+                                      part=by_id[start:start + concepts_per_part])
+                      for start in range(0, len(by_id), concepts_per_part))
+        else:
+            frames = iter([_imbalance_rows(dictionary, scorer, texts_frame, scores, vocabulary)])
+        nan_scores[dictionary.method], total = 0, 0
+        for frame in frames:
+            nan_scores[dictionary.method] += int(frame["score"].isna().sum())
+            total += len(frame)
+            frame = frame.assign(method=dictionary.method, layer=dictionary.layer)
+            any_frame = True
+            yield frame[_LEADING + [c for c in frame.columns if c not in _LEADING]]
         if nan_scores[dictionary.method]:
             logger.warning("%s: %d of %d scores are NaN (answers without a parsable rating)", dictionary.method,
-                           nan_scores[dictionary.method], len(frame))
-        frames.append(frame.assign(method=dictionary.method, layer=dictionary.layer))
-    leading = ["method", "layer", "concept_id", "category", "score", "max_token_index", "max_token", "row_id",
-               "source_split"]
-    if not frames:
+                           nan_scores[dictionary.method], total)
+    if not any_frame:
         logger.warning("no dictionary with a detector among %s", [d.method for d in dictionaries])
-        result = pd.DataFrame({c: pd.Series(dtype=object) for c in leading})
-    else:
-        result = pd.concat(frames, ignore_index=True)
-        result = result[leading + [c for c in result.columns if c not in leading]]
-    result.attrs["nan_scores"] = nan_scores
-    return result
+
+
+_LEADING = ["method", "layer", "concept_id", "category", "score", "max_token_index", "max_token", "row_id",
+            "source_split"]
 
 
 def _resolve_backend(chat_backend: ChatBackendArg, target: TargetModel) -> Any:
@@ -214,9 +309,22 @@ def _resolve_backend(chat_backend: ChatBackendArg, target: TargetModel) -> Any:
     return chat_backend
 
 
+def _own_rows(dictionary: SteeringDictionary, frame: pd.DataFrame) -> torch.Tensor | None:
+    """Each row's own concept row in `dictionary`; None when it lacks one (`_own_concept_rows` then says so)."""
+    try:
+        return dictionary.rows(frame["concept_id"].tolist())
+    except DictionaryError:
+        return None
+
+
 def _residual_scorer(scores: LatentScores) -> _Scorer:
     def lookup(text_index: np.ndarray, concept_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         t, r = torch.from_numpy(text_index), torch.from_numpy(concept_rows)
+        if scores.own_rows is not None:  # only each text's own row was kept
+            if not torch.equal(scores.own_rows[t], r):
+                raise ValueError("these latent scores kept each text's own concept only; score again without "
+                                 "own_rows to look up other concepts.")
+            r = torch.zeros_like(r)
         return scores.max_act[t, r].numpy(), scores.max_index[t, r].numpy()
     return lookup
 
@@ -266,20 +374,35 @@ def _own_concept_rows(dictionary: SteeringDictionary, scorer: _Scorer, frame: pd
     })
 
 
-def _imbalance_rows(dictionary: SteeringDictionary, scorer: _Scorer, frame: pd.DataFrame,
-                    scores: LatentScores | None, vocabulary: np.ndarray | None) -> pd.DataFrame:
-    pool = np.flatnonzero((frame["source_split"] == "latent_imbalance").to_numpy())
-    positives = np.flatnonzero((frame["source_split"] == "latent").to_numpy())
-    positive_ids = frame["concept_id"].to_numpy()[positives]
+def _warn_unknown_positives(dictionary: SteeringDictionary, frame: pd.DataFrame) -> np.ndarray:
+    """Mask of the `latent` positives whose concept the dictionary has (warns about the others)."""
+    positive_ids = frame["concept_id"].to_numpy()[(frame["source_split"] == "latent").to_numpy()]
     known = np.isin(positive_ids, dictionary.concept_ids)
     if not known.all():
         logger.warning("%s: %d positives belong to concepts outside the dictionary; they are not scored",
                        dictionary.method, int((~known).sum()))
+    return known
+
+
+def _imbalance_rows(dictionary: SteeringDictionary, scorer: _Scorer, frame: pd.DataFrame,
+                    scores: LatentScores | None, vocabulary: np.ndarray | None,
+                    part: np.ndarray | None = None) -> pd.DataFrame:
+    """`part` (dictionary rows): only those concepts' rows — the pool scored by them and their own positives."""
+    pool = np.flatnonzero((frame["source_split"] == "latent_imbalance").to_numpy())
+    positives = np.flatnonzero((frame["source_split"] == "latent").to_numpy())
+    positive_ids = frame["concept_id"].to_numpy()[positives]
+    known = _warn_unknown_positives(dictionary, frame) if part is None else np.isin(positive_ids,
+                                                                                      dictionary.concept_ids)
     positives, positive_ids = positives[known], positive_ids[known]
-    n = dictionary.n_concepts
+    positive_rows = dictionary.rows(positive_ids.tolist()).numpy()
+    concepts = np.arange(dictionary.n_concepts) if part is None else np.asarray(part)
+    if part is not None:
+        mine = np.isin(positive_rows, concepts)
+        positives, positive_rows = positives[mine], positive_rows[mine]
+    n = len(concepts)
     # Concept-major: every concept against the whole pool, then each positive against its own concept.
     text_index = np.concatenate([np.tile(pool, n), positives])
-    concept_rows = np.concatenate([np.repeat(np.arange(n), len(pool)), dictionary.rows(positive_ids.tolist()).numpy()])
+    concept_rows = np.concatenate([np.repeat(concepts, len(pool)), positive_rows])
     values, index = scorer(text_index, concept_rows)
     scored = np.asarray(dictionary.concept_ids)[concept_rows]
     is_pool = np.arange(len(text_index)) < n * len(pool)
