@@ -1,0 +1,84 @@
+"""Output scores (Arad et al. 2025; axmethods.output_score) of DiffMean rows on AxBench Concept10 vs random
+directions, with SmolLM2-135M-Instruct (embedded, CPU). Needs ../shared.
+
+DiffMean is fitted on the train split at one layer and calibrated on the latent split (as `axbench run` does);
+each row is then added at amplification × its calibration on the neutral prompt. Random directions: unit
+vectors added at amplification × the median DiffMean calibration (the same magnitude). Prints per concept the
+score and the row's logit-lens tokens, the scores at several amplifications, and the time taken.
+
+    python benchmarks/output_score_concept10.py --setting prod_2b_l20_v1 --layer 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from axdata.builders import read_concepts, read_split
+from axdata.builders.axbench_import import import_axbench
+from axmethods.dictionary import SteeringDictionary
+from axmethods.inference.latent import calibrate, latent_inference
+from axmethods.models import load_target_model
+from axmethods.output_score import THRESHOLD, OutputScoreSettings, logit_lens_tokens, output_scores
+from axmethods.registry import get_method
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "axbench" / "concept10"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--setting", default="prod_2b_l20_v1")
+    parser.add_argument("--layer", type=int, default=10)
+    parser.add_argument("--max-length", type=int, default=96)
+    parser.add_argument("--random", type=int, default=200, help="random directions")
+    parser.add_argument("--amplifications", default="2,5,10,20")
+    parser.add_argument("--dictionary", type=Path, help="reuse (or, if absent, save) the calibrated DiffMean here")
+    args = parser.parse_args()
+    source = SHARED / args.setting
+    if not source.is_dir():
+        raise SystemExit(f"{source} not found: this script needs the shared AxBench Concept10 data.")
+    target = load_target_model("smollm2-135m-instruct", device="cpu", dtype="float32")
+    with tempfile.TemporaryDirectory() as tmp:
+        import_axbench(source, tmp, "c10")
+        concepts, train = read_concepts(tmp, "c10"), read_split(tmp, "c10", "train")
+        latent = read_split(tmp, "c10", "latent")
+    if args.dictionary is not None and args.dictionary.is_dir():
+        diffmean = SteeringDictionary.load(args.dictionary, expect_model=target)
+    else:
+        diffmean = get_method("diffmean").load()({"max_length": args.max_length}).fit(target, train, concepts,
+                                                                                     args.layer)
+        diffmean = calibrate(diffmean, latent_inference(target, [diffmean], latent, progress=False))
+        if args.dictionary is not None:
+            diffmean.save_pretrained(args.dictionary)
+    rows, calibration = diffmean.steering_vectors, diffmean.calibration
+    generator = torch.Generator().manual_seed(0)
+    random = torch.randn(args.random, target.hidden_size, generator=generator)
+    random /= random.norm(dim=1, keepdim=True)
+    scale = float(calibration.median())
+    print(f"Concept10 {args.setting}, SmolLM2-135M L{args.layer}: {len(concepts)} DiffMean rows (norm "
+          f"{rows.norm(dim=1).mean():.3f}), calibration median {scale:.2f}; {args.random} random unit directions")
+    lens = logit_lens_tokens(target, rows, 5)
+    for amplification in [float(a) for a in args.amplifications.split(",")]:
+        settings = OutputScoreSettings(amplification=amplification)
+        start = time.perf_counter()
+        ours = output_scores(target, args.layer, rows, amplification * calibration, settings)
+        middle = time.perf_counter()
+        theirs = output_scores(target, args.layer, random, amplification * scale, settings)
+        end = time.perf_counter()
+        print(f"\namplification {amplification:g}: DiffMean median {ours.median():.4f} mean {ours.mean():.4f}, "
+              f"≥ {THRESHOLD}: {int((ours >= THRESHOLD).sum())}/{len(ours)} | random median {theirs.median():.4f} "
+              f"mean {theirs.mean():.4f} p95 {theirs.quantile(0.95):.4f}, ≥ {THRESHOLD}: "
+              f"{int((theirs >= THRESHOLD).sum())}/{len(theirs)} | {middle - start:.2f} s for {len(ours)} rows, "
+              f"{end - middle:.2f} s for {len(theirs)}")
+        if amplification == 10.0:
+            for concept, score, tokens in zip(diffmean.concepts, ours.tolist(), lens.tolist()):
+                words = [target.tokenizer.decode([t]) for t in tokens]
+                print(f"  {score:.4f}  {concept.concept[:60]!r}  lens: {words}")
+
+
+if __name__ == "__main__":
+    main()
