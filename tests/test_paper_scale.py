@@ -8,6 +8,7 @@ import sys
 from argparse import Namespace
 from pathlib import Path
 
+import pytest
 import torch
 
 from axdata.builders import read_concepts, read_split
@@ -109,3 +110,43 @@ def test_streamed_latent_files_equal_the_frames(tiny_llama_target, tmp_path):
             frame.to_parquet(tmp_path / "whole.parquet", index=False)
             assert written["rows"] == len(frame)
             pd.testing.assert_frame_equal(pd.read_parquet(path), pd.read_parquet(tmp_path / "whole.parquet"))
+
+
+def test_dry_run_overrides_change_sizes_only(tmp_path):
+    """Every paper config loads with the dry run's overrides, keeping its methods, dtype and layer."""
+    from axeval.config import AxbenchConfig
+
+    dry_run = _script("dry_run_paper_config")
+    for path in sorted((ROOT / "configs" / "paper").glob("*.yaml")):
+        original = AxbenchConfig.load(path)
+        sets = dry_run.overrides(path, tmp_path / "model", tmp_path, "gemma-2-2b")
+        changed = AxbenchConfig.load(path, sets)
+        assert changed.methods.train == original.methods.train
+        assert changed.model.dtype == original.model.dtype and changed.run.layer == original.run.layer
+        assert changed.run.protocol == original.run.protocol
+        assert changed.data.max_concepts == 2 and changed.llm.endpoint == "embedded"
+        for name, settings in changed.methods.settings.items():
+            given = original.methods.settings.get(name) or {}
+            assert {k: v for k, v in settings.items() if k != "num_train_epochs"} == \
+                {k: v for k, v in given.items() if k != "num_train_epochs"}, name
+    with pytest.raises(KeyError):
+        dry_run.SHAPES["gemma-2-27b"]
+
+
+@pytest.mark.slow
+def test_dry_run_tiny_gemma2_every_stage(tmp_path):
+    """The dry-run script end to end at a tiny Gemma-2 shape: every stage of the 2B-L20 paper config completes."""
+    import json
+    import subprocess
+
+    out = tmp_path / "figures.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "dry_run_paper_config.py"),
+                    str(ROOT / "configs" / "paper" / "2b-l20.yaml"), "--shape", "tiny", "--work", str(tmp_path),
+                    "--json", str(out)], check=True, timeout=900)
+    figures = json.loads(out.read_text())
+    assert [r["stage"] for r in figures["results"]] == ["build", *dry_run_stages()]
+    assert all(r["status"] == "ran" for r in figures["results"][1:])
+
+
+def dry_run_stages() -> list[str]:
+    return list(_script("dry_run_paper_config").STAGE_NAMES)
