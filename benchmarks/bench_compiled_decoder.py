@@ -154,6 +154,10 @@ def main() -> None:
                 total += int(torch.where(ended.any(-1), ended.int().argmax(-1) + 1, new.shape[1]).sum())
         return total
 
+    loop_tokens, loop_seconds = timed(axbench_loop)
+    loop_rate = loop_tokens / loop_seconds
+    print(f"AxBench-style loop (HF generate, hook per batch of {args.axbench_batch}, one concept at a time): "
+          f"{loop_seconds:.2f} s, {loop_tokens} tokens, {loop_rate:.1f} tok/s", flush=True)
     results: dict[tuple[int, str], float] = {}
     for batch in batches:
         plan = plan_batches(rows, prompt_ids, batch)
@@ -165,18 +169,12 @@ def main() -> None:
                 results[(batch, name)] = tokens / seconds
                 print(f"batch {batch:4d}  {name:18s} {seconds:8.2f} s  {tokens:7d} tokens  {tokens / seconds:9.1f} tok/s"
                       f"  (warm-up batch {warmup:.1f} s)", flush=True)
-    loop_tokens, loop_seconds = timed(axbench_loop)
-    loop_rate = loop_tokens / loop_seconds
-    print(f"AxBench-style loop (HF generate, hook per batch of {args.axbench_batch}, one concept at a time): "
-          f"{loop_seconds:.2f} s, {loop_tokens} tokens, {loop_rate:.1f} tok/s", flush=True)
-    print(f"ratios ({load()}):")
-    for batch in batches:
         compiled, eager = results[(batch, "compiled steered")], results[(batch, "eager steered")]
         plain = results[(batch, "compiled unsteered")]
-        print(f"  batch {batch:4d}: compiled / eager steered = {compiled / eager:.2f}x; compiled steered / AxBench-style"
-              f" = {compiled / loop_rate:.1f}x; eager steered / AxBench-style = {eager / loop_rate:.1f}x; steered "
-              f"overhead (compiled) = {100 * (1 - compiled / plain):+.1f}%, (eager) = "
-              f"{100 * (1 - eager / results[(batch, 'eager unsteered')]):+.1f}%")
+        print(f"  ratios, batch {batch}: compiled / eager steered = {compiled / eager:.2f}x; compiled steered / "
+              f"AxBench-style = {compiled / loop_rate:.1f}x; eager steered / AxBench-style = {eager / loop_rate:.1f}x; "
+              f"steered overhead (compiled) = {100 * (1 - compiled / plain):+.1f}%, (eager) = "
+              f"{100 * (1 - eager / results[(batch, 'eager unsteered')]):+.1f}%; {load()}", flush=True)
     if target.device.type == "cuda" and 256 in batches:
         compiled, plain = results[(256, "compiled steered")], results[(256, "compiled unsteered")]
         checks = [(f"steered >= {TARGET_TOKENS_PER_S} tok/s", compiled >= TARGET_TOKENS_PER_S, f"{compiled:.0f}"),

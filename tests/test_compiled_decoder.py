@@ -127,3 +127,22 @@ def test_the_engine_name_is_validated_in_the_config_and_on_the_command_line(caps
     err = capsys.readouterr().err
     assert err.strip() == "axbench: usage error: --engine 'turbo' is unknown; use one of eager, compiled."
     assert "Traceback" not in err
+
+
+@pytest.mark.slow  # a second model's graph: ~40 s on a busy CPU
+def test_gemma2_sliding_window_cache_greedy_equals_eager(tiny_gemma2_dir: Path) -> None:
+    """Gemma-2 (the paper's model family): hybrid sliding-window layers in the static cache, soft-capped logits."""
+    from axmethods.models import load_target_model
+
+    gemma = load_target_model(str(tiny_gemma2_dir), device="cpu", dtype="float32")
+    prompts = [gemma.encode(gemma.format_prompt(text)) for text in ("hello world", "Write a poem about the sea")]
+    greedy = SamplingConfig(max_new_tokens=8, temperature=0)
+    steering = RowSteering(torch.randn(2, gemma.hidden_size, generator=torch.Generator().manual_seed(2)),
+                           torch.tensor([0.0, 3.0]))
+    with steering_hooks(gemma, 0, steering):
+        eager = sample(gemma, prompts, [0, 1], greedy)
+    assert compiled.cache_length(gemma, [len(p) for p in prompts], 8) == 64  # the tiny model's window
+    assert isinstance(compiled.cache_length(gemma, [60], 8), str)  # beyond the window: eager
+    decoder = compiled.decoder_for(gemma, batch_size=4, max_cache_len=64)
+    with decoder.steering(0, steering.magnitudes[:, None] * steering.vectors):
+        assert sample(gemma, prompts, [0, 1], greedy, decoder) == eager

@@ -44,8 +44,8 @@ CACHE_LENGTH_STEP = 64  # cache lengths are rounded up to this, so runs over sim
 
 # One compiled forward per model: dynamo keys its graphs on the function, so every decoder of a model shares them.
 _COMPILED: weakref.WeakKeyDictionary[torch.nn.Module, Any] = weakref.WeakKeyDictionary()
-# The model's current decoder: its cache and delta buffer have static addresses the graph was traced with; a new
-# decoder of the same shape would recompile, so runs of the same shape reuse it.
+# The model's current decoder: its static cache is the largest allocation (GBs for a 2B model at batch 256), so runs
+# of the same shape reuse it and a new shape frees it first.
 _DECODERS: weakref.WeakKeyDictionary[torch.nn.Module, CompiledDecoder] = weakref.WeakKeyDictionary()
 
 
@@ -180,10 +180,10 @@ class CompiledSteering:
 
 def _unsupported(steerer: Steerer) -> str | None:
     """Why `steerer` cannot steer through the delta buffer, or None."""
-    if isinstance(steerer, (UnsteeredBaseline, PromptSteerer)):
+    if type(steerer) in (UnsteeredBaseline, PromptSteerer):  # exact types: a subclass may hook something in
         return None
-    if not isinstance(steerer, DictionarySteerer):
-        return f"it steers with {type(steerer).__name__} (weights or adapters, not a vector)"
+    if type(steerer) is not DictionarySteerer:
+        return f"it steers with {type(steerer).__name__} (its own weights, adapters or hooks, not dictionary rows)"
     if steerer.kind != "addition" or steerer.positions != "all":
         return f"its intervention is {steerer.kind} at {steerer.positions} positions (the buffer adds at all)"
     return None
