@@ -84,7 +84,12 @@ def _reused(judge: dict[str, Any]) -> str:
 
 
 def _read_optional(path: Path) -> pd.DataFrame | None:
-    return pd.read_parquet(path) if path.exists() else None
+    """The frame at `path`; None where there is none or it has no rows (a run whose methods do not detect writes
+    an empty latent file: it has no detection section, not a failing one)."""
+    if not path.exists():
+        return None
+    frame = pd.read_parquet(path)
+    return frame if len(frame) else None
 
 
 @dataclass

@@ -133,6 +133,18 @@ def test_report_from_run_dir_and_cli(tmp_path):
     assert by_method["DiffMean"]["score_mean"] == 2.0 and by_method["Prompt"]["winrate"] == 0.5
 
 
+def test_a_run_without_detecting_methods_reports_steering_only(tmp_path):
+    """A run of steering-only methods (e.g. `methods.train: [hypersteer]`) writes an empty latent file."""
+    run = tmp_path / "run"
+    (run / "inference").mkdir(parents=True)
+    (run / "eval").mkdir()
+    detection_rows().iloc[:0].to_parquet(run / "inference" / "latent.parquet")
+    judgements().to_parquet(run / "eval" / "judgements.parquet")
+    report = build_report(run)
+    assert report.detection_summary is None and report.steering_summary is not None
+    assert "AUROC" not in report.leaderboard.columns and "Steering" in report.leaderboard.columns
+
+
 def test_report_of_an_empty_run_dir_names_the_missing_inputs(tmp_path):
     with pytest.raises(FileNotFoundError, match="inference/latent.parquet"):
         build_report(tmp_path)
