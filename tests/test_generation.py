@@ -212,3 +212,21 @@ def test_instruction_pools(tmp_path):
     assert not dolly({"category": "open_qa", "context": "some text", "instruction": "Why?"})
     assert not dolly({"category": "brainstorming", "context": "", "instruction": "Why?"})
     assert not HUB_SOURCES["openai/gsm8k"].keep({"question": "x" * 500})
+
+
+def test_a_split_that_got_no_rows_is_written_empty_with_its_schema_and_a_note(tmp_path):
+    """Found by the Gemma-2-2B-shape dry run: random target weights gave no preference pair, and the empty
+    frame (no columns) failed the schema check, losing the data stage's work."""
+    from types import SimpleNamespace
+
+    from axdata.generation.config import DataGenerationConfig
+    from axdata.generation.pipeline import _assemble
+    from axdata.schema import columns, table_from_frame
+
+    config = DataGenerationConfig(splits=("train", "preference"))
+    frames, notes = _assemble(config, [], [{"train": SimpleNamespace(rows=[]),
+                                            "preference": SimpleNamespace(rows=[])}])
+    for split in ("train", "preference"):
+        table = table_from_frame(frames[split], split, source="test")
+        assert table.num_rows == 0 and table.column_names[:len(columns(split))] == [c.name for c in columns(split)]
+    assert any(note.startswith("preference: no rows were generated") for note in notes)

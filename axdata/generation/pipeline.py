@@ -53,6 +53,7 @@ from axdata.hashing import content_hash
 from axdata.io import atomic_write_json
 from axdata.llm.types import ChatBackend
 from axdata.schema import EMPTY_CONCEPT, GENRES, SHARED_NEGATIVE_ID, table_from_frame
+from axdata.schema import columns as schema_columns
 
 logger = logging.getLogger(__name__)
 
@@ -273,6 +274,14 @@ def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return frame
 
 
+def _empty_frame(split: str) -> pd.DataFrame:
+    """A split with no rows still has its schema's columns and dtypes (so it validates and round-trips)."""
+    dtypes = {"string": "object", "int64": "int64"}
+    return pd.DataFrame({column.name: pd.Series([], dtype="Int64" if column.nullable and column.dtype == "int64"
+                                                 else dtypes.get(column.dtype, "object"))
+                         for column in schema_columns(split)})
+
+
 def _assemble(config: DataGenerationConfig, negative_units: Sequence[Unit], per_concept: Sequence[dict[str, Unit]]
               ) -> tuple[dict[str, pd.DataFrame], list[str]]:
     """Rows in a fixed order — shared negatives by genre, then concepts in the given order — whatever
@@ -284,7 +293,10 @@ def _assemble(config: DataGenerationConfig, negative_units: Sequence[Unit], per_
             continue
         rows = [row for unit in negative_units for row in unit.rows] if split == "train" else []
         rows += [row for units in per_concept for row in units[split].rows]
-        frames[split] = _frame(rows)
+        frames[split] = _frame(rows) if rows else _empty_frame(split)
+        if not rows:
+            notes.append(f"{split}: no rows were generated (every request for it failed or was filtered out); "
+                         f"the split is written empty, and methods that train on it will say so")
     if "latent_imbalance" in config.splits:
         frames["latent_imbalance"], note = _imbalance_pool(config, frames["latent"])
         notes += [note] if note else []
