@@ -88,6 +88,8 @@ class SteeringDictionary(ConceptResult):
     calibration_info: dict[str, Any] = field(default_factory=dict)
     output_score: torch.Tensor | None = None
     output_score_info: dict[str, Any] = field(default_factory=dict)
+    # Concepts the dictionary detects but does not steer (e.g. sae-filtered: no output feature); steering skips them.
+    unsteered_concept_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.weight.ndim != 2:
@@ -105,6 +107,11 @@ class SteeringDictionary(ConceptResult):
         if self.steering_weight is not None and self.steering_weight.shape != self.weight.shape:
             raise DictionaryError(f"steering_weight must have weight's shape {tuple(self.weight.shape)}, got "
                                   f"{tuple(self.steering_weight.shape)}")
+        self.unsteered_concept_ids = tuple(int(cid) for cid in self.unsteered_concept_ids)
+        unknown = sorted(set(self.unsteered_concept_ids) - set(ids))
+        if unknown:
+            raise DictionaryError(f"unsteered_concept_ids {unknown[:10]} are not concepts of this dictionary; list only "
+                                  "ids of its concepts")
         if self.activation not in ACTIVATIONS:
             raise DictionaryError(f"activation {self.activation!r} is unknown; use one of {', '.join(ACTIVATIONS)}")
         if self.layer < 0:
@@ -143,6 +150,13 @@ class SteeringDictionary(ConceptResult):
     def steering_vectors(self) -> torch.Tensor:
         """The rows steering adds ([n, d]): `steering_weight` where the method has one, else `weight`."""
         return self.weight if self.steering_weight is None else self.steering_weight
+
+    @property
+    def steered_concept_ids(self) -> frozenset[int] | None:
+        """The concepts steering generates (None: every concept); the rest are detection-only rows."""
+        if not self.unsteered_concept_ids:
+            return None
+        return frozenset(self.concept_ids) - frozenset(self.unsteered_concept_ids)
 
     @property
     def needs_calibration(self) -> bool:
@@ -229,6 +243,7 @@ class SteeringDictionary(ConceptResult):
                 activation=config.get("activation", "identity"), steering_weight=tensors.get("steering_weight"),
                 calibration_info=config.get("calibration_info", {}), output_score=tensors.get("output_score"),
                 output_score_info=config.get("output_score_info", {}),
+                unsteered_concept_ids=tuple(config.get("unsteered_concept_ids", ())),
             )
         except DictionaryError as error:
             raise DictionaryError(f"{folder}: {error}. Fix: re-save the dictionary from its method.") from None
@@ -282,6 +297,7 @@ class SteeringDictionary(ConceptResult):
             "config_hash": self.config_hash,
             "calibration_info": self.calibration_info,
             **({"output_score_info": self.output_score_info} if self.output_score is not None else {}),
+            **({"unsteered_concept_ids": list(self.unsteered_concept_ids)} if self.unsteered_concept_ids else {}),
         }
 
 

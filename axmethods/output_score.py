@@ -152,16 +152,6 @@ def dictionary_output_scores(target: TargetModel, dictionary: SteeringDictionary
     return dictionary.with_output_scores(scores, settings.info(scale="amplification × calibration"))
 
 
-def restrict_to_kept(prompts: pd.DataFrame, artifact: Any) -> pd.DataFrame:
-    """The steering prompts of the concepts a result steers: all, except those an output-score filter dropped
-    (`config["output_score_filter"]["dropped"]`, e.g. sae-filtered), which are not generated at all."""
-    dropped = set((getattr(artifact, "config", None) or {}).get("output_score_filter", {}).get("dropped", []))
-    if not dropped:
-        return prompts
-    logger.info("%s: %d concept(s) below the output-score threshold are not steered", artifact.method, len(dropped))
-    return prompts[~prompts["concept_id"].astype(int).isin(dropped)]
-
-
 def threshold_mask(scores: torch.Tensor, threshold: float = THRESHOLD) -> torch.Tensor:
     """The features the paper keeps: output score >= threshold."""
     return scores >= threshold
@@ -182,7 +172,7 @@ def run_output_scores(dictionaries_dir: Path) -> pd.DataFrame | None:
         if "output_score" not in tensors or "concept_ids" not in tensors:
             continue
         config = json.loads((weights.parent / "config.json").read_text(encoding="utf-8"))
-        dropped = set(config.get("config", {}).get("output_score_filter", {}).get("dropped", []))
+        dropped = set(config.get("unsteered_concept_ids", []))
         ids = tensors["concept_ids"].tolist()
         frames.append(pd.DataFrame({"method": config["method"], "concept_id": ids,
                                     "output_score": tensors["output_score"].astype(float),

@@ -15,10 +15,11 @@ from axdata.concepts import Concept
 from axeval.judge_templates import JUDGE_TEMPLATE_HASH
 from axeval.report import ReportInputs, build_report
 from axmethods.dictionary import SteeringDictionary
+from axmethods.inference.steering import plan_rows
 from axmethods.methods import MethodConfigError
 from axmethods.methods.sae import SAE, JumpReLUSAE, SAEConfig, SAEFiltered, SAEFilteredConfig
 from axmethods.models import load_target_model
-from axmethods.output_score import output_scores, restrict_to_kept, run_output_scores, sae_amplification
+from axmethods.output_score import output_scores, run_output_scores, sae_amplification
 
 LAYER = 1
 Z = 16
@@ -133,21 +134,28 @@ def test_sae_filtered_keeps_exactly_the_features_at_or_above_threshold(target, t
     expected = output_scores(target, LAYER, params["W_dec"][[5, 7]], sae_amplification(target, LAYER, sae.encode))
     torch.testing.assert_close(filtered.output_score, expected)
     assert expected[0] >= 0.01 > expected[1] == 0
-    assert filtered.config["output_score_filter"] == {"threshold": 0.01, "kept": 1, "of": 2, "dropped": [1]}
+    assert filtered.unsteered_concept_ids == (1,)
+    assert (filtered.output_score_info["threshold"], filtered.output_score_info["kept"]) == (0.01, 1)
     _assert_same(filtered, _fit("sae", target, train_df, folder))  # detection and steering rows are SAE's
     # A threshold between the two scores, and one above both.
     middle = _fit("sae-filtered", target, train_df, folder, output_score_threshold=float(expected[0]))
-    assert middle.config["output_score_filter"]["dropped"] == [1]
+    assert middle.unsteered_concept_ids == (1,)
     strict = _fit("sae-filtered", target, train_df, folder, output_score_threshold=float(expected[0]) + 1e-3)
-    assert strict.config["output_score_filter"]["dropped"] == [0, 1]
-    # Steering skips the dropped concepts; SAE steers all.
-    prompts = pd.DataFrame({"concept_id": [0, 0, 1, 1], "input_id": [0, 1, 0, 1]})
-    assert restrict_to_kept(prompts, filtered)["concept_id"].tolist() == [0, 0]
-    assert restrict_to_kept(prompts, _fit("sae", target, train_df, folder)) is prompts
+    assert strict.unsteered_concept_ids == (0, 1)
+    # Steering (every caller: run, infer steer, the Python API) skips the dropped concepts; SAE steers all.
+    prompts = pd.DataFrame({"concept_id": [0, 0, 1, 1], "input_id": [0, 1, 0, 1], "input_concept": "c",
+                            "original_prompt": ["a", "b", "a", "b"]})
+    planned = plan_rows(prompts, filtered.steerer(), target, [1.0], seed=0)
+    assert planned["concept_id"].tolist() == [0, 0]
+    assert plan_rows(prompts, _fit("sae", target, train_df, folder).steerer(), target, [1.0], seed=0)[
+        "concept_id"].tolist() == [0, 0, 1, 1]
+    with pytest.raises(ValueError, match="steers none of the steering split's concepts"):
+        plan_rows(prompts, strict.steerer(), target, [1.0], seed=0)
     # Stored with the dictionary, read back for the report.
     filtered.save_pretrained(tmp_path / "run" / "dictionaries" / "sae-filtered")
     loaded = SteeringDictionary.from_pretrained(tmp_path / "run" / "dictionaries" / "sae-filtered")
     torch.testing.assert_close(loaded.output_score, filtered.output_score)
+    assert loaded.unsteered_concept_ids == (1,)
     frame = run_output_scores(tmp_path / "run" / "dictionaries")
     assert frame[["method", "concept_id", "steered"]].values.tolist() == [["sae-filtered", 0, True],
                                                                           ["sae-filtered", 1, False]]

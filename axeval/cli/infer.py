@@ -134,7 +134,6 @@ def steer(
     from axmethods.factors import AXBENCH_FACTORS
     from axmethods.inference.sampling import ENGINES, SamplingConfig
     from axmethods.inference.steering import run_steering
-    from axmethods.output_score import restrict_to_kept
 
     if engine not in ENGINES:
         raise SettingsError(f"--engine {engine!r} is unknown; use one of {', '.join(ENGINES)}.")
@@ -150,11 +149,7 @@ def steer(
         factor_values = factor_values or getattr(steerer, "factors", None) or list(AXBENCH_FACTORS)
         sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                                   top_p=top_p)
-        prompts = restrict_to_kept(read_split(data, config, "steering"), loaded)  # sae-filtered: kept concepts
-        if prompts.empty:
-            raise ValueError(f"no concept of the {loaded.method} dictionary passed its output-score filter "
-                             "(config output_score_filter); there is nothing to steer.")
-        result = run_steering(target, steerer, prompts, out, factors=factor_values,
+        result = run_steering(target, steerer, read_split(data, config, "steering"), out, factors=factor_values,
                               sampling=sampling, batch_size=batch_size, seed=seed, engine=engine)
     except (ValueError, FileNotFoundError) as error:
         raise _fail(error) from None

@@ -19,8 +19,7 @@ from axmethods.dictionary import SteeringDictionary
 from axmethods.distributed import is_main
 from axmethods.inference.latent import calibrate, latent_inference, write_latent_inference
 from axmethods.inference.sampling import SamplingConfig
-from axmethods.inference.steering import UnsteeredBaseline, run_steering
-from axmethods.output_score import restrict_to_kept
+from axmethods.inference.steering import UnsteeredBaseline, run_steering, steered_prompts
 from axmethods.registry import get_method
 from axmethods.results import ConceptResult, load_result
 
@@ -183,7 +182,7 @@ class SteeringStage(Stage):
         settings = ctx.config.inference
         target = ctx.target_model()
         prompts = run_dataset(ctx).split("steering")
-        steerers, kept_prompts = [], {}
+        steerers = []
         steered = steered_methods(ctx) if ctx.config.methods.steer is not None else None
         for artifact in load_artifacts(ctx):
             if steered is not None and get_method(artifact.method).name not in steered:
@@ -192,17 +191,17 @@ class SteeringStage(Stage):
             if not artifact.steers:
                 logger.info("%s is detection-only: skipped in the steering stage", artifact.method)
                 continue
-            kept_prompts[artifact.method] = restrict_to_kept(prompts, artifact)  # sae-filtered: its kept concepts
-            if kept_prompts[artifact.method].empty:
-                logger.warning("%s: no concept passed its output-score filter; nothing to steer", artifact.method)
+            steerer = artifact.steerer(kind=settings.intervention, positions=settings.positions)
+            if steered_prompts(prompts, steerer).empty:  # e.g. sae-filtered: no concept has an output feature
+                logger.warning("%s steers none of the run's concepts; nothing to steer", artifact.method)
                 continue
-            steerers.append(artifact.steerer(kind=settings.intervention, positions=settings.positions))
+            steerers.append(steerer)
         if settings.unsteered_baseline:
             steerers.append(UnsteeredBaseline())
         sampling = SamplingConfig(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
                                   top_k=settings.top_k, top_p=settings.top_p)
         frames = [
-            run_steering(target, steerer, kept_prompts.get(steerer.method, prompts),
+            run_steering(target, steerer, prompts,
                          ctx.run_dir.inference_dir / "steering" / f"{steerer.method}.parquet",
                          factors=getattr(steerer, "factors", None) or settings.factors, sampling=sampling,
                          batch_size=settings.steering_batch_size, engine=settings.engine,

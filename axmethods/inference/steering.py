@@ -56,8 +56,9 @@ PROVENANCE_KEY = b"axbench"
 class Steerer(Protocol):
     """How a method steers a batch: the instruction it templates and the hooks it installs.
 
-    Optional attributes: `factors` (the method's own factor grid, used instead of the run's) and
-    `batch_by_concept` (every batch holds one concept's rows, for steerers that swap weights in).
+    Optional attributes: `factors` (the method's own factor grid, used instead of the run's),
+    `batch_by_concept` (every batch holds one concept's rows, for steerers that swap weights in) and
+    `steered_concept_ids` (the concepts it steers, None for all: the others' rows are not generated).
     """
 
     method: str
@@ -88,6 +89,10 @@ class DictionarySteerer:
     @property
     def method(self) -> str:
         return self.dictionary.method
+
+    @property
+    def steered_concept_ids(self) -> frozenset[int] | None:
+        return self.dictionary.steered_concept_ids
 
     @property
     def factors(self) -> list[float] | None:
@@ -166,9 +171,29 @@ def row_seed(seed: int, concept_id: int, prompt_id: int, factor: float | None) -
     return int(digest, 16) % 2**63  # fits the int64 seed column
 
 
+def steered_prompts(steering_split: pd.DataFrame, steerer: Steerer) -> pd.DataFrame:
+    """The rows of the steering split whose concept `steerer` steers (all, unless it names `steered_concept_ids`)."""
+    steered = getattr(steerer, "steered_concept_ids", None)
+    if steered is None:
+        return steering_split
+    keep = steering_split["concept_id"].astype(int).isin(steered)
+    if not keep.all():
+        skipped = steering_split.loc[~keep, "concept_id"].nunique()
+        logger.info("%s: %d concept(s) of the steering split are detection-only in its dictionary and are not "
+                    "steered", steerer.method, skipped)
+    return steering_split[keep]
+
+
 def plan_rows(steering_split: pd.DataFrame, steerer: Steerer, target: TargetModel, factors: Sequence[float],
               seed: int) -> pd.DataFrame:
-    """One row per (concept, prompt, factor) — one per (concept, prompt) for a factor-free steerer."""
+    """One row per (concept, prompt, factor) of the concepts `steerer` steers — one per (concept, prompt) for a
+    factor-free steerer."""
+    kept = steered_prompts(steering_split, steerer)
+    if kept.empty and not steering_split.empty:
+        raise ValueError(f"the {steerer.method} dictionary steers none of the steering split's concepts (its "
+                         "unsteered_concept_ids, e.g. an output-score filter, cover them all); there is nothing to "
+                         "steer.")
+    steering_split = kept
     base = pd.DataFrame({
         "concept_id": steering_split["concept_id"].astype("int64").to_numpy(),
         "concept": steering_split["input_concept"].to_numpy(),

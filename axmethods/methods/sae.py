@@ -21,7 +21,7 @@ latent rows, which `latent.calibrate` converts back to JumpReLU units (max score
   the highest AUROC against their labels; all features of all concepts of a chunk in one pass.
 - SAE-filtered (Arad et al. 2025): SAE's features, each given its output score (`axmethods.output_score`);
   concepts whose feature scores below the paper's threshold (0.01) are kept for detection but not steered
-  (`config["output_score_filter"]` lists them; the report counts them and compares SAE on kept vs dropped).
+  (the dictionary's `unsteered_concept_ids`; the report counts them and compares SAE on kept vs dropped).
 """
 
 from __future__ import annotations
@@ -274,9 +274,9 @@ class SAE(Method):
 class SAEFiltered(SAE):
     """SAE whose concepts are steered only when their feature is an output feature (output score ≥ threshold).
 
-    Every concept keeps its row (detection is SAE's); the rows carry their output scores, and
-    `config["output_score_filter"]` names the dropped concepts, which steering skips
-    (`axmethods.output_score.restrict_to_kept`) and the report counts.
+    Every concept keeps its row (detection is SAE's); the rows carry their output scores, and the dropped concepts
+    are the dictionary's `unsteered_concept_ids`: steering skips them (`inference.steering.plan_rows`) and the
+    report counts them.
     """
 
     name = "sae-filtered"
@@ -292,12 +292,9 @@ class SAEFiltered(SAE):
         dropped = [c for c, kept in zip(dictionary.concept_ids, keep.tolist()) if not kept]
         logger.info("%s: %d of %d concepts have an output feature (score ≥ %g)", self.name, int(keep.sum()),
                     len(keep), self.config.output_score_threshold)
-        config = {**dictionary.config, "output_score_filter": {
-            "threshold": self.config.output_score_threshold, "kept": int(keep.sum()), "of": len(keep),
-            "dropped": dropped}}
         info = settings.info(scale=f"amplification × max SAE activation at the last token = {scale:.6g}",
-                             threshold=self.config.output_score_threshold)
-        return dataclasses.replace(dictionary, config=config).with_output_scores(scores, info)
+                             threshold=self.config.output_score_threshold, kept=int(keep.sum()), of=len(keep))
+        return dataclasses.replace(dictionary, unsteered_concept_ids=tuple(dropped)).with_output_scores(scores, info)
 
 
 class SAEA(SAE):
