@@ -9,12 +9,10 @@ The toolkit's own path end to end: import (axdata) â†’ fit (axmethods.methods) â
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-from pathlib import Path
 
-from axdata.builders import read_concepts, read_split
-from axdata.builders.axbench_import import import_axbench
+from concept10_data import load_concept10
+
 from axeval.detection import concept_detection, summarize_detection
 from axmethods.activations import ActivationCollector, resolve_dtype
 from axmethods.inference.latent import latent_inference
@@ -22,7 +20,6 @@ from axmethods.methods.base import ActivationMethod
 from axmethods.models import load_target_model
 from axmethods.registry import get_method
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "axbench" / "concept10"
 DEFAULT_METHODS = ["diffmean", "pca", "lat", "probe", "bow", "reft-r1", "ssv"]
 
 
@@ -36,15 +33,10 @@ def main() -> None:
     parser.add_argument("--lm-epochs", type=int, default=1, help="Epochs of the LM-trained methods (paper: 3).")
     args = parser.parse_args()
 
-    source = SHARED / args.setting
-    if not source.is_dir():
-        raise SystemExit(f"{source} not found: this benchmark needs the shared AxBench data beside the repo.")
-    work = Path(tempfile.mkdtemp(prefix="concept10-"))
-    import_axbench(source, work, "c10")
-    concepts = read_concepts(work, "c10")[: args.concepts]
+    data = load_concept10(args.setting)
+    concepts = data.concepts[: args.concepts]
     ids = {c.concept_id for c in concepts}
-    train = read_split(work, "c10", "train")
-    latent = read_split(work, "c10", "latent")
+    train, latent = data.train, data.latent
     latent = latent[latent["concept_id"].isin(ids)].reset_index(drop=True)
 
     target = load_target_model("smollm2-135m-instruct", device="cpu", dtype="float32")

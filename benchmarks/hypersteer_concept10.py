@@ -18,17 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from contextlib import nullcontext
 from importlib import resources
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from concept10_data import load_concept10
 
-from axdata.builders import read_concepts, read_split
-from axdata.builders.axbench_import import import_axbench
 from axeval.lexical import concept_signatures, lexical_score
 from axmethods.inference.latent import calibrate, latent_inference
 from axmethods.inference.sampling import SamplingConfig, sample
@@ -37,7 +34,6 @@ from axmethods.models import load_target_model
 from axmethods.registry import get_method
 from axmethods.trainers.hypersteer import HyperSteerConfig, train_hypersteer
 
-SOURCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "axbench" / "concept10" / "prod_2b_l20_v1"
 HYPERSTEER_FACTORS = (0.6, 1.2, 1.8)  # a subset of the grid 0.0..1.8, for CPU time
 DIFFMEAN_FACTORS = (2.0, 4.0, 8.0)  # × the concept's calibration (max latent activation)
 
@@ -56,13 +52,9 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=6, help="Evaluation instructions (half select, half report).")
     parser.add_argument("--max-new-tokens", type=int, default=24)
     args = parser.parse_args()
-    if not SOURCE.is_dir():
-        raise SystemExit(f"Concept10 not found at {SOURCE}; this benchmark needs the shared data checkout.")
-
-    data = Path(tempfile.mkdtemp(prefix="hypersteer-bench-"))
-    import_axbench(SOURCE, data, "c10")
-    concepts = read_concepts(data, "c10")
-    train = read_split(data, "c10", "train").groupby(["concept_id", "category", "concept_genre"], group_keys=False).head(
+    data = load_concept10()
+    concepts = data.concepts
+    train = data.train.groupby(["concept_id", "category", "concept_genre"], group_keys=False).head(
         args.examples)
     held_out = [int(x) for x in args.held_out.split(",")]
     target = load_target_model("smollm2-135m-instruct", device="cpu", dtype="auto")
@@ -82,7 +74,7 @@ def main() -> None:
     spec = get_method("diffmean")
     diffmean = spec.train(target, lambda split: train if split == "train" else None, concepts, args.layer,
                           spec.settings({"max_length": 96}))
-    latent = read_split(data, "c10", "latent")
+    latent = data.latent
     latent = latent.groupby("concept_id", group_keys=False).head(12)
     diffmean = calibrate(diffmean, latent_inference(target, [diffmean], latent, progress=False))
     diffmean_seconds = time.perf_counter() - started

@@ -17,14 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from concept10_data import load_concept10
 
-from axdata.builders import read_concepts, read_split
-from axdata.builders.axbench_import import import_axbench
 from axdata.llm import LLMConfig, open_llm
 from axeval.judge import Judge, JudgeConfig
 from axeval.judge_templates import CRITERIA
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "axbench" / "concept10" / "prod_2b_l20_v1"
 
 
 def main() -> None:
@@ -33,12 +30,9 @@ def main() -> None:
     parser.add_argument("--reason-max-chars", type=int, default=160)
     parser.add_argument("--max-tokens", type=int, default=128)
     args = parser.parse_args()
-    if not SHARED.is_dir():
-        raise SystemExit(f"{SHARED} not found: this script needs the shared AxBench Concept10 data.")
-    with tempfile.TemporaryDirectory() as tmp:
-        import_axbench(SHARED, tmp, "c10")
-        latent = read_split(tmp, "c10", "latent")
-        described = {concept.concept_id: concept.concept for concept in read_concepts(tmp, "c10")}
+    data = load_concept10()
+    latent = data.latent
+    described = {concept.concept_id: concept.concept for concept in data.concepts}
     rows = latent.sample(n=args.rows, random_state=0).reset_index(drop=True)
     generations = pd.DataFrame({"concept_id": rows["concept_id"], "concept": rows["concept_id"].map(described),
                                 "instruction": rows["input"], "generation": rows["output"].str.slice(0, 600)})

@@ -12,21 +12,17 @@ score and the row's logit-lens tokens, the scores at several amplifications, and
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+from concept10_data import load_concept10
 
-from axdata.builders import read_concepts, read_split
-from axdata.builders.axbench_import import import_axbench
 from axmethods.dictionary import SteeringDictionary
 from axmethods.inference.latent import calibrate, latent_inference
 from axmethods.models import load_target_model
 from axmethods.output_score import THRESHOLD, OutputScoreSettings, logit_lens_tokens, output_scores
 from axmethods.registry import get_method
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "axbench" / "concept10"
 
 
 def main() -> None:
@@ -38,14 +34,9 @@ def main() -> None:
     parser.add_argument("--amplifications", default="2,5,10,20")
     parser.add_argument("--dictionary", type=Path, help="reuse (or, if absent, save) the calibrated DiffMean here")
     args = parser.parse_args()
-    source = SHARED / args.setting
-    if not source.is_dir():
-        raise SystemExit(f"{source} not found: this script needs the shared AxBench Concept10 data.")
+    data = load_concept10(args.setting)
+    concepts, train, latent = data.concepts, data.train, data.latent
     target = load_target_model("smollm2-135m-instruct", device="cpu", dtype="float32")
-    with tempfile.TemporaryDirectory() as tmp:
-        import_axbench(source, tmp, "c10")
-        concepts, train = read_concepts(tmp, "c10"), read_split(tmp, "c10", "train")
-        latent = read_split(tmp, "c10", "latent")
     if args.dictionary is not None and args.dictionary.is_dir():
         diffmean = SteeringDictionary.load(args.dictionary, expect_model=target)
     else:

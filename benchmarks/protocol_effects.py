@@ -13,22 +13,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from concept10_data import load_concept10
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from axdata.builders import read_concepts, read_split
-from axdata.builders.axbench_import import import_axbench
 from axeval.detection import concept_detection
 from axmethods.activations import ActivationCollector, resolve_dtype
 from axmethods.inference.latent import latent_inference
 from axmethods.models import load_target_model
 from axmethods.registry import get_method
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "axbench" / "concept10"
 
 
 def before(rows: pd.DataFrame) -> pd.DataFrame:
@@ -68,14 +63,9 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=96)
     parser.add_argument("--methods", default="diffmean,pca,lat,probe")
     args = parser.parse_args()
-    source = SHARED / args.setting
-    if not source.is_dir():
-        raise SystemExit(f"{source} not found: this script needs the shared AxBench Concept10 data.")
+    data = load_concept10(args.setting)
+    concepts, train, latent = data.concepts, data.train, data.latent
     target = load_target_model("smollm2-135m-instruct", device="cpu", dtype="float32")
-    with tempfile.TemporaryDirectory() as tmp:
-        import_axbench(source, tmp, "c10")
-        concepts, train = read_concepts(tmp, "c10"), read_split(tmp, "c10", "train")
-        latent = read_split(tmp, "c10", "latent")
     collector = ActivationCollector(target, args.layer, dtype=resolve_dtype("auto", target),
                                     max_length=args.max_length, keep_all=True)
     dictionaries = [get_method(name).load()({"max_length": args.max_length}).fit(target, train, concepts, args.layer,
