@@ -190,7 +190,11 @@ def winrate(selected: pd.DataFrame, baseline: str, tie_tolerance: float = TIE_TO
             f"winrate: baseline method {baseline!r} is not among the methods {sorted(set(selected['method']))}; "
             "pick one of them."
         )
-    pivot = selected.pivot_table(index="concept_id", columns="method", values="score", aggfunc="first")
+    # dropna=False keeps a method whose every score is undefined (e.g. all its ratings excluded): its winrate is NaN.
+    pivot = selected.pivot_table(index="concept_id", columns="method", values="score", aggfunc="first", dropna=False)
+    if pivot[baseline].isna().all():
+        logger.warning("winrate: the baseline %r has no defined steering score on any concept (its ratings were all "
+                       "excluded or undefined); every winrate is undefined", baseline)
     records = []
     for method in pivot.columns:
         delta = (pivot[method] - pivot[baseline]).dropna().to_numpy()

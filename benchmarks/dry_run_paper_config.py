@@ -8,11 +8,13 @@ The model: a config.json with the real Gemma-2 values (`--shape gemma-2-2b`: voc
 hidden 2304, ...; `gemma-2-9b`: 42 layers, hidden 3584; `tiny`: the same architecture at hidden 64, 2 layers, for
 tests), weights drawn at random and saved once under `--work`. No Gemma tokenizer is available offline, so the
 tokenizer is the tests' byte-level BPE with Gemma's chat template and special tokens at Gemma's ids (pad 0,
-eos 1, bos 2; `tests/fixtures_models.py`): its ids (< 512) index the real-size embedding, so every tensor
-has the paper shape except that texts cost more tokens per word.
+eos 1, bos 2; `tests/fixtures_models.py`), its vocabulary filled up to the model's with filler words (so what the
+random model samples decodes to text): every tensor has the paper shape except that texts cost more tokens per
+word.
 
 Each stage runs in a fresh process (`run_pipeline` up to that stage; earlier stages are current and skipped), so
-its peak resident set (VmHWM) is that stage's own, model load included.
+its peak resident set (VmHWM) is that stage's own, model load included; `--in-process` runs them all in one process
+(faster, for tests; the peak is then the run's).
 
     .venv/bin/python benchmarks/dry_run_paper_config.py configs/paper/2b-l20.yaml          # ~10 GB disk, long
     .venv/bin/python benchmarks/dry_run_paper_config.py configs/paper/2b-l20.yaml --shape tiny   # seconds
@@ -83,6 +85,7 @@ def peak_mib() -> float:
 def build_model(directory: Path, shape: str) -> Path:
     """config.json of `shape`, random bf16 weights, the Gemma-format test tokenizer; reused when present."""
     if (directory / "config.json").exists() and any(directory.glob("*.safetensors")):
+        cover_vocabulary(directory, SHAPES[shape]["vocab_size"])
         return directory
     import torch
     from fixtures_models import build_tiny_model
@@ -95,9 +98,34 @@ def build_model(directory: Path, shape: str) -> Path:
                                                                                     "torch_dtype")})
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    # A random model with tied embeddings echoes its last input token under greedy decoding, and every chat prompt
+    # ends in "\n": its greedy answers (AxBench's shared negatives) would be blank and the data stage would have
+    # no negatives, unlike a real model's. A zero "\n" row removes the echo; every other weight stays random.
+    from transformers import AutoTokenizer
+
+    newline = AutoTokenizer.from_pretrained(directory)("\n", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        model.get_input_embeddings().weight[newline] = 0
     model.generation_config.pad_token_id = 0
     model.save_pretrained(directory)
+    cover_vocabulary(directory, config.vocab_size)
     return directory
+
+
+def cover_vocabulary(directory: Path, vocab_size: int) -> None:
+    """Give every model id a token: the test tokenizer has ~500, and a random model samples any of the 256,000 ids,
+    which would decode to empty texts (no negatives, no preference pairs: a data stage unlike a real model's).
+    Filler words " w<i>" (plain added tokens, as Gemma's <unused…> fill its vocabulary) make every sample a word."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    if len(tokenizer) >= vocab_size:
+        return
+    from tokenizers import AddedToken
+
+    tokenizer.add_tokens([AddedToken(f" w{i}", normalized=False, special=False)
+                          for i in range(len(tokenizer), vocab_size)])
+    tokenizer.save_pretrained(directory)
 
 
 def overrides(config_path: Path, model_dir: Path, work: Path, shape: str) -> list[str]:
@@ -135,6 +163,44 @@ def run_stage(config_path: Path, sets: list[str], upto: str) -> dict[str, Any]:
             "stage_seconds": round(last.seconds, 1), "peak_mib": round(peak_mib()), "line": last.line}
 
 
+def dry_run(config_path: Path, shape: str, work: Path, *, stages: list[str] | tuple[str, ...] = STAGE_NAMES,
+            extra: list[str] | tuple[str, ...] = (), in_process: bool = False) -> list[dict[str, Any]]:
+    """Build (or reuse) the model, then run `stages` in order; one figures record per step.
+
+    Each stage runs in a fresh process (its own peak RSS) unless `in_process`: then every stage runs here, which
+    saves a process start and model load per stage, and `peak_mib` is the peak so far (tests use it).
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    model_dir = work / f"model-{shape}"
+    me = [sys.executable, __file__, str(config_path), "--shape", shape]
+    results = []
+    if in_process:
+        t0 = time.perf_counter()
+        build_model(model_dir, shape)
+        results.append({"stage": "build", "seconds": round(time.perf_counter() - t0, 1), "peak_mib": round(peak_mib())})
+    else:
+        build = subprocess.run([*me, "--build", str(model_dir)], check=True, capture_output=True, text=True)
+        results.append(json.loads(build.stdout.strip().splitlines()[-1]))
+    print(f"model {model_dir}: {results[-1]}", flush=True)
+    sets = overrides(config_path, model_dir, work, shape) + list(extra)
+    print("overrides:", " ".join(f"--set {s}" for s in sets), flush=True)
+    for name in [name for name in STAGE_NAMES if name in set(stages)]:
+        if in_process:
+            results.append(run_stage(config_path, sets, name))
+        else:
+            done = subprocess.run([*me, "--stage", name, "--sets-json", json.dumps(sets)], capture_output=True,
+                                  text=True)
+            if done.returncode != 0:
+                print(done.stdout[-3000:], done.stderr[-6000:], sep="\n")
+                raise SystemExit(f"stage {name} failed (exit {done.returncode})")
+            results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        r = results[-1]
+        print(f"  {name:9s} {r['status']:7s} {r['stage_seconds']:7.1f} s  peak {r['peak_mib']:6d} MiB  {r['line']}",
+              flush=True)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", type=Path)
@@ -143,6 +209,8 @@ def main() -> None:
     parser.add_argument("--stages", nargs="+", default=list(STAGE_NAMES), help="stop after these (in order)")
     parser.add_argument("--set", dest="extra", action="append", default=[], help="one more override")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run every stage in this process (faster; the peak RSS is then the run's, not a stage's)")
     parser.add_argument("--stage", help=argparse.SUPPRESS)  # internal: one stage in this process
     parser.add_argument("--sets-json", help=argparse.SUPPRESS)
     parser.add_argument("--build", type=Path, help=argparse.SUPPRESS)
@@ -155,36 +223,17 @@ def main() -> None:
     if args.stage:
         print(json.dumps(run_stage(args.config, json.loads(args.sets_json), args.stage)))
         return
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    model_dir = args.work / f"model-{args.shape}"
-    me = [sys.executable, __file__, str(args.config), "--shape", args.shape]
-    results = []
-    build = subprocess.run([*me, "--build", str(model_dir)], check=True, capture_output=True, text=True)
-    results.append(json.loads(build.stdout.strip().splitlines()[-1]))
-    print(f"model {model_dir}: {results[-1]}", flush=True)
-    sets = overrides(args.config, model_dir, args.work, args.shape) + args.extra
-    print("overrides:", " ".join(f"--set {s}" for s in sets), flush=True)
-    stages = [name for name in STAGE_NAMES if name in set(args.stages)]
-    for name in stages:
-        done = subprocess.run([*me, "--stage", name, "--sets-json", json.dumps(sets)], capture_output=True, text=True)
-        if done.returncode != 0:
-            print(done.stdout[-3000:], done.stderr[-6000:], sep="\n")
-            raise SystemExit(f"stage {name} failed (exit {done.returncode})")
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        r = results[-1]
-        print(f"  {name:9s} {r['status']:7s} {r['stage_seconds']:7.1f} s  peak {r['peak_mib']:6d} MiB  {r['line']}",
-              flush=True)
+    results = dry_run(args.config, args.shape, args.work, stages=args.stages, extra=args.extra,
+                      in_process=args.in_process)
     print(f"\n{platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()}")
     print("| stage | time (s) | process peak RSS (MiB) | made |")
     print("|---|---:|---:|---|")
     for r in results:
         print(f"| {r['stage']} | {r.get('stage_seconds', r['seconds'])} | {r['peak_mib']} | {r.get('line', '')} |")
     if args.json:
+        sets = overrides(args.config, args.work / f"model-{args.shape}", args.work, args.shape) + args.extra
         args.json.write_text(json.dumps({"config": str(args.config), "shape": args.shape, "overrides": sets,
-                                         "results": results}, indent=1))
-
+                                         "in_process": args.in_process, "results": results}, indent=1))
 
 if __name__ == "__main__":
     main()

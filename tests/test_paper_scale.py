@@ -135,17 +135,33 @@ def test_dry_run_overrides_change_sizes_only(tmp_path):
 
 @pytest.mark.slow
 def test_dry_run_tiny_gemma2_every_stage(tmp_path):
-    """The dry-run script end to end at a tiny Gemma-2 shape: every stage of the 2B-L20 paper config completes."""
+    """The dry-run script end to end at a tiny Gemma-2 shape: every stage of the 2B-L20 paper config completes.
+
+    In one process and at one factor (half the generations to judge, the stage that takes the time): the shapes,
+    dtypes and stages are what this checks; the command line's fresh-process mode is the next test."""
+    dry_run = _script("dry_run_paper_config")
+    results = dry_run.dry_run(ROOT / "configs" / "paper" / "2b-l20.yaml", "tiny", tmp_path, in_process=True,
+                              extra=["inference.factors=[1.0]"])
+    assert [r["stage"] for r in results] == ["build", *dry_run_stages()]
+    assert all(r["status"] == "ran" for r in results[1:]), results
+    assert (tmp_path / "dry-run-paper-2b-l20" / "eval" / "report.md").is_file()
+
+
+def test_dry_run_command_runs_each_stage_in_a_fresh_process(tmp_path):
+    """The command as docs/benchmarks.md runs it (first stage only): build and stage each in their own process,
+    their figures written to --json."""
     import json
     import subprocess
 
     out = tmp_path / "figures.json"
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "dry_run_paper_config.py"),
-                    str(ROOT / "configs" / "paper" / "2b-l20.yaml"), "--shape", "tiny", "--work", str(tmp_path),
-                    "--json", str(out)], check=True, timeout=900)
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "dry_run_paper_config.py"),
+                           str(ROOT / "configs" / "paper" / "2b-l20.yaml"), "--shape", "tiny", "--work", str(tmp_path),
+                           "--stages", "model", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
     figures = json.loads(out.read_text())
-    assert [r["stage"] for r in figures["results"]] == ["build", *dry_run_stages()]
-    assert all(r["status"] == "ran" for r in figures["results"][1:])
+    assert [r["stage"] for r in figures["results"]] == ["build", "model"] and not figures["in_process"]
+    assert figures["results"][1]["status"] == "ran" and figures["results"][1]["peak_mib"] > 0
+    assert "| model |" in done.stdout
 
 
 def dry_run_stages() -> list[str]:

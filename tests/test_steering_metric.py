@@ -128,6 +128,10 @@ def test_winrate_counts_ties_as_half():
     assert rates.loc["SAE", "winrate"] == 0.5  # against itself: all ties
     with pytest.raises(ValueError, match="baseline method 'Nope'"):
         winrate(selected, "Nope")
+    # A baseline whose every score is undefined (all its ratings excluded): undefined winrates, not a crash.
+    undefined = selected.assign(score=np.where(selected["method"] == "SAE", np.nan, selected["score"]))
+    rates = winrate(undefined, "SAE").set_index("method")
+    assert set(rates.index) == {"A", "SAE"} and rates["winrate"].isna().all() and (rates["n_concepts"] == 0).all()
 
 
 def test_factor_curves_average_concepts_then_prompts():
