@@ -82,6 +82,13 @@ def peak_mib() -> float:
     return float("nan")
 
 
+def timed_build(directory: Path, shape: str) -> dict[str, Any]:
+    """`build_model`, as a figures record."""
+    t0 = time.perf_counter()
+    build_model(directory, shape)
+    return {"stage": "build", "seconds": round(time.perf_counter() - t0, 1), "peak_mib": round(peak_mib())}
+
+
 def build_model(directory: Path, shape: str) -> Path:
     """config.json of `shape`, random bf16 weights, the Gemma-format test tokenizer; reused when present."""
     if (directory / "config.json").exists() and any(directory.glob("*.safetensors")):
@@ -89,9 +96,10 @@ def build_model(directory: Path, shape: str) -> Path:
         return directory
     import torch
     from fixtures_models import build_tiny_model
-    from transformers import AutoModelForCausalLM, Gemma2Config
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma2Config
 
     build_tiny_model(directory, "gemma2")  # the tokenizer (and a tiny model, replaced below)
+    newline = AutoTokenizer.from_pretrained(directory)("\n", add_special_tokens=False)["input_ids"]
     for stale in directory.glob("*.safetensors"):
         stale.unlink()
     config = Gemma2Config(**{k: v for k, v in SHAPES[shape].items() if k not in ("architectures", "model_type",
@@ -101,9 +109,6 @@ def build_model(directory: Path, shape: str) -> Path:
     # A random model with tied embeddings echoes its last input token under greedy decoding, and every chat prompt
     # ends in "\n": its greedy answers (AxBench's shared negatives) would be blank and the data stage would have
     # no negatives, unlike a real model's. A zero "\n" row removes the echo; every other weight stays random.
-    from transformers import AutoTokenizer
-
-    newline = AutoTokenizer.from_pretrained(directory)("\n", add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         model.get_input_embeddings().weight[newline] = 0
     model.generation_config.pad_token_id = 0
@@ -164,8 +169,9 @@ def run_stage(config_path: Path, sets: list[str], upto: str) -> dict[str, Any]:
 
 
 def dry_run(config_path: Path, shape: str, work: Path, *, stages: list[str] | tuple[str, ...] = STAGE_NAMES,
-            extra: list[str] | tuple[str, ...] = (), in_process: bool = False) -> list[dict[str, Any]]:
-    """Build (or reuse) the model, then run `stages` in order; one figures record per step.
+            extra: list[str] | tuple[str, ...] = (), in_process: bool = False) -> dict[str, Any]:
+    """Build (or reuse) the model, then run `stages` in order: the overrides used and one figures record per step
+    (`results`).
 
     Each stage runs in a fresh process (its own peak RSS) unless `in_process`: then every stage runs here, which
     saves a process start and model load per stage, and `peak_mib` is the peak so far (tests use it).
@@ -176,9 +182,7 @@ def dry_run(config_path: Path, shape: str, work: Path, *, stages: list[str] | tu
     me = [sys.executable, __file__, str(config_path), "--shape", shape]
     results = []
     if in_process:
-        t0 = time.perf_counter()
-        build_model(model_dir, shape)
-        results.append({"stage": "build", "seconds": round(time.perf_counter() - t0, 1), "peak_mib": round(peak_mib())})
+        results.append(timed_build(model_dir, shape))
     else:
         build = subprocess.run([*me, "--build", str(model_dir)], check=True, capture_output=True, text=True)
         results.append(json.loads(build.stdout.strip().splitlines()[-1]))
@@ -198,7 +202,8 @@ def dry_run(config_path: Path, shape: str, work: Path, *, stages: list[str] | tu
         r = results[-1]
         print(f"  {name:9s} {r['status']:7s} {r['stage_seconds']:7.1f} s  peak {r['peak_mib']:6d} MiB  {r['line']}",
               flush=True)
-    return results
+    return {"config": str(config_path), "shape": shape, "overrides": sets, "in_process": in_process,
+            "results": results}
 
 
 def main() -> None:
@@ -216,24 +221,20 @@ def main() -> None:
     parser.add_argument("--build", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.build:
-        t0 = time.perf_counter()
-        build_model(args.build, args.shape)
-        print(json.dumps({"stage": "build", "seconds": round(time.perf_counter() - t0, 1), "peak_mib": round(peak_mib())}))
+        print(json.dumps(timed_build(args.build, args.shape)))
         return
     if args.stage:
         print(json.dumps(run_stage(args.config, json.loads(args.sets_json), args.stage)))
         return
-    results = dry_run(args.config, args.shape, args.work, stages=args.stages, extra=args.extra,
-                      in_process=args.in_process)
+    report = dry_run(args.config, args.shape, args.work, stages=args.stages, extra=args.extra,
+                     in_process=args.in_process)
     print(f"\n{platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()}")
     print("| stage | time (s) | process peak RSS (MiB) | made |")
     print("|---|---:|---:|---|")
-    for r in results:
+    for r in report["results"]:
         print(f"| {r['stage']} | {r.get('stage_seconds', r['seconds'])} | {r['peak_mib']} | {r.get('line', '')} |")
     if args.json:
-        sets = overrides(args.config, args.work / f"model-{args.shape}", args.work, args.shape) + args.extra
-        args.json.write_text(json.dumps({"config": str(args.config), "shape": args.shape, "overrides": sets,
-                                         "in_process": args.in_process, "results": results}, indent=1))
+        args.json.write_text(json.dumps(report, indent=1))
 
 if __name__ == "__main__":
     main()

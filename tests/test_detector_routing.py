@@ -254,6 +254,38 @@ def test_latent_stage_scores_every_method(fitted, tmp_path: Path, monkeypatch: p
     assert not (tmp_path / "dictionaries" / "bow").exists()
 
 
+def test_a_dictionary_that_cannot_be_calibrated_costs_only_its_own_steering(
+        fitted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A dictionary that never fires (seen: Probe on a random 2B-shape model) is not calibrated and not steered;
+    the other dictionaries' calibrations and the imbalance scores are still made, and both stages finish."""
+    import dataclasses
+
+    silent = dataclasses.replace(fitted.diffmean, method="probe", weight=torch.zeros_like(fitted.diffmean.weight))
+    ctx, dataset = _stage_context(tmp_path, fitted.target, {"latent": latent_frame(), "latent_imbalance": pool_frame()})
+    monkeypatch.setattr(stage_methods, "run_dataset", lambda ctx: dataset)
+    monkeypatch.setattr(stage_methods, "load_detectors", lambda ctx: [silent, fitted.diffmean])
+    with caplog.at_level(logging.WARNING, logger="axeval.stages.methods"):
+        summary = stage_methods.LatentStage().run(ctx)
+    assert list(summary["uncalibrated"]) == ["probe"] and "positive max activation" in summary["uncalibrated"]["probe"]
+    assert "probe is not calibrated and will not be steered" in caplog.text
+    assert "not calibrated, so not steered: probe" in stage_methods.LatentStage().describe(summary)
+    calibrated = SteeringDictionary.load(tmp_path / "dictionaries" / "diffmean")
+    assert calibrated.calibration is not None and not (tmp_path / "dictionaries" / "probe").exists()
+    assert set(pd.read_parquet(tmp_path / "inference" / "latent_imbalance.parquet")["method"]) == {"probe", "diffmean"}
+
+    prompts = pd.DataFrame([{"dataset_name": "AlpacaEval", "concept_id": c, "input_concept": CONCEPTS[c].concept,
+                             "input_id": 0, "original_prompt": "Tell me a story.", "half": "selection"}
+                            for c in (0, 1)])
+    ctx, dataset = _stage_context(tmp_path, fitted.target, prompts)
+    monkeypatch.setattr(stage_methods, "run_dataset", lambda ctx: dataset)
+    monkeypatch.setattr(stage_methods, "load_artifacts", lambda ctx: [silent, calibrated])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="axeval.stages.methods"):
+        summary = stage_methods.SteeringStage().run(ctx)
+    assert summary["per_method"] == {"diffmean": 2}
+    assert "probe has no calibration" in caplog.text
+
+
 # ----- CLI -----------------------------------------------------------------------------------------
 
 def _write_data(root: Path, configs: tuple[str, ...] = ("cfg",)) -> Path:

@@ -141,7 +141,7 @@ def test_dry_run_tiny_gemma2_every_stage(tmp_path):
     dtypes and stages are what this checks; the command line's fresh-process mode is the next test."""
     dry_run = _script("dry_run_paper_config")
     results = dry_run.dry_run(ROOT / "configs" / "paper" / "2b-l20.yaml", "tiny", tmp_path, in_process=True,
-                              extra=["inference.factors=[1.0]"])
+                              extra=["inference.factors=[1.0]"])["results"]
     assert [r["stage"] for r in results] == ["build", *dry_run_stages()]
     assert all(r["status"] == "ran" for r in results[1:]), results
     assert (tmp_path / "dry-run-paper-2b-l20" / "eval" / "report.md").is_file()

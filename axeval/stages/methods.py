@@ -21,7 +21,7 @@ from axmethods.inference.latent import calibrate, latent_inference, write_latent
 from axmethods.inference.sampling import SamplingConfig
 from axmethods.inference.steering import UnsteeredBaseline, run_steering, steered_prompts
 from axmethods.registry import get_method
-from axmethods.results import ConceptResult, load_result
+from axmethods.results import ConceptResult, DictionaryError, load_result
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,10 @@ class LatentStage(Stage):
         return [ctx.run_dir.inference_dir / "latent.parquet"]
 
     def describe(self, s: dict[str, Any]) -> str:
-        return f"{s['rows']} rows + {s['imbalance_rows']} imbalance rows scored by {', '.join(s['methods'])}"
+        line = f"{s['rows']} rows + {s['imbalance_rows']} imbalance rows scored by {', '.join(s['methods'])}"
+        if s.get("uncalibrated"):
+            line += f"; not calibrated, so not steered: {', '.join(s['uncalibrated'])}"
+        return line
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         dataset = run_dataset(ctx)
@@ -140,13 +143,23 @@ class LatentStage(Stage):
         scores = latent_inference(target, dictionaries, latent, batch_size=batch)
         _write(scores, ctx.run_dir.inference_dir / "latent.parquet")
         detectors = [d for d in dictionaries if d.detector]
+        uncalibrated: dict[str, str] = {}
         for dictionary in dictionaries:
             if isinstance(dictionary, SteeringDictionary):  # only residual read-outs calibrate a magnitude
-                calibrated = calibrate(dictionary, scores,
-                                       fallback=protocol.calibration_fallback(ctx.config.run.protocol))
+                try:
+                    calibrated = calibrate(dictionary, scores,
+                                           fallback=protocol.calibration_fallback(ctx.config.run.protocol))
+                except DictionaryError as error:
+                    # One degenerate dictionary (e.g. a probe that never fires) must not cost the run the other
+                    # methods' calibrations and the imbalance scores: it stays detection-only, said loudly.
+                    logger.warning("%s is not calibrated and will not be steered: %s", dictionary.method, error)
+                    uncalibrated[dictionary.method] = str(error)
+                    continue
                 if calibrated is not dictionary and is_main():
                     calibrated.save_pretrained(dictionary_dir(ctx, dictionary.method), datasets=[str(dataset.directory)])
         summary: dict[str, Any] = {"rows": len(scores), "methods": [d.method for d in detectors]}
+        if uncalibrated:
+            summary["uncalibrated"] = uncalibrated
         if any(scores.attrs.get("nan_scores", {}).values()):
             summary["nan_scores"] = scores.attrs["nan_scores"]
         if dataset.has_split("latent_imbalance"):
@@ -190,6 +203,10 @@ class SteeringStage(Stage):
                 continue
             if not artifact.steers:
                 logger.info("%s is detection-only: skipped in the steering stage", artifact.method)
+                continue
+            if isinstance(artifact, SteeringDictionary) and artifact.needs_calibration:
+                logger.warning("%s has no calibration (the latent stage could not calibrate it; see its warning): "
+                               "not steered", artifact.method)
                 continue
             steerer = artifact.steerer(kind=settings.intervention, positions=settings.positions)
             if steered_prompts(prompts, steerer).empty:  # e.g. sae-filtered: no concept has an output feature

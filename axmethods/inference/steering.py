@@ -176,12 +176,7 @@ def steered_prompts(steering_split: pd.DataFrame, steerer: Steerer) -> pd.DataFr
     steered = getattr(steerer, "steered_concept_ids", None)
     if steered is None:
         return steering_split
-    keep = steering_split["concept_id"].astype(int).isin(steered)
-    if not keep.all():
-        skipped = steering_split.loc[~keep, "concept_id"].nunique()
-        logger.info("%s: %d concept(s) of the steering split are detection-only in its dictionary and are not "
-                    "steered", steerer.method, skipped)
-    return steering_split[keep]
+    return steering_split[steering_split["concept_id"].astype(int).isin(steered)]
 
 
 def plan_rows(steering_split: pd.DataFrame, steerer: Steerer, target: TargetModel, factors: Sequence[float],
@@ -193,6 +188,10 @@ def plan_rows(steering_split: pd.DataFrame, steerer: Steerer, target: TargetMode
         raise ValueError(f"the {steerer.method} dictionary steers none of the steering split's concepts (its "
                          "unsteered_concept_ids, e.g. an output-score filter, cover them all); there is nothing to "
                          "steer.")
+    skipped = steering_split["concept_id"].nunique() - kept["concept_id"].nunique()
+    if skipped:  # logged here, once per steerer: callers may also filter with steered_prompts to check emptiness
+        logger.info("%s: %d concept(s) of the steering split are detection-only in its dictionary and are not "
+                    "steered", steerer.method, skipped)
     steering_split = kept
     base = pd.DataFrame({
         "concept_id": steering_split["concept_id"].astype("int64").to_numpy(),
