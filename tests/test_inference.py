@@ -291,6 +291,18 @@ def test_infer_cli_latent_calibrates_then_steers(tiny_llama_target, tiny_llama_d
     assert len(pd.read_parquet(tmp_path / "steer.parquet")) == len(steering_frame()) * 2
     result = runner.invoke(infer_app, ["steer", *common, "--out", str(tmp_path / "s.parquet"), "--factors", "a,b"])
     assert result.exit_code == 1 and "comma-separated" in result.output
+    # A dictionary that never fires cannot be calibrated: one clear message, the other dictionary is calibrated anyway.
+    silent = make_dictionary(tiny_llama_target, method="Probe")
+    silent.weight.zero_()
+    silent.save_pretrained(tmp_path / "silent")
+    make_dictionary(tiny_llama_target, seed=1).save_pretrained(tmp_path / "fresh")
+    result = runner.invoke(infer_app, ["latent", "--dictionary", str(tmp_path / "silent"), *common[:1],
+                                       str(tmp_path / "fresh"), *common[2:], "--out", str(tmp_path / "l2.parquet")])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output  # no traceback
+    assert "Not calibrated Probe" in result.output and "--calibration-fallback" in result.output
+    assert SteeringDictionary.load(tmp_path / "fresh").calibration is not None
+    assert SteeringDictionary.load(tmp_path / "silent").calibration is None
+    assert (tmp_path / "l2.parquet").is_file()
 
 
 def test_latent_inference_rejects_an_unknown_detector_and_skips_steering_only(tiny_llama_target) -> None:

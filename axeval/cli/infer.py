@@ -55,7 +55,7 @@ def latent(
     calibrate the residual dictionaries."""
     from axdata.builders import read_split, resolve_config
     from axdata.io import atomic_path
-    from axmethods.dictionary import WEIGHTS_FILE, SteeringDictionary
+    from axmethods.dictionary import WEIGHTS_FILE, DictionaryError, SteeringDictionary
     from axmethods.distributed import is_main
     from axmethods.inference.latent import calibrate as calibrate_dictionary
     from axmethods.inference.latent import latent_inference
@@ -85,10 +85,16 @@ def latent(
         if count:
             typer.echo(f"{method}: {count} scores are NaN (answers without a parsable rating)", err=True)
     if mode == "latent" and calibrate:
+        failed = []
         for source, loaded in zip(dictionary, loaded_all):
             if not isinstance(loaded, SteeringDictionary):
                 continue  # only residual-stream dictionaries steer with a calibrated magnitude
-            calibrated = calibrate_dictionary(loaded, scores, fallback=fallback)
+            try:
+                calibrated = calibrate_dictionary(loaded, scores, fallback=fallback)
+            except DictionaryError as error:  # this dictionary only: the others are still calibrated
+                typer.echo(f"Not calibrated {loaded.method} ({source}): {error}", err=True)
+                failed.append(loaded.method)
+                continue
             if calibrated is loaded:
                 continue  # its method sets the calibration (RePS family): nothing to write back
             if not Path(source).exists():
@@ -97,6 +103,9 @@ def latent(
             root = Path(source).parent if (Path(source) / WEIGHTS_FILE).is_file() else Path(source)
             calibrated.save_pretrained(root)
             typer.echo(f"Calibrated {loaded.method} in {source}")
+        if failed:
+            raise _fail(ValueError(f"{', '.join(failed)} could not be calibrated (above); the scores are written. "
+                                   "Pass --calibration-fallback <magnitude> to calibrate them anyway."))
 
 
 @infer_app.command("steer")
