@@ -173,13 +173,17 @@ class SteeringDictionary(ConceptResult):
         """This method's detection read-out applied to raw projections `h @ W.T + b`."""
         return ACTIVATIONS[self.activation](scores)
 
-    def steering_magnitudes(self, concept_ids: Sequence[int], factors: Sequence[float]) -> torch.Tensor:
-        """`factor × calibration` per row; refuses an uncalibrated dictionary instead of assuming 1.0."""
+    def require_calibration(self) -> None:
+        """Refuse to steer an uncalibrated dictionary instead of assuming a magnitude of 1.0."""
         if self.calibration is None:
             raise DictionaryError(
                 f"The {self.method} dictionary has no calibration (per-concept max activation). Run latent "
                 "inference first (`axbench infer latent`) or calibrate it explicitly."
             )
+
+    def steering_magnitudes(self, concept_ids: Sequence[int], factors: Sequence[float]) -> torch.Tensor:
+        """`factor × calibration` per row; refuses an uncalibrated dictionary instead of assuming 1.0."""
+        self.require_calibration()
         rows = self.rows(concept_ids)
         return torch.as_tensor(factors, dtype=torch.float32) * self.calibration[rows]
 

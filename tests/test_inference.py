@@ -303,6 +303,10 @@ def test_infer_cli_latent_calibrates_then_steers(tiny_llama_target, tiny_llama_d
     assert SteeringDictionary.load(tmp_path / "fresh").calibration is not None
     assert SteeringDictionary.load(tmp_path / "silent").calibration is None
     assert (tmp_path / "l2.parquet").is_file()
+    # Steering it is refused before any model loads (this model path does not exist).
+    result = runner.invoke(infer_app, ["steer", "--dictionary", str(tmp_path / "silent"), "--data", str(data),
+                                       "--model", str(tmp_path / "no-model"), "--out", str(tmp_path / "s2.parquet")])
+    assert result.exit_code == 1 and "has no calibration" in result.output, result.output
 
 
 def test_latent_inference_rejects_an_unknown_detector_and_skips_steering_only(tiny_llama_target) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -11,11 +13,15 @@ infer_app = typer.Typer(help="Run latent (detection) and steered inference.", no
 _DICTIONARY_HELP = "A dictionary directory (or Hub model repo id) written by `axbench train` / `dictionary pull`."
 
 
-def _load(dictionaries: list[str], layer: int | None, model: str | None, dtype: str, device: str):
+def _load(dictionaries: list[str], layer: int | None, model: str | None, dtype: str, device: str, *,
+          ready: Callable[[Any], None] | None = None):
+    """The results, then their target model; `ready(result)` may refuse a result before the model loads."""
     from axmethods.models import TargetModelConfig, load_target_model
     from axmethods.results import load_result
 
     loaded = [load_result(source, layer=layer) for source in dictionaries]
+    for result in loaded if ready else ():
+        ready(result)
     # The dictionary's base model at its recorded revision: an embedded model's dictionary loads it offline.
     spec = TargetModelConfig(model=model) if model else \
         TargetModelConfig(model=loaded[0].base_model, revision=loaded[0].base_model_revision)
@@ -23,6 +29,16 @@ def _load(dictionaries: list[str], layer: int | None, model: str | None, dtype: 
     for result in loaded:
         result.check_model(target)
     return loaded, target
+
+
+def _can_steer(result: Any, kind: str, positions: str) -> None:
+    """Refuse a detection-only result (BoW, prompt detection), an intervention it lacks or an uncalibrated
+    dictionary before a model loads."""
+    from axmethods.dictionary import SteeringDictionary
+
+    result.steerer(kind=kind, positions=positions)
+    if isinstance(result, SteeringDictionary):
+        result.require_calibration()
 
 
 def _fail(error: Exception) -> typer.Exit:
@@ -152,8 +168,8 @@ def steer(
         raise _fail(ValueError(f"--factors {factors!r} is not a comma-separated list of numbers (e.g. 0.5,1,2)")) from None
     try:
         config = resolve_config(data, config)
-        (loaded,), target = _load([dictionary], layer, model, dtype, device)
-        # Detection-only results (BoW, prompt detection) refuse with a clear message.
+        (loaded,), target = _load([dictionary], layer, model, dtype, device,
+                                    ready=lambda result: _can_steer(result, intervention, positions))
         steerer = loaded.steerer(kind=intervention, positions=positions)
         factor_values = factor_values or getattr(steerer, "factors", None) or list(AXBENCH_FACTORS)
         sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
