@@ -3,7 +3,8 @@
 A one-process run (in this process) and a two-process run (torchrun) of `train` (a closed-form and a
 Trainer-trained method), `infer latent`, `infer steer` and a small `axbench run` give the same files:
 identical steering generations and latent token columns, scores and weights within float tolerance
-(measured: see docs/benchmarks.md "Many processes"). Rank 1 writes nothing; a killed run resumes.
+(measured: see docs/benchmarks.md "Many processes"). Rank 1 writes nothing; a run whose processes are SIGKILLed
+resumes.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +40,13 @@ def test_one_process_helpers_are_the_identity():
     assert unshard([[0, 2, 4], [1, 3]]) == [0, 1, 2, 3, 4]
 
 
+def _torchrun_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
 def torchrun(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     command = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", *args]
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(command, cwd=cwd, env=_torchrun_env(), capture_output=True, text=True, timeout=timeout)
     ours = "\n".join(line for line in result.stderr.splitlines() if "axbench" in line or "Error" in line)
     assert result.returncode == 0, result.stdout[-3000:] + ours[-6000:]
     return result
@@ -184,15 +190,32 @@ def test_run_under_torchrun_matches_one_process_and_resumes(one_process, two_pro
     assert not list(two.rglob("*.parts")) and not list(two.rglob(".*.tmp"))
     assert not (two / ".axbench.lock.owner").exists()
 
-    # Killed after training: the stamps of the later stages are gone; a new launch resumes from there.
+    # SIGKILL a launch (torchrun and both workers) inside the stages after `latent`, then launch again: it resumes
+    # and ends with the files of the uninterrupted runs.
     for stage in ("latent", "steering", "judge", "report"):
         (two / "stages" / f"{stage}.json").unlink()
     shutil.rmtree(two / "eval")
+    (two / "inference" / "steering.parquet").unlink()
+    launch = subprocess.Popen([str(TORCHRUN), "--standalone", "--nproc_per_node", "2", str(AXBENCH), "run",
+                               str(two_path)], cwd=root, env=_torchrun_env(), start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not (two / "stages" / "latent.json").exists() and launch.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert launch.poll() is None, "the launch ended before its latent stage did"
+    time.sleep(0.3)  # inside steering or the judge (a kill anywhere must be harmless)
+    os.killpg(launch.pid, signal.SIGKILL)
+    launch.wait()
+    assert not (two / "stages" / "report.json").exists(), "the launch finished before the kill"
     again = torchrun(str(AXBENCH), "run", str(two_path), cwd=root)  # the real entry point this time
     for process in ("process 1 of 2", "process 2 of 2"):
         assert again.stderr.count(process) == 1, again.stderr[-3000:]
-    assert again.stdout.count("skipped") >= 4  # model, llm, data, train
-    assert (two / "eval" / "report.md").exists()
+    assert again.stdout.count("skipped") >= 5  # model, llm, data, train, latent
+    a, b = (pd.read_parquet(run / "inference" / "steering.parquet") for run in (one, two))
+    _same_frames(a, b, float_columns=tuple(c for c in a.columns if c in steering))
+    a, b = (json.loads((run / "eval" / "leaderboard.json").read_text()) for run in (one, two))
+    assert a["methods"] == b["methods"]
+    assert not list(two.rglob("*.parts")) and not list(two.rglob(".*.tmp"))
 
 
 class _Failing:
