@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import time
 from pathlib import Path
 
 import pytest
@@ -145,7 +146,11 @@ def test_readme_paths_run_as_written(tmp_path, hub_env, monkeypatch):
     work = tmp_path / "work"
     work.mkdir()
     (tmp_path / "shared").symlink_to(SHARED)  # the README runs from a checkout with ../shared beside it
-    outputs = {item: _run(item, work, monkeypatch) for item in RUN_IN_WORK}
+    outputs = {}
+    for item in RUN_IN_WORK:  # each command's time is printed (pytest -s) for whoever trims this test
+        started = time.perf_counter()
+        outputs[item] = _run(item, work, monkeypatch)
+        print(f"{time.perf_counter() - started:7.1f} s  {item.splitlines()[0][:100]}")
     for item in RUN_IN_ROOT:
         _run(item, ROOT, monkeypatch)
 
