@@ -99,7 +99,8 @@ def build_model(directory: Path, shape: str) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma2Config
 
     build_tiny_model(directory, "gemma2")  # the tokenizer (and a tiny model, replaced below)
-    newline = AutoTokenizer.from_pretrained(directory)("\n", add_special_tokens=False)["input_ids"]
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
     for stale in directory.glob("*.safetensors"):
         stale.unlink()
     config = Gemma2Config(**{k: v for k, v in SHAPES[shape].items() if k not in ("architectures", "model_type",
@@ -113,17 +114,17 @@ def build_model(directory: Path, shape: str) -> Path:
         model.get_input_embeddings().weight[newline] = 0
     model.generation_config.pad_token_id = 0
     model.save_pretrained(directory)
-    cover_vocabulary(directory, config.vocab_size)
+    cover_vocabulary(directory, config.vocab_size, tokenizer)
     return directory
 
 
-def cover_vocabulary(directory: Path, vocab_size: int) -> None:
+def cover_vocabulary(directory: Path, vocab_size: int, tokenizer: Any = None) -> None:
     """Give every model id a token: the test tokenizer has ~500, and a random model samples any of the 256,000 ids,
     which would decode to empty texts (no negatives, no preference pairs: a data stage unlike a real model's).
     Filler words " w<i>" (plain added tokens, as Gemma's <unused…> fill its vocabulary) make every sample a word."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(directory)
+    tokenizer = tokenizer or AutoTokenizer.from_pretrained(directory)
     if len(tokenizer) >= vocab_size:
         return
     from tokenizers import AddedToken
