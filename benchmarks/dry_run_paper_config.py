@@ -237,5 +237,6 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
 
+
 if __name__ == "__main__":
     main()

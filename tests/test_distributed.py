@@ -40,13 +40,15 @@ def test_one_process_helpers_are_the_identity():
     assert unshard([[0, 2, 4], [1, 3]]) == [0, 1, 2, 3, 4]
 
 
-def _torchrun_env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+def torchrun_launch(*args: str) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of a 2-process CPU launch of `args`."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", *args], env
 
 
 def torchrun(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    command = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", *args]
-    result = subprocess.run(command, cwd=cwd, env=_torchrun_env(), capture_output=True, text=True, timeout=timeout)
+    command, env = torchrun_launch(*args)
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     ours = "\n".join(line for line in result.stderr.splitlines() if "axbench" in line or "Error" in line)
     assert result.returncode == 0, result.stdout[-3000:] + ours[-6000:]
     return result
@@ -196,9 +198,9 @@ def test_run_under_torchrun_matches_one_process_and_resumes(one_process, two_pro
         (two / "stages" / f"{stage}.json").unlink()
     shutil.rmtree(two / "eval")
     (two / "inference" / "steering.parquet").unlink()
-    launch = subprocess.Popen([str(TORCHRUN), "--standalone", "--nproc_per_node", "2", str(AXBENCH), "run",
-                               str(two_path)], cwd=root, env=_torchrun_env(), start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command, env = torchrun_launch(str(AXBENCH), "run", str(two_path))
+    launch = subprocess.Popen(command, cwd=root, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while not (two / "stages" / "latent.json").exists() and launch.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,32 +12,23 @@ infer_app = typer.Typer(help="Run latent (detection) and steered inference.", no
 _DICTIONARY_HELP = "A dictionary directory (or Hub model repo id) written by `axbench train` / `dictionary pull`."
 
 
-def _load(dictionaries: list[str], layer: int | None, model: str | None, dtype: str, device: str, *,
-          ready: Callable[[Any], None] | None = None):
-    """The results, then their target model; `ready(result)` may refuse a result before the model loads."""
-    from axmethods.models import TargetModelConfig, load_target_model
+def _load_results(dictionaries: list[str], layer: int | None) -> list[Any]:
     from axmethods.results import load_result
 
-    loaded = [load_result(source, layer=layer) for source in dictionaries]
-    for result in loaded if ready else ():
-        ready(result)
+    return [load_result(source, layer=layer) for source in dictionaries]
+
+
+def _load_target(loaded: list[Any], model: str | None, dtype: str, device: str) -> Any:
+    """The target model of `loaded` (checked against each of them)."""
+    from axmethods.models import TargetModelConfig, load_target_model
+
     # The dictionary's base model at its recorded revision: an embedded model's dictionary loads it offline.
     spec = TargetModelConfig(model=model) if model else \
         TargetModelConfig(model=loaded[0].base_model, revision=loaded[0].base_model_revision)
     target = load_target_model(spec, dtype=dtype, device=device)
     for result in loaded:
         result.check_model(target)
-    return loaded, target
-
-
-def _can_steer(result: Any, kind: str, positions: str) -> None:
-    """Refuse a detection-only result (BoW, prompt detection), an intervention it lacks or an uncalibrated
-    dictionary before a model loads."""
-    from axmethods.dictionary import SteeringDictionary
-
-    result.steerer(kind=kind, positions=positions)
-    if isinstance(result, SteeringDictionary):
-        result.require_calibration()
+    return target
 
 
 def _fail(error: Exception) -> typer.Exit:
@@ -78,7 +68,7 @@ def latent(
 
     try:
         config = resolve_config(data, config)
-        loaded_all, target = _load(dictionary, layer, model, dtype, device)
+        loaded_all = _load_results(dictionary, layer)
         dictionaries = [d for d in loaded_all if d.detector]
         for skipped in loaded_all:
             if not skipped.detector:
@@ -86,6 +76,7 @@ def latent(
         if not dictionaries:
             raise ValueError("none of --dictionary detects; latent inference needs a detector (a dictionary, BoW "
                              "or prompt detection).")
+        target = _load_target(loaded_all, model, dtype, device)
         latent_split = read_split(data, config, "latent")
         pool = read_split(data, config, "latent_imbalance") if mode == "latent_imbalance" else None
         scores = latent_inference(target, dictionaries, latent_split, mode=mode, imbalance_pool=pool,
@@ -155,6 +146,7 @@ def steer(
     """Generate a steered answer for every (concept, prompt, factor) row of the steering split."""
     from axdata.builders import read_split, resolve_config
     from axdata.settings import SettingsError
+    from axmethods.dictionary import SteeringDictionary
     from axmethods.distributed import is_main
     from axmethods.factors import AXBENCH_FACTORS
     from axmethods.inference.sampling import ENGINES, SamplingConfig
@@ -168,9 +160,13 @@ def steer(
         raise _fail(ValueError(f"--factors {factors!r} is not a comma-separated list of numbers (e.g. 0.5,1,2)")) from None
     try:
         config = resolve_config(data, config)
-        (loaded,), target = _load([dictionary], layer, model, dtype, device,
-                                    ready=lambda result: _can_steer(result, intervention, positions))
+        (loaded,) = _load_results([dictionary], layer)
+        # Refused before the model loads: a detection-only result (BoW, prompt detection), an intervention it
+        # lacks, an uncalibrated dictionary.
         steerer = loaded.steerer(kind=intervention, positions=positions)
+        if isinstance(loaded, SteeringDictionary):
+            loaded.require_calibration()
+        target = _load_target([loaded], model, dtype, device)
         factor_values = factor_values or getattr(steerer, "factors", None) or list(AXBENCH_FACTORS)
         sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                                   top_p=top_p)
