@@ -42,7 +42,7 @@ os.environ.update({
     "TOKENIZERS_PARALLELISM": "false",
 })
 
-pytest_plugins = ["fixtures_llm", "fixtures_models", "fixtures_hub"]
+pytest_plugins = ["fixtures_llm", "fixtures_models", "fixtures_hub", "fixtures_runs"]
 
 
 @pytest.fixture(scope="session")

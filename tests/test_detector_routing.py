@@ -240,7 +240,7 @@ def test_steering_stage_skips_detection_only_dictionaries(fitted, tmp_path: Path
 def test_latent_stage_scores_every_method(fitted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ctx, dataset = _stage_context(tmp_path, fitted.target, {"latent": latent_frame(), "latent_imbalance": pool_frame()})
     monkeypatch.setattr(stage_methods, "run_dataset", lambda ctx: dataset)
-    monkeypatch.setattr(stage_methods, "load_detectors",
+    monkeypatch.setattr(stage_methods, "load_artifacts",
                         lambda ctx: [fitted.diffmean, fitted.bow, fitted.detection, fitted.steering])
     monkeypatch.setattr("axmethods.chat_backend.TransformersChatBackend", lambda target: fitted.backend)
     summary = stage_methods.LatentStage().run(ctx)
@@ -263,7 +263,7 @@ def test_a_dictionary_that_cannot_be_calibrated_costs_only_its_own_steering(
     silent = dataclasses.replace(fitted.diffmean, method="probe", weight=torch.zeros_like(fitted.diffmean.weight))
     ctx, dataset = _stage_context(tmp_path, fitted.target, {"latent": latent_frame(), "latent_imbalance": pool_frame()})
     monkeypatch.setattr(stage_methods, "run_dataset", lambda ctx: dataset)
-    monkeypatch.setattr(stage_methods, "load_detectors", lambda ctx: [silent, fitted.diffmean])
+    monkeypatch.setattr(stage_methods, "load_artifacts", lambda ctx: [silent, fitted.diffmean])
     with caplog.at_level(logging.WARNING, logger="axeval.stages.methods"):
         summary = stage_methods.LatentStage().run(ctx)
     assert list(summary["uncalibrated"]) == ["probe"] and "positive max activation" in summary["uncalibrated"]["probe"]

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from test_run_pipeline import JudgingServer
+from fixtures_runs import JudgingServer
 from typer.testing import CliRunner
 
 from axeval.cli import app

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from fixtures_runs import JudgingServer, write_run_config
 from test_builders import make_dataset
-from test_run_pipeline import JudgingServer, write_config
 from typer.testing import CliRunner
 
 from axdata.concepts import Concept
@@ -176,7 +176,7 @@ def test_axbench_run_trains_once_and_reports_held_out_concepts(tmp_path: Path, t
     from axeval.pipeline import run_pipeline
     from axeval.stages import default_stages
 
-    path, _ = write_config(tmp_path, tiny_llama_dir, judging_llm)
+    path, _ = write_run_config(tmp_path, tiny_llama_dir, judging_llm)
     settings = {"hypersteer": {"max_steps": 2, "held_out_concepts": [1], "disable_tqdm": True}}
     config = AxbenchConfig.load(path, ["methods.train=[diffmean, hypersteer]", "report.baseline=unsteered",
                                        f"methods.settings={json.dumps(settings)}"])

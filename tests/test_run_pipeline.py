@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import pandas as pd
 import pytest
 import yaml
-from fixtures_llm import FaultServer, ok
-from generation_helpers import RoutingServer
+from fixtures_runs import JudgingServer, write_run_config
 from typer.testing import CliRunner
 
 from axeval.cli import app
@@ -20,21 +18,6 @@ from axeval.stages import default_stages
 STAGES = ["model", "llm", "data", "train", "latent", "steering", "judge", "report"]
 
 
-class JudgingServer(RoutingServer):
-    """The generation stand-in, plus judge ratings that depend only on the rated text."""
-
-    def _next(self, body):
-        schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("schema") or {}
-        if "rating" in schema.get("properties", {}):
-            FaultServer._next(self, body)
-            digest = int(hashlib.sha256(body["messages"][-1]["content"].encode()).hexdigest(), 16)
-            return ok(json.dumps({"reason": "stand-in", "rating": digest % 3}), prompt_tokens=60, completion_tokens=12)
-        if "Classify the topic" in body["messages"][-1]["content"]:  # the `llm` stage's endpoint check
-            FaultServer._next(self, body)
-            return ok(json.dumps({"genre": "code"}))
-        return super()._next(body)
-
-
 @pytest.fixture
 def llm_server():
     server = JudgingServer().start()
@@ -42,27 +25,8 @@ def llm_server():
     server.stop()
 
 
-def write_config(tmp_path, tiny_llama_dir, llm_server) -> tuple:
-    concepts = tmp_path / "concepts.csv"
-    concepts.write_text("rivers and river banks,https://example.org/0\nPython list comprehensions,\n")
-    config = {
-        "run": {"name": "r", "output_dir": str(tmp_path / "runs"), "layer": 1},
-        "model": {"model": str(tiny_llama_dir), "device": "cpu", "dtype": "float32"},
-        "llm": {"endpoint": llm_server.base_url, "model": "gpt-4o-mini", "backoff_base_s": 0.0,
-                "structured_output": "json_schema"},
-        "data": {"concept_path": str(concepts), "num_of_examples": 4, "output_length": 8,
-                 "latent_num_of_examples": 4, "imbalance_factor": 2, "steering_num_of_examples": 4},
-        "methods": {"train": ["diffmean", "reft-r1", "prompt-steering"], "settings": {"reft-r1": {"num_train_epochs": 1}}},
-        "inference": {"factors": [0.5, 2.0], "max_new_tokens": 6, "steering_batch_size": 8},
-        "report": {"baseline": "prompt-steering", "n_resamples": 50, "dataset_id": "me/rivers-bench"},
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path, tmp_path / "runs" / "r"
-
-
 def test_full_run_writes_every_artefact_and_resumes(tmp_path, tiny_llama_dir, llm_server):
-    path, run_dir = write_config(tmp_path, tiny_llama_dir, llm_server)
+    path, run_dir = write_run_config(tmp_path, tiny_llama_dir, llm_server)
     result = CliRunner().invoke(app, ["run", str(path)], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "axbench run summary" in result.output and "diffmean" in result.output
@@ -106,7 +70,7 @@ def test_full_run_writes_every_artefact_and_resumes(tmp_path, tiny_llama_dir, ll
 
 
 def test_run_on_an_existing_dataset_skips_generation(tmp_path, tiny_llama_dir, llm_server):
-    path, run_dir = write_config(tmp_path, tiny_llama_dir, llm_server)
+    path, run_dir = write_run_config(tmp_path, tiny_llama_dir, llm_server)
     config = AxbenchConfig.load(path, ["methods.train=[diffmean]", "report.baseline=unsteered"])
     run_pipeline(config, default_stages(config)[:3])  # model, llm, data: a dataset to reuse
     reuse = AxbenchConfig.load(path, ["run.name=reuse", f"run.dataset_dir={run_dir / 'data'}",
@@ -119,7 +83,7 @@ def test_run_on_an_existing_dataset_skips_generation(tmp_path, tiny_llama_dir, l
 
 
 def test_run_trains_and_steers_with_reps_family_methods(tmp_path, tiny_llama_dir, llm_server):
-    path, run_dir = write_config(tmp_path, tiny_llama_dir, llm_server)
+    path, run_dir = write_run_config(tmp_path, tiny_llama_dir, llm_server)
     config = AxbenchConfig.load(path, ["methods.train=[diffmean]", "report.baseline=unsteered"])
     run_pipeline(config, default_stages(config)[:3])  # a dataset with its preference split
     settings = {"reps": {"num_train_epochs": 1, "inference_factors": [1.0, 4.0], "disable_tqdm": True},

@@ -194,7 +194,7 @@ def test_report_counts_the_kept_concepts_and_compares_sae_on_the_same_concepts(t
 def test_axbench_run_reports_sae_and_sae_filtered_side_by_side(tmp_path, tiny_llama_dir):
     """Both methods in one `axbench run`: the same features; sae-filtered steers only its output features, and
     the report counts them and shows SAE on the kept and dropped concepts."""
-    from test_run_pipeline import JudgingServer, write_config
+    from fixtures_runs import JudgingServer, write_run_config
 
     from axeval.config import AxbenchConfig
     from axeval.pipeline import run_pipeline
@@ -207,7 +207,7 @@ def test_axbench_run_reports_sae_and_sae_filtered_side_by_side(tmp_path, tiny_ll
     folder = _saelens(tmp_path / "sae", params)
     server = JudgingServer().start()
     try:
-        path, run_dir = write_config(tmp_path, tiny_llama_dir, server)
+        path, run_dir = write_run_config(tmp_path, tiny_llama_dir, server)
         # Random-init logits are near uniform, so every score is small: a tiny threshold separates 5 from 7.
         settings = {"sae": {"sae_path": str(folder), "features": '{"0": 5, "1": 7}'},
                     "sae-filtered": {"sae_path": str(folder), "features": '{"0": 5, "1": 7}',

@@ -88,11 +88,13 @@ def judge(
     cache: Path | None = typer.Option(None, help="Response cache (default: llm-cache.sqlite beside --out)."),
     ledger: Path | None = typer.Option(None, help="Ledger (default: llm-ledger.jsonl beside --out)."),
 ) -> None:
-    """Rate every generation on concept, instruction and fluency; write ratings, raw answers and provenance."""
+    """Rate every generation on concept, instruction and fluency; write ratings, raw answers and provenance. The
+    same judge stage as `axbench run` (`axeval.stages.evaluation`)."""
     from axdata.llm import open_llm
     from axdata.settings import build_settings
     from axeval.cli.config import load_run_config
-    from axeval.judge import Judge, JudgeConfig, summarize_judgements, write_judgements
+    from axeval.judge import JudgeConfig
+    from axeval.stages.evaluation import judge_generations
 
     settings = load_run_config(config, set_ or [])
     try:
@@ -102,18 +104,18 @@ def judge(
                                                     **{k: v for k, v in given.items() if v is not None}}, where="judge")
     except ValueError as error:
         _fail(error)
-    generations = _read(steering_file, "steering generations")
+    if not steering_file.exists():
+        raise typer.BadParameter(f"{steering_file} does not exist; pass the steering generations parquet file.")
+    dry_run = settings.llm.dry_run
     with open_llm(settings.llm, cache_path=cache or out.parent / "llm-cache.sqlite",
                   ledger_path=ledger or out.parent / "llm-ledger.jsonl") as client:
         try:
-            judgements = Judge(client, judge_config).judge(generations)
+            summary = judge_generations(client, judge_config, steering_file, None if dry_run else out)
         except ValueError as error:
             _fail(error)
-    summary = summarize_judgements(judgements)
-    if settings.llm.dry_run:
+    if dry_run:
         typer.echo(f"Dry run: {summary['calls']} judge calls, estimated ${summary['cost_usd']:.4f}; nothing written.")
         return
-    write_judgements(judgements, out)
     typer.echo(f"Judged {summary['generations']} generations with {', '.join(summary['judge_model'])} "
                f"({summary['calls']} calls, ${summary['cost_usd']:.4f}"
                + (f", ${summary['reused_cost_usd']:.4f} of it reused from the cache" if summary['reused_cost_usd'] else "")

@@ -58,61 +58,60 @@ def latent(
 ) -> None:
     """Score every eval row for every concept of every dictionary (residual dictionaries in one forward pass per
     batch, BoW on the transcripts, prompt detection through the target model; steering-only methods are skipped);
-    calibrate the residual dictionaries."""
-    from axdata.builders import read_split, resolve_config
-    from axdata.io import atomic_path
-    from axmethods.dictionary import WEIGHTS_FILE, DictionaryError, SteeringDictionary
+    calibrate the residual dictionaries. The same latent stage as `axbench run` (`axeval.stages.methods`)."""
+    from axdata.builders import resolve_config
+    from axeval.stages.dataset import RunDataset
+    from axeval.stages.methods import score_latent
     from axmethods.distributed import is_main
-    from axmethods.inference.latent import calibrate as calibrate_dictionary
-    from axmethods.inference.latent import latent_inference
+    from axmethods.inference.latent import LATENT_MODES
 
     try:
-        config = resolve_config(data, config)
-        loaded_all = _load_results(dictionary, layer)
-        dictionaries = [d for d in loaded_all if d.detector]
-        for skipped in loaded_all:
+        if mode not in LATENT_MODES:
+            raise ValueError(f"--mode {mode!r} is unknown; use one of {', '.join(LATENT_MODES)}.")
+        dataset = RunDataset(data, resolve_config(data, config))
+        loaded = _load_results(dictionary, layer)
+        for skipped in loaded:
             if not skipped.detector:
                 typer.echo(f"Skipped {skipped.method}: its {skipped.KIND} steer but have no detector.", err=True)
-        if not dictionaries:
+        if not any(result.detector for result in loaded):
             raise ValueError("none of --dictionary detects; latent inference needs a detector (a dictionary, BoW "
                              "or prompt detection).")
-        target = _load_target(loaded_all, model, dtype, device)
-        latent_split = read_split(data, config, "latent")
-        pool = read_split(data, config, "latent_imbalance") if mode == "latent_imbalance" else None
-        scores = latent_inference(target, dictionaries, latent_split, mode=mode, imbalance_pool=pool,
-                                  batch_size=batch_size)
+        target = _load_target(loaded, model, dtype, device)
+        imbalance = mode == "latent_imbalance"
+        summary = score_latent(target, loaded, dataset, None if imbalance else out,
+                               imbalance_out=out if imbalance else None, batch_size=batch_size,
+                               calibration_fallback=fallback,
+                               calibrate_into=[_local_folder(source) for source in dictionary]
+                               if calibrate and not imbalance else None)
     except (ValueError, FileNotFoundError) as error:
         raise _fail(error) from None
     if not is_main():
-        return  # under a distributed launcher every process has all the scores; rank 0 writes them
-    with atomic_path(out) as tmp:
-        scores.to_parquet(tmp, index=False)
-    typer.echo(f"Wrote {len(scores)} scores to {out}")
-    for method, count in scores.attrs.get("nan_scores", {}).items():
+        return  # under a distributed launcher every process scored its share; rank 0 wrote them
+    typer.echo(f"Wrote {summary['imbalance_rows'] if imbalance else summary['rows']} scores to {out}")
+    for method, count in summary.get("imbalance_nan_scores" if imbalance else "nan_scores", {}).items():
         if count:
             typer.echo(f"{method}: {count} scores are NaN (answers without a parsable rating)", err=True)
-    if mode == "latent" and calibrate:
-        failed = []
-        for source, loaded in zip(dictionary, loaded_all):
-            if not isinstance(loaded, SteeringDictionary):
-                continue  # only residual-stream dictionaries steer with a calibrated magnitude
-            try:
-                calibrated = calibrate_dictionary(loaded, scores, fallback=fallback)
-            except DictionaryError as error:  # this dictionary only: the others are still calibrated
-                typer.echo(f"Not calibrated {loaded.method} ({source}): {error}", err=True)
-                failed.append(loaded.method)
-                continue
-            if calibrated is loaded:
-                continue  # its method sets the calibration (RePS family): nothing to write back
-            if not Path(source).exists():
-                typer.echo(f"{source} is a Hub repo: calibration not written back (pull it first).", err=True)
-                continue
-            root = Path(source).parent if (Path(source) / WEIGHTS_FILE).is_file() else Path(source)
-            calibrated.save_pretrained(root)
-            typer.echo(f"Calibrated {loaded.method} in {source}")
-        if failed:
-            raise _fail(ValueError(f"{', '.join(failed)} could not be calibrated (above); the scores are written. "
-                                   "Pass --calibration-fallback <magnitude> to calibrate them anyway."))
+    for source, result in zip(dictionary, loaded):
+        if result.method in summary.get("calibration_not_written", ()):
+            typer.echo(f"{source} is a Hub repo: calibration not written back (pull it first).", err=True)
+        elif result.method in summary.get("calibrated", ()):
+            typer.echo(f"Calibrated {result.method} in {source}")
+        elif result.method in summary.get("uncalibrated", {}):
+            typer.echo(f"Not calibrated {result.method} ({source}): {summary['uncalibrated'][result.method]}", err=True)
+    if summary.get("uncalibrated"):
+        raise _fail(ValueError(f"{', '.join(summary['uncalibrated'])} could not be calibrated (above); the scores are "
+                               "written. Pass --calibration-fallback <magnitude> to calibrate them anyway."))
+
+
+def _local_folder(source: str) -> Path | None:
+    """Where a calibrated dictionary is written back: its local folder (the root, given a layer folder); None for a
+    Hub repo id."""
+    from axmethods.dictionary import WEIGHTS_FILE
+
+    path = Path(source)
+    if not path.exists():
+        return None
+    return path.parent if (path / WEIGHTS_FILE).is_file() else path
 
 
 @infer_app.command("steer")
@@ -143,14 +142,15 @@ def steer(
                                help="eager | compiled (static KV cache and a torch.compile'd step, for GPUs; same "
                                     "generations; steerers it cannot run stay eager, with a logged line)."),
 ) -> None:
-    """Generate a steered answer for every (concept, prompt, factor) row of the steering split."""
-    from axdata.builders import read_split, resolve_config
-    from axdata.settings import SettingsError
-    from axmethods.dictionary import SteeringDictionary
+    """Generate a steered answer for every (concept, prompt, factor) row of the steering split: the same steering
+    stage as `axbench run` (`axeval.stages.methods`), for one result and without the unsteered baseline."""
+    from axdata.builders import resolve_config
+    from axdata.settings import SettingsError, build_settings
+    from axeval.config import InferenceSection
+    from axeval.stages.dataset import RunDataset
+    from axeval.stages.methods import generate_steering, plan_steerers
     from axmethods.distributed import is_main
-    from axmethods.factors import AXBENCH_FACTORS
-    from axmethods.inference.sampling import ENGINES, SamplingConfig
-    from axmethods.inference.steering import run_steering
+    from axmethods.inference.sampling import ENGINES
 
     if engine not in ENGINES:
         raise SettingsError(f"--engine {engine!r} is unknown; use one of {', '.join(ENGINES)}.")
@@ -158,21 +158,25 @@ def steer(
         factor_values = [float(value) for value in factors.split(",") if value.strip()] if factors else None
     except ValueError:
         raise _fail(ValueError(f"--factors {factors!r} is not a comma-separated list of numbers (e.g. 0.5,1,2)")) from None
+    # The flags are the config's inference section: the same checks as `axbench run` (a SettingsError is a usage
+    # error, before anything loads).
+    given = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p,
+             "intervention": intervention, "positions": positions, "steering_batch_size": batch_size,
+             "engine": engine, "unsteered_baseline": False}
+    settings = build_settings(InferenceSection, given if factor_values is None else {**given, "factors": factor_values},
+                              where="infer steer")
     try:
-        config = resolve_config(data, config)
+        dataset = RunDataset(data, resolve_config(data, config))
         (loaded,) = _load_results([dictionary], layer)
         # Refused before the model loads: a detection-only result (BoW, prompt detection), an intervention it
-        # lacks, an uncalibrated dictionary.
-        steerer = loaded.steerer(kind=intervention, positions=positions)
-        if isinstance(loaded, SteeringDictionary):
-            loaded.require_calibration()
+        # lacks, an uncalibrated dictionary, a dictionary for none of the dataset's concepts.
+        steerers, _ = plan_steerers([loaded], dataset.split("steering"), settings, strict=True)
+        if factor_values is not None and getattr(steerers[0], "factors", None):
+            typer.echo(f"{loaded.method} steers with its own factor grid {steerers[0].factors} (as in `axbench run`); "
+                       "--factors is not used for it.", err=True)
         target = _load_target([loaded], model, dtype, device)
-        factor_values = factor_values or getattr(steerer, "factors", None) or list(AXBENCH_FACTORS)
-        sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                                  top_p=top_p)
-        result = run_steering(target, steerer, read_split(data, config, "steering"), out, factors=factor_values,
-                              sampling=sampling, batch_size=batch_size, seed=seed, engine=engine)
+        summary = generate_steering(target, steerers, dataset, out, settings=settings, seed=seed)
     except (ValueError, FileNotFoundError) as error:
         raise _fail(error) from None
     if is_main():  # the other processes of a distributed launch generated their share; rank 0 wrote it
-        typer.echo(f"Wrote {len(result)} steered generations to {out}")
+        typer.echo(f"Wrote {summary['generations']} steered generations to {out}")

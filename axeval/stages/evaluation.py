@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from axeval.judge import Judge, summarize_judgements, write_judgements
+from axdata.llm import ChatBackend
+from axeval.judge import Judge, JudgeConfig, summarize_judgements, write_judgements
 from axeval.pipeline import RunContext, Stage
 from axeval.protocol import parse_failures_score_zero
 from axeval.report import build_report
+
+
+def judge_generations(backend: ChatBackend, settings: JudgeConfig, generations: Path, out: Path | None, *,
+                      run_async: Callable[[Awaitable[pd.DataFrame]], pd.DataFrame] | None = None) -> dict[str, Any]:
+    """The judge stage (`axbench run`'s and `axbench eval judge`'s one implementation): three ratings per steered
+    generation of the parquet file `generations`, written to `out` (None: judged and summarised, not written — a
+    dry run's estimate). `run_async` runs the judging coroutine on the caller's event loop (a run keeps one for its
+    whole length); default: the backend's own."""
+    judge = Judge(backend, settings)
+    frame = pd.read_parquet(generations)
+    judgements = run_async(judge.ajudge(frame)) if run_async is not None else judge.judge(frame)
+    if out is not None:
+        write_judgements(judgements, out)
+    return summarize_judgements(judgements)
 
 
 class JudgeStage(Stage):
@@ -31,10 +47,8 @@ class JudgeStage(Stage):
                 f"{s['parse_failures']} parse failures")
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
-        generations = pd.read_parquet(ctx.run_dir.inference_dir / "steering.parquet")
-        judgements = ctx.run_async(Judge(ctx.llm(), ctx.config.judge).ajudge(generations))
-        write_judgements(judgements, ctx.run_dir.eval_dir / "judgements.parquet")
-        return summarize_judgements(judgements)
+        return judge_generations(ctx.llm(), ctx.config.judge, ctx.run_dir.inference_dir / "steering.parquet",
+                                 ctx.run_dir.eval_dir / "judgements.parquet", run_async=ctx.run_async)
 
 
 class ReportStage(Stage):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,15 +12,23 @@ import pandas as pd
 
 from axdata.io import atomic_path
 from axeval import protocol
+from axeval.config import InferenceSection
 from axeval.lexical import add_lexical_scores, concept_signatures
 from axeval.pipeline import RunContext, Stage, join_counts
-from axeval.stages.dataset import run_dataset
+from axeval.stages.dataset import RunDataset, run_dataset
 from axmethods.activations import ActivationCollector
 from axmethods.dictionary import SteeringDictionary
 from axmethods.distributed import is_main
 from axmethods.inference.latent import calibrate, latent_inference, write_latent_inference
 from axmethods.inference.sampling import SamplingConfig
-from axmethods.inference.steering import UnsteeredBaseline, run_steering, steered_prompts
+from axmethods.inference.steering import (
+    OUTPUT_COLUMNS,
+    Steerer,
+    UnsteeredBaseline,
+    run_steering,
+    steered_prompts,
+)
+from axmethods.models import TargetModel
 from axmethods.registry import get_method
 from axmethods.results import ConceptResult, DictionaryError, load_result
 
@@ -64,9 +73,141 @@ def load_artifacts(ctx: RunContext) -> list[ConceptResult]:
     return artifacts
 
 
-def load_detectors(ctx: RunContext) -> list[ConceptResult]:
-    """The results that detect (a class with a `detector`): what latent inference scores."""
-    return [artifact for artifact in load_artifacts(ctx) if artifact.detector]
+def score_latent(target: TargetModel, results: Sequence[ConceptResult], dataset: RunDataset, out: Path | None, *,
+                 imbalance_out: Path | None = None, batch_size: int = 16, calibration_fallback: float | None = None,
+                 calibrate_into: Sequence[Path | None] = ()) -> dict[str, Any]:
+    """The latent stage (`axbench run`'s and `axbench infer latent`'s one implementation).
+
+    Every detecting result scores the `latent` split in one pass (`out`), and — with `imbalance_out` — the shared
+    negatives of the `latent_imbalance` split, written part by part (n_concepts × pool rows per method, never held
+    whole). Residual dictionaries are then calibrated from the `latent` scores and saved into `calibrate_into[i]`
+    (aligned with `results`; None = not written back, e.g. a Hub repo). A dictionary that cannot be calibrated
+    (e.g. a probe that never fires) is left uncalibrated and named in the summary: it costs only its own steering.
+    Under a distributed launcher every process scores its share and rank 0 writes.
+    """
+    detectors = [result for result in results if result.detector]
+    for result in results:
+        if not result.detector:
+            logger.info("%s has no detector (its %s steer only): skipped in latent inference", result.method,
+                        result.KIND)
+    summary: dict[str, Any] = {"rows": 0, "methods": [d.method for d in detectors], "imbalance_rows": 0}
+    latent = dataset.split("latent")
+    if out is not None:
+        scores = latent_inference(target, detectors, latent, batch_size=batch_size)
+        _write(scores, out)
+        summary["rows"] = len(scores)
+        if any(scores.attrs.get("nan_scores", {}).values()):
+            summary["nan_scores"] = scores.attrs["nan_scores"]
+        summary.update(_calibrate(results, scores, calibration_fallback, calibrate_into, dataset))
+    if imbalance_out is not None:
+        pool = dataset.split("latent_imbalance")
+        pool = pool[pool["category"] == "negative"]
+        written = write_latent_inference(imbalance_out if is_main() else None, target, detectors, latent,
+                                         mode="latent_imbalance", imbalance_pool=pool, batch_size=batch_size)
+        summary["imbalance_rows"] = written["rows"]
+        if any(written["nan_scores"].values()):
+            summary["imbalance_nan_scores"] = written["nan_scores"]
+    return summary
+
+
+def _calibrate(results: Sequence[ConceptResult], scores: pd.DataFrame, fallback: float | None,
+               into: Sequence[Path | None], dataset: RunDataset) -> dict[str, Any]:
+    """Calibrate every residual dictionary of `results` from `scores`; write each where `into` says."""
+    calibrated, not_written, uncalibrated = [], [], {}
+    for index, dictionary in enumerate(results):
+        if not isinstance(dictionary, SteeringDictionary):
+            continue  # only residual read-outs calibrate a steering magnitude
+        try:
+            result = calibrate(dictionary, scores, fallback=fallback)
+        except DictionaryError as error:
+            # One degenerate dictionary (e.g. a probe that never fires) must not cost the run the other
+            # methods' calibrations and the imbalance scores: it stays detection-only, said loudly.
+            logger.warning("%s is not calibrated and will not be steered: %s", dictionary.method, error)
+            uncalibrated[dictionary.method] = str(error)
+            continue
+        if result is dictionary:
+            continue  # its method sets the calibration (RePS family): nothing to write back
+        destination = into[index] if index < len(into) else None
+        if destination is None:
+            not_written.append(dictionary.method)
+        elif is_main():
+            result.save_pretrained(destination, datasets=[str(dataset.directory)])
+        calibrated.append(dictionary.method)
+    summary: dict[str, Any] = {"calibrated": calibrated}
+    if not_written:
+        summary["calibration_not_written"] = not_written
+    if uncalibrated:
+        summary["uncalibrated"] = uncalibrated
+    return summary
+
+
+def plan_steerers(results: Sequence[ConceptResult], prompts: pd.DataFrame, settings: InferenceSection, *,
+                  steer: set[str] | None = None, strict: bool = False) -> tuple[list[Steerer], dict[str, str]]:
+    """The steerers of `results` under `settings` (intervention, positions), and why the others are not steered.
+
+    Skipped: a result not in `steer` (canonical names; None = all), a detection-only result, an uncalibrated
+    dictionary, a steerer for none of the prompts' concepts (e.g. sae-filtered). `strict` (one result a user asked
+    to steer) raises the reason instead — before any model loads. An intervention a result lacks always raises.
+    """
+    steerers: list[Steerer] = []
+    skipped: dict[str, str] = {}
+
+    def skip(result: ConceptResult, error: DictionaryError, level: int) -> None:
+        if strict:
+            raise error
+        logger.log(level, "%s", error)
+        skipped[result.method] = str(error)
+
+    for result in results:
+        if steer is not None and get_method(result.method).name not in steer:
+            skip(result, DictionaryError(f"{result.method} is not in methods.steer: detection only in this run"),
+                 logging.INFO)
+            continue
+        if not result.steers:
+            skip(result, DictionaryError(f"{result.method} is detection-only: skipped in the steering stage"),
+                 logging.INFO)
+            continue
+        steerer = result.steerer(kind=settings.intervention, positions=settings.positions)
+        if isinstance(result, SteeringDictionary) and result.needs_calibration:
+            skip(result, DictionaryError(
+                f"{result.method} has no calibration (per-concept max activation), so it is not steered: run latent "
+                "inference first (`axbench infer latent`; in `axbench run` the latent stage could not calibrate it, "
+                "see its warning)."), logging.WARNING)
+            continue
+        if steered_prompts(prompts, steerer).empty:  # e.g. sae-filtered: no concept has an output feature
+            skip(result, DictionaryError(f"{result.method} steers none of the dataset's concepts; nothing to steer"),
+                 logging.WARNING)
+            continue
+        steerers.append(steerer)
+    return steerers, skipped
+
+
+def generate_steering(target: TargetModel, steerers: Sequence[Steerer], dataset: RunDataset, out: Path, *,
+                      settings: InferenceSection, seed: int) -> dict[str, Any]:
+    """The steering stage (`axbench run`'s and `axbench infer steer`'s one implementation).
+
+    Each steerer generates every (concept, prompt, factor) row of the `steering` split into `<out stem>/<method>
+    .parquet` (resumable part files beside it), with its own factor grid where its method has one (RePS family)
+    and `settings.factors` otherwise; then all rows, with the judge-free lexical concept score where the dataset
+    has a train split (`axeval.lexical`), go to `out`. Under a distributed launcher rank 0 writes.
+    """
+    sampling = SamplingConfig(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+                              top_k=settings.top_k, top_p=settings.top_p)
+    prompts = dataset.split("steering")
+    per_method = out.with_suffix("")
+    frames = [
+        run_steering(target, steerer, prompts, per_method / f"{steerer.method}.parquet",
+                     factors=getattr(steerer, "factors", None) or settings.factors, sampling=sampling,
+                     batch_size=settings.steering_batch_size, engine=settings.engine, seed=seed)
+        for steerer in steerers
+    ]
+    if not is_main():
+        return {}  # rank 0 has every generation (run_steering gathers them) and writes the stage's output
+    generations = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(OUTPUT_COLUMNS))
+    if dataset.has_split("train"):  # the judge-free concept score, next to the judge's (axeval.lexical)
+        generations = add_lexical_scores(generations, concept_signatures(dataset.split("train")))
+    _write(generations, out)
+    return {"generations": len(generations), "per_method": generations.groupby("method").size().to_dict()}
 
 
 class TrainStage(Stage):
@@ -135,42 +276,15 @@ class LatentStage(Stage):
         return line
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
+        artifacts = load_artifacts(ctx)
         dataset = run_dataset(ctx)
-        target = ctx.target_model()
-        dictionaries = load_detectors(ctx)
-        latent = dataset.split("latent")
-        batch = ctx.config.inference.latent_batch_size
-        scores = latent_inference(target, dictionaries, latent, batch_size=batch)
-        _write(scores, ctx.run_dir.inference_dir / "latent.parquet")
-        detectors = [d for d in dictionaries if d.detector]
-        uncalibrated: dict[str, str] = {}
-        for dictionary in dictionaries:
-            if isinstance(dictionary, SteeringDictionary):  # only residual read-outs calibrate a magnitude
-                try:
-                    calibrated = calibrate(dictionary, scores,
-                                           fallback=protocol.calibration_fallback(ctx.config.run.protocol))
-                except DictionaryError as error:
-                    # One degenerate dictionary (e.g. a probe that never fires) must not cost the run the other
-                    # methods' calibrations and the imbalance scores: it stays detection-only, said loudly.
-                    logger.warning("%s is not calibrated and will not be steered: %s", dictionary.method, error)
-                    uncalibrated[dictionary.method] = str(error)
-                    continue
-                if calibrated is not dictionary and is_main():
-                    calibrated.save_pretrained(dictionary_dir(ctx, dictionary.method), datasets=[str(dataset.directory)])
-        summary: dict[str, Any] = {"rows": len(scores), "methods": [d.method for d in detectors]}
-        if uncalibrated:
-            summary["uncalibrated"] = uncalibrated
-        if any(scores.attrs.get("nan_scores", {}).values()):
-            summary["nan_scores"] = scores.attrs["nan_scores"]
-        if dataset.has_split("latent_imbalance"):
-            pool = dataset.split("latent_imbalance")
-            pool = pool[pool["category"] == "negative"]
-            # n_concepts × pool rows per method (Concept500: 1.8M): written part by part, never held whole.
-            path = ctx.run_dir.inference_dir / "latent_imbalance.parquet"
-            imbalance = write_latent_inference(path if is_main() else None, target, dictionaries, latent,
-                                               mode="latent_imbalance", imbalance_pool=pool, batch_size=batch)
-            summary["imbalance_rows"] = imbalance["rows"]
-        return summary
+        inference = ctx.run_dir.inference_dir
+        return score_latent(
+            ctx.target_model(), artifacts, dataset, inference / "latent.parquet",
+            imbalance_out=inference / "latent_imbalance.parquet" if dataset.has_split("latent_imbalance") else None,
+            batch_size=ctx.config.inference.latent_batch_size,
+            calibration_fallback=protocol.calibration_fallback(ctx.config.run.protocol),
+            calibrate_into=[dictionary_dir(ctx, artifact.method) for artifact in artifacts])
 
 
 class SteeringStage(Stage):
@@ -193,47 +307,14 @@ class SteeringStage(Stage):
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         settings = ctx.config.inference
-        target = ctx.target_model()
-        prompts = run_dataset(ctx).split("steering")
-        steerers = []
-        steered = steered_methods(ctx) if ctx.config.methods.steer is not None else None
-        for artifact in load_artifacts(ctx):
-            if steered is not None and get_method(artifact.method).name not in steered:
-                logger.info("%s is not in methods.steer: detection only in this run", artifact.method)
-                continue
-            if not artifact.steers:
-                logger.info("%s is detection-only: skipped in the steering stage", artifact.method)
-                continue
-            if isinstance(artifact, SteeringDictionary) and artifact.needs_calibration:
-                logger.warning("%s has no calibration (the latent stage could not calibrate it; see its warning): "
-                               "not steered", artifact.method)
-                continue
-            steerer = artifact.steerer(kind=settings.intervention, positions=settings.positions)
-            if steered_prompts(prompts, steerer).empty:  # e.g. sae-filtered: no concept has an output feature
-                logger.warning("%s steers none of the run's concepts; nothing to steer", artifact.method)
-                continue
-            steerers.append(steerer)
+        dataset = run_dataset(ctx)
+        prompts = dataset.split("steering")
+        steerers, _ = plan_steerers(load_artifacts(ctx), prompts, settings, steer=steered_methods(ctx)
+                                    if ctx.config.methods.steer is not None else None)
         if settings.unsteered_baseline:
             steerers.append(UnsteeredBaseline())
-        sampling = SamplingConfig(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-                                  top_k=settings.top_k, top_p=settings.top_p)
-        frames = [
-            run_steering(target, steerer, prompts,
-                         ctx.run_dir.inference_dir / "steering" / f"{steerer.method}.parquet",
-                         factors=getattr(steerer, "factors", None) or settings.factors, sampling=sampling,
-                         batch_size=settings.steering_batch_size, engine=settings.engine,
-                         seed=ctx.config.run.seed)
-            for steerer in steerers
-        ]
-        if not is_main():
-            return {}  # rank 0 has every generation (run_steering gathers them) and writes the stage's output
-        generations = pd.concat(frames, ignore_index=True)
-        dataset = run_dataset(ctx)
-        if dataset.has_split("train"):  # the judge-free concept score, next to the judge's (axeval.lexical)
-            generations = add_lexical_scores(generations, concept_signatures(dataset.split("train")))
-        _write(generations, ctx.run_dir.inference_dir / "steering.parquet")
-        return {"generations": len(generations),
-                "per_method": generations.groupby("method").size().to_dict()}
+        return generate_steering(ctx.target_model(), steerers, dataset, ctx.run_dir.inference_dir / "steering.parquet",
+                                 settings=settings, seed=ctx.config.run.seed)
 
 
 def _write(frame: pd.DataFrame, path: Path) -> None:
