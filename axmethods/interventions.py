@@ -3,20 +3,28 @@
 Every kind is one tensor function of the layer output `h [B, T, d]`, the rows' steering vectors `v [B, d]`
 and magnitudes `α [B]` (`α = factor × calibration[concept]`), with `u = v / ‖v‖`:
 
-| kind           | h ←                                   | AxBench name                                   |
-|----------------|---------------------------------------|------------------------------------------------|
-| `addition`     | h + α·v                               | AdditionIntervention (the default)             |
-| `clamp`        | h + (α − h·u)·u   (projection := α)   | SAE-style clamping of the concept's value      |
-| `subtract_add` | h − ReLU(h·u)·u + α·v                 | ReFT-r1 `clamping` (SubspaceIntervention)      |
-| `threshold`    | h + α·v where h·v < α, else h         | ReFT-r1 `thresholding`                         |
-| `ablate`       | h − (h·u)·u        (α unused)         | directional ablation                            |
+| kind              | h ←                                   | AxBench name                                   |
+|-------------------|---------------------------------------|------------------------------------------------|
+| `addition`        | h + α·v                               | AdditionIntervention (the default)             |
+| `clamp`           | h + (α − h·u)·u   (projection := α)   | SAE-style clamping of the concept's value      |
+| `subtract_add`    | h − ReLU(h·u)·u + α·v                 | ReFT-r1 `clamping` (SubspaceIntervention)      |
+| `threshold`       | h + α·v where h·v < α, else h         | ReFT-r1 `thresholding`                         |
+| `ablate`          | h − (h·u)·u        (α unused)         | directional ablation                           |
+| `ablate_positive` | h − ReLU(h·v + α)/‖v‖² · v            | RePS `null_it_out` (α: the concept's bias b)   |
+
+`ablate` sets the projection on u to 0; `ablate_positive` caps h·v at −α (h·v ← min(h·v, −α)): with α = 0 it
+removes ReLU(h·u)·u, the positive part of the projection. RePS's and HyperSteer's "subtract" rows are this kind,
+with α = the concept's trained bias (RePS) or 0 (HyperSteer); its α is a threshold, like `threshold`'s.
 
 Kinds are a registry (`INTERVENTIONS`: name → function); add one there to make it available everywhere.
+Every place that adds, clamps, projects out or scales a direction goes through it — the steering hooks here,
+the trainers' vector parameterisation (`trainers.parameterisations.VectorIntervention`), HyperSteer's training
+hook, the LM-trained rank-1 methods (`methods.lm_training`), the compiled decoder's delta buffer and the
+output score — so a row steered in training and the same row steered at inference give the same forward.
 The same function runs as a plain forward hook (`steering_hooks`, `steer`, through `axmethods.hooks`) and as a
-pyvene intervention
-(`axmethods.pyvene_bridge`) on `model.layers[L].output`; both touch every position (prompt, chat tokens and
-generated tokens) unless `positions="after_prefix"` (hooks only: it reads the decoder layer's
-`position_ids`, which generate and our sampler make padding-aware).
+pyvene intervention (`axmethods.pyvene_bridge`) on `model.layers[L].output`; both touch every position
+(prompt, chat tokens and generated tokens) unless `positions="after_prefix"` (hooks only: it reads the decoder
+layer's `position_ids`, which generate and our sampler make padding-aware).
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-InterventionKind = Literal["addition", "clamp", "subtract_add", "threshold", "ablate"]
+InterventionKind = Literal["addition", "clamp", "subtract_add", "threshold", "ablate", "ablate_positive"]
 # (h [B, T, d], v [B, 1, d], u = v/‖v‖, α [B, 1, 1]) → steered h, all fp32.
 Intervention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -46,12 +54,21 @@ def _projection(h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return (h * u).sum(-1, keepdim=True)
 
 
+def _ablate_positive(h: torch.Tensor, v: torch.Tensor, u: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    # RePS's own op order (an einsum over d, ‖v‖² clamped at 1e-12): its trained vectors' numbers stay what they
+    # were (`_projection`'s sum of products rounds differently in the last bits).
+    projection = torch.einsum("btd,bd->bt", h, v[:, 0]) + alpha[:, 0]
+    removed = torch.relu(projection) / (v * v).sum(-1).clamp_min(1e-12)
+    return h - removed[..., None] * v
+
+
 INTERVENTIONS: dict[str, Intervention] = {
     "addition": lambda h, v, u, alpha: h + alpha * v,
     "clamp": lambda h, v, u, alpha: h + (alpha - _projection(h, u)) * u,
     "subtract_add": lambda h, v, u, alpha: h - torch.relu(_projection(h, u)) * u + alpha * v,
     "threshold": lambda h, v, u, alpha: torch.where((h * v).sum(-1, keepdim=True) < alpha, h + alpha * v, h),
     "ablate": lambda h, v, u, alpha: h - _projection(h, u) * u,
+    "ablate_positive": _ablate_positive,
 }
 INTERVENTION_KINDS: tuple[str, ...] = tuple(INTERVENTIONS)
 Positions = Literal["all", "after_prefix"]
@@ -63,7 +80,10 @@ class InterventionError(ValueError):
 
 @dataclass
 class RowSteering:
-    """Per-row steering of one batch: row b gets `kind` with vector `vectors[b]` and magnitude `magnitudes[b]`."""
+    """Per-row steering of one batch: row b gets `kind` with vector `vectors[b]` and magnitude `magnitudes[b]`.
+
+    Training builds it from parameter slices (gradients flow through `apply`); inference from dictionary rows.
+    """
 
     vectors: torch.Tensor  # [B, d]
     magnitudes: torch.Tensor  # [B]

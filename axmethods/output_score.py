@@ -32,6 +32,7 @@ import torch
 from huggingface_hub.utils import tqdm
 
 from axmethods.hooks import Call, hook_output, layer_outputs
+from axmethods.interventions import RowSteering
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -119,14 +120,14 @@ def output_scores(target: TargetModel, layer: int, directions: torch.Tensor, sca
 def _score_batch(target: TargetModel, layer: int, directions: torch.Tensor, scales: torch.Tensor,
                  ids: torch.Tensor, top_k: int) -> torch.Tensor:
     lens = logit_lens_tokens(target, directions, top_k)  # [b, k]
-    shift = (scales[:, None] * directions).to(device=target.device, dtype=target.dtype)  # [b, d]
+    steering = RowSteering(directions.to(target.device), scales.to(target.device))  # the registry's addition
+    batch = ids.expand(len(directions), -1).to(target.device)
+    last_token = torch.zeros(batch.shape, dtype=torch.bool, device=target.device)
+    last_token[:, -1] = True
 
     def add_at_last_token(hidden: torch.Tensor, _call: Call) -> torch.Tensor:
-        hidden = hidden.clone()
-        hidden[:, -1] += shift
-        return hidden
+        return steering.apply(hidden, last_token)
 
-    batch = ids.expand(len(directions), -1).to(target.device)
     with hook_output(target.residual_module(layer), add_at_last_token):
         logits = target.model(input_ids=batch, attention_mask=torch.ones_like(batch), use_cache=False).logits[:, -1]
     probs = logits.float().softmax(-1).cpu()  # [b, V]

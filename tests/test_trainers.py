@@ -83,7 +83,7 @@ def test_objectives_match_their_formulas() -> None:
 def test_reps_vector_learns_the_preference_and_only_the_intervention_trains(target) -> None:
     before = {name: p.detach().clone() for name, p in target.model.named_parameters()}
     seen: list[torch.Tensor] = []
-    original = parameterisations.VectorIntervention.delta
+    original = parameterisations.VectorIntervention.steered  # every hooked forward passes its plan here
 
     def spy(self, site, inputs, hidden, plan):
         seen.append(torch.stack([plan.factors.cpu(), (plan.subtract.cpu() if plan.subtract is not None
@@ -95,7 +95,7 @@ def test_reps_vector_learns_the_preference_and_only_the_intervention_trains(targ
                           train_dataset=preference_df(), concepts=CONCEPTS)
     initial = trainer.intervention.weight.detach().clone()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(parameterisations.VectorIntervention, "delta", spy)
+        patch.setattr(parameterisations.VectorIntervention, "steered", spy)
         trainer.train()
     losses, add, sub = _logged(trainer, "loss"), _logged(trainer, "margin/orig_add"), _logged(trainer, "margin/orig_sub")
     assert losses[-1] < losses[0]

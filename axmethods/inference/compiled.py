@@ -5,7 +5,9 @@ tensors updated in place), the prompt prefilled eagerly, and every later one-tok
 `torch.compile`d forward (CUDA graphs on GPU). Every batch is padded to the decoder's fixed batch size and cache
 length, and the rows' addition steering (`factor × calibration × vector` at layer L, all positions) is read
 from a fixed fp32 buffer `[batch, d]` by one `hooks.hook_output` hook — so one compiled graph serves every
-batch of concepts and factors; nothing recompiles between batches or between runs of the same shape.
+batch of concepts and factors; nothing recompiles between batches or between runs of the same shape. The hook
+is the interventions registry's `addition` (a `RowSteering` over the buffer with magnitude 1), the eager
+loop's arithmetic.
 
 The sampling is `sampling.sample`'s (per-row seeds, temperature, top-k, top-p): only the forward differs.
 Greedy outputs equal the eager loop's; sampled ones too unless a uniform falls within float rounding of a
@@ -35,6 +37,7 @@ import torch
 from axmethods.hooks import Call, hook_output
 from axmethods.inference.sampling import Decoder, check_engine
 from axmethods.inference.steering import DictionarySteerer, PromptSteerer, Steerer, UnsteeredBaseline
+from axmethods.interventions import RowSteering
 from axmethods.models import TargetModel, pad_token_id
 
 logger = logging.getLogger(__name__)
@@ -75,13 +78,17 @@ class CompiledDecoder:
         self.cache = StaticCache(config=target.model.config, max_cache_len=max_cache_len)
         self.deltas = torch.zeros(batch_size, target.hidden_size, dtype=torch.float32, device=target.device)
         torch._dynamo.mark_static_address(self.deltas)  # updated in place between batches (CUDA graphs keep it)
+        # α·v is precomputed into the buffer, so the registry's addition runs with α = 1 (1·x is exact).
+        unit = torch.ones(batch_size, dtype=torch.float32, device=target.device)
+        torch._dynamo.mark_static_address(unit)
+        self._steering = RowSteering(self.deltas, unit)
         self.forward = _compiled_forward(target.model)
         self.on_gpu = target.device.type == "cuda"
         self.rows = 0
 
     def _add_deltas(self, hidden: torch.Tensor, _call: Call) -> torch.Tensor:
-        # RowSteering.apply's addition: h + α·v in fp32, cast back (α·v precomputed, so the sum is bit-identical).
-        return (hidden.float() + self.deltas[:, None, :]).to(hidden.dtype)
+        # The eager hook's RowSteering.apply: h + 1·(α·v) in fp32, cast back — bit-identical to h + α·v there.
+        return self._steering.apply(hidden)
 
     @contextmanager
     def steering(self, layer: int | None, deltas: torch.Tensor | None) -> Iterator[None]:

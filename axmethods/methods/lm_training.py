@@ -1,10 +1,13 @@
 """Training rank-1 interventions through the language-model loss (ReFT-r1, SSV), all concepts jointly.
 
-Each batch row is one (concept, example) pair; a forward hook on block L adds that row's concept
+Each batch row is one (concept, example) pair; a forward hook on block L applies that row's concept
 intervention to the residual stream at every non-prefix position of prompt + response, and the loss is
-the cross-entropy of the response tokens (the prompt is masked with −100). The parameter is one fp32
-[k, d] matrix whatever the model's dtype: the hook computes in fp32 and casts only the added delta
-down, so AdamW updates fp32 master weights (AxBench cast the intervention to bf16 — spec §9.10).
+the cross-entropy of the response tokens (the prompt is masked with −100). A method's `intervene` gives
+only what is its own (the rows' magnitudes, e.g. ReFT-r1's top-k latent, and an auxiliary loss) as a
+`RowSteering` over the weight's rows: the direction arithmetic is the interventions registry's, the same
+as steering with the trained dictionary. The parameter is one fp32 [k, d] matrix whatever the model's
+dtype: `RowSteering.apply` computes in fp32 and casts the result down, so AdamW updates fp32 master
+weights (AxBench cast the intervention to bf16 — spec §9.10).
 `LMRank1Model` is what `ConceptTrainer` trains: the frozen base model is held, not registered, so the
 Trainer's checkpoints hold the [k, d] weight only.
 """
@@ -24,13 +27,14 @@ from torch import nn
 from axdata.concepts import Concept
 from axmethods.dictionary import SteeringDictionary
 from axmethods.hooks import hook_output
+from axmethods.interventions import RowSteering
 from axmethods.methods.base import Method, TrainingSet
 from axmethods.methods.joint import train_chunk
 from axmethods.models import TargetModel, pad_batch, pad_token_id
 
 # (hidden [B, T, d] fp32, concept rows of the weight [B, d], intervened positions [B, T] bool)
-#   → (delta [B, T, d] fp32, auxiliary loss per row [B] or None)
-Intervene = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+#   → (the rows' steering, applied at the intervened positions; auxiliary loss per row [B] or None)
+Intervene = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[RowSteering, torch.Tensor | None]]
 
 
 @dataclass
@@ -73,8 +77,8 @@ class LMRank1Model(nn.Module):
         state: dict[str, torch.Tensor | None] = {}
 
         def apply(hidden: torch.Tensor, _call: object) -> torch.Tensor:
-            delta, state["aux"] = self.intervene(hidden.float(), self.weight[concept_index], intervened)
-            return hidden + delta.to(hidden.dtype)
+            steering, state["aux"] = self.intervene(hidden.float(), self.weight[concept_index], intervened)
+            return steering.apply(hidden, intervened)
 
         with hook_output(self.module, apply):
             logits = self.target.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
@@ -137,8 +141,9 @@ class LMRank1Method(Method):
 
     @abstractmethod
     def intervene(self, hidden: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor
-                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(the delta added to `hidden` at the `mask`ed positions, an auxiliary loss per row or None)."""
+                  ) -> tuple[RowSteering, torch.Tensor | None]:
+        """(the rows' steering by `weight` [B, d], applied to `hidden` at the `mask`ed positions, an auxiliary loss
+        per row or None)."""
 
     def fit(self, target: TargetModel, train_df: pd.DataFrame, concepts: Sequence[Concept],
             layer: int) -> SteeringDictionary:

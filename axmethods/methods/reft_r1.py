@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from axmethods.interventions import RowSteering
 from axmethods.methods.base import normalise_rows
 from axmethods.methods.joint import TrainingSettings
 from axmethods.methods.lm_training import LMRank1Method
@@ -47,21 +48,21 @@ class ReFTr1(LMRank1Method):
         return normalise_rows(torch.full((n_concepts, hidden_size), self.config.init_value))
 
     def intervene(self, hidden: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+                  ) -> tuple[RowSteering, torch.Tensor]:
         return topk_relu_intervention(hidden, weight, mask, self.config.topk)
 
 
 def topk_relu_intervention(hidden: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, topk: int
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(delta = m·w at masked positions, L1 of the non-top-k latents per row); m = mean top-k ReLU latent."""
+                           ) -> tuple[RowSteering, torch.Tensor]:
+    """(the rows' addition of m·w, L1 of the non-top-k latents per row); m = mean top-k ReLU latent over the
+    masked positions. Only m and the L1 are ReFT-r1's own: adding m·w is the registry's `addition`."""
     latents = torch.einsum("btd,bd->bt", hidden, weight).relu() * mask
     ranked = latents.masked_fill(~mask, float("-inf"))
     top_values, top_index = ranked.topk(min(topk, ranked.shape[1]), dim=1)
     top_valid = top_values > float("-inf")
     magnitude = top_values.where(top_valid, 0.0).sum(1) / top_valid.sum(1).clamp(min=1)
-    delta = magnitude[:, None, None] * weight[:, None, :] * mask[..., None]
     in_top = torch.zeros_like(mask).scatter(1, top_index, top_valid)
     rest = mask & ~in_top
     # AxBench's L1: the non-top-k latents summed, divided by the number of intervened positions (all of them).
     l1 = (latents * rest).sum(1) / mask.sum(1).clamp(min=1)
-    return delta, l1
+    return RowSteering(weight, magnitude), l1

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from axmethods.interventions import RowSteering
 from axmethods.methods.joint import TrainingSettings
 from axmethods.methods.lm_training import LMRank1Method
 
@@ -34,5 +35,5 @@ class SSV(LMRank1Method):
     def initial_weight(self, n_concepts: int, hidden_size: int) -> torch.Tensor:
         return torch.full((n_concepts, hidden_size), self.config.init_value)
 
-    def intervene(self, hidden: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return weight[:, None, :] * mask[..., None], None
+    def intervene(self, hidden: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor) -> tuple[RowSteering, None]:
+        return RowSteering(weight, weight.new_ones(weight.shape[0])), None  # h + 1·w

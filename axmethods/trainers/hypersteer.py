@@ -32,6 +32,7 @@ from transformers import Trainer, TrainingArguments
 from axdata.concepts import Concept
 from axmethods.factors import HYPERSTEER_FACTORS
 from axmethods.hooks import hook_output
+from axmethods.interventions import RowSteering
 from axmethods.methods.hypernet import HyperNetwork, build_hypernetwork
 from axmethods.models import TargetModel, frozen, pad_batch, pad_token_id
 from axmethods.trainers import losses
@@ -105,15 +106,21 @@ class HyperSteerConfig(TrainingArguments):
 def adding(target: TargetModel, layer: int, delta: torch.Tensor, factors: torch.Tensor,
            remove: torch.Tensor | None = None) -> Any:
     """h ← h + factor·Δ on block `layer`'s output, every position (row b: Δ[b], factors[b]); rows with `remove`
-    set get RePS's `null_it_out` instead: h ← h − ReLU(h·Δ)/‖Δ‖² · Δ."""
+    set get RePS's `null_it_out` instead: h ← h − ReLU(h·Δ)/‖Δ‖² · Δ.
+
+    Both are the interventions registry's kinds (`addition`, `ablate_positive` with α = 0), the arithmetic
+    `HyperSteerSteerer` steers with at inference.
+    """
+    vectors = delta.float()
+    add = RowSteering(vectors, factors.float())
+    null = RowSteering(vectors, torch.zeros_like(factors, dtype=torch.float32), "ablate_positive") \
+        if remove is not None and bool(remove.any()) else None
 
     def apply(hidden: torch.Tensor, _call: Any) -> torch.Tensor:
-        h, v = hidden.float(), delta.float()[:, None, :]
-        steered = h + factors.float()[:, None, None] * v
-        if remove is not None and bool(remove.any()):
-            nulled = h - torch.relu((h * v).sum(-1, keepdim=True)) / v.pow(2).sum(-1, keepdim=True).clamp_min(1e-8) * v
-            steered = torch.where(remove[:, None, None], nulled, steered)
-        return steered.to(hidden.dtype)
+        steered = add.apply(hidden)
+        if null is None or remove is None:
+            return steered
+        return torch.where(remove[:, None, None], null.apply(hidden), steered)
 
     with hook_output(target.residual_module(layer), apply):
         yield

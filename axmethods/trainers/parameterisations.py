@@ -2,13 +2,15 @@
 
 Every parameterisation holds the parameters of k concepts in tensors with a leading concept axis, so one
 batch can train (or steer) a different concept on every row: row b uses concept `concepts[b]` with factor
-`factors[b]`. Parameters are fp32 whatever the model's dtype; hooks compute the delta in fp32 and cast
-only the delta down.
+`factors[b]`. Parameters are fp32 whatever the model's dtype. The vector's rows steer through the interventions
+registry (`RowSteering` built from parameter slices: the same arithmetic, fp32 then cast back, as a dictionary
+row at inference); LoRA / LoReFT are low-rank edits of a weight or a subspace, not a direction, so their hooks
+compute their delta in fp32 and cast only the delta down.
 
 | parameterisation | site                                  | h ← (row b, concept c, factor α)                      |
 |------------------|---------------------------------------|--------------------------------------------------------|
-| `vector`         | output of block L                     | h + (α + b_c)·w_c  (training; steering drops b_c)      |
-|                  | (`subtract`: RePS "null_it_out")      | h − ReLU(h·w_c + b_c)/‖w_c‖² · w_c                     |
+| `vector`         | output of block L                     | h + (α + b_c)·w_c  (`addition`; steering drops b_c)    |
+|                  | (`subtract`: RePS "null_it_out")      | h − ReLU(h·w_c + b_c)/‖w_c‖² · w_c (`ablate_positive`) |
 | `lora`           | output of `self_attn.o_proj` in layers| o + α · s · B_c A_c x   (rsLoRA s = alpha/√r)          |
 | `loreft`         | output of blocks in layers            | h + α · R_cᵀ(W_c h + b_c − R_c h), R_c orthonormal rows |
 
@@ -29,6 +31,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import orthogonal
 
 from axmethods.hooks import Call, OutputFn, hook_output
+from axmethods.interventions import RowSteering
 from axmethods.models import TargetModel
 
 PARAMETERISATIONS = ("vector", "lora", "loreft")
@@ -53,7 +56,11 @@ class RowPlan:
 
 
 class ConceptIntervention(nn.Module):
-    """Base: `applied(target, plan)` installs forward hooks that intervene row-wise while the block runs."""
+    """Base: `applied(target, plan)` installs forward hooks that intervene row-wise while the block runs.
+
+    A hook's new output is `steered(...)`: by default the site's output plus `delta` (LoRA, LoReFT); the vector
+    overrides `steered` to apply the interventions registry's `RowSteering` instead.
+    """
 
     parameterisation: ClassVar[str]
 
@@ -68,6 +75,13 @@ class ConceptIntervention(nn.Module):
     def delta(self, site: int, inputs: torch.Tensor, hidden: torch.Tensor, plan: RowPlan) -> torch.Tensor:
         """The fp32 change of the site's output `hidden` [B, T, d] (`inputs` = the site module's input)."""
         raise NotImplementedError
+
+    def steered(self, site: int, inputs: torch.Tensor, hidden: torch.Tensor, plan: RowPlan) -> torch.Tensor:
+        """The site's new output (`hidden`'s dtype): `hidden` + the fp32 `delta`, cast down, at `plan.mask`."""
+        change = self.delta(site, inputs, hidden.float(), plan)
+        if plan.mask is not None:
+            change = change * plan.mask[..., None].to(change.dtype)
+        return hidden + change.to(hidden.dtype)
 
     def spec(self) -> dict[str, Any]:
         """JSON-able description that rebuilds the module with `from_spec` (without its values)."""
@@ -84,10 +98,7 @@ class ConceptIntervention(nn.Module):
                     raise InterventionSpecError(
                         f"the batch has {hidden.shape[0]} rows but the plan {plan.concepts.shape[0]}; build one "
                         "RowPlan per batch.")
-                change = self.delta(index, call.args[0] if call.args else hidden, hidden.float(), plan)
-                if plan.mask is not None:
-                    change = change * plan.mask[..., None].to(change.dtype)
-                return hidden + change.to(hidden.dtype)
+                return self.steered(index, call.args[0] if call.args else hidden, hidden, plan)
             return intervene
 
         with ExitStack() as stack:
@@ -114,16 +125,22 @@ class VectorIntervention(ConceptIntervention):
         self.bias = nn.Parameter(torch.zeros(n_concepts), requires_grad=train_bias)
         self.dropout = dropout
 
-    def delta(self, site: int, inputs: torch.Tensor, hidden: torch.Tensor, plan: RowPlan) -> torch.Tensor:
+    def row_steering(self, plan: RowPlan) -> tuple[RowSteering, RowSteering | None]:
+        """The rows' `addition` (α = factor + b_c) and, when some rows subtract, their `ablate_positive` (α = b_c:
+        RePS's "null_it_out"), from the (dropped-out) parameter rows, so gradients reach weight and bias."""
         w = F.dropout(self.weight[plan.concepts], self.dropout, self.training)  # [B, d]
         b = self.bias[plan.concepts]
-        add = (plan.factors.to(w) + b)[:, None, None] * w[:, None, :]
+        add = RowSteering(w, plan.factors.to(w) + b)
         if plan.subtract is None or not bool(plan.subtract.any()):
-            return add.expand_as(hidden)
-        projection = torch.relu(torch.einsum("btd,bd->bt", hidden, w) + b[:, None]) / \
-            (w * w).sum(-1).clamp_min(1e-12)[:, None]
-        null = -projection[..., None] * w[:, None, :]
-        return torch.where(plan.subtract.to(hidden.device)[:, None, None], null, add.expand_as(hidden))
+            return add, None
+        return add, RowSteering(w, b, "ablate_positive")
+
+    def steered(self, site: int, inputs: torch.Tensor, hidden: torch.Tensor, plan: RowPlan) -> torch.Tensor:
+        add, null = self.row_steering(plan)
+        steered = add.apply(hidden, plan.mask)
+        if null is None or plan.subtract is None:
+            return steered
+        return torch.where(plan.subtract.to(hidden.device)[:, None, None], null.apply(hidden, plan.mask), steered)
 
     def spec(self) -> dict[str, Any]:
         return {**super().spec(), "hidden_size": self.weight.shape[1], "dropout": self.dropout}
