@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from axdata.errors import InputError
 from axdata.io import atomic_write_text
 
 EVAL_FILE = "eval.yaml"
@@ -39,7 +40,7 @@ TASKS = {
 def task_id(kind: str, config: str) -> str:
     """`concept_detection-gemma-2-2b-it-l20`: one leaderboard per task kind and model/layer config."""
     if kind not in TASKS:
-        raise ValueError(f"Unknown benchmark task {kind!r}; the tasks are {', '.join(TASKS)}.")
+        raise InputError(f"Unknown benchmark task {kind!r}; the tasks are {', '.join(TASKS)}.")
     return f"{kind}-{config}"
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from axdata.errors import InputError
 from axdata.io import atomic_write_text
 from axdata.schema import GENRES
 
@@ -32,7 +33,7 @@ _METADATA_KEYS = ("concept_id", "concept", "ref", "concept_genres_map")
 _NEURONPEDIA_KEYS = ("modelId", "layer", "index", "description")
 
 
-class ConceptFileError(ValueError):
+class ConceptFileError(InputError):
     """A concept file cannot be read; the message names the file, the line, the problem and the fix."""
 
     def __init__(self, path: str | Path, problem: str, fix: str, at: int | str | None = None) -> None:
@@ -87,7 +88,7 @@ def load_concepts(path: str | Path, *, max_concepts: int | None = None, seed: in
     """
     path = Path(path)
     if max_concepts is not None and max_concepts < 1:
-        raise ValueError(f"max_concepts must be ≥ 1 or None, got {max_concepts}.")
+        raise InputError(f"max_concepts must be ≥ 1 or None, got {max_concepts}.")
     readers = {".csv": _read_csv, ".txt": _read_txt, ".jsonl": _read_jsonl, ".json": _read_neuronpedia}
     reader = readers.get(path.suffix.lower())
     if reader is None:

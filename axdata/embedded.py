@@ -12,8 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from axdata.errors import AxbenchError
 
-class EmbeddedModelMissingError(RuntimeError):
+
+class EmbeddedModelMissingError(AxbenchError, RuntimeError):
     """The package that carries an embedded model is not installed."""
 
 

@@ -19,11 +19,13 @@ from typing import Any
 
 import yaml
 
+from axdata.errors import InputError
+
 MAX_YAML_BYTES = 1 << 20
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.DOTALL)
 
 
-class UntrustedYAMLError(ValueError):
+class UntrustedYAMLError(InputError):
     """The YAML is too large, uses aliases, or does not parse; the message names the source."""
 
 

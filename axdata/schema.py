@@ -15,6 +15,8 @@ import datasets
 import pandas as pd
 import pyarrow as pa
 
+from axdata.errors import InputError
+
 EMPTY_CONCEPT = "EEEEE"  # AxBench's `output_concept` for rows that carry no concept (shared negatives)
 SHARED_NEGATIVE_ID = -1  # AxBench's `concept_id` for the target model's own answers shared by all concepts
 GENRES = ("text", "code", "math")
@@ -87,7 +89,7 @@ SPLIT_COLUMNS: dict[str, tuple[Column, ...]] = {
 }
 
 
-class SchemaError(ValueError):
+class SchemaError(InputError):
     """A frame does not match its split's schema; `problems` holds (column, problem) pairs."""
 
     def __init__(self, split: str, problems: list[tuple[str, str]], source: str | None = None) -> None:
@@ -102,7 +104,7 @@ class SchemaError(ValueError):
 def columns(split: str) -> tuple[Column, ...]:
     """The schema columns of `split`, in file order."""
     if split not in SPLIT_COLUMNS:
-        raise ValueError(f"Unknown split {split!r}; the splits are {', '.join(SPLITS)}.")
+        raise InputError(f"Unknown split {split!r}; the splits are {', '.join(SPLITS)}.")
     return SPLIT_COLUMNS[split]
 
 

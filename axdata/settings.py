@@ -28,12 +28,13 @@ from typing import Any, TypeVar
 
 import yaml
 
+from axdata.errors import InputError
 from axdata.validation import check_numbers
 
 T = TypeVar("T")
 
 
-class SettingsError(ValueError):
+class SettingsError(InputError):
     """A setting is unknown, of the wrong type, or out of range; the message names it and the fix."""
 
 

@@ -17,6 +17,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from axdata.errors import InputError
+
 # Counts, sizes, rates and lengths: zero or less can only be a mistake.
 POSITIVE = frozenset({
     "epochs", "num_train_epochs", "batch_size", "per_device_train_batch_size", "gradient_accumulation_steps",
@@ -37,11 +39,11 @@ def check_numbers(values: Mapping[str, Any], where: str) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{where}.{key} = {value!r}: must be a finite number.")
+            raise InputError(f"{where}.{key} = {value!r}: must be a finite number.")
         if key in POSITIVE and value <= 0:
-            raise ValueError(f"{where}.{key} = {value!r}: must be greater than 0.")
+            raise InputError(f"{where}.{key} = {value!r}: must be greater than 0.")
         if key in NON_NEGATIVE and value < 0:
-            raise ValueError(f"{where}.{key} = {value!r}: must be 0 or more.")
+            raise InputError(f"{where}.{key} = {value!r}: must be 0 or more.")
 
 
 def check_dataclass_numbers(instance: Any, where: str | None = None) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from axdata.errors import InputError
 from axdata.generation.config import DataGenerationConfig
 from axdata.hashing import content_hash
 from axdata.llm.config import LLMConfig
@@ -60,7 +61,7 @@ class RunSection:
         check_dataclass_numbers(self, "run")
         # The run directory is <output_dir>/<name>: a name must not lead anywhere else.
         if not self.name or self.name in (".", "..") or any(sep in self.name for sep in ("/", "\\", "\0")):
-            raise ValueError(f"run.name = {self.name!r}: must be one folder name (no '/', '\\', '.' or '..'); "
+            raise InputError(f"run.name = {self.name!r}: must be one folder name (no '/', '\\', '.' or '..'); "
                              "put the location in run.output_dir.")
 
 
@@ -112,11 +113,11 @@ class InferenceSection:
     def __post_init__(self) -> None:
         check_dataclass_numbers(self, "inference")
         if not self.factors or not all(isinstance(f, (int, float)) and math.isfinite(f) for f in self.factors):
-            raise ValueError(f"inference.factors = {self.factors!r}: give at least one finite number.")
+            raise InputError(f"inference.factors = {self.factors!r}: give at least one finite number.")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"inference.top_p = {self.top_p!r}: must be in (0, 1].")
+            raise InputError(f"inference.top_p = {self.top_p!r}: must be in (0, 1].")
         if self.engine not in ENGINES:
-            raise ValueError(f"inference.engine = {self.engine!r}: use one of {', '.join(ENGINES)}.")
+            raise InputError(f"inference.engine = {self.engine!r}: use one of {', '.join(ENGINES)}.")
 
 
 @dataclass

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from huggingface_hub.utils import tqdm
 
+from axdata.errors import InputError
 from axdata.io import atomic_path
 from axdata.llm import ChatBackend, ChatRequest, SamplingParams, StructuredOutputError
 from axeval.judge_templates import CRITERIA, JUDGE_TEMPLATE_HASH, TEMPLATE_HASHES, rating_schema, render
@@ -92,14 +93,14 @@ class JudgeConfig:
 
     def __post_init__(self) -> None:
         if self.on_parse_failure not in PARSE_FAILURE_POLICIES:
-            raise ValueError(
+            raise InputError(
                 f"JudgeConfig.on_parse_failure={self.on_parse_failure!r} is unknown; use one of "
                 f"{', '.join(PARSE_FAILURE_POLICIES)} (a failure is never turned into a 0)."
             )
         if self.reason_max_chars is not None and self.reason_max_chars < 1:
-            raise ValueError(f"JudgeConfig.reason_max_chars={self.reason_max_chars}: must be at least 1 (or null).")
+            raise InputError(f"JudgeConfig.reason_max_chars={self.reason_max_chars}: must be at least 1 (or null).")
         if self.parse_retries < 0 or self.max_tokens < 1 or self.temperature < 0 or not self.max_seconds_per_rating > 0:
-            raise ValueError(
+            raise InputError(
                 f"JudgeConfig: parse_retries={self.parse_retries}, max_tokens={self.max_tokens}, "
                 f"temperature={self.temperature}, max_seconds_per_rating={self.max_seconds_per_rating}: retries and "
                 "temperature must be ≥ 0, max_tokens ≥ 1, max_seconds_per_rating > 0."
@@ -281,14 +282,14 @@ class Judge:
 def check_generations(generations: pd.DataFrame, source: str = "steering generations") -> None:
     missing = [column for column in REQUIRED_COLUMNS if column not in generations.columns]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"{source}: missing column(s) {missing}; the judge needs {list(REQUIRED_COLUMNS)} "
             "(steered inference writes them)."
         )
     for column in ("concept", "instruction", "generation"):
         bad = generations[column].map(lambda value: not isinstance(value, str))
         if bad.any():
-            raise ValueError(
+            raise InputError(
                 f"{source}: column {column!r} has {int(bad.sum())} non-text value(s) (first at row "
                 f"{int(np.flatnonzero(bad.to_numpy())[0])}); an empty generation should be '' , not null."
             )

@@ -23,11 +23,12 @@ from typing import Any, ClassVar, TypeVar
 
 from filelock import FileLock, Timeout
 
+from axdata.errors import AxbenchError
 from axdata.hashing import content_hash
 from axdata.io import atomic_write_text
 from axdata.llm import ChatBackend, Ledger, open_llm
 from axeval.config import AxbenchConfig
-from axeval.errors import USER_ERRORS
+from axeval.errors import is_user_error, user_message
 from axeval.rundir import RunDirectory
 from axmethods.distributed import barrier, broadcast, is_main, world_size
 from axmethods.models import TargetModel, load_target_model
@@ -150,11 +151,11 @@ def config_hashes(config: AxbenchConfig, stages: Sequence[Stage]) -> dict[str, A
     return hashes
 
 
-class StageError(RuntimeError):
+class StageError(AxbenchError, RuntimeError):
     """A stage failed; the message names the stage and the cause (the cause is chained for --debug)."""
 
 
-class RunLockedError(RuntimeError):
+class RunLockedError(AxbenchError, RuntimeError):
     """Another process holds the run directory; the message says who and what to do."""
 
 
@@ -232,10 +233,11 @@ def _run_stages(config: AxbenchConfig, stages: Sequence[Stage], force: bool) -> 
             try:
                 summary = _run_stage(stage, ctx)
             except Exception as error:
-                cause = str(error).rstrip(".") if isinstance(error, USER_ERRORS) \
-                    else f"{type(error).__name__}: {error}"
-                raise StageError(f"stage {stage.name!r} failed: {cause}. Its finished work is kept; fix the "
-                                 "cause and run the same command again to resume.") from error
+                if not is_user_error(error):  # a defect of ours: it propagates with its own traceback
+                    logger.error("stage %s failed on a bug in axbench; its finished work is kept", stage.name)
+                    raise
+                raise StageError(f"stage {stage.name!r} failed: {user_message(error).rstrip('.')}. Its finished "
+                                 "work is kept; fix the cause and run the same command again to resume.") from error
             seconds = time.perf_counter() - t0
             if is_main():
                 run_dir.write_stamp(stage.name, {"fingerprint": fingerprint, "seconds": seconds, "summary": summary,
@@ -248,7 +250,7 @@ def _run_stages(config: AxbenchConfig, stages: Sequence[Stage], force: bool) -> 
     return PipelineResult(run_dir.root, results, totals, time.perf_counter() - started)
 
 
-class OtherProcessError(RuntimeError):
+class OtherProcessError(AxbenchError, RuntimeError):
     """Rank 0 failed a stage it ran alone; the other processes stop with its message."""
 
 

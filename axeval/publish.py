@@ -23,6 +23,7 @@ import yaml
 from huggingface_hub import CommitOperationAdd, HfApi
 
 from axdata.cards import render_card
+from axdata.errors import InputError
 from axeval.report import Report, render_html, run_benchmark_data
 from axeval.rundir import RunDirectory
 from axeval.stats import ConfidenceInterval
@@ -53,7 +54,7 @@ def eval_results_file(run_dir: str | Path, method: str | None = None) -> Path:
     if method is None and len(files) == 1:
         return next(iter(files.values()))
     if method not in files:
-        raise LookupError(f"{folder} has results for {', '.join(files)}; choose one with --method.")
+        raise InputError(f"{folder} has results for {', '.join(files)}; choose one with --method.")
     return files[method]
 
 

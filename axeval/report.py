@@ -33,6 +33,7 @@ from matplotlib.figure import Figure
 from axdata.benchmark import read_hub_origin, task_id
 from axdata.builders import list_configs
 from axdata.cards import render_card
+from axdata.errors import InputError
 from axdata.io import atomic_path, atomic_write_text
 from axeval import detection, steering
 from axeval.judge import summarize_judgements
@@ -177,7 +178,7 @@ def build_report(
     if isinstance(source, ReportInputs):
         inputs = source
         if out_dir is None:
-            raise ValueError("build_report: pass out_dir when building from frames (there is no run directory).")
+            raise InputError("build_report: pass out_dir when building from frames (there is no run directory).")
     else:
         inputs = ReportInputs.from_run_dir(source)
         out_dir = Path(source) / "eval" if out_dir is None else out_dir

@@ -56,6 +56,21 @@ def test_a_failed_stage_is_one_line_and_debug_shows_the_traceback(tmp_path: Path
     assert "failed" in str(raised.value)
 
 
+def test_a_bug_deep_inside_a_stage_shows_its_traceback(tmp_path: Path, capsys, monkeypatch) -> None:
+    """A ValueError that is not one of our user errors is a defect: the CLI shows its traceback and says so,
+    instead of passing it off as the user's mistake."""
+    def broken_loader(*args, **kwargs):
+        raise ValueError("an internal invariant broke")
+
+    monkeypatch.setattr("axeval.pipeline.load_target_model", broken_loader)
+    path = tmp_path / "run.yaml"
+    path.write_text(f"run: {{output_dir: {tmp_path}, name: r, layer: 0}}\nmodel: {{model: whatever, device: cpu}}\n")
+    code, output = _run(capsys, "run", str(path))
+    assert code == 1 and "Traceback" in output and "in broken_loader" in output
+    assert "axbench: internal error (ValueError): an internal invariant broke" in output
+    assert "This is a bug in axbench" in output and "axbench: error:" not in output
+
+
 def test_a_damaged_parquet_names_the_file(tmp_path: Path, capsys) -> None:
     good = tmp_path / "latent.parquet"
     pd.DataFrame({"method": ["m"], "concept_id": [0], "category": ["positive"], "score": [1.0]}).to_parquet(good)

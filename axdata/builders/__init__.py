@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from axdata.concepts import Concept, load_concepts, write_concepts_jsonl
+from axdata.errors import InputError
 from axdata.io import atomic_path, atomic_write_json
 from axdata.schema import SPLITS, columns, features
 
@@ -33,7 +34,7 @@ _CONFIG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 def check_config_name(config: str) -> str:
     """Return `config` if it can name a folder and a Hub dataset config; raise ValueError otherwise."""
     if not _CONFIG_NAME.fullmatch(config):
-        raise ValueError(f"Config name {config!r} is not usable as a folder / Hub config name; use letters, "
+        raise InputError(f"Config name {config!r} is not usable as a folder / Hub config name; use letters, "
                          "digits, '.', '_' and '-', starting with a letter or digit (e.g. 'gemma-2-2b-it-l20').")
     return config
 
@@ -64,10 +65,10 @@ def resolve_config(out_dir: str | Path, config: str | None) -> str:
         raise FileNotFoundError(f"{out_dir} holds no dataset config (<config>/<split>-*.parquet); check the path.")
     if config is None:
         if len(configs) > 1:
-            raise ValueError(f"{out_dir} holds dataset configs {', '.join(configs)}; pick one with --dataset-config NAME.")
+            raise InputError(f"{out_dir} holds dataset configs {', '.join(configs)}; pick one with --dataset-config NAME.")
         return configs[0]
     if config not in configs:
-        raise ValueError(f"{out_dir} has no dataset config {config!r}; it holds {', '.join(configs)}.")
+        raise InputError(f"{out_dir} has no dataset config {config!r}; it holds {', '.join(configs)}.")
     return config
 
 
@@ -117,10 +118,10 @@ def read_provenance(out_dir: str | Path) -> dict[str, Any]:
     try:
         provenance = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error}); fix or delete the file (it only feeds the card).") from None
+        raise InputError(f"{path}: not valid JSON ({error}); fix or delete the file (it only feeds the card).") from None
     if not isinstance(provenance, dict):
         # ValueError like every other bad-input error here: callers report those to the user.
-        raise ValueError(f"{path}: holds a {type(provenance).__name__}, not a JSON object; "
+        raise InputError(f"{path}: holds a {type(provenance).__name__}, not a JSON object; "
                          'write an object such as {"generator_model": "gpt-4o-mini"}.')
     return provenance
 

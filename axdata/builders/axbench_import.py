@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from axdata.builders import check_config_name, read_provenance, write_concepts, write_provenance, write_split
 from axdata.concepts import Concept, load_concepts
+from axdata.errors import InputError
 from axdata.hashing import file_hash
 from axdata.schema import CATEGORIES, GENRES, SHARED_NEGATIVE_ID, conform_table, validate_frame
 
@@ -41,7 +42,7 @@ REPOSITORY_METADATA = "generate/metadata.jsonl"
 HUB_FILES = {"train": "train/data.parquet", "latent": "test/data.parquet"}
 
 
-class AxBenchImportError(ValueError):
+class AxBenchImportError(InputError):
     """The source is not AxBench-format data, or its parts disagree; the message says what to do."""
 
 

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from datasets.load import configure_builder_class
 
 from axdata.builders import check_config_name, list_configs, list_splits, split_files
+from axdata.errors import InputError
 from axdata.hashing import content_hash
 from axdata.schema import SchemaError, columns, conform_table
 
@@ -97,7 +98,7 @@ def from_config_layout(table: pa.Table, split: str, *, source: str) -> pa.Table:
     dropped = [name for name in table.column_names if name not in schema.names]
     not_null = [name for name in dropped if table.column(name).null_count < table.num_rows]
     if not_null:
-        raise ValueError(f"{source}: columns {not_null} hold values but are not in the {split!r} split's own schema; "
+        raise InputError(f"{source}: columns {not_null} hold values but are not in the {split!r} split's own schema; "
                          "the shard was modified after it was written — re-push the dataset from its source.")
     return pa.Table.from_arrays([table.column(name).cast(schema.field(name).type) for name in schema.names],
                                 schema=schema)
@@ -165,7 +166,7 @@ class AxBenchDataset(datasets.ArrowBasedBuilder):
 
     def _data_dir_or_fail(self) -> Path:
         if not self.config.data_dir:
-            raise ValueError(f"AxBenchDataset config {self.config.name!r} has no data_dir; pass data_dir=<dataset "
+            raise InputError(f"AxBenchDataset config {self.config.name!r} has no data_dir; pass data_dir=<dataset "
                              "directory> or build it with axdata.builders.builder.load_builder(data_dir, config).")
         return Path(self.config.data_dir)
 
@@ -190,10 +191,10 @@ def load_builder(data_dir: str | Path, config: str | None = None, *,
     """A builder for one config of `data_dir`, cached under a key that follows the shards' contents."""
     cls = builder_class(data_dir)
     if config is not None and config not in cls.builder_configs:
-        raise ValueError(f"Config {config!r} is not in {data_dir}; the configs there are "
+        raise InputError(f"Config {config!r} is not in {data_dir}; the configs there are "
                          f"{', '.join(cls.builder_configs)}.")
     name = config or cls.DEFAULT_CONFIG_NAME
     if name is None:
-        raise ValueError(f"{data_dir} holds several configs ({', '.join(cls.builder_configs)}); pass one of them.")
+        raise InputError(f"{data_dir} holds several configs ({', '.join(cls.builder_configs)}); pass one of them.")
     return cls(config_name=name, dataset_name="axbench", hash=config_fingerprint(data_dir, name),
                cache_dir=None if cache_dir is None else str(cache_dir))

@@ -50,6 +50,7 @@ from axdata.builders import (
 )
 from axdata.builders.builder import config_schema, from_config_layout, to_config_layout
 from axdata.cards import render_card
+from axdata.errors import InputError
 from axdata.io import atomic_path
 from axdata.safe_yaml import card_metadata
 from axdata.schema import CATEGORIES, SPLITS, columns
@@ -161,7 +162,7 @@ def push_dataset(
         tagged = _existing_tag(api, repo_id, tag_name)
         if tagged is not None:
             if not _same_content(api, repo_id, tagged, staging):
-                raise ValueError(f"{repo_id} already has tag {tag_name} (commit {tagged[:12]}) with other content "
+                raise InputError(f"{repo_id} already has tag {tag_name} (commit {tagged[:12]}) with other content "
                                  f"than {root}; versions are immutable — push with a new version (e.g. "
                                  f"--version {_next_version(version)}).")
             logger.info("%s: %s already holds this content; nothing to push", repo_id, tag_name)
@@ -210,17 +211,17 @@ def _pulled_card_metadata(path: Path, source: str) -> dict[str, Any]:
     """A pulled card's YAML header, parsed without aliases and within size bounds (a card is untrusted input)."""
     size = path.stat().st_size
     if size > MAX_CARD_BYTES:
-        raise ValueError(f"{source} is {size} bytes, more than the {MAX_CARD_BYTES} a dataset card may have; "
+        raise InputError(f"{source} is {size} bytes, more than the {MAX_CARD_BYTES} a dataset card may have; "
                          "it was not written by `axbench data push`.")
     return card_metadata(path.read_text(encoding="utf-8", errors="replace"), source)
 
 
 def _check_provenance(provenance: Any, source: str) -> None:
     if not isinstance(provenance, dict):
-        raise ValueError(f"{source}: 'provenance' must be a mapping, got {type(provenance).__name__}.")
+        raise InputError(f"{source}: 'provenance' must be a mapping, got {type(provenance).__name__}.")
     size = len(json.dumps(provenance, default=str))
     if size > MAX_PROVENANCE_BYTES:
-        raise ValueError(f"{source}: 'provenance' is {size} bytes as JSON, more than the {MAX_PROVENANCE_BYTES} "
+        raise InputError(f"{source}: 'provenance' is {size} bytes as JSON, more than the {MAX_PROVENANCE_BYTES} "
                          "accepted; the card was not written by `axbench data push`.")
 
 
@@ -384,7 +385,7 @@ def _distinct(table: pa.Table, column: str) -> set[str]:
 def _check_version(version: str) -> str:
     text = version.removeprefix("v")
     if not re.fullmatch(r"\d+\.\d+\.\d+", text):
-        raise ValueError(f"Version {version!r} is not MAJOR.MINOR.PATCH; pass e.g. '1.0.0' (the tag becomes v1.0.0).")
+        raise InputError(f"Version {version!r} is not MAJOR.MINOR.PATCH; pass e.g. '1.0.0' (the tag becomes v1.0.0).")
     return text
 
 

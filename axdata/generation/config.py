@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from axdata.errors import InputError
 from axdata.schema import SPLITS
 
 SHIPPED_POOL = "shipped"
@@ -132,29 +133,29 @@ class DataGenerationConfig:
     def __post_init__(self) -> None:
         unknown = [split for split in self.splits if split not in SPLITS]
         if unknown:
-            raise ValueError(f"DataGenerationConfig.splits has unknown split(s) {unknown}; use any of {', '.join(SPLITS)}.")
+            raise InputError(f"DataGenerationConfig.splits has unknown split(s) {unknown}; use any of {', '.join(SPLITS)}.")
         if "latent_imbalance" in self.splits and "latent" not in self.splits:
-            raise ValueError("DataGenerationConfig.splits: latent_imbalance is drawn from latent's negatives; "
+            raise InputError("DataGenerationConfig.splits: latent_imbalance is drawn from latent's negatives; "
                              "add 'latent' to splits.")
         if "preference" in self.splits and "train" not in self.splits:
-            raise ValueError("DataGenerationConfig.splits: preference pairs are built on train positives; "
+            raise InputError("DataGenerationConfig.splits: preference pairs are built on train positives; "
                              "add 'train' to splits.")
         for name in ("num_of_examples", "output_length", "latent_num_of_examples", "imbalance_factor",
                      "steering_num_of_examples", "pool_size", "concept_concurrency", "target_batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"DataGenerationConfig.{name}={getattr(self, name)!r} must be at least 1.")
+                raise InputError(f"DataGenerationConfig.{name}={getattr(self, name)!r} must be at least 1.")
         if self.num_of_examples < 2:
-            raise ValueError(f"DataGenerationConfig.num_of_examples={self.num_of_examples} must be at least 2 "
+            raise InputError(f"DataGenerationConfig.num_of_examples={self.num_of_examples} must be at least 2 "
                              "(half positives, half negatives).")
         if self.max_reasks < 0 or self.max_related_words < 0:
-            raise ValueError("DataGenerationConfig.max_reasks and max_related_words must be 0 or more.")
+            raise InputError("DataGenerationConfig.max_reasks and max_related_words must be 0 or more.")
         if not (0 <= self.math_share and 0 <= self.code_share and self.math_share + self.code_share <= 1):
-            raise ValueError(f"DataGenerationConfig.math_share={self.math_share} and code_share={self.code_share} "
+            raise InputError(f"DataGenerationConfig.math_share={self.math_share} and code_share={self.code_share} "
                              "must be ≥ 0 and sum to at most 1.")
         if self.response_max_tokens is not None and self.response_max_tokens < 1:
-            raise ValueError(f"DataGenerationConfig.response_max_tokens={self.response_max_tokens} must be ≥ 1 or None.")
+            raise InputError(f"DataGenerationConfig.response_max_tokens={self.response_max_tokens} must be ≥ 1 or None.")
         if self.temperature < 0:
-            raise ValueError(f"DataGenerationConfig.temperature={self.temperature} must be 0 or more.")
+            raise InputError(f"DataGenerationConfig.temperature={self.temperature} must be 0 or more.")
 
     @property
     def positives_per_concept(self) -> int:

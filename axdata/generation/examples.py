@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from axdata.concepts import Concept
+from axdata.errors import InputError
 from axdata.generation.asking import Asked, Failure, ask, check_response, clean, derive_seed
 from axdata.generation.config import PAPER_POOLS, DataGenerationConfig
 from axdata.generation.pools import InstructionPool
@@ -271,7 +272,7 @@ def steering_dataset_name(source: str) -> str:
 
 def _check_steering_pool(pool: Sequence[str], pool_source: str, n: int) -> None:
     if n > len(pool):
-        raise ValueError(f"steering_num_of_examples={n} exceeds the {len(pool)} instructions of the steering pool "
+        raise InputError(f"steering_num_of_examples={n} exceeds the {len(pool)} instructions of the steering pool "
                          f"({pool_source}); lower it or use a larger pool.")
 
 

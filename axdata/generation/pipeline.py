@@ -30,6 +30,7 @@ from huggingface_hub.utils import tqdm
 
 from axdata.builders import read_provenance, write_concepts, write_provenance, write_split
 from axdata.concepts import Concept
+from axdata.errors import InputError
 from axdata.generation.asking import Failure
 from axdata.generation.config import DataGenerationConfig
 from axdata.generation.contrast import contrast_concepts
@@ -183,7 +184,7 @@ async def run_generation(
     the target tokenizer."""
     started = time.perf_counter()
     if not concepts:
-        raise ValueError("No concepts to generate data for; check the concept file and max_concepts.")
+        raise InputError("No concepts to generate data for; check the concept file and max_concepts.")
     written = load_written(config, concepts)
     pool = pool or load_pool(config.pool_sources(), config.pool_size)
     ctx = Context(config, pool, llm, target, truncate, written)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from axdata.errors import InputError
 from axdata.generation.config import PAPER_POOLS, SHIPPED_POOL
 from axdata.hashing import content_hash
 from axdata.schema import GENRES
@@ -35,7 +36,7 @@ _TEXT_COLUMNS = ("input", "instruction", "question")
 _LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
-class InstructionPoolError(ValueError):
+class InstructionPoolError(InputError):
     """An instruction pool cannot be loaded; the message names the source, the problem and the fix."""
 
 

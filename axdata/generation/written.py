@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from axdata.concepts import Concept, normalise
+from axdata.errors import InputError
 from axdata.hashing import content_hash
 
 WRITTEN_MODEL = "written"  # generator_model of written rows
@@ -31,7 +32,7 @@ KINDS = {("train", "positive"), ("latent", "positive"), ("latent", "negative"), 
 _REQUIRED = ("concept", "split", "category", "input", "output")
 
 
-class WrittenExamplesError(ValueError):
+class WrittenExamplesError(InputError):
     """The written-examples file cannot be used; the message names the file, the line and the fix."""
 
 

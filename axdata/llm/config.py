@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from axdata.embedded import DEFAULT_EMBEDDED_MODEL, EMBEDDED_MODELS
+from axdata.errors import InputError
 
 EMBEDDED_ENDPOINT = "embedded"
 STRUCTURED_OUTPUT_MODES = ("auto", "json_schema", "prompt")
@@ -108,46 +109,46 @@ class LLMConfig:
 
     def __post_init__(self) -> None:
         if not self.endpoint:
-            raise ValueError("LLMConfig.endpoint is empty; use 'embedded' or an OpenAI-compatible base URL.")
+            raise InputError("LLMConfig.endpoint is empty; use 'embedded' or an OpenAI-compatible base URL.")
         if self.is_embedded:
             if self.model not in EMBEDDED_MODELS:
-                raise ValueError(
+                raise InputError(
                     f"LLMConfig.model={self.model!r} is not an embedded model, but endpoint='embedded'. "
                     f"Use one of: {', '.join(EMBEDDED_MODELS)}; or set endpoint to a server's base URL."
                 )
         elif not self.endpoint.startswith(("http://", "https://")):
-            raise ValueError(
+            raise InputError(
                 f"LLMConfig.endpoint={self.endpoint!r} is neither 'embedded' nor an http(s) URL; "
                 "use e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1."
             )
         if not self.model:
-            raise ValueError("LLMConfig.model is empty; name the model the endpoint serves.")
+            raise InputError("LLMConfig.model is empty; name the model the endpoint serves.")
         if self.structured_output not in STRUCTURED_OUTPUT_MODES:
-            raise ValueError(
+            raise InputError(
                 f"LLMConfig.structured_output={self.structured_output!r} is unknown; use one of "
                 f"{', '.join(STRUCTURED_OUTPUT_MODES)}."
             )
         for name in ("max_concurrency", "embedded_n_parallel", "embedded_n_ctx"):
             if getattr(self, name) < 1:
-                raise ValueError(f"LLMConfig.{name}={getattr(self, name)!r} must be at least 1.")
+                raise InputError(f"LLMConfig.{name}={getattr(self, name)!r} must be at least 1.")
         if self.embedded_threads is not None and self.embedded_threads < 1:
-            raise ValueError(
+            raise InputError(
                 f"LLMConfig.embedded_threads={self.embedded_threads!r} must be at least 1 or None."
             )
         for name in ("max_retries", "max_invalid_retries"):
             if getattr(self, name) < 0:
-                raise ValueError(f"LLMConfig.{name}={getattr(self, name)!r} must be 0 or more.")
+                raise InputError(f"LLMConfig.{name}={getattr(self, name)!r} must be 0 or more.")
         for name in ("timeout_s", "backoff_max_s"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"LLMConfig.{name}={getattr(self, name)!r} must be positive.")
+                raise InputError(f"LLMConfig.{name}={getattr(self, name)!r} must be positive.")
         if self.backoff_base_s < 0:
-            raise ValueError(f"LLMConfig.backoff_base_s={self.backoff_base_s!r} must be 0 or more.")
+            raise InputError(f"LLMConfig.backoff_base_s={self.backoff_base_s!r} must be 0 or more.")
         for name in ("max_usd", "input_usd_per_mtok", "output_usd_per_mtok"):
             value = getattr(self, name)
             if value is not None and value < 0:
-                raise ValueError(f"LLMConfig.{name}={value!r} must be 0 or more (or None).")
+                raise InputError(f"LLMConfig.{name}={value!r} must be 0 or more (or None).")
         if self.embedded_port is not None and not 0 < self.embedded_port < 65536:
-            raise ValueError(
+            raise InputError(
                 f"LLMConfig.embedded_port={self.embedded_port!r} is not a TCP port (1–65535) or None."
             )
 

@@ -6,10 +6,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from axdata.errors import AxbenchError
 from axdata.hashing import content_hash
 
 
-class LLMError(RuntimeError):
+class LLMError(AxbenchError, RuntimeError):
     """Base class of every error raised by a chat backend."""
 
 

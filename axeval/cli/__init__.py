@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 
 import typer
 
@@ -17,7 +18,7 @@ from axeval.cli.infer import infer_app
 from axeval.cli.llm import llm_app
 from axeval.cli.run import register_run_commands
 from axeval.cli.train import train
-from axeval.errors import USER_ERRORS
+from axeval.errors import is_user_error, user_message
 
 app = typer.Typer(
     name="axbench",
@@ -89,8 +90,11 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as error:
         if debug:
             raise
-        # A user error is one line, exit 1; a defect of ours is one line too, asking for a report.
-        kind = "error" if isinstance(error, USER_ERRORS) else f"internal error ({type(error).__name__})"
-        hint = "" if isinstance(error, USER_ERRORS) else " This is a bug in axbench: please report it."
-        print(f"axbench: {kind}: {error}{hint} (--debug shows the traceback)", file=sys.stderr)
+        if is_user_error(error):  # one line, exit 1
+            print(f"axbench: error: {user_message(error)} (--debug shows the traceback)", file=sys.stderr)
+            raise SystemExit(1) from None
+        # A defect of ours: the traceback is what a report needs, so it is shown, with one line saying so.
+        traceback.print_exc(file=sys.stderr)
+        print(f"axbench: internal error ({type(error).__name__}): {error}. This is a bug in axbench: please report "
+              "it with the traceback above.", file=sys.stderr)
         raise SystemExit(1) from None

@@ -37,6 +37,7 @@ import pandas as pd
 from scipy.stats import spearmanr
 from sklearn.metrics import cohen_kappa_score, confusion_matrix
 
+from axdata.errors import InputError
 from axeval.judge_templates import CRITERIA
 from axeval.steering import _harmonic_mean
 
@@ -146,12 +147,12 @@ def _check(labels: pd.DataFrame) -> None:
     needed = ["record_id", "annotator", *(f"{p}_{c}" for c in CRITERIA for p in ("judge", "human"))]
     missing = [c for c in needed if c not in labels.columns]
     if missing:
-        raise ValueError(f"labels: missing column(s) {missing}; pass the dataset `axbench curate pull` wrote.")
+        raise InputError(f"labels: missing column(s) {missing}; pass the dataset `axbench curate pull` wrote.")
     for column in needed[2:]:
         values = labels[column].dropna()
         bad = values[~values.isin(LABELS)]
         if len(bad):
-            raise ValueError(f"labels: {column} holds values outside 0, 1, 2: {sorted(set(bad))[:5]}; ratings must "
+            raise InputError(f"labels: {column} holds values outside 0, 1, 2: {sorted(set(bad))[:5]}; ratings must "
                              "be mapped back to the 0–2 scale (axbench curate pull does this).")
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from axdata.errors import InputError
 from axeval.curation.records import NOTE_QUESTION, QUESTIONS, ReviewRecord
 from axeval.curation.settings import rating_offset, settings_dict
 from axeval.judge_templates import CRITERIA
@@ -41,7 +42,7 @@ def connect(api_url: str | None = None, api_key: str | None = None) -> Any:
     rg = import_argilla()
     url, key = api_url or os.environ.get(URL_ENV), api_key or os.environ.get(KEY_ENV)
     if not url or not key:
-        raise ValueError(f"No Argilla server: set {URL_ENV} (e.g. http://127.0.0.1:6900) and {KEY_ENV} (an owner or "
+        raise InputError(f"No Argilla server: set {URL_ENV} (e.g. http://127.0.0.1:6900) and {KEY_ENV} (an owner or "
                          "admin API key), or start a local one with `make argilla`.")
     client = rg.Argilla(api_url=url, api_key=key)
     try:
@@ -93,7 +94,7 @@ def push_records(client: Any, records: list[ReviewRecord], name: str, *, workspa
     else:
         names = {q.name for q in dataset.settings.questions}
         if not set(QUESTIONS) <= names:
-            raise ValueError(f"Argilla dataset {workspace}/{name} exists but is not an axbench review set (questions "
+            raise InputError(f"Argilla dataset {workspace}/{name} exists but is not an axbench review set (questions "
                              f"{sorted(names)}); choose another --dataset name.")
         existing = {record.id for record in dataset.records(with_suggestions=False, with_responses=False)}
     offset = _offset(dataset)
@@ -122,7 +123,7 @@ def push_records(client: Any, records: list[ReviewRecord], name: str, *, workspa
 def _offset(dataset: Any) -> int:
     offsets = {rating_offset([int(v) for v in q.values]) for q in dataset.settings.questions if q.name in QUESTIONS}
     if len(offsets) != 1:
-        raise ValueError(f"Argilla dataset {dataset.name}: the rating questions use different scales {sorted(offsets)}.")
+        raise InputError(f"Argilla dataset {dataset.name}: the rating questions use different scales {sorted(offsets)}.")
     return offsets.pop()
 
 
@@ -131,7 +132,7 @@ def pull_labels(client: Any, name: str, *, workspace: str | None = None) -> tupl
     workspace = workspace or client.workspaces.default.name
     dataset = get_dataset(client, name, workspace)
     if dataset is None:
-        raise ValueError(f"No Argilla dataset {name!r} in workspace {workspace!r} at {client.api_url}; check "
+        raise InputError(f"No Argilla dataset {name!r} in workspace {workspace!r} at {client.api_url}; check "
                          "--dataset/--workspace (`axbench curate push` creates it).")
     offset = _offset(dataset)
     usernames = {str(user.id): user.username for user in client.users}

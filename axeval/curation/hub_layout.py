@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from axdata.cards import render_card
+from axdata.errors import InputError
 from axdata.io import atomic_path, atomic_write_text
 from axeval.curation.records import METADATA, QUESTIONS, ReviewRecord
 from axeval.curation.settings import settings_dict
@@ -82,7 +83,7 @@ def export_review(records: list[ReviewRecord], out_dir: str | Path, name: str, *
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty; export into a new folder.")
     if not records:
-        raise ValueError("No records to export.")
+        raise InputError("No records to export.")
     settings = settings_dict(min_submitted)
     atomic_write_text(out / SETTINGS_FILE, json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
     dataset = {"name": name, "guidelines": settings["guidelines"], "allow_extra_metadata": False,

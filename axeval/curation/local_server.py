@@ -28,13 +28,15 @@ from pathlib import Path
 
 import httpx
 
+from axdata.errors import AxbenchError
+
 SERVER_REQUIREMENTS = ("argilla-server==2.8.0", "click<8.2", "osmem-server")
 DEFAULT_VENV = Path(".argilla-venv")
 DEFAULT_WORKSPACE = "argilla"
 STAMP = ".axbench-argilla-installed"
 
 
-class LocalArgillaError(RuntimeError):
+class LocalArgillaError(AxbenchError, RuntimeError):
     """The local server could not be installed or started; the message carries the log tail."""
 
 

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from axdata.errors import InputError
 from axdata.hashing import content_hash
 from axeval.judge import OK
 from axeval.judge_templates import CRITERIA
@@ -71,7 +72,7 @@ def load_judged_run(run_dir: str | Path) -> pd.DataFrame:
                            *(f"{c}_rating" for c in CRITERIA), "judge_model", "judge_template_hash")
                if c not in judged.columns]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; it was not written by the axbench judge "
+        raise InputError(f"{path}: missing column(s) {missing}; it was not written by the axbench judge "
                          "(re-run `axbench eval judge`).")
     config = {}
     if (root / "config.yaml").exists():
@@ -124,7 +125,7 @@ def stratify(judged: pd.DataFrame, by: tuple[str, ...] = STRATA) -> pd.Series:
     """The stratum label of every row ('method=…|factor=…|rating=…')."""
     unknown = sorted(set(by) - set(STRATA))
     if unknown:
-        raise ValueError(f"--stratify: unknown key(s) {unknown}; use a comma-separated subset of {','.join(STRATA)}.")
+        raise InputError(f"--stratify: unknown key(s) {unknown}; use a comma-separated subset of {','.join(STRATA)}.")
     parts = []
     if "method" in by:
         parts.append("method=" + judged["method"].astype(str))
@@ -156,9 +157,9 @@ def sample_judged(judged: pd.DataFrame, n: int | None = None, by: tuple[str, ...
         logger.info("%d of %d judged generation(s) have an unparsed rating and are not sent for review",
                     len(judged) - len(usable), len(judged))
     if usable.empty:
-        raise ValueError("No judged generation has all three ratings; nothing to review (check parse_status).")
+        raise InputError("No judged generation has all three ratings; nothing to review (check parse_status).")
     if n is not None and n < 1:
-        raise ValueError(f"--sample {n}: pass a positive number of records (or omit it to send all).")
+        raise InputError(f"--sample {n}: pass a positive number of records (or omit it to send all).")
     if n is None or n >= len(usable):
         return usable.copy()
     rng = np.random.default_rng(seed)
@@ -212,7 +213,7 @@ def build_records(judged: pd.DataFrame) -> list[ReviewRecord]:
         ))
     ids = [record.id for record in records]
     if len(set(ids)) != len(ids):
-        raise ValueError("Two judged rows have the same content (same generation, method, factor and prompt); "
+        raise InputError("Two judged rows have the same content (same generation, method, factor and prompt); "
                          "remove the duplicates from the judgements before pushing.")
     return records
 

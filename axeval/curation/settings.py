@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from axdata.errors import InputError
 from axeval.curation.records import GUIDELINES, NOTE_QUESTION, QUESTION_TITLES, QUESTIONS, RATING_VALUES
 
 FIELD_TITLES = {"instruction": "Instruction", "concept": "Concept the model was steered towards",
@@ -24,7 +25,7 @@ METADATA_TYPES = {"method": "terms", "model": "terms", "layer": "integer", "fact
 def settings_dict(min_submitted: int = 1, rating_offset: int = 0) -> dict[str, Any]:
     """The settings of a review dataset (fields, questions, metadata, guidelines, distribution)."""
     if min_submitted < 1:
-        raise ValueError(f"--min-submitted {min_submitted}: a record needs at least 1 submitted response.")
+        raise InputError(f"--min-submitted {min_submitted}: a record needs at least 1 submitted response.")
     fields = [{"name": name, "title": title, "required": True, "description": None, "type": "text",
                "settings": {"type": "text", "use_markdown": name == "response"}}
               for name, title in FIELD_TITLES.items()]
@@ -55,6 +56,6 @@ def rating_offset(question_values: list[int]) -> int:
     """The offset of a rating question whose values are 0–2 shifted: min(values)."""
     values = sorted(question_values)
     if len(values) != len(RATING_VALUES) or values != [values[0] + v for v in RATING_VALUES]:
-        raise ValueError(f"A rating question has values {values}; an axbench review question has three consecutive "
+        raise InputError(f"A rating question has values {values}; an axbench review question has three consecutive "
                          "values (0–2, or shifted). Was this dataset pushed by `axbench curate push`?")
     return values[0]

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi
 
+from axdata.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 METRICS_DIR = Path(__file__).parent
@@ -127,7 +129,7 @@ def space_module_source(name: str, core: str | None = None) -> str:
 def metric_files(name: str, repo_id: str) -> dict[str, bytes]:
     """The files of the Space for metric `name`, keyed by their path in the repo."""
     if name not in METRIC_NAMES:
-        raise ValueError(f"Unknown metric {name!r}; the metrics are {', '.join(METRIC_NAMES)}.")
+        raise InputError(f"Unknown metric {name!r}; the metrics are {', '.join(METRIC_NAMES)}.")
     core = core_source(name)
     return {
         f"{name}.py": space_module_source(name, core).encode(),
@@ -148,7 +150,7 @@ def push_metrics(
 ) -> list[PushedMetric]:
     """Create (or update) the Space `ORG/<name>` of each metric with one commit each."""
     if not org or "/" in org:
-        raise ValueError(f"push_metrics: org={org!r} must be a user or organisation name without '/'.")
+        raise InputError(f"push_metrics: org={org!r} must be a user or organisation name without '/'.")
     api = api or HfApi(token=token)
     pushed = []
     for name in names:

@@ -15,6 +15,7 @@ from typing import Any
 
 from axdata.builders import concepts_path
 from axdata.concepts import Concept, load_concepts
+from axdata.errors import InputError
 from axdata.generation.config import DataGenerationConfig
 from axdata.generation.examples import tokenizer_truncator
 from axdata.generation.pipeline import REPORT_FILE, GenerationResult, generate_dataset
@@ -81,7 +82,7 @@ def _hash_if_file(path: str | None) -> str | None:
 
 def read_concepts(config: DataGenerationConfig) -> list[Concept]:
     if not config.concept_path:
-        raise ValueError("data.concept_path is not set: generation needs a concept list (.csv, .txt, .jsonl or "
+        raise InputError("data.concept_path is not set: generation needs a concept list (.csv, .txt, .jsonl or "
                          "Neuronpedia .json). Set data.concept_path in the config or pass --concepts.")
     return load_concepts(config.concept_path, max_concepts=config.max_concepts, seed=config.seed)
 

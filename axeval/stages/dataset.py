@@ -9,6 +9,7 @@ import pandas as pd
 
 from axdata.builders import list_configs, list_splits, read_concepts, read_split
 from axdata.concepts import Concept
+from axdata.errors import InputError
 from axdata.hashing import file_hash
 from axeval.pipeline import RunContext
 from axeval.stages.data import default_dataset_config
@@ -44,10 +45,10 @@ def run_dataset(ctx: RunContext) -> RunDataset:
     configs = list_configs(directory)
     if config.data.dataset_config is not None:
         if config.data.dataset_config not in configs:
-            raise ValueError(f"run.dataset_dir {directory} has no config {config.data.dataset_config!r}; it has "
+            raise InputError(f"run.dataset_dir {directory} has no config {config.data.dataset_config!r}; it has "
                              f"{configs or 'none'}.")
         return RunDataset(directory, config.data.dataset_config)
     if len(configs) != 1:
-        raise ValueError(f"run.dataset_dir {directory} holds configs {configs or 'none'}: set data.dataset_config "
+        raise InputError(f"run.dataset_dir {directory} holds configs {configs or 'none'}: set data.dataset_config "
                          "to the one to use.")
     return RunDataset(directory, configs[0])
