@@ -17,6 +17,8 @@ from fixtures_llm import FaultServer, ok
 from generation_helpers import RoutingServer
 from typer.testing import CliRunner
 
+STAGES = ["model", "llm", "data", "train", "latent", "steering", "judge", "report"]  # a generated run's, in order
+
 
 class JudgingServer(RoutingServer):
     """The generation stand-in, plus judge ratings that depend only on the rated text."""
@@ -51,6 +53,14 @@ def write_run_config(tmp_path: Path, tiny_llama_dir: Path, llm_server: FaultServ
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path, tmp_path / "runs" / "r"
+
+
+@pytest.fixture
+def judging_llm() -> JudgingServer:
+    """A stand-in LLM of a test's own: it generates data and judges (`JudgingServer`)."""
+    server = JudgingServer().start()
+    yield server
+    server.stop()
 
 
 @dataclass(frozen=True)

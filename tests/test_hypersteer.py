@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from fixtures_runs import JudgingServer, write_run_config
+from fixtures_runs import write_run_config
 from test_builders import make_dataset
 from typer.testing import CliRunner
 
@@ -161,13 +161,6 @@ def test_from_hypernet_user_errors_exit_2(tmp_path: Path) -> None:
     wrong = _cli("dictionary", "from-hypernet", str(tmp_path / "notnet"), "--concepts", str(tmp_path / "empty.txt"),
                  "--out", str(tmp_path / "o"))
     assert wrong.exit_code == 2 and "not a hypernetwork folder" in wrong.output
-
-
-@pytest.fixture
-def judging_llm():
-    server = JudgingServer().start()  # the run's stand-in LLM (data generation and judge)
-    yield server
-    server.stop()
 
 
 def test_axbench_run_trains_once_and_reports_held_out_concepts(tmp_path: Path, tiny_llama_dir: Path,

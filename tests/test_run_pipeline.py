@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 
 import pandas as pd
-import pytest
 import yaml
-from fixtures_runs import JudgingServer, write_run_config
+from fixtures_runs import STAGES, write_run_config
 from typer.testing import CliRunner
 
 from axeval.cli import app
@@ -15,18 +14,9 @@ from axeval.config import AxbenchConfig
 from axeval.pipeline import run_pipeline
 from axeval.stages import default_stages
 
-STAGES = ["model", "llm", "data", "train", "latent", "steering", "judge", "report"]
 
-
-@pytest.fixture
-def llm_server():
-    server = JudgingServer().start()
-    yield server
-    server.stop()
-
-
-def test_full_run_writes_every_artefact_and_resumes(tmp_path, tiny_llama_dir, llm_server):
-    path, run_dir = write_run_config(tmp_path, tiny_llama_dir, llm_server)
+def test_full_run_writes_every_artefact_and_resumes(tmp_path, tiny_llama_dir, judging_llm):
+    path, run_dir = write_run_config(tmp_path, tiny_llama_dir, judging_llm)
     result = CliRunner().invoke(app, ["run", str(path)], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "axbench run summary" in result.output and "diffmean" in result.output
@@ -55,12 +45,12 @@ def test_full_run_writes_every_artefact_and_resumes(tmp_path, tiny_llama_dir, ll
     assert written["hashes"]["config"] and written["hashes"]["templates"]
 
     # Everything is current: a second run makes no LLM call and re-runs no stage.
-    calls = len(llm_server.requests)
+    calls = len(judging_llm.requests)
     config = AxbenchConfig.load(path)
     again = run_pipeline(config, default_stages(config))
     assert [s.name for s in again.stages] == STAGES
     assert {s.status for s in again.stages} == {"skipped"}
-    assert len(llm_server.requests) == calls
+    assert len(judging_llm.requests) == calls
 
     # A changed steering setting re-runs steering and what depends on it, nothing upstream.
     config = AxbenchConfig.load(path, ["inference.factors=[1.0]"])
@@ -69,8 +59,8 @@ def test_full_run_writes_every_artefact_and_resumes(tmp_path, tiny_llama_dir, ll
     assert ran == ["steering", "judge", "report"]
 
 
-def test_run_on_an_existing_dataset_skips_generation(tmp_path, tiny_llama_dir, llm_server):
-    path, run_dir = write_run_config(tmp_path, tiny_llama_dir, llm_server)
+def test_run_on_an_existing_dataset_skips_generation(tmp_path, tiny_llama_dir, judging_llm):
+    path, run_dir = write_run_config(tmp_path, tiny_llama_dir, judging_llm)
     config = AxbenchConfig.load(path, ["methods.train=[diffmean]", "report.baseline=unsteered"])
     run_pipeline(config, default_stages(config)[:3])  # model, llm, data: a dataset to reuse
     reuse = AxbenchConfig.load(path, ["run.name=reuse", f"run.dataset_dir={run_dir / 'data'}",
@@ -82,8 +72,8 @@ def test_run_on_an_existing_dataset_skips_generation(tmp_path, tiny_llama_dir, l
     assert (tmp_path / "runs" / "reuse" / "eval" / "report.md").exists()
 
 
-def test_run_trains_and_steers_with_reps_family_methods(tmp_path, tiny_llama_dir, llm_server):
-    path, run_dir = write_run_config(tmp_path, tiny_llama_dir, llm_server)
+def test_run_trains_and_steers_with_reps_family_methods(tmp_path, tiny_llama_dir, judging_llm):
+    path, run_dir = write_run_config(tmp_path, tiny_llama_dir, judging_llm)
     config = AxbenchConfig.load(path, ["methods.train=[diffmean]", "report.baseline=unsteered"])
     run_pipeline(config, default_stages(config)[:3])  # a dataset with its preference split
     settings = {"reps": {"num_train_epochs": 1, "inference_factors": [1.0, 4.0], "disable_tqdm": True},

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_run_pipeline import STAGES, llm_server, write_config  # noqa: F401 - llm_server is a fixture
+from fixtures_runs import STAGES, write_run_config
 from typer.testing import CliRunner
 
 from axeval.cli import app
@@ -34,7 +34,7 @@ def _artefacts(run_dir: Path) -> dict[str, pd.DataFrame]:
 
 def _config(root: Path, tiny_llama_dir: Path, server) -> tuple[Path, Path]:
     root.mkdir(parents=True)
-    return write_config(root, tiny_llama_dir, server)
+    return write_run_config(root, tiny_llama_dir, server)
 
 
 def _run_in_process(config: Path) -> None:
@@ -44,13 +44,13 @@ def _run_in_process(config: Path) -> None:
 
 @pytest.mark.slow
 def test_a_run_killed_in_every_stage_in_turn_ends_with_the_artefacts_of_an_uninterrupted_run(
-        tmp_path, tiny_llama_dir, llm_server):  # noqa: F811 - the fixture imported above
-    baseline_config, baseline_dir = _config(tmp_path / "baseline", tiny_llama_dir, llm_server)
+        tmp_path, tiny_llama_dir, judging_llm):
+    baseline_config, baseline_dir = _config(tmp_path / "baseline", tiny_llama_dir, judging_llm)
     _run_in_process(baseline_config)
     expected = _artefacts(baseline_dir)
     assert "eval/judgements.parquet" in expected and "inference/steering.parquet" in expected
     # One run directory, killed once inside each stage: every restart resumes from what the kills left.
-    config, run_dir = _config(tmp_path / "killed", tiny_llama_dir, llm_server)
+    config, run_dir = _config(tmp_path / "killed", tiny_llama_dir, judging_llm)
     for index, stage in enumerate(STAGES):
         started = run_dir / "config.yaml" if index == 0 else run_dir / "stages" / f"{STAGES[index - 1]}.json"
         process = subprocess.Popen([sys.executable, "-c", "from axeval.cli import main; main()", "run", str(config)],
