@@ -7,7 +7,7 @@ message naming where it was set.
 >>> check_numbers({"epochs": -1}, "methods.settings.probe")
 Traceback (most recent call last):
 ...
-ValueError: methods.settings.probe.epochs = -1: must be greater than 0.
+axdata.errors.InputError: methods.settings.probe.epochs = -1: must be greater than 0.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ NON_NEGATIVE = frozenset({
 
 
 def check_numbers(values: Mapping[str, Any], where: str) -> None:
-    """Raise ValueError naming `where.key` for a non-finite number or one outside its field's range."""
+    """Raise InputError naming `where.key` for a non-finite number or one outside its field's range."""
     for key, value in values.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
