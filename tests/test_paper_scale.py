@@ -134,14 +134,17 @@ def test_dry_run_overrides_change_sizes_only(tmp_path):
 
 
 @pytest.mark.slow
-def test_dry_run_tiny_gemma2_every_stage(tmp_path):
+def test_dry_run_tiny_gemma2_every_stage(tmp_path, judging_llm):
     """The dry-run script end to end at a tiny Gemma-2 shape: every stage of the 2B-L20 paper config completes.
 
-    In one process and at one factor (half the generations to judge, the stage that takes the time): the shapes,
-    dtypes and stages are what this checks; the command line's fresh-process mode is the next test."""
+    In one process and at one factor: the shapes, dtypes and stages are what this checks, not the LLM's answers, so
+    the stand-in LLM writes the data and judges (the script's own embedded LLM made this test take minutes; the
+    embedded server's path is the demo's); the command line's fresh-process mode is the next test."""
     dry_run = _script("dry_run_paper_config")
+    stand_in = [f"llm.endpoint={judging_llm.base_url}", "llm.model=gpt-4o-mini", "llm.structured_output=json_schema",
+                "llm.backoff_base_s=0.0"]
     results = dry_run.dry_run(ROOT / "configs" / "paper" / "2b-l20.yaml", "tiny", tmp_path, in_process=True,
-                              extra=["inference.factors=[1.0]"])["results"]
+                              extra=["inference.factors=[1.0]", *stand_in])["results"]
     assert [r["stage"] for r in results] == ["build", *dry_run_stages()]
     assert all(r["status"] == "ran" for r in results[1:]), results
     assert (tmp_path / "dry-run-paper-2b-l20" / "eval" / "report.md").is_file()
