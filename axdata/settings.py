@@ -3,7 +3,9 @@
 Values come from YAML files, `--set key=value` on any command, or Python. One grammar for all of them: a text
 value is read as YAML (`false` is a boolean, `[2, 4]` a list, `1e-3` a number), so a setting means the same
 wherever it is written. Unknown keys, values of the wrong type and out-of-range numbers are refused with a
-message that names where the value was set and lists the valid keys.
+message that names where the value was set and lists the valid keys. A setting that was renamed (the class's
+`RENAMED_SETTINGS`, old name → new name) is still accepted under its old name for one release, with one logged
+line naming the new one.
 
 >>> from dataclasses import dataclass
 >>> @dataclass
@@ -21,6 +23,7 @@ axdata.settings.SettingsError: methods.settings.demo has no field(s) ['epoch']; 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -32,6 +35,9 @@ from axdata.errors import InputError
 from axdata.validation import check_numbers
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
+_RENAME_NOTED: set[tuple[str, str]] = set()  # (class, old name) already logged in this process
 
 
 class SettingsError(InputError):
@@ -76,8 +82,27 @@ def build_settings(config_class: type[T], values: Mapping[str, Any] | None = Non
     return instance
 
 
+def renamed_settings(config_class: type, values: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """`values` with each old setting name of `config_class` (its `RENAMED_SETTINGS`: old → new) replaced by the new
+    one, saying so once per process; both names at once is an error."""
+    renamed = getattr(config_class, "RENAMED_SETTINGS", {})
+    values = dict(values)
+    for old, new in renamed.items():
+        if old not in values:
+            continue
+        if new in values:
+            raise SettingsError(f"{where} sets both {old!r} and {new!r}; {old!r} is the old name of {new!r}: "
+                                f"keep {new!r}.")
+        values[new] = values.pop(old)
+        if (config_class.__name__, old) not in _RENAME_NOTED:
+            _RENAME_NOTED.add((config_class.__name__, old))
+            logger.warning("%s: %r is now %r (the old name goes in the next release)", where, old, new)
+    return values
+
+
 def check_settings(config_class: type, values: Mapping[str, Any], where: str) -> dict[str, Any]:
     """`values` typed for `config_class`'s fields (texts read as YAML) and range-checked, without building it."""
+    values = renamed_settings(config_class, values, where)
     fields = {f.name for f in dataclasses.fields(config_class) if f.init}
     unknown = sorted(set(values) - fields)
     if unknown:

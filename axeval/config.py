@@ -97,7 +97,9 @@ class InferenceSection:
                                                       "AxBench's HF generate() default is 50; 0 = full vocabulary."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling of steered generations (1 = off)."})
     intervention: str = field(default="addition", metadata={"help": "addition | clamp | subtract_add | threshold."})
-    positions: str = field(default="all", metadata={"help": "Steer 'all' positions or only 'after_prefix'."})
+    positions: str = field(default="all", metadata={
+        "help": "Steer 'all' positions or only 'after_prefix' (every token after the chat prefix, generated ones "
+                "too); not a method's training setting intervention_positions (all | prompt)."})
     latent_batch_size: int = field(default=16, metadata={"help": "Texts per forward pass in latent inference."})
     steering_batch_size: int = field(default=32, metadata={"help": "Rows per batch in steered generation."})
     engine: str = field(

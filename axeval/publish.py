@@ -1,12 +1,15 @@
 """Results on the Hub: a run's `.eval_results` into a model / dictionary repo, and the leaderboard as a dataset.
 
-- `publish_eval_results(run_dir, repo_id, method=…)` uploads the method's `.eval_results/<method>.yaml` (written
-  by the report, naming the benchmark dataset and commit the run used) to `repo_id` as
-  `.eval_results/axbench-<config>.yaml`, as a commit or as a pull request (a community result).
+- `read_eval_results(run_dir_or_file, method)` reads (and checks) the entries the report wrote: the one reader of
+  `axbench eval push` and `axbench dictionary push`.
+- `publish_eval_results(run_dir, repo_id, method=…)` (`axbench eval push`) uploads the method's
+  `.eval_results/<method>.yaml` (written by the report, naming the benchmark dataset and commit the run used) to
+  `repo_id` as `.eval_results/axbench-<config>.yaml`, as a commit or as a pull request (a community result).
 - `leaderboard_frame(run_dirs)` is one row per method × run: the scores with their intervals, the number of
   concepts, the judge, the protocol, the model, layer and dataset (repo, commit, config) — and
-  `publish_leaderboard(run_dirs, repo_id)` pushes it as a dataset (`data/train-….parquet` + card) that
-  `load_dataset(repo_id, split="train")` reads, and `leaderboard_html(repo_id)` turns back into the report's page.
+  `publish_leaderboard(run_dirs, repo_id)` (`axbench leaderboard push`) pushes it as a dataset
+  (`data/train-….parquet` + card) that `load_dataset(repo_id, split="train")` reads, and
+  `leaderboard_html(repo_id)` turns back into the report's page.
 """
 
 from __future__ import annotations
@@ -58,11 +61,28 @@ def eval_results_file(run_dir: str | Path, method: str | None = None) -> Path:
     return files[method]
 
 
+def read_eval_results(source: str | Path, method: str | None = None) -> tuple[Path, list[dict[str, Any]]]:
+    """The `.eval_results` entries `axbench eval report` wrote, from a run directory (the file of `method`, or of
+    its only method) or from the file itself: what both `axbench eval push` and `axbench dictionary push` upload."""
+    path = Path(source)
+    if path.is_dir():
+        path = eval_results_file(path, method)
+    try:
+        entries = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as error:
+        raise InputError(f"cannot read {path} ({error}); pass a file written by `axbench eval report`.") from None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and "dataset" in e and "value" in e
+                                                for e in entries):
+        raise InputError(f"{path} is not a list of .eval_results entries (dataset, value).")
+    return path, entries
+
+
 def publish_eval_results(run_dir: str | Path, repo_id: str, *, method: str | None = None, create_pr: bool = False,
                          repo_type: str = "model", token: str | None = None) -> Published:
     """Upload a method's results to `repo_id` (a model or steering-dictionary repo that must exist)."""
-    source = eval_results_file(run_dir, method)
-    entries = yaml.safe_load(source.read_text(encoding="utf-8"))
+    source, entries = read_eval_results(run_dir, method)
+    if not entries:
+        raise InputError(f"{source} holds no results; run `axbench eval report` on a run with scores.")
     config = next((entry["dataset"]["task_id"].split("-", 1)[1] for entry in entries
                    if "-" in entry["dataset"]["task_id"]), None)
     path_in_repo = f"{EVAL_RESULTS_DIR}/axbench{'-' + config if config else ''}.yaml"

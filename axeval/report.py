@@ -7,7 +7,7 @@
     detection.parquet, steering.parquet   per-concept tables behind the leaderboard
     plots/roc.png, plots/steering_factors.png
     plots/agreement_<dataset>.png   judge–human confusion matrices, when `<run_dir>/curation/<dataset>/` holds
-                                    labels pulled by `axbench curate pull` (section "Judge–human agreement")
+                                    labels fetched by `axbench curate fetch` (section "Judge–human agreement")
     .eval_results/<method>.yaml     Hub eval results, one file per method (upload it to that method's
                                     model repo as `.eval_results/axbench.yaml`)
 """
@@ -55,7 +55,7 @@ class ReportInputs:
     imbalance_rows: pd.DataFrame | None = None
     judgements: pd.DataFrame | None = None
     title: str = "AxBench report"
-    curations: list[Path] = field(default_factory=list)  # labels folders (axbench curate pull)
+    curations: list[Path] = field(default_factory=list)  # labels folders (axbench curate fetch)
     output_scores: pd.DataFrame | None = None  # method, concept_id, output_score, steered (run_output_scores)
     held_out: dict[str, list[int]] = field(default_factory=dict)  # method → concepts its training never saw
 

@@ -27,6 +27,7 @@ from functools import cache
 import torch
 from huggingface_hub.utils import tqdm
 
+from axdata.errors import InputError
 from axmethods.hooks import layer_outputs
 from axmethods.models import TargetModel, dtype_named, pad_batch, pad_token_id
 
@@ -138,9 +139,9 @@ class ActivationCollector:
                  max_length: int | None = None, storage_dtype: torch.dtype | None = None,
                  keep_all: bool = False, progress: bool = True) -> None:
         if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
         if max_length is not None and max_length <= target.prefix_length:
-            raise ValueError(f"max_length={max_length} keeps no token after the {target.prefix_length}-token chat "
+            raise InputError(f"max_length={max_length} keeps no token after the {target.prefix_length}-token chat "
                              "prefix; raise it or pass None.")
         self.target = target
         self.layer = target.validate_layer(layer)
@@ -221,7 +222,7 @@ class ActivationCollector:
         ids = [self.target.encode(text)[: self.max_length] for text in texts]
         too_short = [i for i, row in enumerate(ids) if len(row) <= self.target.prefix_length]
         if too_short:
-            raise ValueError(f"Text {texts[too_short[0]][:80]!r} has no token after the chat prefix; pass "
+            raise InputError(f"Text {texts[too_short[0]][:80]!r} has no token after the chat prefix; pass "
                              "chat-formatted texts (TargetModel.format_transcript).")
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         batches = [order[start:start + self.batch_size] for start in range(0, len(order), self.batch_size)]

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from huggingface_hub.utils import tqdm
 
+from axdata.errors import InputError
 from axdata.llm.cache import ResponseCache
 from axdata.llm.ledger import Ledger
 from axdata.llm.types import ChatRequest, Completion
@@ -52,9 +53,9 @@ class TransformersChatBackend:
     def __init__(self, target: TargetModel, *, batch_size: int = 8, top_k: int = 0, cache: ResponseCache | None = None,
                  ledger: Ledger | None = None):
         if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
         if top_k < 0:
-            raise ValueError(f"top_k must be 0 (off) or more, got {top_k}")
+            raise InputError(f"top_k must be 0 (off) or more, got {top_k}")
         self.target = target
         self.model_name = target.spec
         self.batch_size = batch_size
@@ -139,13 +140,13 @@ def _seed(job: _Job) -> int:
 
 def _check_supported(request: ChatRequest) -> None:
     if request.json_schema is not None:
-        raise ValueError(
+        raise InputError(
             f"Request {request.purpose!r} asks for structured output (json_schema), which the in-process "
             "target-model backend does not constrain; send it to the OpenAI-compatible LLM client."
         )
     if request.params.max_tokens < 1:
-        raise ValueError(f"Request {request.purpose!r} has max_tokens={request.params.max_tokens}; use 1 or more.")
+        raise InputError(f"Request {request.purpose!r} has max_tokens={request.params.max_tokens}; use 1 or more.")
     if request.params.temperature < 0:
-        raise ValueError(
+        raise InputError(
             f"Request {request.purpose!r} has temperature={request.params.temperature}; use 0 (greedy) or more."
         )

@@ -5,7 +5,8 @@
 steering adds `factor * calibration[i] * steering_weight[i]` (`steering_weight` defaults to `weight`;
 SAEs read with the encoder and write with the decoder). `calibration` is the per-concept maximum
 activation that turns a unitless steering factor into a magnitude — stored with the dictionary, never
-silently 1.0.
+silently 1.0. `steerer()` gives a `DictionarySteerer`, how steering inference applies the rows (the interventions
+registry's arithmetic, `axmethods.interventions`, which is why this module sits above it).
 
 On disk (and in a Hub model repo) a dictionary is a layer folder plus a card::
 
@@ -25,6 +26,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -37,10 +39,13 @@ from axdata.cards import render_card
 from axdata.concepts import Concept, ConceptFileError, load_concepts, write_concepts_jsonl
 from axdata.hashing import content_hash
 from axdata.io import atomic_path, atomic_write_json
-from axmethods.results import CARD_FILE, CONFIG_FILE, ConceptResult, DictionaryError, card_metadata
+from axmethods.contract import CARD_FILE, CONFIG_FILE, ConceptResult, DictionaryError, card_metadata
+from axmethods.interventions import Positions, RowSteering, steering_hooks
 
 if TYPE_CHECKING:
-    from axmethods.inference.steering import DictionarySteerer
+    import numpy as np
+    import pandas as pd
+
     from axmethods.models import TargetModel
 
 logger = logging.getLogger(__name__)
@@ -165,8 +170,6 @@ class SteeringDictionary(ConceptResult):
 
     def steerer(self, *, kind: str = "addition", positions: str = "all") -> DictionarySteerer:
         """Steering with one row per concept: α = factor × calibration, intervention `kind`."""
-        from axmethods.inference.steering import DictionarySteerer
-
         return DictionarySteerer(self, kind=kind, positions=positions)
 
     def activate(self, scores: torch.Tensor) -> torch.Tensor:
@@ -303,6 +306,52 @@ class SteeringDictionary(ConceptResult):
             **({"output_score_info": self.output_score_info} if self.output_score is not None else {}),
             **({"unsteered_concept_ids": list(self.unsteered_concept_ids)} if self.unsteered_concept_ids else {}),
         }
+
+
+@dataclass
+class DictionarySteerer:
+    """Steering with a dictionary row per concept: α = factor × calibration, `kind` of intervention."""
+
+    dictionary: SteeringDictionary
+    kind: str = "addition"
+    positions: Positions = "all"
+    factor_free: bool = False  # every factor is a different magnitude
+    _checked: Any = field(default=None, init=False, repr=False)
+
+    @property
+    def method(self) -> str:
+        return self.dictionary.method
+
+    @property
+    def steered_concept_ids(self) -> frozenset[int] | None:
+        return self.dictionary.steered_concept_ids
+
+    @property
+    def factors(self) -> list[float] | None:
+        """The method's own factor grid (RePS-family vectors carry one), or None for the run's grid."""
+        grid = self.dictionary.config.get("steering_factors")
+        return [float(f) for f in grid] if grid else None
+
+    def provenance(self) -> dict[str, Any]:
+        return {"dictionary_config_hash": self.dictionary.config_hash, "layer": self.dictionary.layer,
+                "hook_module": self.dictionary.hook_module, "intervention": self.kind, "positions": self.positions,
+                "calibration_info": self.dictionary.calibration_info}
+
+    def instructions(self, prompts: pd.DataFrame) -> list[str]:
+        return prompts["original_prompt"].tolist()
+
+    def row_steering(self, target: TargetModel, rows: pd.DataFrame) -> RowSteering:
+        """The batch's vectors and magnitudes (`intervene` hooks them in; the compiled engine adds them itself)."""
+        if self._checked is not target:  # once per target: the check warns on a base-model mismatch
+            self.dictionary.check_model(target)
+            self._checked = target
+        return RowSteering.from_dictionary(self.dictionary, rows["concept_id"].tolist(), rows["factor"].tolist(),
+                                           self.kind)
+
+    def intervene(self, target: TargetModel, rows: pd.DataFrame) -> tuple[AbstractContextManager[Any], np.ndarray]:
+        steering = self.row_steering(target, rows)
+        return steering_hooks(target, self.dictionary.layer, steering, positions=self.positions), \
+            steering.magnitudes.numpy()
 
 
 def _layer_folder(directory: Path, layer: int | None) -> Path:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from axdata.errors import InputError
 from axmethods.hooks import Call, hook_output
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ INTERVENTION_KINDS: tuple[str, ...] = tuple(INTERVENTIONS)
 Positions = Literal["all", "after_prefix"]
 
 
-class InterventionError(ValueError):
+class InterventionError(InputError):
     """An intervention does not fit the batch or the model it is applied to."""
 
 

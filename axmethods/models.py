@@ -38,6 +38,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedConfig, PreTrainedModel
 
 from axdata.embedded import EMBEDDED_MODELS, GEMMA_CHAT_TEMPLATE, get_embedded_model
+from axdata.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +53,11 @@ _SENTINEL = "AXBENCH-SENTINEL-5f0c"
 _FINGERPRINT_CHUNK = 1 << 20
 
 
-class InvalidLayerError(ValueError):
+class InvalidLayerError(InputError):
     """A layer index outside the model's decoder blocks."""
 
 
-class ChatTemplateMissingError(ValueError):
+class ChatTemplateMissingError(InputError):
     """The target model's tokenizer has no chat template and none was given."""
 
 
@@ -163,6 +164,12 @@ class TargetModel:
     def encode(self, text: str) -> list[int]:
         """Token ids of chat-formatted text, adding no special tokens (the template already has them)."""
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def encode_turn(self, instruction: str, response: str) -> tuple[list[int], list[int]]:
+        """AxBench's LM view of one training example, as (prompt ids, response ids): the chat-templated user turn
+        with the generation prompt, then the raw response (no end-of-turn, no EOS). Every LM-trained path
+        tokenises with it (ReFT-r1 / SSV, the RePS family, HyperSteer, SFT)."""
+        return self.encode(self.format_prompt(instruction)), self.encode(response)
 
     @cached_property
     def turn_suffix(self) -> str:
@@ -345,7 +352,7 @@ def _checkpoint_source(spec: str) -> str:
             )
         return str(path)
     if path.exists():
-        raise ValueError(
+        raise InputError(
             f"Target model {spec!r} is a file but not a .gguf; pass a .gguf file, a checkpoint directory, "
             "an embedded name or a Hub id."
         )
@@ -382,7 +389,7 @@ def _resolve_device(device: str) -> torch.device:
     try:
         return torch.device(device)
     except RuntimeError as err:
-        raise ValueError(f"device {device!r} is not a torch device; use auto, cpu, cuda or cuda:N.") from err
+        raise InputError(f"device {device!r} is not a torch device; use auto, cpu, cuda or cuda:N.") from err
 
 
 def _resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -396,7 +403,7 @@ def dtype_named(name: str, *, what: str = "dtype", also: str = "auto") -> torch.
     try:
         return DTYPES[name]
     except KeyError:
-        raise ValueError(f"{what} {name!r} is not supported; use {also}, {', '.join(DTYPES)}.") from None
+        raise InputError(f"{what} {name!r} is not supported; use {also}, {', '.join(DTYPES)}.") from None
 
 
 def pad_token_id(target: TargetModel) -> int:
@@ -458,14 +465,14 @@ def _embedded_from_revision(config: TargetModelConfig) -> TargetModelConfig:
         return config
     name = config.revision.removeprefix(EMBEDDED_REVISION)
     if name not in EMBEDDED_MODELS or config.model not in (name, get_embedded_model(name).hub_id):
-        raise ValueError(f"Target model {config.model!r} @ {config.revision!r}: no embedded model {name!r} with that "
+        raise InputError(f"Target model {config.model!r} @ {config.revision!r}: no embedded model {name!r} with that "
                          f"Hub id; embedded models are {', '.join(EMBEDDED_MODELS)}.")
     return dataclasses.replace(config, model=name, revision=None)
 
 
 def _reject_revision(config: TargetModelConfig) -> None:
     if config.revision is not None:
-        raise ValueError(
+        raise InputError(
             f"revision={config.revision!r} applies to Hub ids only, but {config.model!r} is a GGUF model; "
             "drop the revision."
         )

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from huggingface_hub.utils import tqdm
 
+from axdata.errors import InputError
 from axmethods.hooks import Call, hook_output, layer_outputs
 from axmethods.interventions import RowSteering
 
@@ -71,7 +72,7 @@ def prompt_ids(target: TargetModel, prompt: str = NEUTRAL_PROMPT) -> torch.Tenso
 def final_norm(target: TargetModel) -> torch.nn.Module:
     norm = getattr(target.model.base_model, "norm", None)
     if norm is None:
-        raise ValueError(f"{target.spec!r} has no final norm at base_model.norm; output scores need the "
+        raise InputError(f"{target.spec!r} has no final norm at base_model.norm; output scores need the "
                          "decoder's last norm for the logit lens (Llama / Gemma / Qwen layouts have one).")
     return norm
 
@@ -145,7 +146,7 @@ def dictionary_output_scores(target: TargetModel, dictionary: SteeringDictionary
     settings = settings or OutputScoreSettings()
     if dictionary.calibration is None:
         raise DictionaryError(f"The {dictionary.method} dictionary has no calibration, which sets how far each row is "
-                              "amplified for its output score; run `axbench infer latent --dictionary DIR --data DATA` "
+                              "amplified for its output score; run `axbench infer latent --result DIR --data DATA` "
                               "first (it calibrates the dictionary in place).")
     dictionary.check_model(target)
     scores = output_scores(target, dictionary.layer, dictionary.steering_vectors,

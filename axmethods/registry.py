@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from axdata.settings import SettingsError, build_settings
+from axdata.settings import SettingsError, build_settings, renamed_settings
 from axmethods.factors import ADAPTER_TRAIN_FACTORS, VECTOR_STEER_FACTORS, VECTOR_TRAIN_FACTORS
 
 if TYPE_CHECKING:
@@ -79,7 +79,8 @@ class MethodSpec:
         """The method's settings: its class defaults, the preset, then `values` (texts read as YAML)."""
         preset = {key: list(value) if isinstance(value, list) else value for key, value in self.preset.items()}
         fixed = {"layer": layer} if self.training in ("preference", "lm", "hypernet") and layer is not None else {}
-        return build_settings(self.settings_class, {**preset, **(values or {})}, where=where or self.name, **fixed)
+        values = renamed_settings(self.settings_class, values or {}, where or self.name)  # old names, before the preset
+        return build_settings(self.settings_class, {**preset, **values}, where=where or self.name, **fixed)
 
     def train(self, target: TargetModel, read_split: Callable[[str], pd.DataFrame | None],
               concepts: Sequence[Concept], layer: int, settings: Any = None, *, backend: Any = None,
@@ -156,7 +157,7 @@ def _family(name: str, summary: str, training: Training, preset: Mapping[str, An
     return MethodSpec(name, summary, training, result == "dictionary", True, settings, result, preset)
 
 
-_ADAPTER_FACTORS = {"steering_factors": ADAPTER_TRAIN_FACTORS, "inference_factors": ADAPTER_TRAIN_FACTORS}
+_ADAPTER_FACTORS = {"training_factors": ADAPTER_TRAIN_FACTORS, "inference_factors": ADAPTER_TRAIN_FACTORS}
 
 METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
     _method("diffmean", "diffmean:DiffMean", "mean positive token minus mean negative token", "activations",
@@ -193,12 +194,12 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
                            "per_device_train_batch_size": 3, "gradient_accumulation_steps": 4,
                            **_ADAPTER_FACTORS, **_ADAPTER_LAYOUT}, result="adapters"),
     _family("bipo", "BiPO: DPO (beta 1) against the unsteered model, factor 1, -factor subtraction", "preference",
-            {"loss_type": "dpo", "beta": 1.0, "steering_factors": [1.0], "subtraction_type": "negate",
+            {"loss_type": "dpo", "beta": 1.0, "training_factors": [1.0], "subtraction_type": "negate",
              "train_bias": False}),
     _family("lang-vector", "\"Lang.\" vector: LM loss on the concept response under a sampled factor "
             "(batch 6 x 2, 6 epochs, factors 2..20)", "lm",
             {"loss_type": "lm", "num_train_epochs": 6.0, "gradient_accumulation_steps": 2,
-             "steering_factors": VECTOR_TRAIN_FACTORS, "inference_factors": VECTOR_STEER_FACTORS}),
+             "training_factors": VECTOR_TRAIN_FACTORS, "inference_factors": VECTOR_STEER_FACTORS}),
     _family("lang-lora", "\"Lang.\" LoRA: LM loss on the concept response, factors 0.2..2.0", "lm",
             {"loss_type": "lm", "parameterisation": "lora", "num_train_epochs": 6.0, "learning_rate": 0.08,
              **_ADAPTER_FACTORS, **_ADAPTER_LAYOUT}, result="adapters"),
@@ -209,7 +210,7 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
             "(batch 18 x 2, 24 epochs, lr 9e-4)", "lm",
             {"loss_type": "lm", "parameterisation": "loreft", "intervention_positions": "prompt",
              "per_device_train_batch_size": 18, "gradient_accumulation_steps": 2, "num_train_epochs": 24.0,
-             "learning_rate": 9e-4, "steering_factors": [1.0], "inference_factors": [1.0],
+             "learning_rate": 9e-4, "training_factors": [1.0], "inference_factors": [1.0],
              "low_rank_dimension": 4, "subtraction_type": "negate"}, result="adapters"),
     _family("lora", "AxBench's LoRA baseline: LoRA-SFT per concept (r 4, alpha 32, rsLoRA, o_proj, 24 epochs, "
             "lr 9e-4)", "sft", {"peft": True, "per_device_train_batch_size": 18, "gradient_accumulation_steps": 2,

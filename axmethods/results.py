@@ -1,8 +1,8 @@
-"""The one result contract: every trained result shares `save_pretrained` / `from_pretrained` / `push_to_hub`.
+"""Every kind of result, and `load_result`, which opens any of them from a folder or a Hub repo.
 
-A method's result is one of a few typed classes, each a `ConceptResult`: a folder of safetensors +
-`concepts.jsonl` + JSON config + a model card rendered from `hub_cards/`, identified by the `format` its
-config names. `load_result` opens any of them from a folder or a Hub repo, whatever its kind.
+A method's result is one of a few typed classes, each a `ConceptResult` (`axmethods.contract`): a folder of
+safetensors + `concepts.jsonl` + JSON config + a model card rendered from `hub_cards/`, identified by the `format`
+its config names.
 
 | class | module | detects (`detector`) | steers |
 |---|---|---|---|
@@ -15,319 +15,46 @@ config names. `load_result` opens any of them from a folder or a Hub repo, whate
 | `HyperSteerResult` | `axmethods.methods.hypersteer` | — | adds factor × Δ(concept, prompt) |
 
 The class says what a result does (`detector`, `steerer()`): nothing is chosen by keys of its config dict.
-Two protocols name the roles: a `Detector` is what latent inference scores with, a `Steerer`
-(`axmethods.inference.steering`) what steering inference generates with; `result.steerer()` makes one.
+This module imports every kind, so it sits at the top of `axmethods` beside the registry (tests/test_layers.py);
+the contract the kinds share (`ConceptResult`, the `Detector` / `Steerer` protocols, `DictionaryError`) is
+`axmethods.contract`, a foundation, and is re-exported here for the callers that import it from this module.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import tempfile
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
-import torch
+from axmethods.contract import (
+    ConceptResult,
+    Detector,
+    DictionaryError,
+    FolderResult,
+    Steerer,
+    fetch,
+    folder_format,
+)
+from axmethods.dictionary import SteeringDictionary
+from axmethods.methods.bow import BagOfWords
+from axmethods.methods.hypersteer import HyperSteerResult
+from axmethods.methods.prompt import RelevanceRater, SteeringPrompts
+from axmethods.trainers.artifacts import ConceptAdapters
+from axmethods.trainers.finetuned import FinetunedConcepts
 
-from axdata.io import atomic_write_text
+__all__ = ["RESULT_KINDS", "BagOfWords", "ConceptAdapters", "ConceptResult", "Detector", "DictionaryError",
+           "FinetunedConcepts", "FolderResult", "HyperSteerResult", "RelevanceRater", "Steerer", "SteeringDictionary",
+           "SteeringPrompts", "load_result"]
 
-if TYPE_CHECKING:
-    from typing_extensions import Self  # typing.Self from Python 3.11
-
-    from axdata.concepts import Concept
-    from axmethods.inference.steering import Steerer
-    from axmethods.models import TargetModel
-
-DetectorKind = Literal["residual", "text", "target-model"]
-
-logger = logging.getLogger(__name__)
-
-CONFIG_FILE, CARD_FILE = "config.json", "README.md"
-EVAL_RESULTS_FILE = ".eval_results/axbench.yaml"
-# Every file a result is made of (what `from_pretrained` downloads): a repo may hold much else (checkpoints, logs).
-RESULT_PATTERNS = ["README.md", "*.json", "*.jsonl", "*.safetensors", ".eval_results/*"]
-
-class Detector(Protocol):
-    """A result latent inference can score with: its `detector` says how (a residual read-out, a text classifier
-    or the target model rating texts); `rows` maps concept ids to its rows."""
-
-    method: str
-    layer: int
-    detector: ClassVar[DetectorKind]
-
-    def rows(self, concept_ids: Sequence[int]) -> torch.Tensor: ...
-
-
-class DictionaryError(ValueError):
-    """A result is malformed or does not fit the model it is used with."""
-
-
-class ConceptResult:
-    """What every result holds (`concepts`, `method`, `base_model`, `config` as dataclass fields) and how it moves.
-
-    Subclasses set `FORMAT` (the `format` of their config.json) and implement `write_files(root)`,
-    `load(directory, ...)` and `model_card(...)`; `save_pretrained`, `from_pretrained` and `push_to_hub` come
-    from here.
-    """
-
-    FORMAT: ClassVar[str]
-    KIND: ClassVar[str] = "result"  # how messages name it: dictionary, adapters, fine-tuned concepts
-    # How latent inference scores texts with it (`axmethods.inference.latent`); None: it does not detect.
-    detector: ClassVar[DetectorKind | None] = None
-    steers: ClassVar[bool] = False  # True where `steerer()` gives a steerer
-    concepts: list[Concept]
-    method: str
-    base_model: str
-    config: dict[str, Any]
-
-    @property
-    def n_concepts(self) -> int:
-        return len(self.concepts)
-
-    @property
-    def concept_ids(self) -> list[int]:
-        return [c.concept_id for c in self.concepts]
-
-    @property
-    def steering_factors(self) -> list[float]:
-        """The factor grid steering inference uses (factor-free methods: [1.0])."""
-        return [float(f) for f in self.config.get("steering_factors", [1.0])]
-
-    def rows(self, concept_ids: Sequence[int]) -> torch.Tensor:
-        """Row indices of `concept_ids` (a LongTensor), or an error naming the unknown ids."""
-        index = {cid: i for i, cid in enumerate(self.concept_ids)}
-        missing = [int(cid) for cid in concept_ids if int(cid) not in index]
-        if missing:
-            raise DictionaryError(f"concept_ids {missing[:10]} are not in this {self.method} {self.KIND} (it holds "
-                                  f"{self.concept_ids[:10]}…)")
-        return torch.tensor([index[int(cid)] for cid in concept_ids], dtype=torch.long)
-
-    def steerer(self, *, kind: str = "addition", positions: str = "all") -> Steerer:
-        """How steering inference applies this result (`axmethods.inference.steering.Steerer`)."""
-        raise DictionaryError(f"The {self.method} {self.KIND} is detection-only: it has no steering intervention. "
-                              "Steer with a steering method's result (e.g. DiffMean, ReFT-r1, prompt-steering); use "
-                              "this one with `infer latent`.")
-
-    def check_model(self, target: TargetModel) -> None:
-        if target.model_id != self.base_model:
-            logger.warning("The %s result was trained on %s but is applied to %s", self.method, self.base_model,
-                           target.model_id)
-
-    def save_pretrained(self, directory: str | Path, *, datasets: Sequence[str] = (),
-                        eval_results: Sequence[Mapping[str, Any]] = ()) -> Path:
-        """Write the result's files atomically, its card at the root, and `eval_results` (the Hub's
-        `.eval_results` entries, what `axbench eval report` writes) to `.eval_results/axbench.yaml` and the card's
-        model-index. Returns the folder holding the result's config (a dictionary's layer folder)."""
-        root = Path(directory)
-        root.mkdir(parents=True, exist_ok=True)
-        folder = self.write_files(root)
-        atomic_write_text(root / CARD_FILE, self.model_card(datasets=datasets, eval_results=eval_results))
-        if eval_results:
-            import yaml
-
-            atomic_write_text(root / EVAL_RESULTS_FILE,
-                              yaml.safe_dump(list(map(dict, eval_results)), sort_keys=False, allow_unicode=True))
-        logger.info("Saved the %s %s (%d concepts) to %s", self.method, self.KIND, self.n_concepts, folder)
-        return folder
-
-    def write_files(self, root: Path) -> Path:
-        """Write everything but the card into `root`; return the folder holding the config."""
-        raise NotImplementedError
-
-    def model_card(self, *, datasets: Sequence[str] = (), eval_results: Sequence[Mapping[str, Any]] = (),
-                   repo_id: str | None = None) -> str:
-        raise NotImplementedError
-
-    @classmethod
-    def load(cls, directory: str | Path, **kwargs: Any) -> Self:
-        raise NotImplementedError
-
-    def push_patterns(self) -> list[str]:
-        """Files of the repo this push replaces (stale ones go); a dictionary replaces only its layer folder."""
-        return ["*"]
-
-    @classmethod
-    def download_patterns(cls, **load_kwargs: Any) -> list[str]:
-        """The repo files `from_pretrained(..., **load_kwargs)` needs."""
-        return RESULT_PATTERNS
-
-    @classmethod
-    def from_pretrained(cls, repo_id_or_dir: str | Path, *, revision: str | None = None,
-                        token: str | None = None, **kwargs: Any) -> Self:
-        """Load from a local directory or a Hub model repo (only the files it needs are downloaded)."""
-        return cls.load(fetch(repo_id_or_dir, revision=revision, token=token,
-                              patterns=cls.download_patterns(**kwargs)), **kwargs)
-
-    def push_to_hub(self, repo_id: str, *, revision: str | None = None, private: bool | None = None,
-                    token: str | None = None, commit_message: str | None = None, datasets: Sequence[str] = (),
-                    eval_results: Sequence[Mapping[str, Any]] = ()) -> str:
-        """Upload the result and its card to a Hub model repo (created if missing); returns the commit URL."""
-        from huggingface_hub import HfApi
-
-        api = HfApi(token=token)
-        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="axbench-result-") as staging:
-            self.save_pretrained(staging, datasets=datasets, eval_results=eval_results)
-            atomic_write_text(Path(staging) / CARD_FILE,
-                              self.model_card(datasets=datasets, eval_results=eval_results, repo_id=repo_id))
-            commit = api.upload_folder(
-                repo_id=repo_id, repo_type="model", folder_path=staging, revision=revision,
-                commit_message=commit_message or f"Upload {self.method} ({self.n_concepts} concepts)",
-                delete_patterns=self.push_patterns())
-        logger.info("Pushed the %s result to %s", self.method, repo_id)
-        return str(commit)
-
-
-class FolderResult(ConceptResult):
-    """A result kept as `config.json` (+ `concepts.jsonl`, optional tensors) at the folder's root.
-
-    Subclasses give `record()` (their config.json fields beyond the shared ones), `tensors()` and
-    `from_record(record, concepts, tensors)`; the rest is here.
-    """
-
-    TENSORS_FILE: ClassVar[str] = "tensors.safetensors"
-    CARD: ClassVar[str] = "baseline_card.md"
-    base_model_revision: str | None
-
-    def record(self) -> dict[str, Any]:
-        return {}
-
-    @property
-    def config_hash(self) -> str:
-        from axdata.hashing import content_hash
-
-        return content_hash({"method": self.method, "config": self.config, **self.record()})
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {}
-
-    @classmethod
-    def from_record(cls, record: dict[str, Any], concepts: list[Concept],
-                    tensors: dict[str, torch.Tensor]) -> Self:
-        raise NotImplementedError
-
-    def write_files(self, root: Path) -> Path:
-        from safetensors.torch import save_file
-
-        from axdata.concepts import write_concepts_jsonl
-        from axdata.io import atomic_path, atomic_write_json
-
-        tensors = self.tensors()
-        if tensors:
-            with atomic_path(root / self.TENSORS_FILE) as tmp:
-                save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
-                          metadata={"format": self.FORMAT, "method": self.method})
-        write_concepts_jsonl(root / "concepts.jsonl", self.concepts)
-        atomic_write_json(root / CONFIG_FILE, {
-            "format": self.FORMAT, "format_version": 1, "method": self.method, "base_model": self.base_model,
-            "base_model_revision": self.base_model_revision, "config": self.config, **self.record()})
-        return root
-
-    @classmethod
-    def load(cls, directory: str | Path, **_: Any) -> Self:
-        from safetensors.torch import load_file
-
-        from axdata.concepts import ConceptFileError, load_concepts
-
-        root = Path(directory)
-        record = read_folder_config(root, cls.FORMAT, f"{cls.__name__}.save_pretrained")
-        try:
-            concepts = load_concepts(root / "concepts.jsonl", dedupe=False)
-            tensors = load_file(str(root / cls.TENSORS_FILE)) if (root / cls.TENSORS_FILE).is_file() else {}
-        except (ConceptFileError, OSError) as error:
-            raise DictionaryError(f"{root}: {error}; the folder is damaged: re-save or re-download it.") from None
-        return cls.from_record(record, concepts, tensors)
-
-    def model_card(self, *, datasets: Sequence[str] = (), eval_results: Sequence[Mapping[str, Any]] = (),
-                   repo_id: str | None = None) -> str:
-        from axdata.cards import render_card
-
-        return render_card(self.CARD, metadata=card_metadata(self, datasets, eval_results, repo_id),
-                           result=self, repo_id=repo_id or "DIR_OR_REPO", datasets=list(datasets),
-                           examples=self.concepts[:10])
-
-
-def card_metadata(result: ConceptResult, datasets: Sequence[str], eval_results: Sequence[Mapping[str, Any]],
-                  model_name: str | None, *, tags: Sequence[str] = ()) -> dict[str, Any]:
-    """The YAML header every result's card starts with (library, base model, tags, datasets, model-index)."""
-    metadata: dict[str, Any] = {"library_name": "axbench", "base_model": result.base_model,
-                                "tags": sorted({"axbench", "steering", result.method.lower(), *tags})}
-    if datasets:
-        metadata["datasets"] = list(datasets)
-    if eval_results:
-        metadata["model-index"] = model_index(model_name or result.method, eval_results)
-    return metadata
-
-
-def model_index(model_name: str, eval_results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The card's `model-index` from `.eval_results` entries (dataset, task, value, revision, notes)."""
-    from huggingface_hub.repocard_data import EvalResult, eval_results_to_model_index
-
-    results = []
-    for entry in eval_results:
-        task = str(entry["dataset"].get("task_id", "axbench"))
-        kind, _, config = task.partition("-")
-        results.append(EvalResult(
-            task_type=kind, task_name=task, dataset_type=entry["dataset"]["id"], dataset_name=entry["dataset"]["id"],
-            dataset_config=config or None, dataset_revision=entry["dataset"].get("revision"),
-            metric_type="auroc" if kind == "concept_detection" else "steering_score", metric_value=entry["value"],
-            metric_name="mean AUROC" if kind == "concept_detection" else "mean steering score (0-2)",
-        ))
-    return eval_results_to_model_index(model_name, results)
-
-
-def fetch(repo_id_or_dir: str | Path, *, revision: str | None = None, token: str | None = None,
-          patterns: Sequence[str] = tuple(RESULT_PATTERNS)) -> Path:
-    """A local folder as is; a Hub repo id downloaded (the result's files only) at `revision`."""
-    path = Path(repo_id_or_dir).expanduser()
-    if path.exists():
-        return path
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(str(repo_id_or_dir), revision=revision, allow_patterns=list(patterns),
-                                  token=token))
-
-
-def read_folder_config(root: Path, expected_format: str, written_by: str) -> dict[str, Any]:
-    """`root/config.json` if it exists, parses and names `expected_format`; errors say what to do otherwise."""
-    path = root / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{root} has no {CONFIG_FILE}; pass a folder written by {written_by}.")
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise DictionaryError(f"{path} is not valid JSON ({error}); the folder is damaged: re-save it.") from None
-    if not isinstance(record, dict) or record.get("format") != expected_format:
-        found = record.get("format") if isinstance(record, dict) else None
-        raise DictionaryError(f"{path} is not an {expected_format} config (format {found!r}); load the folder with "
-                              "axmethods.results.load_result, which recognises every kind.")
-    return record
-
-
-def folder_format(root: Path) -> str | None:
-    """The `format` a folder's config.json names (None without one)."""
-    try:
-        record = json.loads((root / CONFIG_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return record.get("format") if isinstance(record, dict) else None
+# Every kind, by the `format` its config.json names. A dictionary's config sits in its layer folder, not at the root,
+# so a root without a known format is read as a dictionary.
+RESULT_KINDS: tuple[type[ConceptResult], ...] = (SteeringDictionary, ConceptAdapters, FinetunedConcepts, BagOfWords,
+                                                 SteeringPrompts, RelevanceRater, HyperSteerResult)
 
 
 def load_result(repo_id_or_dir: str | Path, layer: int | None = None, *, revision: str | None = None,
                 token: str | None = None) -> ConceptResult:
     """Any method's result from a folder or a Hub repo: adapters, fine-tuned weights or a steering dictionary."""
-    from axmethods.dictionary import SteeringDictionary
-    from axmethods.methods.bow import BagOfWords
-    from axmethods.methods.hypersteer import HyperSteerResult
-    from axmethods.methods.prompt import RelevanceRater, SteeringPrompts
-    from axmethods.trainers.artifacts import ConceptAdapters
-    from axmethods.trainers.finetuned import FinetunedConcepts
-
     root = fetch(repo_id_or_dir, revision=revision, token=token)
-    kinds: dict[str, type[ConceptResult]] = {
-        kind.FORMAT: kind for kind in (ConceptAdapters, FinetunedConcepts, BagOfWords, SteeringPrompts, RelevanceRater,
-                                       HyperSteerResult)}
+    kinds = {kind.FORMAT: kind for kind in RESULT_KINDS if kind is not SteeringDictionary}
     kind = kinds.get(folder_format(root) or "")
     if kind is not None:
         return kind.load(root)

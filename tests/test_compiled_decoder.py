@@ -122,7 +122,7 @@ def test_the_engine_name_is_validated_in_the_config_and_on_the_command_line(caps
     from axeval.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
-        main(["infer", "steer", "--dictionary", "d", "--data", "x", "--out", "o.parquet", "--engine", "turbo"])
+        main(["infer", "steer", "--result", "d", "--data", "x", "--out", "o.parquet", "--engine", "turbo"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.strip() == "axbench: usage error: --engine 'turbo' is unknown; use one of eager, compiled."

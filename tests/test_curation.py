@@ -210,9 +210,9 @@ def test_cli_export_and_errors(tmp_path):
                                       "--dataset", "r", "--sample", "6"])
     assert result.exit_code == 0, result.output
     assert len(pd.read_parquet(tmp_path / "exp" / "data" / "train-00000-of-00001.parquet")) == 6
-    missing = CliRunner().invoke(app, ["curate", "push", str(tmp_path), "--dataset", "r"])
+    missing = CliRunner().invoke(app, ["curate", "send", str(tmp_path), "--dataset", "r"])
     assert missing.exit_code == 1 and "judgements.parquet" in missing.output
-    no_server = CliRunner().invoke(app, ["curate", "push", str(run), "--dataset", "r"],
+    no_server = CliRunner().invoke(app, ["curate", "send", str(run), "--dataset", "r"],
                                    env={"ARGILLA_API_URL": "", "ARGILLA_API_KEY": ""})
     assert no_server.exit_code == 1 and "ARGILLA_API_URL" in no_server.output
 

@@ -1,4 +1,4 @@
-"""`axbench curate` against a real Argilla server: push, bulk annotator responses, idempotent re-push, pull,
+"""`axbench curate` against a real Argilla server: send, bulk annotator responses, idempotent re-send, fetch,
 agreement checked against hand-computed values, Hub-layout import, and no API key anywhere on disk."""
 
 from __future__ import annotations
@@ -65,15 +65,15 @@ def _log_responses(client, name: str, workspace: str) -> None:
 RUN: list[Path] = []
 
 
-def test_push_annotate_pull_agreement_against_a_real_server(argilla_server, tmp_path, monkeypatch):  # noqa: F811
+def test_send_annotate_fetch_agreement_against_a_real_server(argilla_server, tmp_path, monkeypatch):  # noqa: F811
     server = argilla_server
     monkeypatch.setenv("ARGILLA_API_URL", server.api_url)
     monkeypatch.setenv("ARGILLA_API_KEY", server.owner.api_key)
     run = write_judged_run(tmp_path / "run", _judged())
     RUN[:] = [run]
 
-    # Push: a new dataset with four records, 0–2 ratings accepted as they are.
-    out = _invoke("curate", "push", str(run), "--dataset", "review", "--workspace", server.workspace,
+    # Send: a new dataset with four records, 0–2 ratings accepted as they are.
+    out = _invoke("curate", "send", str(run), "--dataset", "review", "--workspace", server.workspace,
                   "--min-submitted", "2")
     assert "4 new record(s), 0 updated (dataset created)" in out
     client = connect()
@@ -89,9 +89,9 @@ def test_push_annotate_pull_agreement_against_a_real_server(argilla_server, tmp_
 
     _log_responses(client, "review", server.workspace)
 
-    # Re-push with one changed judge rating: suggestions update, no duplicate, responses untouched.
+    # Re-send with one changed judge rating: suggestions update, no duplicate, responses untouched.
     write_judged_run(run, _judged(concept=[1, 1, 2, 2]))
-    out = _invoke("curate", "push", str(run), "--dataset", "review", "--workspace", server.workspace)
+    out = _invoke("curate", "send", str(run), "--dataset", "review", "--workspace", server.workspace)
     assert "0 new record(s), 4 updated" in out
     dataset = get_dataset(client, "review", server.workspace)
     records = list(dataset.records(with_suggestions=True, with_responses=True))
@@ -99,11 +99,11 @@ def test_push_annotate_pull_agreement_against_a_real_server(argilla_server, tmp_
     assert sorted(int(r.suggestions["concept_rating"].value) for r in records) == [1, 1, 2, 2]
     assert all(len(list(r.responses)) == 6 or len(list(r.responses)) == 7 for r in records)
     write_judged_run(run, _judged())
-    _invoke("curate", "push", str(run), "--dataset", "review", "--workspace", server.workspace)
+    _invoke("curate", "send", str(run), "--dataset", "review", "--workspace", server.workspace)
 
-    # Pull: one row per record × annotator, ratings on 0–2, the note kept.
+    # Fetch: one row per record × annotator, ratings on 0–2, the note kept.
     labels_dir = run / "curation" / "review"
-    out = _invoke("curate", "pull", "review", "--out", str(labels_dir), "--workspace", server.workspace)
+    out = _invoke("curate", "fetch", "review", "--out", str(labels_dir), "--workspace", server.workspace)
     assert "8 response row(s) of 4 record(s)" in out
     labels = pd.read_parquet(labels_dir / "data" / "train-00000-of-00001.parquet")
     assert sorted(labels["annotator"].unique()) == ["annotator1", "annotator2"]

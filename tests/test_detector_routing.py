@@ -305,7 +305,7 @@ def test_infer_cli_routes_every_method_and_config_is_optional(fitted, tiny_llama
         getattr(fitted, name).save_pretrained(tmp_path / name)
     runner = CliRunner()
     model = ["--model", str(tiny_llama_dir), "--device", "cpu", "--dtype", "float32", "--data", str(data)]
-    dictionaries = [part for name in ("diffmean", "bow", "steering") for part in ("--dictionary", str(tmp_path / name))]
+    dictionaries = [part for name in ("diffmean", "bow", "steering") for part in ("--result", str(tmp_path / name))]
     for mode in ("latent", "latent_imbalance"):  # no --dataset-config: the dataset holds one
         out = tmp_path / f"{mode}.parquet"
         result = runner.invoke(infer_app, ["latent", *dictionaries, *model, "--mode", mode, "--out", str(out)])
@@ -318,13 +318,13 @@ def test_infer_cli_routes_every_method_and_config_is_optional(fitted, tiny_llama
     assert isinstance(load_result(tmp_path / "bow"), BagOfWords)  # nothing to calibrate, nothing written back
     # Steering: the calibrated residual dictionary and prompt steering work, detection-only ones are refused.
     steer = ["steer", *model, "--factors", "1", "--max-new-tokens", "3"]
-    result = runner.invoke(infer_app, [*steer, "--dictionary", str(tmp_path / "diffmean"),
+    result = runner.invoke(infer_app, [*steer, "--result", str(tmp_path / "diffmean"),
                                        "--out", str(tmp_path / "s.parquet")])
     assert result.exit_code == 0, result.output
-    result = runner.invoke(infer_app, [*steer, "--dictionary", str(tmp_path / "steering"),
+    result = runner.invoke(infer_app, [*steer, "--result", str(tmp_path / "steering"),
                                        "--out", str(tmp_path / "p.parquet")])
     assert result.exit_code == 0, result.output
-    result = runner.invoke(infer_app, [*steer, "--dictionary", str(tmp_path / "bow"),
+    result = runner.invoke(infer_app, [*steer, "--result", str(tmp_path / "bow"),
                                        "--out", str(tmp_path / "b.parquet")])
     assert result.exit_code == 1 and "detection-only" in result.output
     assert not (tmp_path / "b.parquet").exists()
@@ -334,7 +334,7 @@ def test_infer_cli_needs_config_when_the_dataset_has_several(fitted, tiny_llama_
     data = _write_data(tmp_path / "data", ("alpha", "beta"))
     fitted.diffmean.save_pretrained(tmp_path / "dict")
     runner = CliRunner()
-    common = ["--dictionary", str(tmp_path / "dict"), "--data", str(data), "--model", str(tiny_llama_dir),
+    common = ["--result", str(tmp_path / "dict"), "--data", str(data), "--model", str(tiny_llama_dir),
               "--device", "cpu", "--dtype", "float32"]
     for command in ("latent", "steer"):
         result = runner.invoke(infer_app, [command, *common, "--out", str(tmp_path / f"{command}.parquet")])

@@ -222,7 +222,7 @@ def test_push_refuses_an_uncalibrated_steering_dictionary(tmp_path: Path) -> Non
     make_dictionary().save_pretrained(tmp_path / "dict")
     result = CliRunner().invoke(dictionary_app, ["push", str(tmp_path / "dict"), "me/uncalibrated"])
     assert result.exit_code == 1
-    assert "Push refused" in result.output and "axbench infer latent --dictionary" in result.output
+    assert "Push refused" in result.output and "axbench infer latent --result" in result.output
     assert "--allow-uncalibrated" in result.output
 
 

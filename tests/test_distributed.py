@@ -125,10 +125,10 @@ def two_processes(one_process, tiny_llama_dir):
             # Data parallelism: 2 processes × 1 accumulated micro-batch = one process's 2 micro-batches a step.
             ["train", "probe", *train, *probe, "--set", f"gradient_accumulation_steps={2 if name == 'one' else 1}",
              "--out", str(dicts / "probe")],
-            ["infer", "latent", "--data", str(data), *model, "--batch-size", "3", "--dictionary",
-             str(dicts / "diffmean"), "--dictionary", str(dicts / "probe"), "--out", str(out / "latent.parquet")],
+            ["infer", "latent", "--data", str(data), *model, "--batch-size", "3", "--result",
+             str(dicts / "diffmean"), "--result", str(dicts / "probe"), "--out", str(out / "latent.parquet")],
             ["infer", "steer", "--data", str(data), *model, "--factors", "0.5,2", "--max-new-tokens", "5",
-             "--batch-size", "3", "--dictionary", str(dicts / "diffmean"), "--out", str(out / "steering.parquet")],
+             "--batch-size", "3", "--result", str(dicts / "diffmean"), "--out", str(out / "steering.parquet")],
         ]
     for arguments in commands["one"]:
         result = CliRunner().invoke(app, arguments, terminal_width=200)

@@ -140,7 +140,7 @@ def test_cli_train_from_hypernet_and_infer_steer(tiny_llama_dir: Path, tmp_path:
         assert made.exit_code == 0, made.output
         dictionary = load_result(out)
         assert dictionary.weight.shape == (n, 64) and dictionary.layer == 1
-    steered = _cli("infer", "steer", "--dictionary", str(tmp_path / "dict-2"), "--data", str(data), "--model",
+    steered = _cli("infer", "steer", "--result", str(tmp_path / "dict-2"), "--data", str(data), "--model",
                    str(tiny_llama_dir), "--max-new-tokens", "2", "--out", str(tmp_path / "steer.parquet"),
                    "--device", "cpu")
     assert steered.exit_code == 0, steered.output

@@ -280,7 +280,7 @@ def test_infer_cli_latent_calibrates_then_steers(tiny_llama_target, tiny_llama_d
     steering_frame().to_parquet(data / "cfg" / "steering-00000-of-00001.parquet")
     make_dictionary(tiny_llama_target).save_pretrained(tmp_path / "dict")
     runner = CliRunner()
-    common = ["--dictionary", str(tmp_path / "dict"), "--data", str(data), "--dataset-config", "cfg",
+    common = ["--result", str(tmp_path / "dict"), "--data", str(data), "--dataset-config", "cfg",
               "--model", str(tiny_llama_dir), "--device", "cpu", "--dtype", "float32"]
     result = runner.invoke(infer_app, ["latent", *common, "--out", str(tmp_path / "latent.parquet")])
     assert result.exit_code == 0, result.output
@@ -296,7 +296,7 @@ def test_infer_cli_latent_calibrates_then_steers(tiny_llama_target, tiny_llama_d
     silent.weight.zero_()
     silent.save_pretrained(tmp_path / "silent")
     make_dictionary(tiny_llama_target, seed=1).save_pretrained(tmp_path / "fresh")
-    result = runner.invoke(infer_app, ["latent", "--dictionary", str(tmp_path / "silent"), *common[:1],
+    result = runner.invoke(infer_app, ["latent", "--result", str(tmp_path / "silent"), *common[:1],
                                        str(tmp_path / "fresh"), *common[2:], "--out", str(tmp_path / "l2.parquet")])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output  # no traceback
     assert "Not calibrated Probe" in result.output and "--calibration-fallback" in result.output
@@ -304,7 +304,7 @@ def test_infer_cli_latent_calibrates_then_steers(tiny_llama_target, tiny_llama_d
     assert SteeringDictionary.load(tmp_path / "silent").calibration is None
     assert (tmp_path / "l2.parquet").is_file()
     # Steering it is refused before any model loads (this model path does not exist).
-    result = runner.invoke(infer_app, ["steer", "--dictionary", str(tmp_path / "silent"), "--data", str(data),
+    result = runner.invoke(infer_app, ["steer", "--result", str(tmp_path / "silent"), "--data", str(data),
                                        "--model", str(tmp_path / "no-model"), "--out", str(tmp_path / "s2.parquet")])
     assert result.exit_code == 1 and "has no calibration" in result.output, result.output
 

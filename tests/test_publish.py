@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from axdata.benchmark import read_hub_origin, task_id
 from axdata.builders.hub import pull_dataset, push_dataset
 from axeval.cli.eval import eval_app
+from axeval.cli.leaderboard import leaderboard_app
 from axeval.report import build_report
 
 
@@ -79,17 +80,17 @@ def test_a_run_without_hub_data_writes_no_eval_results(tmp_path: Path) -> None:
     assert {(e.dataset_id, e.dataset_revision) for e in entries} == {("org/bench", None)}
 
 
-def test_publish_results_as_a_commit_or_a_pull_request_and_the_leaderboard(hub_env: HubEnv, tmp_path: Path) -> None:
+def test_push_results_as_a_commit_or_a_pull_request_and_the_leaderboard(hub_env: HubEnv, tmp_path: Path) -> None:
     run, repo_id, commit = _run_on_pulled_data(tmp_path, hub_env)
     model_repo = hub_env.repo_id("diffmean-dictionary")
     api = HfApi()
     api.create_repo(model_repo)
     runner = CliRunner()
-    result = runner.invoke(eval_app, ["publish", str(run), model_repo, "--method", "DiffMean"])
+    result = runner.invoke(eval_app, ["push", str(run), model_repo, "--method", "DiffMean"])
     assert result.exit_code == 0, result.output
     published = yaml.safe_load(Path(hf_hub_download(model_repo, ".eval_results/axbench-tiny-a-l2.yaml")).read_text())
     assert published[0]["dataset"]["id"] == repo_id and published[0]["dataset"]["revision"] == commit
-    result = runner.invoke(eval_app, ["publish", str(run), model_repo, "--method", "PCA", "--pr"])
+    result = runner.invoke(eval_app, ["push", str(run), model_repo, "--method", "PCA", "--pr"])
     assert result.exit_code == 0, result.output
     pull_requests = [d for d in api.get_repo_discussions(model_repo) if d.is_pull_request]
     assert len(pull_requests) == 1 and "AxBench results of PCA" in pull_requests[0].title
@@ -99,19 +100,19 @@ def test_publish_results_as_a_commit_or_a_pull_request_and_the_leaderboard(hub_e
     assert on_pr[0]["value"] != published[0]["value"]
     assert yaml.safe_load(Path(hf_hub_download(model_repo, ".eval_results/axbench-tiny-a-l2.yaml")).read_text()) == \
         published
-    result = runner.invoke(eval_app, ["publish", str(run), model_repo])  # two methods: which one?
+    result = runner.invoke(eval_app, ["push", str(run), model_repo])  # two methods: which one?
     assert result.exit_code == 1 and "--method" in result.output
 
     board_repo = hub_env.repo_id("leaderboard")
-    result = runner.invoke(eval_app, ["publish-leaderboard", str(run), board_repo])
+    result = runner.invoke(leaderboard_app, ["push", str(run), board_repo])
     assert result.exit_code == 0, result.output
     board = datasets.load_dataset(board_repo, split="train").to_pandas().set_index("method")
     assert set(board.index) == {"DiffMean", "PCA", "Prompt"}
     assert board.loc["DiffMean", "steering_score"] == 2.0 and board.loc["DiffMean", "dataset_revision"] == commit
     assert board.loc["DiffMean", "judge_model"] == "gpt-4o-mini" and board.loc["DiffMean", "n_concepts"] == 4
     assert board.loc["PCA", "auroc"] < board.loc["DiffMean", "auroc"]
-    # The report page, rebuilt from the published leaderboard.
-    result = runner.invoke(eval_app, ["leaderboard", board_repo, "--html", str(tmp_path / "board.html")],
+    # The report page, rebuilt from the pushed leaderboard.
+    result = runner.invoke(leaderboard_app, ["show", board_repo, "--html", str(tmp_path / "board.html")],
                            terminal_width=80)
     assert result.exit_code == 0, result.output
     page = (tmp_path / "board.html").read_text()
@@ -135,6 +136,11 @@ def test_a_dictionary_pushed_with_its_results_carries_them(hub_env: HubEnv, tmp_
     assert {(r.dataset_name, r.dataset_revision) for r in index} == {(repo_id, commit)}
     assert {r.task_name for r in index} == {"concept_detection-tiny-a-l2", "steering-tiny-a-l2"}
     assert ".eval_results/axbench.yaml" in HfApi().list_repo_files(model_repo)
+    # A run directory names the same results (its file of the dictionary's method), as `axbench eval push` reads it.
+    from_run = hub_env.repo_id("diffmean-from-run")
+    result = CliRunner().invoke(dictionary_app, ["push", str(tmp_path / "dict"), from_run, "--eval-results", str(run)])
+    assert result.exit_code == 0, result.output
+    assert ModelCard.load(from_run).data.eval_results == index
 
 
 def test_a_run_dictionary_is_pushed_with_the_runs_results(hub_env: HubEnv, tmp_path: Path) -> None:

@@ -39,19 +39,20 @@ SKIPPED = {
     "axbench dictionary convert-axbench": "needs an AxBench training dump; tests/test_dictionary.py converts one",
     "axbench train reps": "trains for minutes on a CPU; tests/test_trainers.py and tests/test_reps_concept10.py "
                           "train every RePS-family method",
-    "axbench infer steer --dictionary dicts/reps": "needs the RePS dictionary of the line above",
+    "axbench infer steer --result dicts/reps": "needs the RePS dictionary of the line above",
     "axbench train sae-filtered --data": "needs an SAE of SmolLM2 (none is released offline); "
                                          "tests/test_sae_selection.py trains sae-filtered from synthetic SAELens "
                                          "and GemmaScope SAEs, also in `axbench run`",
     "export ARGILLA_API_URL": _CURATION,
     "axbench curate": _CURATION,
     "axbench eval report runs/demo": _CURATION + " (the report's agreement section: tests/test_curation.py)",
-    "axbench eval push-metrics my-org": "publishing: tests/test_metric_modules.py and tests/test_publish.py run these "
-                                        "against the local Hub stand-in",
+    "axbench metrics push my-org": "publishing: tests/test_metric_modules.py and tests/test_publish.py run these "
+                                   "against the local Hub stand-in",
     "axbench data pull my-org/concept10 data/c10": "the pull above, into another folder (tests/test_publish.py)",
     "axbench eval report runs/my-run": "runs/my-run is the reader's run; tests/test_publish.py reports on a run",
-    "axbench eval publish": "publishing a reader's run; tests/test_publish.py runs both commands on the stand-in",
-    "axbench eval leaderboard my-org/": "needs the leaderboard above; tests/test_publish.py rebuilds the page",
+    "axbench eval push runs/my-run": "pushing a reader's run; tests/test_publish.py runs it on the stand-in",
+    "axbench leaderboard push runs/": "the reader's runs; tests/test_publish.py pushes a leaderboard to the stand-in",
+    "axbench leaderboard show my-org/": "needs the leaderboard above; tests/test_publish.py rebuilds the page",
     "axbench dictionary push dicts/diffmean my-org/smollm2-l10-diffmean --eval-results":
         "needs the reader's run; tests/test_publish.py pushes a dictionary with its results",
     "from axdata.builders import read_concepts, read_split": "trains ReFT-r1 on Concept10 for minutes on a CPU; "
@@ -71,9 +72,9 @@ RUN_IN_WORK = [
     "axbench data pull my-org/concept10 data/pulled --revision v1.0.0",
     'from datasets import load_dataset\nds = load_dataset("my-org/concept10", "gemma-2-2b-it-l20", split="latent")',
     "axbench train diffmean --data data/concept10 --model smollm2-135m-instruct --layer 10 --out dicts/diffmean",
-    "axbench infer latent --dictionary dicts/diffmean --data data/concept10 --out latent.parquet",
+    "axbench infer latent --result dicts/diffmean --data data/concept10 --out latent.parquet",
     "axbench eval detect latent.parquet",
-    "axbench infer steer --dictionary dicts/diffmean --data data/concept10 --factors 2 --max-new-tokens 16 --out steering.parquet",
+    "axbench infer steer --result dicts/diffmean --data data/concept10 --factors 2 --max-new-tokens 16 --out steering.parquet",
     "axbench dictionary output-score dicts/diffmean",
     "axbench dictionary push dicts/diffmean my-org/smollm2-l10-diffmean",
     "import torch\nfrom axmethods.dictionary import SteeringDictionary",  # the dictionary above, as pyvene

@@ -56,7 +56,7 @@ def test_infer_latent_writes_what_the_latent_stage_writes(tiny_run, tmp_path):
             dictionaries / method, datasets=[str(run_dir / "data")])
         assert SteeringDictionary.load(dictionaries / method).needs_calibration
 
-    sources = [arg for method in config["methods"]["train"] for arg in ("--dictionary", str(dictionaries / method))]
+    sources = [arg for method in config["methods"]["train"] for arg in ("--result", str(dictionaries / method))]
     batch = ["--batch-size", str(config["inference"]["latent_batch_size"])]
     _invoke("infer", "latent", *sources, "--data", str(run_dir / "data"), "--out", str(tmp_path / "latent.parquet"),
             *batch, *_model_args(config))
@@ -78,7 +78,7 @@ def test_infer_steer_writes_what_the_steering_stage_writes(tiny_run, tmp_path):
     pipeline = pd.read_parquet(run_dir / "inference" / "steering.parquet")
     for method in ("diffmean", "prompt-steering"):
         out = tmp_path / method / "steering.parquet"
-        _invoke("infer", "steer", "--dictionary", str(run_dir / "dictionaries" / method), "--data", str(run_dir / "data"),
+        _invoke("infer", "steer", "--result", str(run_dir / "dictionaries" / method), "--data", str(run_dir / "data"),
                 "--out", str(out), "--factors", ",".join(map(str, inference["factors"])),
                 "--max-new-tokens", str(inference["max_new_tokens"]), "--batch-size",
                 str(inference["steering_batch_size"]), "--seed", str(config["run"]["seed"]), *_model_args(config))

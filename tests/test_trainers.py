@@ -59,7 +59,7 @@ def target(tiny_llama_dir):
 
 def config(**kw) -> RePSConfig:
     base = {"layer": LAYER, "num_train_epochs": 4, "per_device_train_batch_size": 3, "learning_rate": 0.05,
-            "logging_steps": 1, "disable_tqdm": True, "steering_factors": [1.0, 2.0, 4.0]}
+            "logging_steps": 1, "disable_tqdm": True, "training_factors": [1.0, 2.0, 4.0]}
     return RePSConfig(**{**base, **kw})
 
 
@@ -133,7 +133,7 @@ def test_every_preset_trains_and_lowers_its_loss(target, preset) -> None:
 
 
 def test_joint_training_equals_one_run_per_concept(target) -> None:
-    args = {"loss_type": "dpo", "steering_factors": [1.0], "subtraction_type": "negate", "train_bias": False,
+    args = {"loss_type": "dpo", "training_factors": [1.0], "subtraction_type": "negate", "train_bias": False,
             "num_train_epochs": 3, "seed": 7}
     joint = RePSTrainer(model=target, args=config(**args), train_dataset=preference_df(), concepts=CONCEPTS)
     joint.train()
@@ -269,7 +269,7 @@ def test_cli_trains_reps_and_lora_then_steers_with_their_own_factor_grids(tiny_l
     common = ["--data", str(data), "--model", str(tiny_llama_dir), "--layer", str(LAYER), "--device", "cpu",
               "--dtype", "float32", "--set", "num_train_epochs=1", "--set", "disable_tqdm=true"]
     result = runner.invoke(app, ["train", "reps", *common, "--out", str(tmp_path / "reps"),
-                                 "--set", "steering_factors=[1, 2]", "--set", "inference_factors=[1, 3]"])
+                                 "--set", "training_factors=[1, 2]", "--set", "inference_factors=[1, 3]"])
     assert result.exit_code == 0, result.output
     assert "no preference split" in result.output
     result = runner.invoke(app, ["train", "lang-lora", *common, "--out", str(tmp_path / "lora")])
@@ -277,7 +277,7 @@ def test_cli_trains_reps_and_lora_then_steers_with_their_own_factor_grids(tiny_l
     assert (tmp_path / "lora" / "peft" / "concept_1" / "adapter_config.json").is_file()
     for name, n_factors in (("reps", 2), ("lora", 10)):
         out = tmp_path / f"{name}.parquet"
-        result = runner.invoke(app, ["infer", "steer", "--dictionary", str(tmp_path / name), "--data", str(data),
+        result = runner.invoke(app, ["infer", "steer", "--result", str(tmp_path / name), "--data", str(data),
                                      "--model", str(tiny_llama_dir), "--device", "cpu", "--dtype", "float32",
                                      "--out", str(out), "--max-new-tokens", "3"])
         assert result.exit_code == 0, result.output

@@ -15,7 +15,9 @@ from axeval.cli.data import data_app
 from axeval.cli.dictionary import dictionary_app
 from axeval.cli.eval import eval_app
 from axeval.cli.infer import infer_app
+from axeval.cli.leaderboard import leaderboard_app
 from axeval.cli.llm import llm_app
+from axeval.cli.metrics import metrics_app
 from axeval.cli.run import register_run_commands
 from axeval.cli.train import train
 from axeval.errors import is_user_error, user_message
@@ -33,6 +35,8 @@ app.command("train")(train)
 app.add_typer(infer_app, name="infer")
 app.add_typer(dictionary_app, name="dictionary")
 app.add_typer(eval_app, name="eval")
+app.add_typer(leaderboard_app, name="leaderboard")
+app.add_typer(metrics_app, name="metrics")
 app.add_typer(curate_app, name="curate")
 app.add_typer(llm_app, name="llm")
 app.add_typer(config_app, name="config")

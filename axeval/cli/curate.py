@@ -1,17 +1,35 @@
-"""`axbench curate …`: judged generations to people in Argilla, their labels back, judge–human agreement."""
+"""`axbench curate …`: judged generations to people in Argilla (`send`), their labels back (`fetch`), judge–human
+agreement, and the labels to the Hub (`push`): `push` / `pull` always mean the Hub, `send` / `fetch` Argilla."""
 
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
-curate_app = typer.Typer(help="Review judge labels with people in Argilla; measure judge–human agreement.",
-                         no_args_is_help=True)
+from axeval.cli.grammar import no_private_option, private_option, renamed_command, warn_renamed
+
+
+class _CurateGroup(TyperGroup):
+    """`curate push` is the Hub upload of a labels folder; until the next release, `curate push RUN --dataset NAME`
+    (its old meaning, to Argilla) still runs `curate send`, with one line saying so."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        if args and args[0] == "push" and any(arg == "--dataset" or arg.startswith("--dataset=") for arg in args[1:]):
+            warn_renamed("curate push RUN --dataset NAME", "curate send RUN --dataset NAME")
+            return "send", self.get_command(ctx, "send"), args[1:]
+        return super().resolve_command(ctx, args)
+
+
+curate_app = typer.Typer(cls=_CurateGroup, no_args_is_help=True,
+                         help="Review judge labels with people in Argilla (send, fetch); measure judge–human "
+                              "agreement; push the labels to the Hub.")
 
 _URL_HELP = "Argilla server URL (default: $ARGILLA_API_URL)."
 _WORKSPACE_HELP = "Argilla workspace (default: the server's default workspace)."
@@ -36,8 +54,8 @@ def _sampled_records(run_dir: Path, sample: int | None, stratify: str, seed: int
     return build_records(sample_judged(load_judged_run(run_dir), sample, by, seed))
 
 
-@curate_app.command("push")
-def push(
+@curate_app.command("send")
+def send(
     run_dir: Path = typer.Argument(..., help="A run directory with eval/judgements.parquet."),
     dataset: str = typer.Option(..., "--dataset", help="Argilla dataset name (created if missing, updated if not)."),
     sample: int | None = typer.Option(None, "--sample", help="Records to send (default: every judged generation)."),
@@ -61,16 +79,18 @@ def push(
                f"Annotate at {summary.url}")
 
 
-@curate_app.command("pull")
-def pull(
+@curate_app.command("fetch")
+def fetch(
     dataset: str = typer.Argument(..., help="Argilla dataset name."),
     out: Path = typer.Option(..., "--out", help="Labels folder to write (e.g. runs/<name>/curation/<dataset>, "
                                                 "where `axbench eval report` finds it)."),
     workspace: str | None = typer.Option(None, help=_WORKSPACE_HELP),
     api_url: str | None = typer.Option(None, "--api-url", help=_URL_HELP),
-    push_to: str | None = typer.Option(None, "--push-to", help="Also upload the folder to this Hub dataset repo."),
+    push_to: str | None = typer.Option(None, "--push-to", help="Also push the folder to this Hub dataset repo "
+                                       "(as `axbench curate push`)."),
+    private: bool = private_option(),
 ) -> None:
-    """Write the submitted responses (one row per record × annotator) as a dataset folder with a card."""
+    """Fetch the submitted responses from Argilla into a labels folder with a card (a row per record × annotator)."""
     from axeval.curation.argilla_io import pull_labels
     from axeval.curation.labels import push_labels, write_labels
 
@@ -79,14 +99,14 @@ def pull(
     except (ValueError, ConnectionError, ImportError) as error:
         _fail(error)
     write_labels(labels, out, info)
-    typer.echo(f"Pulled {len(labels)} response row(s) of {labels['record_id'].nunique()} record(s) into {out}.")
+    typer.echo(f"Fetched {len(labels)} response row(s) of {labels['record_id'].nunique()} record(s) into {out}.")
     if push_to:
-        typer.echo(f"Pushed to {push_to}: {push_labels(out, push_to)}")
+        typer.echo(f"Pushed to {push_to}: {push_labels(out, push_to, private=private)}")
 
 
 @curate_app.command("agreement")
 def agreement(
-    labels_dir: Path = typer.Argument(..., help="A folder written by `axbench curate pull`."),
+    labels_dir: Path = typer.Argument(..., help="A folder written by `axbench curate fetch`."),
     as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
 ) -> None:
     """Judge–human agreement: κ (quadratic), Spearman ρ, exact agreement, confusion matrices, inter-annotator κ."""
@@ -120,7 +140,8 @@ def export(
     stratify: str = typer.Option("method,factor,rating"),
     seed: int = typer.Option(0),
     min_submitted: int = typer.Option(1, "--min-submitted"),
-    push_to: str | None = typer.Option(None, "--push-to", help="Also upload the folder to this Hub dataset repo."),
+    push_to: str | None = typer.Option(None, "--push-to", help="Also push the folder to this Hub dataset repo."),
+    private: bool = private_option(),
 ) -> None:
     """Write the review set in Argilla's Hub layout without a server (loads into any Argilla server)."""
     from huggingface_hub import HfApi
@@ -135,7 +156,7 @@ def export(
     typer.echo(f"Exported {len(records)} record(s) to {out}.")
     if push_to:
         api = HfApi()
-        api.create_repo(push_to, repo_type="dataset", exist_ok=True)
+        api.create_repo(push_to, repo_type="dataset", private=private, exist_ok=True)
         commit = api.upload_folder(repo_id=push_to, repo_type="dataset", folder_path=out,
                                    commit_message=f"Argilla review set {dataset} (axbench curate export)")
         typer.echo(f"Pushed to {push_to}: {commit.commit_url}")
@@ -148,7 +169,7 @@ def import_(
     workspace: str | None = typer.Option(None, help=_WORKSPACE_HELP),
     api_url: str | None = typer.Option(None, "--api-url", help=_URL_HELP),
 ) -> None:
-    """Push an exported review set (from a folder or the Hub) to an Argilla server, responses included."""
+    """Send an exported review set (a folder or a Hub dataset repo) to an Argilla server, responses included."""
     from huggingface_hub import snapshot_download
 
     from axeval.curation.argilla_io import push_records
@@ -170,16 +191,22 @@ def import_(
                f"{summary.updated_records} updated. {summary.url}")
 
 
-@curate_app.command("publish")
-def publish(
-    labels_dir: Path = typer.Argument(..., help="A folder written by `axbench curate pull`."),
+@curate_app.command("push")
+def push(
+    labels_dir: Path = typer.Argument(..., help="A folder written by `axbench curate fetch`."),
     repo_id: str = typer.Argument(..., help="Hub dataset repo (created if missing)."),
-    private: bool = typer.Option(False, help="Create the repo private."),
+    private: bool = private_option(),
+    _no_private: bool = no_private_option("curate push"),
 ) -> None:
-    """Upload a pulled labels folder (parquet, card, agreement) to a Hub dataset repo."""
+    """Push a labels folder (parquet, card, agreement) to a Hub dataset repo."""
     from axeval.curation.labels import push_labels
 
     try:
         typer.echo(push_labels(labels_dir, repo_id, private=private))
     except FileNotFoundError as error:
         _fail(error)
+
+
+# The old spellings, for one release (the old `curate push RUN --dataset NAME` is routed by _CurateGroup).
+renamed_command(curate_app, "pull", fetch, old="curate pull", new="curate fetch")
+renamed_command(curate_app, "publish", push, old="curate publish", new="curate push")

@@ -13,11 +13,13 @@ from rich.table import Table
 from axdata.builders import list_configs, list_splits, read_concepts, read_provenance, split_files
 from axdata.builders.axbench_import import import_axbench
 from axdata.concepts import ConceptFileError
+from axdata.errors import AxbenchError
 from axdata.schema import CATEGORIES, GENRES
 from axeval.cli.data_generate import generate
 from axeval.cli.data_hub import pull, push
 
-data_app = typer.Typer(help="Generate, import, inspect and publish concept datasets.", no_args_is_help=True)
+data_app = typer.Typer(help="Generate, import and inspect concept datasets; push them to the Hub and pull them back.",
+                       no_args_is_help=True)
 
 
 @data_app.command("import")
@@ -45,7 +47,7 @@ def import_(
     try:
         report = import_axbench(source_dir, out, config, steering_num_of_examples=steering_examples or None,
                                 steering_instructions=steering_instructions)
-    except ValueError as error:  # AxBenchImportError, ConceptFileError, SchemaError and bad config names
+    except AxbenchError as error:  # AxBenchImportError, ConceptFileError, SchemaError and bad config names
         typer.echo(f"Import failed: {error}", err=True)
         raise typer.Exit(1) from None
     console = Console()

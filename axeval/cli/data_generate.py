@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from axdata.errors import AxbenchError
+
 
 def generate(
     config: Path | None = typer.Argument(None, help="Run config YAML (sections run, model, llm, data); "
@@ -46,7 +48,7 @@ def generate(
                if value is not None}
     try:
         data_config = dataclasses.replace(run_config.data, **changes)
-    except ValueError as err:
+    except AxbenchError as err:
         console.print(f"[red]Config error:[/red] {err}", soft_wrap=True)
         raise typer.Exit(2) from None
     # `--out` elsewhere must not write into the config's run directory (another run may own it).
@@ -59,7 +61,7 @@ def generate(
     except RunLockedError as err:
         console.print(f"[red]Busy:[/red] {err}", soft_wrap=True)
         raise typer.Exit(1) from None
-    except (ValueError, FileNotFoundError) as err:
+    except (AxbenchError, OSError) as err:
         console.print(f"[red]Generation failed:[/red] {err}", soft_wrap=True)
         raise typer.Exit(1) from None
     finally:

@@ -1,4 +1,4 @@
-"""`axbench data push|pull`: publish a dataset directory as a versioned Hub dataset repo, and get one back.
+"""`axbench data push|pull`: push a dataset directory to the Hub as a versioned dataset repo, and pull one back.
 
 Registered on the `data` group by the CLI: `data_app.command("push")(push)`, `data_app.command("pull")(pull)`.
 The token comes from the usual huggingface_hub login or HF_TOKEN, never from a flag, so it stays out of
@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from axdata.builders.hub import DEFAULT_MAX_SHARD_SIZE, DEFAULT_VERSION, pull_dataset, push_dataset
+from axeval.cli.grammar import private_option
 
 # What the library raises for bad inputs (messages name the input and the fix) and what the Hub answers.
 _EXPECTED_ERRORS = (ValueError, FileNotFoundError, FileExistsError, HfHubHTTPError)
@@ -28,13 +29,12 @@ def push(
                                         "default main."),
     version: str = typer.Option(DEFAULT_VERSION, "--version", help="Dataset version MAJOR.MINOR.PATCH; the commit "
                                 "is tagged v<version> and the card records it."),
-    private: bool = typer.Option(False, "--private", help="Create the repo as private (an existing repo keeps "
-                                 "its visibility)."),
+    private: bool = private_option(),
     max_shard_size: str = typer.Option(DEFAULT_MAX_SHARD_SIZE, "--max-shard-size",
                                        help="Largest parquet shard (Arrow size), e.g. 500MB."),
     message: str | None = typer.Option(None, "--message", "-m", help="Commit message."),
 ) -> None:
-    """Upload every config of DATASET_DIR with its card to REPO_ID and tag the version."""
+    """Push every config of DATASET_DIR with its card to REPO_ID (a Hub dataset repo) and tag the version."""
     try:
         report = push_dataset(dataset_dir, repo_id, revision=revision, version=version, private=private,
                               max_shard_size=max_shard_size, commit_message=message)
@@ -64,7 +64,7 @@ def pull(
     out: Path | None = typer.Option(None, "--out", help="New dataset directory to write the local layout into."),
     revision: str | None = typer.Option(None, "--revision", help="Tag (e.g. v1.0.0), branch or commit; default main."),
 ) -> None:
-    """Download REPO_ID into a new local dataset directory that every axbench stage reads."""
+    """Pull REPO_ID from the Hub into a new local dataset directory that every axbench stage reads."""
     if out is not None and out_arg is not None and out != out_arg:
         typer.echo(f"Two output directories given ({out_arg} and --out {out}); pass one.", err=True)
         raise typer.Exit(2)

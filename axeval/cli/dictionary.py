@@ -1,5 +1,5 @@
-"""`axbench dictionary push|pull|convert-axbench|output-score`: move steering dictionaries between disk, the Hub
-and AxBench, and score their rows."""
+"""`axbench dictionary push|pull|convert-axbench|output-score|from-hypernet`: move results (steering dictionaries and
+every other result kind) between disk, the Hub and AxBench, and score a dictionary's rows."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ from typing import NoReturn
 
 import typer
 
-dictionary_app = typer.Typer(help="Publish, download and convert steering dictionaries.", no_args_is_help=True)
+from axeval.cli.grammar import private_option
+
+dictionary_app = typer.Typer(help="Push, pull and convert steering dictionaries (and any other result of `axbench "
+                                  "train`).", no_args_is_help=True)
 
 
 @dictionary_app.command("push")
@@ -17,19 +20,21 @@ def push(
                                      "fine-tuned folder of a trained method."),
     repo_id: str = typer.Argument(..., help="Hub model repo, e.g. me/gemma-2-2b-it-l20-diffmean."),
     layer: int | None = typer.Option(None, "--layer", help="Layer folder to push when the directory holds several."),
-    private: bool = typer.Option(False, "--private/--public"),
+    private: bool = private_option(),
     revision: str | None = typer.Option(None, "--revision", help="Branch to push to."),
     dataset: list[str] = typer.Option([], "--dataset", help="Training dataset id for the card (repeatable)."),
     eval_results: Path | None = typer.Option(None, "--eval-results",
-                                             help="The dictionary's results, RUN_DIR/eval/.eval_results/<method>.yaml "
-                                             "(axbench eval report): into the card's model-index and the repo's "
-                                             ".eval_results/axbench.yaml. Default: the run's own, for a dictionary "
-                                             "inside a run directory."),
+                                             help="The dictionary's results: a run directory (its file of this "
+                                             "method) or the file RUN_DIR/eval/.eval_results/<method>.yaml (axbench "
+                                             "eval report), read as `axbench eval push` reads them: into the card's "
+                                             "model-index and the repo's .eval_results/axbench.yaml. Default: the "
+                                             "run's own, for a dictionary inside a run directory."),
     allow_uncalibrated: bool = typer.Option(False, "--allow-uncalibrated",
                                             help="Push a steering dictionary that has no calibration yet (nobody "
                                             "can steer with it before running latent inference)."),
 ) -> None:
-    """Upload a dictionary layer folder (or a trained method's adapters / fine-tuned weights) and its card."""
+    """Push a dictionary layer folder (or any other result: adapters, fine-tuned weights, BoW, …) and its card to a
+    Hub model repo, with its results when it has them."""
     from axmethods.dictionary import DictionaryError, SteeringDictionary
     from axmethods.results import load_result
 
@@ -42,7 +47,7 @@ def push(
         if not allow_uncalibrated:
             typer.echo(f"Push refused: the {artifact.method} dictionary in {directory} has no calibration (the "
                        "per-concept max activation that scales steering factors), so nobody could steer with it. "
-                       f"Run `axbench infer latent --dictionary {directory} --data DATA` first (it calibrates the "
+                       f"Run `axbench infer latent --result {directory} --data DATA` first (it calibrates the "
                        "dictionary in place), or pass --allow-uncalibrated.", err=True)
             raise typer.Exit(1)
         typer.echo(f"Warning: pushing the uncalibrated {artifact.method} dictionary; its card says so and steering "
@@ -51,19 +56,14 @@ def push(
     if eval_results is None:
         eval_results = _run_results(directory, artifact.method)
     if eval_results is not None:
-        import yaml
+        from axdata.errors import InputError
+        from axeval.publish import read_eval_results
 
-        try:
-            entries = yaml.safe_load(eval_results.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as error:
-            typer.echo(f"Push failed: cannot read {eval_results} ({error}); pass a file written by "
-                       "`axbench eval report`.", err=True)
+        try:  # the one reader of `axbench eval push` too
+            _, entries = read_eval_results(eval_results, artifact.method)
+        except (InputError, FileNotFoundError) as error:
+            typer.echo(f"Push failed: {error}", err=True)
             raise typer.Exit(1) from None
-        if not isinstance(entries, list) or not all(isinstance(e, dict) and "dataset" in e and "value" in e
-                                                    for e in entries):
-            typer.echo(f"Push failed: {eval_results} is not a list of .eval_results entries (dataset, value).",
-                       err=True)
-            raise typer.Exit(1)
     url = artifact.push_to_hub(repo_id, revision=revision, private=private, datasets=dataset, eval_results=entries)
     typer.echo(f"Pushed {artifact.method} ({artifact.n_concepts} concepts) to {repo_id}: {url}")
 
@@ -88,7 +88,7 @@ def pull(
     layer: int | None = typer.Option(None, "--layer", help="Layer folder to download when the repo holds several."),
     revision: str | None = typer.Option(None, "--revision"),
 ) -> None:
-    """Download a dictionary (or adapters / fine-tuned weights) from the Hub, check it, and save it locally."""
+    """Pull a dictionary (or any other result) from the Hub, check it, and save it locally."""
     from axmethods.dictionary import DictionaryError
     from axmethods.results import load_result
 
@@ -147,7 +147,7 @@ def output_score(
         dictionary = SteeringDictionary.load(directory, layer=layer)
         if dictionary.calibration is None:  # refused before a model loads: the fix is another command
             raise DictionaryError(f"The {dictionary.method} dictionary in {directory} has no calibration, which sets "
-                                  "how far each row is amplified; run `axbench infer latent --dictionary "
+                                  "how far each row is amplified; run `axbench infer latent --result "
                                   f"{directory} --data DATA` first (it calibrates the dictionary in place).")
         spec = TargetModelConfig(model=model) if model else \
             TargetModelConfig(model=dictionary.base_model, revision=dictionary.base_model_revision)
@@ -214,4 +214,4 @@ def from_hypernet(
     folder = dictionary.save_pretrained(out)
     unseen = len({c.concept_id for c in wanted} - set(hypernet.concept_ids))
     typer.echo(f"Wrote {dictionary.n_concepts} concepts × {dictionary.hidden_size} ({unseen} not trained on) to "
-               f"{folder}; steer with `axbench infer steer --dictionary {out}`")
+               f"{folder}; steer with `axbench infer steer --result {out}`")

@@ -1,4 +1,4 @@
-"""`axbench eval …`: score detection and steering, run the judge, build reports, publish the metrics."""
+"""`axbench eval …`: score detection and steering, run the judge, build reports, push a run's results to the Hub."""
 
 from __future__ import annotations
 
@@ -10,13 +10,19 @@ import pandas as pd
 import typer
 from rich.console import Console
 
+from axdata.errors import AxbenchError
 from axeval.cli.display import leaderboard_table, print_leaderboard
+from axeval.cli.grammar import renamed_command
+from axeval.cli.leaderboard import push as push_leaderboard
+from axeval.cli.leaderboard import show as show_leaderboard
+from axeval.cli.metrics import push as push_metrics
 from axeval.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, by_method
 
 _PROTOCOL_HELP = ("'fixed' (default): unparsed judge answers are excluded and counted; 'reference': they score 0, "
                   "as in AxBench (docs/protocol.md).")
 
-eval_app = typer.Typer(help="Score detection and steering, judge generations, build reports.", no_args_is_help=True)
+eval_app = typer.Typer(help="Score detection and steering, judge generations, build reports, push results.",
+                       no_args_is_help=True)
 
 _SET_HELP = "Override a config value: section.key=value (YAML-typed), repeatable, e.g. llm.max_usd=1."
 
@@ -102,7 +108,7 @@ def judge(
         given = {"temperature": temperature, "parse_retries": parse_retries, "on_parse_failure": on_parse_failure}
         judge_config = build_settings(JudgeConfig, {**dataclasses.asdict(settings.judge),
                                                     **{k: v for k, v in given.items() if v is not None}}, where="judge")
-    except ValueError as error:
+    except AxbenchError as error:
         _fail(error)
     if not steering_file.exists():
         raise typer.BadParameter(f"{steering_file} does not exist; pass the steering generations parquet file.")
@@ -111,7 +117,7 @@ def judge(
                   ledger_path=ledger or out.parent / "llm-ledger.jsonl") as client:
         try:
             summary = judge_generations(client, judge_config, steering_file, None if dry_run else out)
-        except ValueError as error:
+        except AxbenchError as error:
             _fail(error)
     if dry_run:
         typer.echo(f"Dry run: {summary['calls']} judge calls, estimated ${summary['cost_usd']:.4f}; nothing written.")
@@ -182,75 +188,30 @@ def report(
     console.print(f"Report: {result.files['markdown']} (and report.html)", highlight=False, soft_wrap=True)
 
 
-@eval_app.command("publish")
-def publish(
-    run_dir: Path = typer.Argument(..., help="A run directory whose report wrote eval/.eval_results/<method>.yaml."),
-    repo_id: str = typer.Argument(..., help="The model or steering-dictionary repo the results belong to."),
+@eval_app.command("push")
+def push(
+    run_dir: Path = typer.Argument(..., help="A run directory whose report wrote eval/.eval_results/<method>.yaml "
+                                   "(or that file)."),
+    repo_id: str = typer.Argument(..., help="The model or steering-dictionary repo the results belong to (it must "
+                                  "exist)."),
     method: str | None = typer.Option(None, help="Which method's results (needed when the run has several)."),
     pr: bool = typer.Option(False, "--pr", help="Open a pull request (a community result) instead of committing."),
 ) -> None:
-    """Upload a method's .eval_results (benchmark dataset, commit, task, value, interval, judge) to a Hub repo."""
+    """Push a method's .eval_results (benchmark dataset, commit, task, value, interval, judge) to a Hub model repo.
+
+    `axbench dictionary push` carries a dictionary's own results along, read by the same function."""
     from axeval.publish import publish_eval_results
 
     try:
         published = publish_eval_results(run_dir, repo_id, method=method, create_pr=pr)
-    except (LookupError, FileNotFoundError, ValueError) as error:
+    except (AxbenchError, OSError) as error:
         _fail(error)
-    typer.echo(f"Published {published.path_in_repo} to {published.repo_id}: {published.url}")
+    typer.echo(f"Pushed {published.path_in_repo} to {published.repo_id}: {published.url}")
 
 
-@eval_app.command("publish-leaderboard")
-def publish_leaderboard(
-    run_dirs: list[Path] = typer.Argument(..., help="Run directories (one per model/layer setting), then the dataset "
-                                          "repo to push the leaderboard to."),
-    repo_id: str = typer.Argument(..., help="Dataset repo for the leaderboard, e.g. my-org/axbench-leaderboard."),
-    dataset_id: str | None = typer.Option(None, help="Benchmark dataset repo, for runs whose data was not pulled."),
-    private: bool = typer.Option(False, help="Create a private dataset."),
-) -> None:
-    """Push the leaderboard (one row per method × run) as a dataset that load_dataset reads."""
-    from axeval.publish import publish_leaderboard as push
-
-    try:
-        published = push(run_dirs, repo_id, dataset_id=dataset_id, private=private)
-    except (LookupError, FileNotFoundError, ValueError) as error:
-        _fail(error)
-    typer.echo(f"Pushed the leaderboard of {len(run_dirs)} run(s) to {published.repo_id}: {published.url}")
-
-
-@eval_app.command("leaderboard")
-def leaderboard(
-    source: str = typer.Argument(..., help="A leaderboard dataset repo (publish-leaderboard) or its parquet file."),
-    html: Path | None = typer.Option(None, "--html", help="Also write the report's HTML page of it here."),
-) -> None:
-    """Show a published leaderboard; with --html, rebuild the report page from it."""
-    from axdata.io import atomic_write_text
-    from axeval.cli.display import frame_table
-    from axeval.publish import leaderboard_html, load_leaderboard
-
-    try:
-        frame = load_leaderboard(source)
-    except (OSError, ValueError) as error:
-        _fail(error)
-    shown = frame[["method", "model", "layer", "auroc", "steering_score", "n_concepts"]]
-    Console().print(frame_table(shown, f"Leaderboard: {source}"))
-    if html is not None:
-        atomic_write_text(html, leaderboard_html(frame, title=f"AxBench leaderboard: {source}"))
-        typer.echo(f"Wrote {html}")
-
-
-@eval_app.command("push-metrics")
-def push_metrics(
-    org: str = typer.Argument(..., help="User or organisation that will own the Spaces ORG/concept_detection and "
-                              "ORG/steering."),
-    private: bool = typer.Option(False, help="Create private Spaces."),
-) -> None:
-    """Publish both metric modules as Hub Spaces, loadable with evaluate.load("ORG/steering") by anyone: each
-    Space carries its own generated copy of the functions it needs (no axbench install)."""
-    from axeval.metrics.hub import push_metrics as push
-
-    try:
-        pushed = push(org, private=private)
-    except ValueError as error:
-        _fail(error)
-    for metric in pushed:
-        typer.echo(f"{metric.name}: {metric.repo_id} ({metric.commit_url})")
+# The old spellings, for one release: each prints one line naming the new one, then runs it.
+renamed_command(eval_app, "publish", push, old="eval publish", new="eval push")
+renamed_command(eval_app, "publish-leaderboard", push_leaderboard, old="eval publish-leaderboard",
+                new="leaderboard push")
+renamed_command(eval_app, "leaderboard", show_leaderboard, old="eval leaderboard", new="leaderboard show")
+renamed_command(eval_app, "push-metrics", push_metrics, old="eval push-metrics", new="metrics push")

@@ -1,4 +1,4 @@
-"""`axbench infer latent|steer`: detection scores and steered generations from steering dictionaries."""
+"""`axbench infer latent|steer`: detection scores and steered generations from any result of `axbench train`."""
 
 from __future__ import annotations
 
@@ -7,9 +7,18 @@ from typing import Any
 
 import typer
 
-infer_app = typer.Typer(help="Run latent (detection) and steered inference.", no_args_is_help=True)
+from axdata.errors import AxbenchError, InputError
+from axeval.cli.grammar import one_of_renamed, renamed_option
 
-_DICTIONARY_HELP = "A dictionary directory (or Hub model repo id) written by `axbench train` / `dictionary pull`."
+infer_app = typer.Typer(help="Run latent (detection) and steered inference with any result (--result).",
+                        no_args_is_help=True)
+
+_RESULT_HELP = ("A result folder (or Hub model repo id) written by `axbench train` / `dictionary pull`, of any kind: "
+                "steering dictionary, BoW, prompt steering or detection, adapters, fine-tuned weights.")
+_RESULT_WHAT = "DIR_OR_REPO (a result of `axbench train`)"
+# `--dictionary`, the old spelling of `--result` (hidden; one line on stderr when used), until the next release.
+_OLD_LATENT_DICTIONARY = renamed_option("--dictionary", "--result", "infer latent")
+_OLD_STEER_DICTIONARY = renamed_option("--dictionary", "--result", "infer steer")
 
 
 def _load_results(dictionaries: list[str], layer: int | None) -> list[Any]:
@@ -38,14 +47,16 @@ def _fail(error: Exception) -> typer.Exit:
 
 @infer_app.command("latent")
 def latent(
-    dictionary: list[str] = typer.Option(..., "--dictionary", help=_DICTIONARY_HELP + " Repeat to score several."),
+    result: list[str] | None = typer.Option(None, "--result", help=_RESULT_HELP + " Required; repeat to score "
+                                                                                "several."),
+    dictionary: list[str] | None = _OLD_LATENT_DICTIONARY,
     data: Path = typer.Option(..., "--data", help="Dataset directory (<config>/<split>-*.parquet)."),
     config: str | None = typer.Option(None, "--dataset-config", help="Dataset config, e.g. gemma-2-2b-it-l20; "
                                                               "optional when the dataset holds only one."),
     out: Path = typer.Option(..., "--out", help="Output parquet."),
-    model: str | None = typer.Option(None, "--model", help="Target model; default: the dictionary's base model."),
+    model: str | None = typer.Option(None, "--model", help="Target model; default: the result's base model."),
     mode: str = typer.Option("latent", "--mode", help="latent | latent_imbalance."),
-    layer: int | None = typer.Option(None, "--layer", help="Layer folder to read when a dictionary holds several."),
+    layer: int | None = typer.Option(None, "--layer", help="Layer folder to read when a result holds several."),
     batch_size: int = typer.Option(16, "--batch-size"),
     dtype: str = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16 | float16."),
     device: str = typer.Option("auto", "--device"),
@@ -56,7 +67,7 @@ def latent(
                                           help="Magnitude for concepts whose max activation is ≤ 0 (AxBench: 50); "
                                                "default: the median of the positive maxima."),
 ) -> None:
-    """Score every eval row for every concept of every dictionary (residual dictionaries in one forward pass per
+    """Score every eval row for every concept of every result (residual dictionaries in one forward pass per
     batch, BoW on the transcripts, prompt detection through the target model; steering-only methods are skipped);
     calibrate the residual dictionaries. The same latent stage as `axbench run` (`axeval.stages.methods`)."""
     from axdata.builders import resolve_config
@@ -65,25 +76,26 @@ def latent(
     from axmethods.distributed import is_main
     from axmethods.inference.latent import LATENT_MODES
 
+    sources = one_of_renamed(result, dictionary, "--result", _RESULT_WHAT)
     try:
         if mode not in LATENT_MODES:
             raise ValueError(f"--mode {mode!r} is unknown; use one of {', '.join(LATENT_MODES)}.")
         dataset = RunDataset(data, resolve_config(data, config))
-        loaded = _load_results(dictionary, layer)
+        loaded = _load_results(sources, layer)
         for skipped in loaded:
             if not skipped.detector:
                 typer.echo(f"Skipped {skipped.method}: its {skipped.KIND} steer but have no detector.", err=True)
         if not any(result.detector for result in loaded):
-            raise ValueError("none of --dictionary detects; latent inference needs a detector (a dictionary, BoW "
+            raise InputError("none of --result detects; latent inference needs a detector (a dictionary, BoW "
                              "or prompt detection).")
         target = _load_target(loaded, model, dtype, device)
         imbalance = mode == "latent_imbalance"
         summary = score_latent(target, loaded, dataset, None if imbalance else out,
                                imbalance_out=out if imbalance else None, batch_size=batch_size,
                                calibration_fallback=fallback,
-                               calibrate_into=[_local_folder(source) for source in dictionary]
+                               calibrate_into=[_local_folder(source) for source in sources]
                                if calibrate and not imbalance else None)
-    except (ValueError, FileNotFoundError) as error:
+    except (AxbenchError, OSError) as error:
         raise _fail(error) from None
     if not is_main():
         return  # under a distributed launcher every process scored its share; rank 0 wrote them
@@ -91,13 +103,14 @@ def latent(
     for method, count in summary.get("imbalance_nan_scores" if imbalance else "nan_scores", {}).items():
         if count:
             typer.echo(f"{method}: {count} scores are NaN (answers without a parsable rating)", err=True)
-    for source, result in zip(dictionary, loaded):
-        if result.method in summary.get("calibration_not_written", ()):
+    for source, loaded_result in zip(sources, loaded):
+        method = loaded_result.method
+        if method in summary.get("calibration_not_written", ()):
             typer.echo(f"{source} is a Hub repo: calibration not written back (pull it first).", err=True)
-        elif result.method in summary.get("calibrated", ()):
-            typer.echo(f"Calibrated {result.method} in {source}")
-        elif result.method in summary.get("uncalibrated", {}):
-            typer.echo(f"Not calibrated {result.method} ({source}): {summary['uncalibrated'][result.method]}", err=True)
+        elif method in summary.get("calibrated", ()):
+            typer.echo(f"Calibrated {method} in {source}")
+        elif method in summary.get("uncalibrated", {}):
+            typer.echo(f"Not calibrated {method} ({source}): {summary['uncalibrated'][method]}", err=True)
     if summary.get("uncalibrated"):
         raise _fail(ValueError(f"{', '.join(summary['uncalibrated'])} could not be calibrated (above); the scores are "
                                "written. Pass --calibration-fallback <magnitude> to calibrate them anyway."))
@@ -116,19 +129,22 @@ def _local_folder(source: str) -> Path | None:
 
 @infer_app.command("steer")
 def steer(
-    dictionary: str = typer.Option(..., "--dictionary", help=_DICTIONARY_HELP),
+    result: str | None = typer.Option(None, "--result", help=_RESULT_HELP + " Required."),
+    dictionary: str | None = _OLD_STEER_DICTIONARY,
     data: Path = typer.Option(..., "--data", help="Dataset directory (<config>/<split>-*.parquet)."),
     config: str | None = typer.Option(None, "--dataset-config", help="Dataset config, e.g. gemma-2-2b-it-l20; "
                                                               "optional when the dataset holds only one."),
     out: Path = typer.Option(..., "--out", help="Output parquet (part files beside it make re-runs resume)."),
-    model: str | None = typer.Option(None, "--model", help="Target model; default: the dictionary's base model."),
+    model: str | None = typer.Option(None, "--model", help="Target model; default: the result's base model."),
     factors: str | None = typer.Option(None, "--factors",
                                        help="Comma-separated steering factors (α = factor × calibration); default: "
                                             "the method's own grid (RePS family) or AxBench's 14 factors."),
-    layer: int | None = typer.Option(None, "--layer", help="Layer folder to read when the dictionary holds several."),
+    layer: int | None = typer.Option(None, "--layer", help="Layer folder to read when the result holds several."),
     intervention: str = typer.Option("addition", "--intervention",
                                      help="addition | clamp | subtract_add | threshold | ablate."),
-    positions: str = typer.Option("all", "--positions", help="all | after_prefix."),
+    positions: str = typer.Option("all", "--positions", help="Steered tokens: all (every token: chat prefix, prompt, "
+                                  "generated) | after_prefix (every token after the chat prefix, generated ones too). "
+                                  "Not a method's training setting intervention_positions (all | prompt)."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
     temperature: float = typer.Option(1.0, "--temperature"),
     top_k: int = typer.Option(50, "--top-k", help="Sample from the k most likely tokens (AxBench: HF's default 50); "
@@ -152,6 +168,10 @@ def steer(
     from axmethods.distributed import is_main
     from axmethods.inference.sampling import ENGINES
 
+    sources = one_of_renamed([result] if result else None, [dictionary] if dictionary else None, "--result",
+                             _RESULT_WHAT)
+    if len(sources) > 1:
+        raise typer.BadParameter("infer steer steers with one result; pass --result once.", param_hint="'--result'")
     if engine not in ENGINES:
         raise SettingsError(f"--engine {engine!r} is unknown; use one of {', '.join(ENGINES)}.")
     try:
@@ -167,7 +187,7 @@ def steer(
                               where="infer steer")
     try:
         dataset = RunDataset(data, resolve_config(data, config))
-        (loaded,) = _load_results([dictionary], layer)
+        (loaded,) = _load_results(sources, layer)
         # Refused before the model loads: a detection-only result (BoW, prompt detection), an intervention it
         # lacks, an uncalibrated dictionary, a dictionary for none of the dataset's concepts.
         steerers, _ = plan_steerers([loaded], dataset.split("steering"), settings, strict=True)
@@ -176,7 +196,7 @@ def steer(
                        "--factors is not used for it.", err=True)
         target = _load_target([loaded], model, dtype, device)
         summary = generate_steering(target, steerers, dataset, out, settings=settings, seed=seed)
-    except (ValueError, FileNotFoundError) as error:
+    except (AxbenchError, OSError) as error:
         raise _fail(error) from None
     if is_main():  # the other processes of a distributed launch generated their share; rank 0 wrote it
         typer.echo(f"Wrote {summary['generations']} steered generations to {out}")

@@ -8,6 +8,7 @@ from typing import Any, NoReturn
 
 import typer
 
+from axdata.errors import AxbenchError
 from axmethods.registry import METHODS  # torch-free: the help below lists every method
 
 _METHOD_LIST = "\n\n".join(f"{spec.name}: {spec.summary}" for spec in METHODS.values())
@@ -37,10 +38,8 @@ def train(
     from axdata.builders import read_concepts, read_split, resolve_config
     from axdata.settings import SettingsError, parse_assignments
     from axmethods.distributed import is_main
-    from axmethods.methods import TrainingDataError
     from axmethods.models import load_target_model
     from axmethods.registry import get_method, settings_help
-    from axmethods.trainers.data import PreferenceDataError
 
     spec = get_method(method)
     if list_settings:
@@ -58,7 +57,7 @@ def train(
         raise typer.BadParameter(f"{error} `axbench train {spec.name} --list-settings` lists them.") from None
     try:
         dataset_config = resolve_config(data, dataset_config)
-    except (ValueError, FileNotFoundError) as error:
+    except (AxbenchError, OSError) as error:
         _fail(str(error))
     concepts = read_concepts(data, dataset_config)[:max_concepts]
     target = load_target_model(model, dtype=dtype, device=device)
@@ -72,7 +71,7 @@ def train(
     started = time.perf_counter()
     try:
         result = spec.train(target, split_or_none, concepts, layer, method_settings, notify=typer.echo)
-    except (TrainingDataError, PreferenceDataError, ValueError, FileNotFoundError) as error:
+    except (AxbenchError, OSError) as error:  # TrainingDataError, PreferenceDataError, …
         _fail(f"Training {spec.name} failed: {error}")
     if not is_main():
         return  # under a distributed launcher every process trained its share; rank 0 writes the result

@@ -147,13 +147,13 @@ def _check(labels: pd.DataFrame) -> None:
     needed = ["record_id", "annotator", *(f"{p}_{c}" for c in CRITERIA for p in ("judge", "human"))]
     missing = [c for c in needed if c not in labels.columns]
     if missing:
-        raise InputError(f"labels: missing column(s) {missing}; pass the dataset `axbench curate pull` wrote.")
+        raise InputError(f"labels: missing column(s) {missing}; pass the dataset `axbench curate fetch` wrote.")
     for column in needed[2:]:
         values = labels[column].dropna()
         bad = values[~values.isin(LABELS)]
         if len(bad):
             raise InputError(f"labels: {column} holds values outside 0, 1, 2: {sorted(set(bad))[:5]}; ratings must "
-                             "be mapped back to the 0–2 scale (axbench curate pull does this).")
+                             "be mapped back to the 0–2 scale (axbench curate fetch does this).")
 
 
 def judge_human_agreement(labels: pd.DataFrame) -> Agreement:

@@ -133,7 +133,7 @@ def pull_labels(client: Any, name: str, *, workspace: str | None = None) -> tupl
     dataset = get_dataset(client, name, workspace)
     if dataset is None:
         raise InputError(f"No Argilla dataset {name!r} in workspace {workspace!r} at {client.api_url}; check "
-                         "--dataset/--workspace (`axbench curate push` creates it).")
+                         "--dataset/--workspace (`axbench curate send` creates it).")
     offset = _offset(dataset)
     usernames = {str(user.id): user.username for user in client.users}
     rows = []

@@ -75,7 +75,7 @@ def read_labels(folder: str | Path) -> pd.DataFrame:
     shards = sorted((root / "data").glob("*.parquet"))
     if not shards:
         raise FileNotFoundError(f"{root} holds no data/*.parquet labels; pass a folder written by "
-                                "`axbench curate pull NAME --out DIR`.")
+                                "`axbench curate fetch NAME --out DIR`.")
     return pd.concat([pd.read_parquet(path) for path in shards], ignore_index=True)
 
 

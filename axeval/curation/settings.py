@@ -57,5 +57,5 @@ def rating_offset(question_values: list[int]) -> int:
     values = sorted(question_values)
     if len(values) != len(RATING_VALUES) or values != [values[0] + v for v in RATING_VALUES]:
         raise InputError(f"A rating question has values {values}; an axbench review question has three consecutive "
-                         "values (0–2, or shifted). Was this dataset pushed by `axbench curate push`?")
+                         "values (0–2, or shifted). Was this dataset sent by `axbench curate send`?")
     return values[0]

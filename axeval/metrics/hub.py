@@ -101,7 +101,7 @@ def core_source(name: str) -> str:
         body += [f"# ---- from {module} " + "-" * max(0, 100 - len(module)),
                  *(line for index, line in enumerate(lines) if index not in dropped), ""]
     header = [f'"""Generated from the axbench toolkit ({", ".join(modules)}) for the {name} metric Space: do not edit;',
-              'edit those modules and push the metrics again (`axbench eval push-metrics`)."""', "",
+              'edit those modules and push the metrics again (`axbench metrics push`)."""', "",
               "from __future__ import annotations", "",
               *(_constant(constant) for constant in dict.fromkeys(constants)), ""]
     return "\n".join(header + body).rstrip() + "\n"

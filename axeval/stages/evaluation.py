@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
+from axdata.errors import InputError
 from axdata.llm import ChatBackend
 from axeval.judge import Judge, JudgeConfig, summarize_judgements, write_judgements
 from axeval.pipeline import RunContext, Stage
@@ -23,7 +25,10 @@ def judge_generations(backend: ChatBackend, settings: JudgeConfig, generations: 
     dry run's estimate). `run_async` runs the judging coroutine on the caller's event loop (a run keeps one for its
     whole length); default: the backend's own."""
     judge = Judge(backend, settings)
-    frame = pd.read_parquet(generations)
+    try:
+        frame = pd.read_parquet(generations)
+    except (pa.ArrowException, ValueError) as error:  # a damaged or foreign file: the user's to replace
+        raise InputError(f"{generations}: not a readable parquet file of steered generations ({error}).") from None
     judgements = run_async(judge.ajudge(frame)) if run_async is not None else judge.judge(frame)
     if out is not None:
         write_judgements(judgements, out)

@@ -34,10 +34,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from axmethods.contract import Steerer, UnsteeredBaseline
+from axmethods.dictionary import DictionarySteerer
 from axmethods.hooks import Call, hook_output
 from axmethods.inference.sampling import Decoder, check_engine
-from axmethods.inference.steering import DictionarySteerer, PromptSteerer, Steerer, UnsteeredBaseline
 from axmethods.interventions import RowSteering
+from axmethods.methods.prompt import PromptSteerer
 from axmethods.models import TargetModel, pad_token_id
 
 logger = logging.getLogger(__name__)

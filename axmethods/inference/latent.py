@@ -44,13 +44,14 @@ import pyarrow.parquet as pq
 import torch
 from huggingface_hub.utils import tqdm
 
+from axdata.errors import InputError
 from axdata.io import atomic_path
 from axdata.schema import SHARED_NEGATIVE_ID
+from axmethods.contract import ConceptResult, Detector
 from axmethods.dictionary import DictionaryError, SteeringDictionary
 from axmethods.distributed import gather, shard, world_size
 from axmethods.hooks import layer_outputs
 from axmethods.models import TargetModel, pad_batch, pad_token_id
-from axmethods.results import ConceptResult, Detector
 
 if TYPE_CHECKING:
     from axmethods.methods.prompt import RelevanceRater
@@ -89,7 +90,7 @@ def score_texts(target: TargetModel, dictionaries: Sequence[SteeringDictionary],
     token_ids = [target.encode(text) for text in texts]
     too_short = [i for i, ids in enumerate(token_ids) if len(ids) <= target.prefix_length]
     if too_short:
-        raise ValueError(f"texts {too_short[:10]} have no tokens after the {target.prefix_length}-token chat prefix; "
+        raise InputError(f"texts {too_short[:10]} have no tokens after the {target.prefix_length}-token chat prefix; "
                          "score chat transcripts (TargetModel.format_transcript), not bare strings.")
     dtype = target.dtype
     weights = [(d.weight.to(target.device, dtype), None if d.bias is None else d.bias.to(target.device))
@@ -231,7 +232,7 @@ def _scored_parts(target: TargetModel, dictionaries: Sequence[Detector | Concept
     dictionaries in `latent_imbalance` mode; None: one part per method), columns in their final order.
     Parts of one method follow its scored concept ids in ascending order, as the whole frame's sort does."""
     if mode not in LATENT_MODES:
-        raise ValueError(f"mode {mode!r} is unknown; use one of {', '.join(LATENT_MODES)}")
+        raise InputError(f"mode {mode!r} is unknown; use one of {', '.join(LATENT_MODES)}")
     kinds = [d.detector or "none" for d in dictionaries]
     unknown = sorted({kind for kind in kinds} - {"residual", "text", "target-model", "none"})
     if unknown:
@@ -243,7 +244,7 @@ def _scored_parts(target: TargetModel, dictionaries: Sequence[Detector | Concept
         texts_frame = latent.reset_index(drop=True).assign(row_id=np.arange(len(latent)), source_split="latent")
     else:
         if imbalance_pool is None:
-            raise ValueError("mode 'latent_imbalance' needs imbalance_pool (the latent_imbalance split's negatives).")
+            raise InputError("mode 'latent_imbalance' needs imbalance_pool (the latent_imbalance split's negatives).")
         positives = latent[latent["category"] == "positive"]
         texts_frame = pd.concat([
             imbalance_pool.assign(row_id=np.arange(len(imbalance_pool)), source_split="latent_imbalance"),

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from axdata.errors import InputError
 from axmethods.models import TargetModel, pad_batch, pad_token_id
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
-            raise ValueError("sampling needs max_new_tokens ≥ 1, temperature ≥ 0, top_k ≥ 0 and 0 < top_p ≤ 1; "
+            raise InputError("sampling needs max_new_tokens ≥ 1, temperature ≥ 0, top_k ≥ 0 and 0 < top_p ≤ 1; "
                              f"got {self}")
 
 
@@ -88,7 +89,7 @@ ENGINES: tuple[str, ...] = ("eager", "compiled")
 def check_engine(name: str) -> str:
     """`name` if it is an engine, else a ValueError naming the choices."""
     if name not in ENGINES:
-        raise ValueError(f"engine {name!r} is unknown; use eager (the default decode loop) or compiled (a static KV "
+        raise InputError(f"engine {name!r} is unknown; use eager (the default decode loop) or compiled (a static KV "
                          "cache and a torch.compile'd decode step).")
     return name
 

@@ -16,10 +16,9 @@ import json
 import logging
 import shutil
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -27,19 +26,25 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from huggingface_hub.utils import tqdm
 
+from axdata.errors import InputError
 from axdata.hashing import content_hash
 from axdata.io import atomic_path
-from axmethods.dictionary import DictionaryError, SteeringDictionary
+from axmethods.contract import Steerer, UnsteeredBaseline
+from axmethods.dictionary import DictionarySteerer
 from axmethods.distributed import broadcast, gather, is_main, rank, world_size
 from axmethods.factors import AXBENCH_FACTORS
+from axmethods.inference.compiled import CompiledSteering, steering_engine
 from axmethods.inference.sampling import SamplingConfig, sample
-from axmethods.interventions import Positions, RowSteering, steering_hooks
+from axmethods.methods.prompt import PromptSteerer
 from axmethods.models import TargetModel
 
 if TYPE_CHECKING:
-    from axmethods.inference.compiled import CompiledSteering
     from axmethods.inference.sampling import Decoder
-    from axmethods.methods.prompt import SteeringPrompts
+
+# The steerers live beside what they steer with (or, for the protocol and the unsteered baseline, in the result
+# contract); they are importable from here too, where steering inference is.
+__all__ = ["OUTPUT_COLUMNS", "PROVENANCE_KEY", "DictionarySteerer", "PromptSteerer", "Steerer", "UnsteeredBaseline",
+           "plan_batches", "plan_rows", "read_provenance", "row_seed", "run_steering", "steered_prompts"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,118 +56,6 @@ logger = logging.getLogger(__name__)
 OUTPUT_COLUMNS = ("concept_id", "concept", "prompt_id", "half", "instruction", "model_instruction", "prompt", "factor",
                   "magnitude", "generation", "method", "seed")
 PROVENANCE_KEY = b"axbench"
-
-
-class Steerer(Protocol):
-    """How a method steers a batch: the instruction it templates and the hooks it installs.
-
-    Optional attributes: `factors` (the method's own factor grid, used instead of the run's),
-    `batch_by_concept` (every batch holds one concept's rows, for steerers that swap weights in) and
-    `steered_concept_ids` (the concepts it steers, None for all: the others' rows are not generated).
-    """
-
-    method: str
-    factor_free: bool
-
-    def provenance(self) -> dict[str, Any]: ...
-
-    def instructions(self, prompts: pd.DataFrame) -> list[str]:
-        """The user-turn text the model answers for each row of the steering split (the judge still rates the
-        answer against the row's original instruction)."""
-        ...
-
-    def intervene(self, target: TargetModel, rows: pd.DataFrame) -> tuple[AbstractContextManager[Any], np.ndarray]:
-        """A context manager steering the batch `rows` (in order) and each row's magnitude (NaN if none)."""
-        ...
-
-
-@dataclass
-class DictionarySteerer:
-    """Steering with a dictionary row per concept: α = factor × calibration, `kind` of intervention."""
-
-    dictionary: SteeringDictionary
-    kind: str = "addition"
-    positions: Positions = "all"
-    factor_free: bool = False  # every factor is a different magnitude
-    _checked: Any = field(default=None, init=False, repr=False)
-
-    @property
-    def method(self) -> str:
-        return self.dictionary.method
-
-    @property
-    def steered_concept_ids(self) -> frozenset[int] | None:
-        return self.dictionary.steered_concept_ids
-
-    @property
-    def factors(self) -> list[float] | None:
-        """The method's own factor grid (RePS-family vectors carry one), or None for the run's grid."""
-        grid = self.dictionary.config.get("steering_factors")
-        return [float(f) for f in grid] if grid else None
-
-    def provenance(self) -> dict[str, Any]:
-        return {"dictionary_config_hash": self.dictionary.config_hash, "layer": self.dictionary.layer,
-                "hook_module": self.dictionary.hook_module, "intervention": self.kind, "positions": self.positions,
-                "calibration_info": self.dictionary.calibration_info}
-
-    def instructions(self, prompts: pd.DataFrame) -> list[str]:
-        return prompts["original_prompt"].tolist()
-
-    def row_steering(self, target: TargetModel, rows: pd.DataFrame) -> RowSteering:
-        """The batch's vectors and magnitudes (`intervene` hooks them in; the compiled engine adds them itself)."""
-        if self._checked is not target:  # once per target: the check warns on a base-model mismatch
-            self.dictionary.check_model(target)
-            self._checked = target
-        return RowSteering.from_dictionary(self.dictionary, rows["concept_id"].tolist(), rows["factor"].tolist(),
-                                           self.kind)
-
-    def intervene(self, target: TargetModel, rows: pd.DataFrame) -> tuple[AbstractContextManager[Any], np.ndarray]:
-        steering = self.row_steering(target, rows)
-        return steering_hooks(target, self.dictionary.layer, steering, positions=self.positions), \
-            steering.magnitudes.numpy()
-
-
-@dataclass
-class PromptSteerer:
-    """Prompt steering: the concept's LLM-written instruction prepended to the user turn; no hooks, no factor."""
-
-    prompts: SteeringPrompts
-    factor_free: bool = True
-
-    @property
-    def method(self) -> str:
-        return self.prompts.method
-
-    def provenance(self) -> dict[str, Any]:
-        return {"dictionary_config_hash": self.prompts.config_hash, "template_hash": self.prompts.template_hash}
-
-    def instructions(self, prompts: pd.DataFrame) -> list[str]:
-        by_concept = self.prompts.prompts
-        missing = sorted({int(cid) for cid in prompts["concept_id"] if not by_concept.get(int(cid))})
-        if missing:
-            raise DictionaryError(f"the {self.method} steering prompts have no instruction for concepts "
-                                  f"{missing[:10]}; refit them on the same dataset config.")
-        return [f"{by_concept[int(cid)]}\n\nQuestion: {prompt}"
-                for cid, prompt in zip(prompts["concept_id"], prompts["original_prompt"])]
-
-    def intervene(self, target: TargetModel, rows: pd.DataFrame) -> tuple[AbstractContextManager[Any], np.ndarray]:
-        return nullcontext(), np.full(len(rows), np.nan)
-
-
-class UnsteeredBaseline:
-    """No intervention: the target model's own answers, one per prompt (a factor-free reference)."""
-
-    method = "unsteered"
-    factor_free = True
-
-    def provenance(self) -> dict[str, Any]:
-        return {}
-
-    def instructions(self, prompts: pd.DataFrame) -> list[str]:
-        return prompts["original_prompt"].tolist()
-
-    def intervene(self, target: TargetModel, rows: pd.DataFrame) -> tuple[AbstractContextManager[Any], np.ndarray]:
-        return nullcontext(), np.full(len(rows), np.nan)
 
 
 def row_seed(seed: int, concept_id: int, prompt_id: int, factor: float | None) -> int:
@@ -185,7 +78,7 @@ def plan_rows(steering_split: pd.DataFrame, steerer: Steerer, target: TargetMode
     factor-free steerer."""
     kept = steered_prompts(steering_split, steerer)
     if kept.empty and not steering_split.empty:
-        raise ValueError(f"the {steerer.method} dictionary steers none of the steering split's concepts (its "
+        raise InputError(f"the {steerer.method} dictionary steers none of the steering split's concepts (its "
                          "unsteered_concept_ids, e.g. an output-score filter, cover them all); there is nothing to "
                          "steer.")
     skipped = steering_split["concept_id"].nunique() - kept["concept_id"].nunique()
@@ -206,13 +99,13 @@ def plan_rows(steering_split: pd.DataFrame, steerer: Steerer, target: TargetMode
         rows = base.assign(factor=np.nan)
     else:
         if not factors:
-            raise ValueError(f"{steerer.method} steers with factors but none were given; pass e.g. --factors 0.5,1,2.")
+            raise InputError(f"{steerer.method} steers with factors but none were given; pass e.g. --factors 0.5,1,2.")
         rows = base.merge(pd.DataFrame({"factor": [float(f) for f in factors]}), how="cross")
     rows["seed"] = [row_seed(seed, c, p, None if np.isnan(f) else f)
                     for c, p, f in zip(rows["concept_id"], rows["prompt_id"], rows["factor"])]
     duplicated = rows.duplicated(["concept_id", "prompt_id", "factor"])
     if duplicated.any():
-        raise ValueError(f"the steering split repeats (concept_id, input_id) pairs, e.g. "
+        raise InputError(f"the steering split repeats (concept_id, input_id) pairs, e.g. "
                          f"{rows.loc[duplicated, ['concept_id', 'prompt_id']].iloc[0].tolist()}; each needs one row.")
     return rows.sort_values(["concept_id", "prompt_id", "factor"], ignore_index=True)
 
@@ -245,8 +138,6 @@ def run_steering(target: TargetModel, steerer: Steerer, steering_split: pd.DataF
     `engine`: "eager" (the default decode loop) or "compiled" (static KV cache, compiled step:
     `axmethods.inference.compiled`); the generations do not depend on it, so it is not part of the provenance.
     """
-    from axmethods.inference.compiled import steering_engine  # it imports this module
-
     out = Path(out)
     sampling = sampling or SamplingConfig()
     rows = plan_rows(steering_split, steerer, target, factors, seed)
@@ -311,5 +202,5 @@ def read_provenance(path: str | Path) -> dict[str, Any]:
     """The provenance stored in a steering parquet's schema metadata."""
     metadata = pq.read_schema(path).metadata or {}
     if PROVENANCE_KEY not in metadata:
-        raise ValueError(f"{path} has no axbench provenance; it was not written by run_steering.")
+        raise InputError(f"{path} has no axbench provenance; it was not written by run_steering.")
     return json.loads(metadata[PROVENANCE_KEY])

@@ -22,13 +22,14 @@ import pandas as pd
 import torch
 
 from axdata.concepts import Concept
+from axdata.errors import InputError
 from axdata.schema import EMPTY_CONCEPT, SHARED_NEGATIVE_ID
 from axdata.settings import SettingsError, build_settings
 from axdata.validation import check_dataclass_numbers
 from axmethods.activations import ActivationCollector, TextSums, TokenActivations, resolve_dtype
+from axmethods.contract import ConceptResult
 from axmethods.dictionary import SteeringDictionary
 from axmethods.models import TargetModel
-from axmethods.results import ConceptResult
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ DetectionActivation = Literal["identity", "relu"]
 MethodConfigError = SettingsError
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(InputError):
     """The train split cannot give a concept its positives and negatives."""
 
 

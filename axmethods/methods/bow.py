@@ -23,9 +23,9 @@ from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from axdata.concepts import Concept
+from axmethods.contract import DictionaryError, FolderResult
 from axmethods.methods.base import Method, MethodConfig, TrainingSet
 from axmethods.models import TargetModel
-from axmethods.results import DictionaryError, FolderResult
 
 
 @dataclass

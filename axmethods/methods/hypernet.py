@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from axdata.errors import InputError
+
 _ACTIVATIONS = {"silu": F.silu, "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"), "gelu": F.gelu,
                 "gelu_new": lambda x: F.gelu(x, approximate="tanh"), "relu": F.relu}
 
@@ -66,10 +68,10 @@ class HypernetShape:
         scalar = getattr(config, "query_pre_attn_scalar", None)
         activation = getattr(config, "hidden_activation", None) or getattr(config, "hidden_act", "silu")
         if activation not in _ACTIVATIONS:
-            raise ValueError(f"HyperSteer: the target's MLP activation {activation!r} is not supported; "
+            raise InputError(f"HyperSteer: the target's MLP activation {activation!r} is not supported; "
                              f"supported: {', '.join(_ACTIVATIONS)}.")
         if not 1 <= num_hidden_layers <= int(config.num_hidden_layers):
-            raise ValueError(f"HyperSteer: num_hidden_layers must be 1..{config.num_hidden_layers} (the target's "
+            raise InputError(f"HyperSteer: num_hidden_layers must be 1..{config.num_hidden_layers} (the target's "
                              f"blocks the hypernetwork is initialised from); got {num_hidden_layers}.")
         return cls(hidden, heads, int(getattr(config, "num_key_value_heads", None) or heads), head_dim,
                    int(config.intermediate_size), num_hidden_layers, float(config.rms_norm_eps), theta, activation,
@@ -218,7 +220,7 @@ class HyperNetwork(nn.Module):
         missing, unexpected = self.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("embed.")]
         if missing or unexpected:
-            raise ValueError(f"hypernetwork weights do not fit its shape: missing {missing[:5]}, unexpected "
+            raise InputError(f"hypernetwork weights do not fit its shape: missing {missing[:5]}, unexpected "
                              f"{unexpected[:5]}; the files are damaged or come from another version.")
 
 

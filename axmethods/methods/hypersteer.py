@@ -25,15 +25,15 @@ import pandas as pd
 import torch
 
 from axdata.concepts import Concept
+from axmethods.contract import DictionaryError, FolderResult
 from axmethods.factors import HYPERSTEER_FACTORS
-from axmethods.results import DictionaryError, FolderResult
+from axmethods.models import TargetModel, pad_batch, pad_token_id
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
     from axmethods.dictionary import SteeringDictionary
     from axmethods.methods.hypernet import HyperNetwork
-    from axmethods.models import TargetModel
 
 FORMAT = "axbench-hypernetwork"
 # Generic instructions (no concept in them) for results saved without train instructions.
@@ -42,6 +42,36 @@ NEUTRAL_PROMPTS = (
     "Give me three tips for cooking rice.", "Describe the weather in spring.", "What is a good way to learn a new "
     "language?", "Write a short story about a friendly neighbour.", "Summarise why people enjoy music.",
 )
+
+
+# How the network meets the target model, shared by training (`trainers.hypersteer`) and steering: the prompt's
+# residuals, the description's tokens, and Δ.
+def prompt_memory(target: TargetModel, layer: int, prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The target's `hidden_states[layer]` (block layer−1's output; the embeddings for layer 0) over left-padded
+    `prompts`, and their attention mask: the keys / values of the cross-attention (no grad)."""
+    from axmethods.hooks import layer_outputs
+
+    ids, mask = pad_batch(prompts, pad_token_id(target), side="left")
+    ids, mask = ids.to(target.device), mask.to(target.device)
+    if layer == 0:
+        with torch.no_grad():
+            states = target.model.get_input_embeddings()(ids)
+    else:
+        states = layer_outputs(target, [layer - 1], ids, mask)[layer - 1]
+    return states.float().clone(), mask  # clone: out of inference mode, usable in the autograd graph
+
+
+def concept_tokens(target: TargetModel, concepts: Sequence[Concept], max_length: int) -> list[list[int]]:
+    """Each description tokenised as the reference does (the tokenizer's own special tokens, e.g. Gemma's <bos>)."""
+    return [target.tokenizer(c.concept)["input_ids"][-max_length:] or [pad_token_id(target)] for c in concepts]
+
+
+def deltas(network: HyperNetwork, target: TargetModel, layer: int, concept_ids: Sequence[Sequence[int]],
+           prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Δ [B, d] for row b's concept tokens and prompt."""
+    memory, memory_mask = prompt_memory(target, layer, prompts)
+    ids, mask = pad_batch(concept_ids, pad_token_id(target), side="left")
+    return network(ids.to(memory.device), mask.to(memory.device), memory, memory_mask)
 
 
 @dataclass
@@ -118,8 +148,6 @@ class HyperSteerResult(FolderResult):
     @torch.no_grad()
     def deltas(self, target: TargetModel, concepts: Sequence[str], prompts: Sequence[str]) -> torch.Tensor:
         """Δ [B, d] (fp32, CPU) of row b's concept description and (chat-templated, as text) prompt."""
-        from axmethods.trainers.hypersteer import concept_tokens, deltas
-
         limit = int(self.config.get("max_concept_length", 64))
         tokens = concept_tokens(target, [Concept(0, text) for text in concepts], limit)
         prompt_limit = int(self.config.get("max_prompt_length", 256))
@@ -133,8 +161,6 @@ class HyperSteerResult(FolderResult):
 
         The prompts' residuals are computed once per batch and shared by every concept."""
         from axmethods.dictionary import SteeringDictionary
-        from axmethods.models import pad_batch, pad_token_id
-        from axmethods.trainers.hypersteer import concept_tokens, prompt_memory
 
         if not concepts:
             raise DictionaryError("to_dictionary needs at least one concept.")
@@ -172,7 +198,7 @@ class HyperSteerResult(FolderResult):
     def model_card(self, *, datasets: Sequence[str] = (), eval_results: Sequence[Any] = (),
                    repo_id: str | None = None) -> str:
         from axdata.cards import render_card
-        from axmethods.results import card_metadata
+        from axmethods.contract import card_metadata
 
         return render_card(self.CARD, metadata=card_metadata(self, datasets, eval_results, repo_id,
                                                              tags=["hypernetwork", "hypersteer"]),

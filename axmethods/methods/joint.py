@@ -64,7 +64,8 @@ def examples_dataset(data: TrainingSet) -> datasets.Dataset:
 
 def train_chunk(model: nn.Module, data: TrainingSet, collator: Any, settings: TrainingSettings, *,
                 unit_norm: nn.Parameter | None = None, frozen: nn.Module | None = None) -> ConceptTrainer:
-    """Train `model` (forward → (loss, Σ per-concept losses)) on `data`'s examples; returns the trainer.
+    """Train `model` (forward → (loss, Σ per-concept losses): `ConceptTrainer`'s `module_objective`) on `data`'s
+    examples; returns the trainer (its `loss_history`: the mean per-concept loss of each optimiser step).
 
     Each chunk has its own folder under `output_dir`, named by its first concept, so a resumed run finds it.
     """

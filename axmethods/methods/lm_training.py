@@ -8,8 +8,10 @@ only what is its own (the rows' magnitudes, e.g. ReFT-r1's top-k latent, and an 
 as steering with the trained dictionary. The parameter is one fp32 [k, d] matrix whatever the model's
 dtype: `RowSteering.apply` computes in fp32 and casts the result down, so AdamW updates fp32 master
 weights (AxBench cast the intervention to bf16 — spec §9.10).
-`LMRank1Model` is what `ConceptTrainer` trains: the frozen base model is held, not registered, so the
-Trainer's checkpoints hold the [k, d] weight only.
+`LMRank1Model` is what `ConceptTrainer` trains, with `module_objective` (its forward is the LM objective): the
+frozen base model is held, not registered, so the Trainer's checkpoints hold the [k, d] weight only.
+Its batch layout (`LMCollator`) is AxBench's LsReFT / SteeringVector one, kept apart from the RePS family's
+`SequenceBatch` on purpose: see `LMCollator` and docs/architecture.md, "Training".
 """
 
 from __future__ import annotations
@@ -46,11 +48,11 @@ class EncodedExamples:
 
 
 def encode_lm(target: TargetModel, data: TrainingSet, max_length: int | None) -> EncodedExamples:
-    """AxBench's LM view: chat-templated user turn + generation prompt, then the raw response (no EOS)."""
+    """AxBench's LM view (`TargetModel.encode_turn`), prompt + response truncated together to `max_length`."""
     ids, prompt_lengths = [], []
     for instruction, output in zip(data.instructions, data.outputs):
-        prompt = target.encode(target.format_prompt(instruction))
-        ids.append((prompt + target.encode(output))[:max_length])
+        prompt, response = target.encode_turn(instruction, output)
+        ids.append((prompt + response)[:max_length])
         prompt_lengths.append(len(prompt))
     return EncodedExamples(ids, prompt_lengths)
 
@@ -95,7 +97,17 @@ class LMRank1Model(nn.Module):
 
 @dataclass
 class LMCollator:
-    """(concept, example) rows → right-padded ids, attention mask, labels (response only), intervened positions."""
+    """(concept, example) rows → right-padded ids, attention mask, labels (response only), intervened positions.
+
+    The same facts as the RePS family's `SequenceBatch` (prompt + response ids, response-only loss, intervened
+    positions, concept index), packed as AxBench's LsReFT / SteeringVector pack them: prompt + response truncated
+    together to `max_length`, right-padded as one sequence, the loss the token cross-entropy over all logits.
+    `SequenceBatch` left-pads prompts so responses share columns (logits for those only, per-sequence
+    log-likelihoods for preference losses) and truncates prompt and response apart. Moving ReFT-r1 / SSV onto it
+    would change their padding, truncation and loss arithmetic, so their trained weights would no longer be
+    bitwise those of the reference-parity protocol; the two packings stay, the tokenisation
+    (`TargetModel.encode_turn`) is one.
+    """
 
     encoded: EncodedExamples
     prefix_length: int
@@ -133,7 +145,7 @@ class LMRank1Method(Method):
 
     def __init__(self, config: object | None = None) -> None:
         super().__init__(config)
-        self.loss_history: list[float] = []
+        self.loss_history: list[float] = []  # mean per-concept loss of every optimiser step (ObjectiveTrainer's)
 
     @abstractmethod
     def initial_weight(self, n_concepts: int, hidden_size: int) -> torch.Tensor:

@@ -15,21 +15,20 @@ import logging
 import math
 import re
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
+import numpy as np
 import pandas as pd
 import torch
 
 from axdata.concepts import Concept
 from axdata.generation.templates import FALLBACK_STEERING_PROMPT, STEERING_PROMPT, PromptTemplate
 from axdata.llm.types import ChatBackend, ChatRequest, SamplingParams
+from axmethods.contract import DictionaryError, FolderResult
 from axmethods.methods.base import Method, MethodConfig, MethodConfigError
 from axmethods.models import TargetModel
-from axmethods.results import DictionaryError, FolderResult
-
-if TYPE_CHECKING:
-    from axmethods.inference.steering import PromptSteerer
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +86,6 @@ class SteeringPrompts(FolderResult):
                                   f"{missing[:10]}; refit them on the same dataset config.")
 
     def steerer(self, *, kind: str = "addition", positions: str = "all") -> PromptSteerer:
-        from axmethods.inference.steering import PromptSteerer
-
         return PromptSteerer(self)
 
     def record(self) -> dict[str, Any]:
@@ -102,6 +99,33 @@ class SteeringPrompts(FolderResult):
                    base_model=record["base_model"], layer=record["layer"], template=record["template"],
                    template_hash=record["template_hash"], llm=record.get("llm"),
                    base_model_revision=record.get("base_model_revision"), config=record.get("config", {}))
+
+
+@dataclass
+class PromptSteerer:
+    """Prompt steering: the concept's LLM-written instruction prepended to the user turn; no hooks, no factor."""
+
+    prompts: SteeringPrompts
+    factor_free: bool = True
+
+    @property
+    def method(self) -> str:
+        return self.prompts.method
+
+    def provenance(self) -> dict[str, Any]:
+        return {"dictionary_config_hash": self.prompts.config_hash, "template_hash": self.prompts.template_hash}
+
+    def instructions(self, prompts: pd.DataFrame) -> list[str]:
+        by_concept = self.prompts.prompts
+        missing = sorted({int(cid) for cid in prompts["concept_id"] if not by_concept.get(int(cid))})
+        if missing:
+            raise DictionaryError(f"the {self.method} steering prompts have no instruction for concepts "
+                                  f"{missing[:10]}; refit them on the same dataset config.")
+        return [f"{by_concept[int(cid)]}\n\nQuestion: {prompt}"
+                for cid, prompt in zip(prompts["concept_id"], prompts["original_prompt"])]
+
+    def intervene(self, target: TargetModel, rows: pd.DataFrame) -> tuple[AbstractContextManager[Any], np.ndarray]:
+        return nullcontext(), np.full(len(rows), np.nan)
 
 
 @dataclass

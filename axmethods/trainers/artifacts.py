@@ -34,9 +34,9 @@ from axdata.cards import render_card
 from axdata.concepts import Concept, load_concepts, write_concepts_jsonl
 from axdata.hashing import content_hash
 from axdata.io import atomic_path, atomic_write_json
+from axmethods.contract import CONFIG_FILE, ConceptResult, card_metadata, read_folder_config
 from axmethods.dictionary import DictionaryError, SteeringDictionary
 from axmethods.models import TargetModel
-from axmethods.results import CONFIG_FILE, ConceptResult, card_metadata, read_folder_config
 from axmethods.trainers.parameterisations import (
     ConceptIntervention,
     LoRAIntervention,
@@ -55,7 +55,7 @@ ADAPTERS_FORMAT = "axbench-concept-adapters"
 ADAPTERS_FILE, CONCEPTS_FILE, CARD_FILE = "adapters.safetensors", "concepts.jsonl", "README.md"
 # The training settings worth recording with a result (TrainingArguments has ~120 fields, mostly plumbing).
 RECORDED_FIELDS = (
-    "parameterisation", "loss_type", "preference_pairs", "steering_factors", "subtraction_type", "simpo_scaler",
+    "parameterisation", "loss_type", "preference_pairs", "training_factors", "subtraction_type", "simpo_scaler",
     "beta", "layer", "intervention_layers", "low_rank_dimension", "lora_alpha", "lora_target_module",
     "intervention_dropout", "intervention_positions", "init_std", "train_bias", "max_prompt_length",
     "max_response_length", "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
@@ -64,25 +64,14 @@ RECORDED_FIELDS = (
 
 
 def training_record(args: RePSConfig, trainer: Any | None) -> dict[str, Any]:
+    # `steering_factors` of a result is its inference grid (what steerers read); the training draws are
+    # `training_factors`.
     record = {name: getattr(args, name) for name in RECORDED_FIELDS}
-    # `steering_factors` of a result is its inference grid (what steerers read); the training draws are kept apart.
-    record["training_factors"] = record.pop("steering_factors")
     if trainer is not None:
         record.update(trainer=type(trainer).__name__, trainer_name=trainer._name, paper=trainer._paper.get("title"),
                       paper_id=trainer._paper.get("id"), tags=list(trainer._tag_names),
-                      training_summary=training_summary(trainer.state.log_history))
+                      training_summary=trainer.training_summary())  # ObjectiveTrainer's, as every trainer's
     return record
-
-
-def training_summary(log_history: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """First and last logged loss / margins and the optimiser steps: what a card or a CLI summary shows."""
-    logged = [entry for entry in log_history if "loss" in entry]
-    summary: dict[str, Any] = {"steps": max((entry.get("step", 0) for entry in log_history), default=0)}
-    for key in ("loss", "margin/orig_add", "margin/orig_sub", "logps/winning"):
-        values = [entry[key] for entry in logged if key in entry]
-        if values:
-            summary[key] = {"first": round(float(values[0]), 4), "last": round(float(values[-1]), 4)}
-    return summary
 
 
 def export_intervention(intervention: ConceptIntervention, target: TargetModel, concepts: Sequence[Concept],
@@ -185,7 +174,7 @@ class ConceptAdapters(ConceptResult):
 
 @dataclass
 class AdapterSteerer:
-    """Steering inference with `ConceptAdapters` (the `Steerer` protocol of `axmethods.inference.steering`)."""
+    """Steering inference with `ConceptAdapters` (the `Steerer` protocol of `axmethods.contract`)."""
 
     adapters: ConceptAdapters
     factor_free: bool = False

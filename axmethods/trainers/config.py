@@ -10,9 +10,11 @@ presets of the other methods of the family.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from transformers import TrainingArguments
 
+from axdata.errors import InputError
 from axmethods.factors import VECTOR_STEER_FACTORS, VECTOR_TRAIN_FACTORS
 
 LOSS_TYPES = ("scaled_simpo", "dpo", "lm")
@@ -25,6 +27,11 @@ POSITIONS = ("all", "prompt")
 @dataclass
 class RePSConfig(TrainingArguments):
     """Settings of `RePSTrainer` (RePS, BiPO and "Lang." steering). Paper defaults: RePS rank-1 vector, 2B."""
+
+    # `training_factors` was `steering_factors`, which elsewhere names the inference grid (README, "Renamed
+    # spellings and a glossary"); the settings parser still takes the old name, with one line, until the next
+    # release.
+    RENAMED_SETTINGS: ClassVar[dict[str, str]] = {"steering_factors": "training_factors"}
 
     # TrainingArguments fields with this family's defaults.
     output_dir: str | None = field(default=None, metadata={"help": "Where the Trainer writes logs and checkpoints "
@@ -56,9 +63,9 @@ class RePSConfig(TrainingArguments):
     preference_pairs: list[str] = field(default_factory=lambda: list(PAIR_KINDS), metadata={
         "help": "Pair kinds: orig_add (concept response preferred under +factor steering), orig_sub (own "
                 "response preferred with the concept removed). lm uses orig_add only."})
-    steering_factors: list[float] = field(default_factory=lambda: list(VECTOR_TRAIN_FACTORS), metadata={
+    training_factors: list[float] = field(default_factory=lambda: list(VECTOR_TRAIN_FACTORS), metadata={
         "help": "Training factors; each example draws one uniformly per step (paper vector: 2..20 step 2; "
-                "LoRA/LoReFT: 0.2..2.0)."})
+                "LoRA/LoReFT: 0.2..2.0). Not the steering factors inference uses: inference_factors."})
     subtraction_type: str = field(default="null_it_out", metadata={
         "help": "orig_sub intervention: null_it_out (vector: remove the positive projection) | negate "
                 "(the intervention with −factor; LoRA/LoReFT/BiPO)."})
@@ -106,14 +113,19 @@ class RePSConfig(TrainingArguments):
         for kind in self.preference_pairs:
             _choice("preference_pairs", kind, PAIR_KINDS)
         if not self.preference_pairs:
-            raise ValueError("RePSConfig.preference_pairs is empty; use orig_add and/or orig_sub.")
-        if not self.steering_factors:
-            raise ValueError("RePSConfig.steering_factors is empty; give at least one training factor.")
+            raise InputError("RePSConfig.preference_pairs is empty; use orig_add and/or orig_sub.")
+        if not self.training_factors:
+            raise InputError("RePSConfig.training_factors is empty; give at least one training factor.")
         if self.parameterisation != "vector" and self.subtraction_type == "null_it_out":
-            raise ValueError(f"subtraction_type null_it_out needs a vector; {self.parameterisation} subtracts "
+            raise InputError(f"subtraction_type null_it_out needs a vector; {self.parameterisation} subtracts "
                              "with subtraction_type=negate.")
         if self.concepts_per_chunk < 1 or self.per_device_train_batch_size < 1:
-            raise ValueError("concepts_per_chunk and per_device_train_batch_size must be at least 1.")
+            raise InputError("concepts_per_chunk and per_device_train_batch_size must be at least 1.")
+
+    @property
+    def steering_factors(self) -> list[float]:
+        """The old name of `training_factors` (read-only), until the next release."""
+        return self.training_factors
 
     @property
     def pair_kinds(self) -> list[str]:
@@ -123,4 +135,4 @@ class RePSConfig(TrainingArguments):
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ValueError(f"RePSConfig.{name} = {value!r} is not one of {', '.join(allowed)}.")
+        raise InputError(f"RePSConfig.{name} = {value!r} is not one of {', '.join(allowed)}.")

@@ -22,6 +22,7 @@ import torch
 from huggingface_hub.utils import tqdm
 
 from axdata.concepts import Concept
+from axdata.errors import InputError
 from axmethods.inference.sampling import SamplingConfig, sample
 from axmethods.models import TargetModel, pad_batch, pad_token_id
 
@@ -30,7 +31,7 @@ logger = logging.getLogger(__name__)
 PREFERENCE_COLUMNS = ("input", "winning_output", "losing_output", "concept_id")
 
 
-class PreferenceDataError(ValueError):
+class PreferenceDataError(InputError):
     """The preference pairs cannot be built or do not cover the concepts to train."""
 
 
@@ -111,13 +112,15 @@ class PairRows:
 
 def tokenize_pairs(target: TargetModel, frame: pd.DataFrame, concepts: Sequence[Concept], *,
                    max_prompt_length: int, max_response_length: int, with_losing: bool = True) -> PairRows:
-    """AxBench's LM view: chat-templated user turn + generation prompt, then the raw response (no EOS)."""
+    """AxBench's LM view (`TargetModel.encode_turn`); prompts keep their last `max_prompt_length` tokens, responses
+    their first `max_response_length`."""
     index = {c.concept_id: i for i, c in enumerate(concepts)}
     rows = PairRows([], [], [], [])
     for record in frame.itertuples(index=False):
         rows.concept.append(index[int(record.concept_id)])
-        rows.prompt.append(target.encode(target.format_prompt(str(record.input)))[-max_prompt_length:])
-        rows.winning.append(target.encode(str(record.winning_output))[:max_response_length])
+        prompt, winning = target.encode_turn(str(record.input), str(record.winning_output))
+        rows.prompt.append(prompt[-max_prompt_length:])
+        rows.winning.append(winning[:max_response_length])
         losing = getattr(record, "losing_output", None)
         rows.losing.append(target.encode(str(losing))[:max_response_length] if with_losing else [])
     empty = [i for i in range(len(rows)) if not rows.winning[i] or (with_losing and not rows.losing[i])]
@@ -129,6 +132,9 @@ def tokenize_pairs(target: TargetModel, frame: pd.DataFrame, concepts: Sequence[
 @dataclass
 class SequenceBatch:
     """Prompts left-padded and responses right-padded, so every response starts at the same column.
+
+    The RePS family's and HyperSteer's batch layout (a preference pair is two such sequences, winning and
+    losing); ReFT-r1 / SSV keep AxBench's right-padded one (`axmethods.methods.lm_training.LMCollator` says why).
 
     That lets the model compute logits for the response columns only (`logits_to_keep`): the vocabulary
     projection and its softmax are a large share of a small model's step, and prompt logits are never used.

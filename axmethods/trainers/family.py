@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import pandas as pd
 
@@ -17,13 +17,21 @@ from axmethods.dictionary import SteeringDictionary
 from axmethods.models import TargetModel
 from axmethods.trainers.artifacts import ConceptAdapters
 
-if TYPE_CHECKING:
-    from axmethods.registry import MethodSpec
-
 logger = logging.getLogger(__name__)
 
 
-def training_frame(method: MethodSpec, target: TargetModel, concepts: Sequence[Concept],
+class FamilyMethod(Protocol):
+    """What these functions read of a method: its name and training kind (`axmethods.registry.MethodSpec` is one;
+    the registry sits above the trainers, so it is named here by what it has, not imported)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def training(self) -> str: ...
+
+
+def training_frame(method: FamilyMethod, target: TargetModel, concepts: Sequence[Concept],
                    read_split: Callable[[str], pd.DataFrame | None], config: Any, *,
                    notify: Callable[[str], None] | None = None) -> pd.DataFrame:
     """What `method` (with its `config`) trains on. `read_split(split)` gives a split, or None if absent.
@@ -51,7 +59,7 @@ def training_frame(method: MethodSpec, target: TargetModel, concepts: Sequence[C
     return preference_frame(target, train, concepts)
 
 
-def train_family_method(method: MethodSpec, target: TargetModel, data: pd.DataFrame,
+def train_family_method(method: FamilyMethod, target: TargetModel, data: pd.DataFrame,
                         concepts: Sequence[Concept], config: Any, *, progress: Callable[[str], None] | None = None
                         ) -> SteeringDictionary | ConceptAdapters:
     """Train `method` with `config` (`method.settings(...)`) on `data` (`training_frame`).

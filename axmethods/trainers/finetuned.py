@@ -33,8 +33,8 @@ from axdata.cards import render_card
 from axdata.concepts import Concept, load_concepts, write_concepts_jsonl
 from axdata.hashing import content_hash
 from axdata.io import atomic_path, atomic_write_json
+from axmethods.contract import CONFIG_FILE, ConceptResult, DictionaryError, card_metadata, read_folder_config
 from axmethods.models import TargetModel
-from axmethods.results import CONFIG_FILE, ConceptResult, DictionaryError, card_metadata, read_folder_config
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def swapped_weights(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor],
 
 @dataclass
 class FinetunedSteerer:
-    """Steering inference with `FinetunedConcepts` (the `Steerer` protocol of `axmethods.inference.steering`).
+    """Steering inference with `FinetunedConcepts` (the `Steerer` protocol of `axmethods.contract`).
 
     Every batch must hold one concept (`batch_by_concept` tells `run_steering` so): its weights are swapped
     into the model for the batch. The factor does not apply (one sample per prompt).

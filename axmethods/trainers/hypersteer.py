@@ -11,8 +11,10 @@ every position of block L's output, and the objective:
 - `objective: lm` (the paper's): the concept response's mean token cross-entropy, factor 1;
 - `objective: reps`: RePS's scaled SimPO (`losses.scaled_simpo`) over orig_add (+factor·Δ: the concept response
   should win) and orig_sub (Δ's positive projection removed, RePS's `null_it_out`: the own answer should win).
-The shared network is clipped as a whole (`max_grad_norm`): the ConceptTrainer's per-concept machinery is for
-parameters with a concept axis, which a hypernetwork does not have, so this is the plain `Trainer`.
+The trainer is the one training shape's `ObjectiveTrainer` with `HyperSteerObjective`; not a `ConceptTrainer`:
+the shared network is clipped as a whole (the Trainer's `max_grad_norm`) and its batches mix concepts (the
+Trainer's own sampler), since the per-concept machinery is for parameters with a concept axis, which a
+hypernetwork does not have. `loss_history` is the mean loss of each optimiser step, as for every trainer.
 Concepts in `held_out_concepts` are removed from the data before anything is tokenised.
 """
 
@@ -22,20 +24,23 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 import torch
 from torch import nn
-from transformers import Trainer, TrainingArguments
+from transformers import TrainingArguments
 
 from axdata.concepts import Concept
+from axdata.errors import InputError
 from axmethods.factors import HYPERSTEER_FACTORS
 from axmethods.hooks import hook_output
 from axmethods.interventions import RowSteering
 from axmethods.methods.hypernet import HyperNetwork, build_hypernetwork
-from axmethods.models import TargetModel, frozen, pad_batch, pad_token_id
+from axmethods.methods.hypersteer import HyperSteerResult, concept_tokens, deltas
+from axmethods.models import TargetModel, pad_token_id
 from axmethods.trainers import losses
+from axmethods.trainers.concept_trainer import ObjectiveTrainer
 from axmethods.trainers.data import (
     PairCollator,
     check_preference_frame,
@@ -45,9 +50,6 @@ from axmethods.trainers.data import (
     sequence_logps,
     tokenize_pairs,
 )
-
-if TYPE_CHECKING:
-    from axmethods.methods.hypersteer import HyperSteerResult
 
 logger = logging.getLogger(__name__)
 
@@ -97,9 +99,9 @@ class HyperSteerConfig(TrainingArguments):
             self.output_dir = tempfile.mkdtemp(prefix="axbench-hypersteer-")
         super().__post_init__()
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"HyperSteerConfig.objective = {self.objective!r} is not one of {', '.join(OBJECTIVES)}.")
+            raise InputError(f"HyperSteerConfig.objective = {self.objective!r} is not one of {', '.join(OBJECTIVES)}.")
         if self.num_hidden_layers < 1 or not self.training_factors:
-            raise ValueError("HyperSteer needs num_hidden_layers ≥ 1 and at least one training factor.")
+            raise InputError("HyperSteer needs num_hidden_layers ≥ 1 and at least one training factor.")
 
 
 @contextlib.contextmanager
@@ -126,34 +128,6 @@ def adding(target: TargetModel, layer: int, delta: torch.Tensor, factors: torch.
         yield
 
 
-def prompt_memory(target: TargetModel, layer: int, prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The target's `hidden_states[layer]` (block layer−1's output; the embeddings for layer 0) over left-padded
-    `prompts`, and their attention mask: the keys / values of the cross-attention (no grad)."""
-    from axmethods.hooks import layer_outputs
-
-    ids, mask = pad_batch(prompts, pad_token_id(target), side="left")
-    ids, mask = ids.to(target.device), mask.to(target.device)
-    if layer == 0:
-        with torch.no_grad():
-            states = target.model.get_input_embeddings()(ids)
-    else:
-        states = layer_outputs(target, [layer - 1], ids, mask)[layer - 1]
-    return states.float().clone(), mask  # clone: out of inference mode, usable in the autograd graph
-
-
-def concept_tokens(target: TargetModel, concepts: Sequence[Concept], max_length: int) -> list[list[int]]:
-    """Each description tokenised as the reference does (the tokenizer's own special tokens, e.g. Gemma's <bos>)."""
-    return [target.tokenizer(c.concept)["input_ids"][-max_length:] or [pad_token_id(target)] for c in concepts]
-
-
-def deltas(network: HyperNetwork, target: TargetModel, layer: int, concept_ids: Sequence[Sequence[int]],
-           prompts: Sequence[Sequence[int]]) -> torch.Tensor:
-    """Δ [B, d] for row b's concept tokens and prompt."""
-    memory, memory_mask = prompt_memory(target, layer, prompts)
-    ids, mask = pad_batch(concept_ids, pad_token_id(target), side="left")
-    return network(ids.to(memory.device), mask.to(memory.device), memory, memory_mask)
-
-
 class HyperSteerModel(nn.Module):
     """The trained module: the hypernetwork (registered) and the frozen target (held, not registered)."""
 
@@ -172,56 +146,25 @@ class HyperSteerModel(nn.Module):
         return self
 
 
-class HyperSteerTrainer(Trainer):
-    """`Trainer` for the hypernetwork; `loss_history` holds each micro-batch's loss."""
+class HyperSteerObjective:
+    """HyperSteer's objective (an `Objective` of `ObjectiveTrainer`): Δ per row from the hypernetwork, the target's
+    forward steered by factor·Δ, then `objective`'s loss (lm: the response's mean token cross-entropy; reps: scaled
+    SimPO over orig_add and orig_sub), a mean over the micro-batch's rows. Each row's training factor is drawn
+    from its own generator (seeded `seed + 1`); `tokens[i]` are concept i's description tokens."""
 
-    def __init__(self, target: TargetModel, args: HyperSteerConfig, train_dataset: pd.DataFrame,
-                 concepts: Sequence[Concept], *, method_name: str = "hypersteer",
-                 reference_prompts: Sequence[str] = (), callbacks: list | None = None) -> None:
-        if args.layer is None:
-            raise ValueError("HyperSteer needs a layer (--layer L): the block whose output Δ is added to.")
-        target.validate_layer(args.layer)
-        held = set(args.held_out_concepts)
-        self.all_concepts = list(concepts)
-        self.concepts = [c for c in concepts if c.concept_id not in held]
-        if not self.concepts:
-            raise ValueError("HyperSteer has no concept left to train on: every concept is in held_out_concepts.")
-        self.held_out = [c for c in concepts if c.concept_id in held]
-        self.target, self.method_name = target, method_name
-        pairs = args.objective == "reps"
-        frame = train_dataset[~train_dataset["concept_id"].isin(held)] if "concept_id" in train_dataset else \
-            train_dataset  # held-out concepts never reach tokenisation
-        frame = check_preference_frame(frame, self.concepts, "HyperSteer's training data", with_losing=pairs)
-        self.reference_prompts = list(reference_prompts) or \
-            list(dict.fromkeys(frame["input"].astype(str)))[:REFERENCE_PROMPTS]
-        rows = tokenize_pairs(target, frame, self.concepts, max_prompt_length=args.max_prompt_length,
-                              max_response_length=args.max_response_length, with_losing=pairs)
-        ref_w, ref_l = reference_logps(target, rows, args.reference_batch_size, progress=not args.disable_tqdm) \
-            if pairs else (torch.zeros(len(rows)), torch.zeros(len(rows)))
-        self.tokens = concept_tokens(target, self.concepts, args.max_concept_length)
-        torch.manual_seed(args.seed)
-        network = build_hypernetwork(target.model, target.decoder_layers(), args.layer, args.num_hidden_layers)
-        self._factor_generator = torch.Generator().manual_seed(args.seed + 1)
-        self.loss_history: list[float] = []
-        self._freeze = contextlib.ExitStack()
-        self._freeze.enter_context(frozen(target.model))
-        super().__init__(model=HyperSteerModel(target, network), args=args,
-                         train_dataset=rows.to_dataset(ref_w, ref_l), data_collator=PairCollator(),
-                         processing_class=target.tokenizer, callbacks=callbacks)
+    def __init__(self, tokens: list[list[int]], seed: int) -> None:
+        self.tokens = tokens
+        self.factor_generator = torch.Generator().manual_seed(seed + 1)
 
-    @property
-    def network(self) -> HyperNetwork:
-        return self.model.network
-
-    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
-                     num_items_in_batch: Any = None) -> torch.Tensor:
-        cfg: HyperSteerConfig = self.args
-        target, device = self.target, self.target.device
+    def __call__(self, trainer: HyperSteerTrainer, model: nn.Module, inputs: dict[str, Any]
+                 ) -> tuple[torch.Tensor, float]:
+        cfg: HyperSteerConfig = trainer.args
+        target, device = trainer.target, trainer.target.device
         concept = inputs["concept_index"]
         n = len(concept)
         delta = deltas(model.network, target, cfg.layer, [self.tokens[int(c)] for c in concept], inputs["prompt_ids"])
         choices = torch.tensor(cfg.training_factors, dtype=torch.float32)
-        factor = choices[torch.randint(len(choices), (n,), generator=self._factor_generator)].to(device)
+        factor = choices[torch.randint(len(choices), (n,), generator=self.factor_generator)].to(device)
         if cfg.objective == "lm":
             batch = pad_sequences(inputs["prompt_ids"], inputs["winning_ids"], pad_token_id(target),
                                   target.prefix_length).to(device)
@@ -242,31 +185,60 @@ class HyperSteerTrainer(Trainer):
             sub = losses.scaled_simpo(logps[sub_w], logps[sub_l], lengths[sub_w], lengths[sub_l], ref_l, ref_w,
                                       cfg.simpo_scaler)
             loss = torch.cat([add, sub]).mean()
-        self.loss_history.append(float(loss.detach()))
-        return loss
+        return loss, float(loss.detach())
 
-    def train(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return super().train(*args, **kwargs)
-        finally:
-            self._freeze.close()
+
+class HyperSteerTrainer(ObjectiveTrainer):
+    """The hypernetwork's trainer: an `ObjectiveTrainer` with `HyperSteerObjective` (`loss_history`: the mean loss
+    of each optimiser step)."""
+
+    def __init__(self, target: TargetModel, args: HyperSteerConfig, train_dataset: pd.DataFrame,
+                 concepts: Sequence[Concept], *, method_name: str = "hypersteer",
+                 reference_prompts: Sequence[str] = (), callbacks: list | None = None) -> None:
+        if args.layer is None:
+            raise InputError("HyperSteer needs a layer (--layer L): the block whose output Δ is added to.")
+        target.validate_layer(args.layer)
+        held = set(args.held_out_concepts)
+        self.all_concepts = list(concepts)
+        self.concepts = [c for c in concepts if c.concept_id not in held]
+        if not self.concepts:
+            raise InputError("HyperSteer has no concept left to train on: every concept is in held_out_concepts.")
+        self.held_out = [c for c in concepts if c.concept_id in held]
+        self.target, self.method_name = target, method_name
+        pairs = args.objective == "reps"
+        frame = train_dataset[~train_dataset["concept_id"].isin(held)] if "concept_id" in train_dataset else \
+            train_dataset  # held-out concepts never reach tokenisation
+        frame = check_preference_frame(frame, self.concepts, "HyperSteer's training data", with_losing=pairs)
+        self.reference_prompts = list(reference_prompts) or \
+            list(dict.fromkeys(frame["input"].astype(str)))[:REFERENCE_PROMPTS]
+        rows = tokenize_pairs(target, frame, self.concepts, max_prompt_length=args.max_prompt_length,
+                              max_response_length=args.max_response_length, with_losing=pairs)
+        ref_w, ref_l = reference_logps(target, rows, args.reference_batch_size, progress=not args.disable_tqdm) \
+            if pairs else (torch.zeros(len(rows)), torch.zeros(len(rows)))
+        tokens = concept_tokens(target, self.concepts, args.max_concept_length)
+        torch.manual_seed(args.seed)
+        network = build_hypernetwork(target.model, target.decoder_layers(), args.layer, args.num_hidden_layers)
+        super().__init__(model=HyperSteerModel(target, network), args=args,
+                         train_dataset=rows.to_dataset(ref_w, ref_l), data_collator=PairCollator(),
+                         processing_class=target.tokenizer, callbacks=callbacks,
+                         objective=HyperSteerObjective(tokens, args.seed), frozen=target.model)
+
+    @property
+    def network(self) -> HyperNetwork:
+        return self.model.network
 
     def export(self) -> HyperSteerResult:
-        from axmethods.methods.hypersteer import HyperSteerResult
-
         cfg: HyperSteerConfig = self.args
         record = {key: getattr(cfg, key) for key in (
             "learning_rate", "per_device_train_batch_size", "num_train_epochs", "max_steps", "max_grad_norm",
             "seed", "objective", "training_factors", "max_prompt_length", "max_response_length",
             "max_concept_length")}
-        history = self.loss_history
-        summary = {"loss": {"first": round(history[0], 4), "last": round(history[-1], 4)}} if history else {}
         return HyperSteerResult(
             concepts=self.concepts, held_out=self.held_out, method=self.method_name, base_model=self.target.model_id,
             base_model_revision=self.target.revision, layer=cfg.layer, shape=self.network.shape.to_dict(),
             state=self.network.trained_state(), reference_prompts=self.reference_prompts,
             config={**record, "steering_factors": [float(f) for f in cfg.inference_factors],
-                    "training_summary": summary, "steps": self.state.global_step})
+                    "training_summary": self.training_summary(), "steps": self.state.global_step})
 
 
 def train_hypersteer(target: TargetModel, read_split: Callable[[str], pd.DataFrame | None],

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import orthogonal
 
+from axdata.errors import InputError
 from axmethods.hooks import Call, OutputFn, hook_output
 from axmethods.interventions import RowSteering
 from axmethods.models import TargetModel
@@ -37,7 +38,7 @@ from axmethods.models import TargetModel
 PARAMETERISATIONS = ("vector", "lora", "loreft")
 
 
-class InterventionSpecError(ValueError):
+class InterventionSpecError(InputError):
     """A parameterisation setting does not fit the model (layer out of range, module missing)."""
 
 

@@ -8,10 +8,11 @@
 `preference` split (input, winning_output, losing_output, concept_id) as a `datasets.Dataset` or a pandas frame.
 The base model's weights never receive gradients and are bitwise unchanged; the intervention's parameters are
 fp32 with a leading concept axis, so every concept of the run trains in the same forward passes, on the one
-training engine (`axmethods.trainers.concept_trainer.ConceptTrainer`). Checkpoints hold the intervention only,
+training engine (`axmethods.trainers.concept_trainer.ConceptTrainer`, its objective `PreferenceObjective`;
+`loss_history` is the mean per-concept loss of each optimiser step). Checkpoints hold the intervention only,
 so `trainer.train(resume_from_checkpoint=...)` works; the per-step factor draws restart from their seed.
 
-Each step, for each pair kind and each example, one factor α is drawn from `steering_factors`:
+Each step, for each pair kind and each example, one factor α is drawn from `training_factors`:
 - `orig_add`: steer with +α; the concept response y_c should win over the model's own answer y;
 - `orig_sub`: steer with the concept removed (`null_it_out`) or −α (`negate`); y should win over y_c.
 Both kinds' winning and losing sequences go through the model in one stacked forward.
@@ -30,6 +31,7 @@ import torch
 from torch import nn
 
 from axdata.concepts import Concept
+from axdata.errors import InputError
 from axmethods.models import TargetModel, pad_token_id
 from axmethods.trainers import losses
 from axmethods.trainers.concept_trainer import ConceptTrainer
@@ -87,6 +89,77 @@ class SteeringModel(nn.Module):
         return self
 
 
+class PreferenceObjective:
+    """The RePS family's objective (an `Objective` of `ConceptTrainer`): per pair kind, one stacked forward of the
+    steered model over the winning (+ losing) responses, then `loss_type`'s loss per pair (scaled SimPO, DPO or
+    the LM loss), summed over concepts of each concept's mean. It draws each example's training factor (its own
+    generator, seeded `seed + 1`) and keeps the margins / log-likelihoods `RePSTrainer.log` adds to the logs."""
+
+    def __init__(self, seed: int) -> None:
+        self.factor_generator = torch.Generator().manual_seed(seed + 1)
+        self.metrics: dict[str, list[float]] = defaultdict(list)
+
+    @staticmethod
+    def plan(cfg: RePSConfig, kind: str, concept: torch.Tensor, factor: torch.Tensor, n_responses: int) -> RowPlan:
+        """The intervention of one pair kind for its stacked winning (+ losing) sequences."""
+        concepts = concept.repeat(n_responses)
+        if kind == "orig_add":
+            return RowPlan(concepts, factor.repeat(n_responses))
+        if cfg.subtraction_type == "null_it_out":
+            return RowPlan(concepts, torch.zeros_like(factor).repeat(n_responses),
+                           subtract=torch.ones(len(concepts), dtype=torch.bool, device=concept.device))
+        return RowPlan(concepts, (-factor).repeat(n_responses))
+
+    def __call__(self, trainer: RePSTrainer, model: nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, float]:
+        cfg: RePSConfig = trainer.args
+        target = trainer.target
+        device = target.device
+        concept = inputs["concept_index"].to(device)
+        n = len(concept)
+        kinds = cfg.pair_kinds
+        responses = [inputs["winning_ids"]] if cfg.loss_type == "lm" else [inputs["winning_ids"], inputs["losing_ids"]]
+        choices = torch.tensor(cfg.training_factors, dtype=torch.float32)
+        plans, prompts, targets = [], [], []
+        for kind in kinds:
+            factor = choices[torch.randint(len(choices), (n,), generator=self.factor_generator)].to(device)
+            plans.append(self.plan(cfg, kind, concept, factor, len(responses)))
+            for texts in responses:
+                prompts += inputs["prompt_ids"]
+                targets += texts
+        batch = pad_sequences(prompts, targets, pad_token_id(target), target.prefix_length).to(device)
+        plan = RowPlan(torch.cat([p.concepts for p in plans]), torch.cat([p.factors for p in plans]),
+                       subtract=_cat_optional([p.subtract for p in plans], [len(p.concepts) for p in plans], device),
+                       mask=batch.prompt_mask if cfg.intervention_positions == "prompt" else None)
+        with trainer.intervention.applied(target, plan):
+            logits = forward_logits(model.base, batch)
+        logps, lengths = sequence_logps(logits, batch)
+        per_row = []
+        width = n * len(responses)
+        for index, kind in enumerate(kinds):
+            part = slice(index * width, (index + 1) * width)
+            kind_logps, kind_lengths = logps[part], lengths[part]
+            winning, len_winning = kind_logps[:n], kind_lengths[:n]
+            if cfg.loss_type == "lm":
+                per_row.append(losses.language_modelling(winning, len_winning))
+                self.metrics["logps/winning"].append(float((winning.detach() / len_winning.clamp_min(1)).mean()))
+                continue
+            losing, len_losing = kind_logps[n:], kind_lengths[n:]
+            ref_w, ref_l = inputs["ref_winning_logp"].to(device), inputs["ref_losing_logp"].to(device)
+            if kind == "orig_sub":  # the model's own answer is the chosen one
+                winning, losing, len_winning, len_losing, ref_w, ref_l = losing, winning, len_losing, len_winning, \
+                    ref_l, ref_w
+            if cfg.loss_type == "scaled_simpo":
+                loss = losses.scaled_simpo(winning, losing, len_winning, len_losing, ref_w, ref_l, cfg.simpo_scaler)
+            else:
+                loss = losses.dpo(winning, losing, ref_w, ref_l, cfg.beta)
+            per_row.append(loss)
+            margin = winning / len_winning.clamp_min(1) - losing / len_losing.clamp_min(1)
+            self.metrics[f"margin/{kind}"].append(float(margin.detach().mean()))
+            self.metrics[f"loss/{kind}"].append(float(loss.detach().mean()))
+        total = losses.per_concept_sum(torch.cat(per_row), concept.repeat(len(kinds)), trainer.n_concepts)
+        return total, float(total.detach()) / trainer.n_concepts
+
+
 class RePSTrainer(ConceptTrainer):
     """Trainer for RePS (reference-free scaled SimPO), BiPO (DPO) and "Lang." (LM loss) steering interventions."""
 
@@ -97,6 +170,7 @@ class RePSTrainer(ConceptTrainer):
         "id": "2505.20809",
         "citation": REPS_CITATION,
     }
+    summary_metrics = ("margin/orig_add", "margin/orig_sub", "logps/winning")
 
     def __init__(self, model: TargetModel, args: RePSConfig | None = None,
                  train_dataset: datasets.Dataset | pd.DataFrame | None = None,
@@ -106,11 +180,11 @@ class RePSTrainer(ConceptTrainer):
             raise TypeError(f"RePSTrainer takes an axmethods TargetModel as `model` (load_target_model(...)); got "
                             f"{type(model).__name__}.")
         if train_dataset is None:
-            raise ValueError("RePSTrainer needs a train_dataset: the preference split (input, winning_output, "
+            raise InputError("RePSTrainer needs a train_dataset: the preference split (input, winning_output, "
                              "losing_output, concept_id).")
         args = args or RePSConfig()
         if not concepts:
-            raise ValueError("RePSTrainer needs at least one concept.")
+            raise InputError("RePSTrainer needs at least one concept.")
         self.concepts = list(concepts)
         self.method_name = method_name
         self.target = model
@@ -131,17 +205,16 @@ class RePSTrainer(ConceptTrainer):
                                                       progress=not args.disable_tqdm)
         else:
             ref_winning = ref_losing = torch.zeros(len(rows))
-        self._factor_generator = torch.Generator().manual_seed(args.seed + 1)
-        self._metrics: dict[str, list[float]] = defaultdict(list)
         super().__init__(model=SteeringModel(model, intervention), args=args, train_dataset=rows.to_dataset(
             ref_winning, ref_losing), data_collator=PairCollator(), processing_class=processing_class or model.tokenizer,
-            callbacks=callbacks, n_concepts=len(self.concepts), frozen=model.model)
+            callbacks=callbacks, n_concepts=len(self.concepts), frozen=model.model,
+            objective=PreferenceObjective(args.seed))
 
     @staticmethod
     def _layers(args: RePSConfig, target: TargetModel) -> list[int]:
         if args.parameterisation == "vector":
             if args.layer is None:
-                raise ValueError("RePSConfig.layer is required for a steering vector: the block whose output it "
+                raise InputError("RePSConfig.layer is required for a steering vector: the block whose output it "
                                  "steers (e.g. --layer 10).")
             return [args.layer]
         return list(args.intervention_layers or default_intervention_layers(target.num_layers))
@@ -150,71 +223,12 @@ class RePSTrainer(ConceptTrainer):
     def intervention(self) -> ConceptIntervention:
         return self.model.intervention
 
-    def _plan(self, kind: str, concept: torch.Tensor, factor: torch.Tensor, n_responses: int) -> RowPlan:
-        """The intervention of one pair kind for its stacked winning (+ losing) sequences."""
-        concepts = concept.repeat(n_responses)
-        if kind == "orig_add":
-            return RowPlan(concepts, factor.repeat(n_responses))
-        if self.args.subtraction_type == "null_it_out":
-            return RowPlan(concepts, torch.zeros_like(factor).repeat(n_responses),
-                           subtract=torch.ones(len(concepts), dtype=torch.bool, device=concept.device))
-        return RowPlan(concepts, (-factor).repeat(n_responses))
-
-    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
-                     num_items_in_batch: Any = None) -> torch.Tensor:
-        cfg: RePSConfig = self.args
-        device = self.target.device
-        concept = inputs["concept_index"].to(device)
-        n = len(concept)
-        kinds = cfg.pair_kinds
-        responses = [inputs["winning_ids"]] if cfg.loss_type == "lm" else [inputs["winning_ids"], inputs["losing_ids"]]
-        choices = torch.tensor(cfg.steering_factors, dtype=torch.float32)
-        plans, prompts, targets = [], [], []
-        for kind in kinds:
-            factor = choices[torch.randint(len(choices), (n,), generator=self._factor_generator)].to(device)
-            plans.append(self._plan(kind, concept, factor, len(responses)))
-            for texts in responses:
-                prompts += inputs["prompt_ids"]
-                targets += texts
-        batch = pad_sequences(prompts, targets, pad_token_id(self.target), self.target.prefix_length).to(device)
-        plan = RowPlan(torch.cat([p.concepts for p in plans]), torch.cat([p.factors for p in plans]),
-                       subtract=_cat_optional([p.subtract for p in plans], [len(p.concepts) for p in plans], device),
-                       mask=batch.prompt_mask if cfg.intervention_positions == "prompt" else None)
-        with self.intervention.applied(self.target, plan):
-            logits = forward_logits(model.base, batch)
-        logps, lengths = sequence_logps(logits, batch)
-        per_row = []
-        width = n * len(responses)
-        for index, kind in enumerate(kinds):
-            part = slice(index * width, (index + 1) * width)
-            kind_logps, kind_lengths = logps[part], lengths[part]
-            winning, len_winning = kind_logps[:n], kind_lengths[:n]
-            if cfg.loss_type == "lm":
-                per_row.append(losses.language_modelling(winning, len_winning))
-                self._metrics["logps/winning"].append(float((winning.detach() / len_winning.clamp_min(1)).mean()))
-                continue
-            losing, len_losing = kind_logps[n:], kind_lengths[n:]
-            ref_w, ref_l = inputs["ref_winning_logp"].to(device), inputs["ref_losing_logp"].to(device)
-            if kind == "orig_sub":  # the model's own answer is the chosen one
-                winning, losing, len_winning, len_losing, ref_w, ref_l = losing, winning, len_losing, len_winning, \
-                    ref_l, ref_w
-            if cfg.loss_type == "scaled_simpo":
-                loss = losses.scaled_simpo(winning, losing, len_winning, len_losing, ref_w, ref_l, cfg.simpo_scaler)
-            else:
-                loss = losses.dpo(winning, losing, ref_w, ref_l, cfg.beta)
-            per_row.append(loss)
-            margin = winning / len_winning.clamp_min(1) - losing / len_losing.clamp_min(1)
-            self._metrics[f"margin/{kind}"].append(float(margin.detach().mean()))
-            self._metrics[f"loss/{kind}"].append(float(loss.detach().mean()))
-        total = losses.per_concept_sum(torch.cat(per_row), concept.repeat(len(kinds)), len(self.concepts))
-        self.record_loss(total.detach())
-        return total
-
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
         if mode == "train":
-            logs = {**logs, **{key: sum(values) / len(values) for key, values in self._metrics.items() if values}}
-            self._metrics.clear()
+            metrics = self.objective.metrics
+            logs = {**logs, **{key: sum(values) / len(values) for key, values in metrics.items() if values}}
+            metrics.clear()
         super().log(logs, start_time)
 
     def export(self) -> Any:

@@ -4,7 +4,8 @@ Each concept trains on its positive rows of the train split in AxBench's LM view
 turn with the generation prompt, then the raw response with no EOS ("nonstop"); the loss covers the
 response tokens only. The examples reach TRL already tokenized (`input_ids` + `completion_mask`) because
 TRL appends EOS to every text completion and tokenizes prompt text with special tokens (a second <bos>
-on Gemma); `encode_lm` (axmethods.methods.lm_training) tokenizes the same way for ReFT-r1 and SSV.
+on Gemma); `TargetModel.encode_turn` tokenizes them, as it does for every LM-trained method (ReFT-r1, SSV,
+the RePS family, HyperSteer).
 
 - LoRA-SFT (`peft=True`, method `lora`): peft's LoRA on `o_proj` of a few layers; after each concept the
   trained A/B matrices are read out and the model unwrapped, and all concepts are stacked into one
@@ -29,6 +30,7 @@ from safetensors.torch import save_file
 from trl import SFTConfig
 
 from axdata.concepts import Concept
+from axdata.errors import InputError
 from axdata.io import atomic_path
 from axmethods.distributed import is_main
 from axmethods.models import TargetModel, frozen
@@ -49,7 +51,7 @@ RECORDED_FIELDS = ("peft", "lora_rank", "lora_alpha", "use_rslora", "lora_dropou
 TRAIN_COLUMNS = ("input", "output", "category", "concept_id")
 
 
-class SFTDataError(ValueError):
+class SFTDataError(InputError):
     """The train split cannot feed SFT (columns missing, a concept without positives)."""
 
 
@@ -113,10 +115,10 @@ class SFTSteeringConfig(SFTConfig):
             self.bf16 = not self.fp16 and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         super().__post_init__()
         if self.lora_rank < 1 or not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"SFTSteeringConfig: lora_rank must be ≥ 1 and lora_dropout in [0, 1); got "
+            raise InputError(f"SFTSteeringConfig: lora_rank must be ≥ 1 and lora_dropout in [0, 1); got "
                              f"{self.lora_rank} and {self.lora_dropout}.")
         if not self.inference_factors:
-            raise ValueError("SFTSteeringConfig.inference_factors is empty; give at least one factor (AxBench: 1.0).")
+            raise InputError("SFTSteeringConfig.inference_factors is empty; give at least one factor (AxBench: 1.0).")
 
 
 def train_sft(target: TargetModel, data: pd.DataFrame, concepts: Sequence[Concept], config: SFTSteeringConfig, *,
@@ -152,8 +154,7 @@ def concept_dataset(target: TargetModel, data: pd.DataFrame, concept_id: int) ->
     rows = data[data["concept_id"].eq(concept_id) & data["category"].eq("positive")]
     input_ids, completion_mask = [], []
     for instruction, output in zip(rows["input"], rows["output"]):
-        prompt = target.encode(target.format_prompt(instruction))
-        completion = target.encode(output)
+        prompt, completion = target.encode_turn(instruction, output)
         input_ids.append(prompt + completion)
         completion_mask.append([0] * len(prompt) + [1] * len(completion))
     return Dataset.from_dict({"input_ids": input_ids, "completion_mask": completion_mask})
@@ -237,7 +238,7 @@ def _read_lora(target: TargetModel, layers: list[int], module_path: str) -> tupl
     for layer in layers:
         module = target.residual_module(layer).get_submodule(module_path)
         if not hasattr(module, "lora_A"):
-            raise RuntimeError(f"peft put no LoRA on {target.residual_module_path(layer)}.{module_path}; its "
+            raise InputError(f"peft put no LoRA on {target.residual_module_path(layer)}.{module_path}; its "
                                "target_modules / layers_to_transform did not match this model's module names.")
         a.append(module.lora_A["default"].weight.detach().float().cpu())
         b.append(module.lora_B["default"].weight.detach().float().cpu())

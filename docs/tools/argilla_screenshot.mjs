@@ -1,8 +1,8 @@
 // Screenshot of a review dataset in Argilla's web UI (docs/argilla-review.png), with headless Chromium.
-// Not part of `make test`. Needs: a running server (make argilla), the dataset pushed (axbench curate push),
+// Not part of `make test`. Needs: a running server (make argilla), the dataset sent (axbench curate send),
 // `npm install playwright-core` (in any folder on NODE_PATH) and Debian's chromium.
 // Usage: ARGILLA_URL=http://127.0.0.1:6900 ARGILLA_USER=owner ARGILLA_PASSWORD=... \
-//        DATASET_URL=<the URL axbench curate push prints> node docs/tools/argilla_screenshot.mjs docs/argilla-review.png
+//        DATASET_URL=<the URL axbench curate send prints> node docs/tools/argilla_screenshot.mjs docs/argilla-review.png
 import { chromium } from "playwright-core";
 
 const base = process.env.ARGILLA_URL ?? "http://127.0.0.1:6900";
