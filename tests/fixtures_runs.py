@@ -35,12 +35,14 @@ class JudgingServer(RoutingServer):
         return super()._next(body)
 
 
-def write_run_config(tmp_path: Path, tiny_llama_dir: Path, llm_server: FaultServer) -> tuple[Path, Path]:
-    """A run config of two concepts, DiffMean + ReFT-r1 + prompt steering at layer 1; (config path, run dir)."""
+def write_run_config(tmp_path: Path, tiny_llama_dir: Path, llm_server: FaultServer, *, name: str = "r",
+                     **sections: dict) -> tuple[Path, Path]:
+    """A run config of two concepts, DiffMean + ReFT-r1 + prompt steering at layer 1, `sections` replacing whole
+    sections (e.g. methods=…); (config path, run dir)."""
     concepts = tmp_path / "concepts.csv"
     concepts.write_text("rivers and river banks,https://example.org/0\nPython list comprehensions,\n")
     config = {
-        "run": {"name": "r", "output_dir": str(tmp_path / "runs"), "layer": 1},
+        "run": {"name": name, "output_dir": str(tmp_path / "runs"), "layer": 1},
         "model": {"model": str(tiny_llama_dir), "device": "cpu", "dtype": "float32"},
         "llm": {"endpoint": llm_server.base_url, "model": "gpt-4o-mini", "backoff_base_s": 0.0,
                 "structured_output": "json_schema"},
@@ -51,8 +53,8 @@ def write_run_config(tmp_path: Path, tiny_llama_dir: Path, llm_server: FaultServ
         "report": {"baseline": "prompt-steering", "n_resamples": 50, "dataset_id": "me/rivers-bench"},
     }
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path, tmp_path / "runs" / "r"
+    path.write_text(yaml.safe_dump({**config, **sections}))
+    return path, tmp_path / "runs" / name
 
 
 @pytest.fixture

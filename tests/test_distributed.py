@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from fixtures_runs import JudgingServer
+from fixtures_runs import JudgingServer, write_run_config
 from typer.testing import CliRunner
 
 from axeval.cli import app
@@ -65,26 +65,15 @@ def llm_server():
 def one_process(tmp_path_factory, tiny_llama_dir, llm_server):
     """A small run in one process: its dataset, dictionaries and inference files are the reference."""
     root = tmp_path_factory.mktemp("dist")
-    concepts = root / "concepts.csv"
-    concepts.write_text("rivers and river banks,https://example.org/0\nPython list comprehensions,\n")
-    config = {
-        "run": {"name": "one", "output_dir": str(root / "runs"), "layer": 1},
-        "model": {"model": str(tiny_llama_dir), "device": "cpu", "dtype": "float32"},
-        "llm": {"endpoint": llm_server.base_url, "model": "gpt-4o-mini", "backoff_base_s": 0.0,
-                "structured_output": "json_schema"},
-        "data": {"concept_path": str(concepts), "num_of_examples": 4, "output_length": 8,
-                 "latent_num_of_examples": 4, "imbalance_factor": 2, "steering_num_of_examples": 4},
+    path, _ = write_run_config(
+        root, tiny_llama_dir, llm_server, name="one",
         # concepts_per_chunk 1: two chunks, so two processes split DiffMean's concepts.
-        "methods": {"train": ["diffmean", "probe"],
-                    "settings": {"diffmean": {"concepts_per_chunk": 1},
-                                 "probe": {"num_train_epochs": 2, "per_device_train_batch_size": 2,
-                                           "gradient_accumulation_steps": 2}}},
-        "inference": {"factors": [0.5, 2.0], "max_new_tokens": 6, "steering_batch_size": 4,
-                      "latent_batch_size": 4},
-        "report": {"baseline": "unsteered", "n_resamples": 20},
-    }
-    path = root / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
+        methods={"train": ["diffmean", "probe"],
+                 "settings": {"diffmean": {"concepts_per_chunk": 1},
+                              "probe": {"num_train_epochs": 2, "per_device_train_batch_size": 2,
+                                        "gradient_accumulation_steps": 2}}},
+        inference={"factors": [0.5, 2.0], "max_new_tokens": 6, "steering_batch_size": 4, "latent_batch_size": 4},
+        report={"baseline": "unsteered", "n_resamples": 20})
     result = CliRunner().invoke(app, ["run", str(path)], terminal_width=200)
     assert result.exit_code == 0, result.output
     return root, path, root / "runs" / "one"
