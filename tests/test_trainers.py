@@ -349,3 +349,18 @@ def test_adapters_round_trip_through_the_hub_with_the_dictionary_cli(hub_env, ta
         expected = _logits(target, text)
     with pulled.steer(target, [1], [2.0]):
         torch.testing.assert_close(_logits(target, text), expected, atol=0, rtol=0)
+
+
+def test_preference_and_hypernetwork_trainers_refuse_a_distributed_launch(tiny_llama_target, monkeypatch):
+    """Their objectives bypass the DDP-wrapped model (a torchrun launch of `axbench train reps` ended in an
+    AttributeError); until that is routed through the forward they refuse with the fix, before training."""
+    from axdata.errors import InputError
+    from axmethods.trainers import concept_trainer
+    from axmethods.trainers.hypersteer import HyperSteerConfig, HyperSteerTrainer
+    from axmethods.trainers.reps_trainer import RePSTrainer
+
+    monkeypatch.setattr(concept_trainer, "world_size", lambda: 2)
+    with pytest.raises(InputError, match="RePS family .* cannot train under a distributed launcher"):
+        RePSTrainer(tiny_llama_target, concepts=[])
+    with pytest.raises(InputError, match="HyperSteer cannot train under a distributed launcher"):
+        HyperSteerTrainer(tiny_llama_target, HyperSteerConfig(layer=1), pd.DataFrame(), [])

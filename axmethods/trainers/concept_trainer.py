@@ -38,7 +38,21 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import Trainer
 
+from axdata.errors import InputError
+from axmethods.distributed import world_size
 from axmethods.models import frozen as frozen_model
+
+
+def refuse_distributed(methods: str) -> None:
+    """Refuse, before any work, to train `methods` under a distributed launcher: their objectives call the base
+    model and the intervention directly, not through the DDP-wrapped module's forward, so DDP can neither find
+    their attributes nor synchronise their gradients (seen: `torchrun … axbench train reps` ended in
+    "'DistributedDataParallel' object has no attribute 'base'"). Routing them through the forward, as
+    `module_objective` does, lifts this."""
+    if world_size() > 1:
+        raise InputError(f"{methods} cannot train under a distributed launcher yet (their objective bypasses the "
+                         "DDP-wrapped model); train them in one process — without torchrun / accelerate launch — "
+                         "then run latent and steering inference under the launcher as usual.")
 
 
 class ConceptBatchSampler(torch.utils.data.Sampler[list[int]]):

@@ -40,7 +40,7 @@ from axmethods.methods.hypernet import HyperNetwork, build_hypernetwork
 from axmethods.methods.hypersteer import HyperSteerResult, concept_tokens, deltas
 from axmethods.models import TargetModel, pad_token_id
 from axmethods.trainers import losses
-from axmethods.trainers.concept_trainer import ObjectiveTrainer
+from axmethods.trainers.concept_trainer import ObjectiveTrainer, refuse_distributed
 from axmethods.trainers.data import (
     PairCollator,
     check_preference_frame,
@@ -195,6 +195,7 @@ class HyperSteerTrainer(ObjectiveTrainer):
     def __init__(self, target: TargetModel, args: HyperSteerConfig, train_dataset: pd.DataFrame,
                  concepts: Sequence[Concept], *, method_name: str = "hypersteer",
                  reference_prompts: Sequence[str] = (), callbacks: list | None = None) -> None:
+        refuse_distributed("HyperSteer")
         if args.layer is None:
             raise InputError("HyperSteer needs a layer (--layer L): the block whose output Δ is added to.")
         target.validate_layer(args.layer)

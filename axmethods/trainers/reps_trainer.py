@@ -34,7 +34,7 @@ from axdata.concepts import Concept
 from axdata.errors import InputError
 from axmethods.models import TargetModel, pad_token_id
 from axmethods.trainers import losses
-from axmethods.trainers.concept_trainer import ConceptTrainer
+from axmethods.trainers.concept_trainer import ConceptTrainer, refuse_distributed
 from axmethods.trainers.config import RePSConfig
 from axmethods.trainers.data import (
     PairCollator,
@@ -179,6 +179,7 @@ class RePSTrainer(ConceptTrainer):
         if not isinstance(model, TargetModel):
             raise TypeError(f"RePSTrainer takes an axmethods TargetModel as `model` (load_target_model(...)); got "
                             f"{type(model).__name__}.")
+        refuse_distributed("The RePS family (RePS, BiPO, Lang., their LoRA / LoReFT forms)")
         if train_dataset is None:
             raise InputError("RePSTrainer needs a train_dataset: the preference split (input, winning_output, "
                              "losing_output, concept_id).")
