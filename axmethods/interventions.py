@@ -33,7 +33,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
 
@@ -41,10 +41,21 @@ from axdata.errors import InputError
 from axmethods.hooks import Call, hook_output
 
 if TYPE_CHECKING:
-    from axmethods.dictionary import SteeringDictionary
     from axmethods.models import TargetModel
 
 logger = logging.getLogger(__name__)
+
+
+class SteeringSource(Protocol):
+    """What steering reads from a dictionary (`axmethods.dictionary.SteeringDictionary` is one): named here so that
+    this layer does not import the dictionary, which sits above it."""
+
+    layer: int
+    steering_vectors: torch.Tensor
+
+    def rows(self, concept_ids: Sequence[int]) -> list[int]: ...
+    def steering_magnitudes(self, concept_ids: Sequence[int], factors: Sequence[float]) -> torch.Tensor: ...
+    def check_model(self, target: TargetModel) -> None: ...
 
 InterventionKind = Literal["addition", "clamp", "subtract_add", "threshold", "ablate", "ablate_positive"]
 # (h [B, T, d], v [B, 1, d], u = v/‖v‖, α [B, 1, 1]) → steered h, all fp32.
@@ -98,7 +109,7 @@ class RowSteering:
                                     f"{tuple(self.magnitudes.shape)}")
 
     @classmethod
-    def from_dictionary(cls, dictionary: SteeringDictionary, concept_ids: Sequence[int], factors: Sequence[float],
+    def from_dictionary(cls, dictionary: SteeringSource, concept_ids: Sequence[int], factors: Sequence[float],
                         kind: str = "addition") -> RowSteering:
         """Row b steers towards `concept_ids[b]` with α = `factors[b]` × that concept's calibration."""
         if len(concept_ids) != len(factors):
@@ -150,7 +161,7 @@ def steering_hooks(target: TargetModel, layer: int, steering: RowSteering, *,
 
 
 @contextmanager
-def steer(target: TargetModel, dictionary: SteeringDictionary, concept_ids: Sequence[int], factors: Sequence[float],
+def steer(target: TargetModel, dictionary: SteeringSource, concept_ids: Sequence[int], factors: Sequence[float],
           *, kind: str = "addition", positions: Positions = "all") -> Iterator[RowSteering]:
     """Steer row b of every batch run inside the block towards `concept_ids[b]` with `factors[b]`."""
     dictionary.check_model(target)
