@@ -3,9 +3,10 @@
 The Hub registers a dataset repo as a benchmark through an `eval.yaml` at its root (name, description,
 `evaluation_framework`, `tasks[]` with `id`, `config`, `split`); model repos publish scores for those tasks in
 `.eval_results/*.yaml`, which the benchmark's leaderboard aggregates. Each model/layer config of an axbench
-dataset defines two tasks — concept detection (mean AUROC over concepts, on the `latent` split) and steering
-(mean held-out steering score, 0–2, on the `steering` split) — and `task_id` is the one place their ids are
-made, for `eval.yaml` and `.eval_results` alike.
+dataset defines up to three tasks — concept detection (mean AUROC over concepts, on the `latent` split),
+steering (mean held-out steering score, 0–2, on the `steering` split) and, when the config has the RePS
+`suppression` split, suppression (mean held-out suppression score, 0–2) — and `task_id` is the one place their
+ids are made, for `eval.yaml` and `.eval_results` alike. A task is registered only for configs that hold its split.
 
 `axbench data pull` records the repo, revision and commit a local copy came from (`hub_origin.json`), so a run
 on that copy names exactly the data it used.
@@ -34,6 +35,10 @@ TASKS = {
     "steering": ("steering", "mean held-out steering score over concepts: the harmonic mean of the judge's concept, "
                              "instruction and fluency ratings (0-2, higher is better) at the factor chosen on the "
                              "selection half"),
+    "suppression": ("suppression", "mean held-out suppression score over concepts: the harmonic mean of 2 minus "
+                                   "the judge's concept rating, its instruction rating (against the plain "
+                                   "instruction) and its fluency rating (0-2, higher is better) on instructions "
+                                   "rewritten to invite the concept, at the factor chosen on the selection half"),
 }
 
 
@@ -48,8 +53,8 @@ def eval_yaml(name: str, splits_by_config: Mapping[str, Sequence[str]]) -> str:
     """The `eval.yaml` of a dataset whose configs hold these splits: a task per (kind, config) whose split it has."""
     tasks = [{"id": task_id(kind, config), "config": config, "split": split}
              for config, splits in splits_by_config.items() for kind, (split, _) in TASKS.items() if split in splits]
-    description = ("Concept detection and steering with interpretability methods, as in AxBench (Wu et al., ICML "
-                   "2025). One task per model/layer config and kind. " +
+    description = ("Concept detection, steering and suppression with interpretability methods, as in AxBench (Wu "
+                   "et al., ICML 2025) and RePS (Wu et al., 2025). One task per model/layer config and kind. " +
                    " ".join(f"{kind}: {about}." for kind, (_, about) in TASKS.items()))
     return yaml.safe_dump({"name": name, "description": description, "evaluation_framework": EVALUATION_FRAMEWORK,
                            "tasks": tasks}, sort_keys=False, allow_unicode=True, width=110)

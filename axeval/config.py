@@ -15,19 +15,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from axdata.errors import InputError
 from axdata.generation.config import DataGenerationConfig
 from axdata.hashing import content_hash
 from axdata.llm.config import LLMConfig
+from axdata.safe_yaml import YAMLInputError, load_yaml
 from axdata.settings import SettingsError, build_settings, check_settings, parse_value
 from axdata.validation import check_dataclass_numbers
 from axeval.judge import JudgeConfig
-from axeval.protocol import check_protocol
+from axeval.modes import EvaluationSection, check_evaluation
+from axeval.protocol import check_judge_settings, check_protocol, method_settings
 from axmethods.factors import AXBENCH_FACTORS
 from axmethods.inference.sampling import ENGINES
-from axmethods.models import TargetModelConfig
+from axmethods.models import TargetModelConfig, context_length
 from axmethods.registry import UnknownMethodError, get_method
 
 
@@ -52,8 +52,9 @@ class RunSection:
     protocol: str = field(
         default="fixed",
         metadata={"help": "'fixed': AxBench's protocol with its known bugs fixed (default); 'reference': AxBench's "
-                          "own behaviour where restoring it is cheap (parse failure = 0, calibration fallback 50, "
-                          "Probe's ignored gradient accumulation). Every difference: docs/protocol.md."},
+                          "own behaviour where restoring it is cheap (one judge ask, a parse failure = 0; token "
+                          "activations rounded to 3 decimals before max-pooling; calibration fallback 50; Probe's "
+                          "ignored gradient accumulation). Every difference: docs/protocol.md."},
     )
 
     def __post_init__(self) -> None:
@@ -152,6 +153,7 @@ SECTIONS: dict[str, type] = {
     "methods": MethodsSection,
     "inference": InferenceSection,
     "judge": JudgeConfig,
+    "evaluation": EvaluationSection,
     "report": ReportSection,
 }
 
@@ -165,6 +167,7 @@ class AxbenchConfig:
     methods: MethodsSection = field(default_factory=MethodsSection)
     inference: InferenceSection = field(default_factory=InferenceSection)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    evaluation: EvaluationSection = field(default_factory=EvaluationSection)
     report: ReportSection = field(default_factory=ReportSection)
 
     @property
@@ -203,7 +206,25 @@ class AxbenchConfig:
                 raise ConfigError(str(err)) from None
         config = cls(**parsed)
         config._check_methods(source)
+        config._check_protocol(source, raw.get("judge") or {})
+        check_max_new_tokens(config.inference.max_new_tokens, config.model, f"{source}: inference.max_new_tokens")
+        try:
+            check_evaluation(config.evaluation, config.methods.steer, config.data, config.model,
+                             config.inference.max_new_tokens, generates_data=config.run.dataset_dir is None)
+        except InputError as err:
+            raise ConfigError(f"{source}: {err}") from None
         return config
+
+    def _check_protocol(self, source: str, judge: dict[str, Any]) -> None:
+        """Refuse, at load, a setting written in the config that contradicts run.protocol=reference (the switch
+        governs it: axeval.protocol); the values the switch fills in are not written back here."""
+        try:
+            # the parsed values of the keys the file names (a YAML "0" and 0 are the same setting)
+            check_judge_settings(self.run.protocol, {k: getattr(self.judge, k) for k in judge if hasattr(self.judge, k)})
+            for name, values in self.methods.settings.items():
+                method_settings(self.run.protocol, get_method(name).name, values or {})
+        except ValueError as err:  # axeval.protocol raises plain ValueError
+            raise ConfigError(f"{source}: {err}") from None
 
     def _check_methods(self, source: str) -> None:
         """Fail at load time, not after hours of compute, on a method name or baseline that cannot work."""
@@ -258,17 +279,26 @@ class AxbenchConfig:
         if path is not None:
             source = str(path)
             try:
-                raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+                raw = load_yaml(Path(path).read_text(encoding="utf-8"), str(path)) or {}
             except FileNotFoundError:
                 raise ConfigError(f"Config file {path} does not exist.") from None
             except (UnicodeDecodeError, IsADirectoryError):
                 raise ConfigError(f"{path} is not a text file; a run config is YAML (see configs/paper/).") from None
-            except yaml.YAMLError as err:
+            except YAMLInputError as err:  # bad syntax, or nested too deep to read
                 raise ConfigError(f"{path} is not valid YAML: {err}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: the config must be a mapping of sections ({', '.join(SECTIONS)}), "
                               f"not a YAML {type(raw).__name__}.")
         return cls.from_dict(apply_overrides(raw, overrides), source)
+
+
+def check_max_new_tokens(max_new_tokens: int, model: TargetModelConfig, where: str) -> None:
+    """Refuse a generation length the target model's context cannot hold, from its config alone (before the model
+    loads; `axmethods.models.context_length`; unknown there: not checked)."""
+    limit = context_length(model)
+    if limit is not None and max_new_tokens >= limit:
+        raise ConfigError(f"{where} = {max_new_tokens}: the target model {model.model!r} holds {limit} tokens, the "
+                          f"prompt included; use less than {limit} (the paper: 128).")
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -286,6 +316,6 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
             raise ConfigError(f"Override {override!r}: section {section!r} of the config is not a mapping.")
         try:
             result[section][name] = parse_value(value)
-        except SettingsError as err:
-            raise ConfigError(f"Override {override!r}: {err}") from None
+        except SettingsError as err:  # the key, not the whole override: the value may be huge
+            raise ConfigError(f"Override {key.strip()}: {err}") from None
     return result

@@ -7,6 +7,10 @@ reference evaluators on random inputs):
 
 - scores are min-max normalised over each concept's rows first (NaN → 0 when all are equal), as every
   AxBench latent evaluator does, so ties and thresholds fall exactly where AxBench's do;
+- non-finite scores: ±inf (e.g. an fp16 overflow) ranks above / below every finite score — every number here
+  depends only on the order of the scores, so that is exact (AxBench's normalisation turns the whole concept
+  into NaN → 0, AUROC 0.5); a missing score (NaN) of a text rater is excluded and counted, and a NaN score a
+  residual detector computed (its row has a `max_token_index`) is refused with its rows named;
 - AUROC (`AUCROCEvaluator`): positives vs negatives; hard negatives never enter it (AxBench drops them
   through a label-name mismatch; we keep them out on purpose and score them apart, counted);
 - hard negatives (`HardNegativeEvaluator`): accuracy at the Youden-J threshold of positives vs negatives,
@@ -45,16 +49,24 @@ POSITIVE, NEGATIVE, HARD_NEGATIVE = CATEGORIES
 REQUIRED_COLUMNS = ("method", "concept_id", "category", "score")
 # Optional column of imbalance frames: which concept's detector produced a shared negative's score.
 SCORED_CONCEPT_COLUMN = "scored_concept_id"
+# Latent inference fills this column for residual detectors only: such a row's score was computed from a token,
+# so NaN there is a numeric failure, not a rater's missing answer.
+TOKEN_COLUMN = "max_token_index"
+# Where ±inf scores go on the normalised [0, 1] scale: beyond every finite score, keeping the order exact.
+_POSITIVE_INFINITY_RANK, _NEGATIVE_INFINITY_RANK = 2.0, -1.0
 
 
 def check_rows(rows: pd.DataFrame, source: str = "detection rows") -> None:
-    """Raise ValueError naming the missing column, the unknown category or the missing score."""
+    """Raise ValueError naming the missing column, the unknown category or the missing category, or on no rows."""
     missing = [column for column in REQUIRED_COLUMNS if column not in rows.columns]
     if missing:
         raise ValueError(
             f"{source}: missing column(s) {missing}; latent inference writes {list(REQUIRED_COLUMNS)} "
             "(rename the score column, e.g. AxBench's '<Method>_max_act', to 'score')."
         )
+    if rows.empty:
+        raise ValueError(f"{source}: no rows, so there is nothing to score; pass the latent inference output "
+                         "(one row per scored text).")
     unknown = sorted(set(rows["category"].dropna().unique()) - set(CATEGORIES))
     if unknown:
         raise ValueError(f"{source}: unknown category value(s) {unknown}; expected one of {list(CATEGORIES)}.")
@@ -65,13 +77,30 @@ def check_rows(rows: pd.DataFrame, source: str = "detection rows") -> None:
         )
 
 
+def _row_names(rows: pd.DataFrame, limit: int = 10) -> str:
+    """`method concept C row R, …` for the first `limit` rows (R: the row's index in the input)."""
+    named = [f"{method} concept {concept_id} row {index}"
+             for index, method, concept_id in zip(rows.index[:limit], rows["method"][:limit], rows["concept_id"][:limit])]
+    return ", ".join(named) + (f" (and {len(rows) - limit} more)" if len(rows) > limit else "")
+
+
 def _scored(rows: pd.DataFrame, source: str) -> pd.DataFrame:
     """Rows with a score. A missing score (e.g. a rating the prompt detector could not parse) is excluded and
-    counted, never turned into a number."""
+    counted, never turned into a number; a NaN that a residual detector computed is refused."""
     unscored = rows["score"].isna()
+    if TOKEN_COLUMN in rows.columns:
+        computed = unscored & rows[TOKEN_COLUMN].notna()
+        if computed.any():
+            raise ValueError(
+                f"{source}: {int(computed.sum())} detector score(s) are NaN although they were read from a token "
+                f"({_row_names(rows[computed])}); a NaN cannot be ranked. It comes from the detector's arithmetic "
+                "(NaN weights, or an overflow in half precision): check the dictionary's weights and re-run latent "
+                "inference with the target model in float32."
+            )
     if unscored.any():
         counts = rows[unscored].groupby("method").size().to_dict()
-        logger.warning("%s: rows without a score are excluded from the metrics: %s", source, counts)
+        logger.warning("%s: rows without a score are excluded from the metrics: %s (%s)", source, counts,
+                       _row_names(rows[unscored], limit=5))
     return rows[~unscored]
 
 
@@ -84,14 +113,24 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def normalise(scores: np.ndarray) -> np.ndarray:
-    """Min-max normalised scores, 0 where that is undefined (all equal) — AxBench's per-concept preprocessing."""
+    """Min-max normalised scores, 0 where that is undefined (all equal) — AxBench's per-concept preprocessing.
+
+    Only the finite scores set the scale; +inf maps to 2 and −inf to −1, above and below every finite score,
+    so the order of the scores (all the detection metrics use) is kept exactly.
+
+    >>> normalise(np.array([2.0, 4.0, np.inf, -np.inf, 3.0])).tolist()
+    [0.0, 1.0, 2.0, -1.0, 0.5]
+    """
     scores = np.asarray(scores, dtype=float)
-    if not len(scores):
-        return scores
-    low, high = scores.min(), scores.max()
+    finite = np.isfinite(scores)
+    if not finite.any():
+        return np.where(scores == np.inf, _POSITIVE_INFINITY_RANK, np.where(scores == -np.inf,
+                                                                              _NEGATIVE_INFINITY_RANK, scores))
+    low, high = scores[finite].min(), scores[finite].max()
     with np.errstate(divide="ignore", invalid="ignore"):
-        normalised = (scores - low) / (high - low)
-    return np.nan_to_num(normalised, nan=0.0)
+        normalised = np.nan_to_num((scores - low) / (high - low), nan=0.0)
+    return np.where(scores == np.inf, _POSITIVE_INFINITY_RANK,
+                    np.where(scores == -np.inf, _NEGATIVE_INFINITY_RANK, normalised))
 
 
 def youden_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -136,8 +175,14 @@ _METRICS = ("auroc", "youden_threshold", "positive_accuracy", "negative_accuracy
 
 
 def _denormalise(value: float, raw: np.ndarray) -> float:
-    """A threshold on the normalised scale, back on the raw score scale (for readers of the per-concept table)."""
-    low, high = float(raw.min()), float(raw.max())
+    """A threshold on the normalised scale, back on the raw score scale (for readers of the per-concept table);
+    a threshold at the place of an infinite score is that infinity."""
+    if value in (_POSITIVE_INFINITY_RANK, _NEGATIVE_INFINITY_RANK):
+        return np.inf if value == _POSITIVE_INFINITY_RANK else -np.inf
+    finite = raw[np.isfinite(raw)]
+    if not len(finite):
+        return value
+    low, high = float(finite.min()), float(finite.max())
     return value * (high - low) + low if np.isfinite(value) and high > low else value
 
 
@@ -188,20 +233,22 @@ def concept_detection(rows: pd.DataFrame) -> pd.DataFrame:
     """
     check_rows(rows)
     own = rows[rows["concept_id"] != SHARED_NEGATIVE_ID]
-    unscored = own["score"].isna().groupby([own["method"], own["concept_id"]]).sum()
-    own = _scored(own, "detection rows")
-    records = [
-        {"method": method, "concept_id": int(concept_id), **_one_concept(group),
-         "n_unscored": int(unscored.get((method, concept_id), 0))}
-        for (method, concept_id), group in own.groupby(["method", "concept_id"], sort=True)
-    ]
+    if own.empty:
+        raise ValueError("detection rows: only shared negatives (concept_id -1); pass the latent inference output, "
+                         "whose rows belong to concepts (the shared pool goes to the imbalance metrics).")
+    _scored(own, "detection rows")  # refuses computed NaNs, logs the missing scores
+    records = []
+    # Every concept gets a row, also one whose scores are all missing: it is then undefined and counted.
+    for (method, concept_id), group in own.groupby(["method", "concept_id"], sort=True):
+        has_score = group["score"].notna()
+        records.append({"method": method, "concept_id": int(concept_id), **_one_concept(group[has_score]),
+                        "n_unscored": int((~has_score).sum())})
     table = pd.DataFrame.from_records(records)
-    if len(table):
-        undefined = table[table["auroc"].isna()]
-        for method, group in undefined.groupby("method"):
-            logger.warning(
-                "%s: %d concept(s) lack positives or negatives, so their AUROC is undefined and they are left "
-                "out of the mean: %s", method, len(group), group["concept_id"].tolist()[:10])
+    undefined = table[table["auroc"].isna()]
+    for method, group in undefined.groupby("method"):
+        logger.warning(
+            "%s: %d concept(s) lack positives or negatives with a score, so their AUROC is undefined and they are left "
+            "out of the mean: %s", method, len(group), group["concept_id"].tolist()[:10])
     return table
 
 
@@ -323,14 +370,16 @@ def summarize_imbalance(
 def mean_roc_curve(rows: pd.DataFrame, method: str, grid_size: int = 101) -> tuple[np.ndarray, np.ndarray]:
     """The ROC curve of `method` averaged over concepts (TPR interpolated on a common FPR grid)."""
     own = rows[(rows["method"] == method) & rows["category"].isin([POSITIVE, NEGATIVE])
-               & (rows["concept_id"] != SHARED_NEGATIVE_ID)]
+               & (rows["concept_id"] != SHARED_NEGATIVE_ID) & rows["score"].notna()]
     grid = np.linspace(0.0, 1.0, grid_size)
     curves = []
     for _, group in own.groupby("concept_id"):
         labels = (group["category"] == POSITIVE).to_numpy(int)
         if labels.min() == labels.max():
             continue
-        fpr, tpr, _ = roc_curve(labels, group["score"].to_numpy(float))
+        scores = group["score"].to_numpy(float)
+        # normalise keeps the order and moves ±inf beyond every finite score: the ROC curve is the same.
+        fpr, tpr, _ = roc_curve(labels, scores if np.isfinite(scores).all() else normalise(scores))
         curves.append(np.interp(grid, fpr, tpr))
     if not curves:
         raise ValueError(f"mean_roc_curve: method {method!r} has no concept with both positives and negatives.")

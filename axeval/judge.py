@@ -7,8 +7,10 @@ a rating — the generation sits in a hash-marked block the prompt declares to b
 
 An answer that cannot be parsed is asked again (`JudgeConfig.parse_retries`, each retry a new cache
 entry), then recorded as a parse failure with its raw text and a NaN rating, which the steering score
-excludes and counts; `on_parse_failure="raise"` stops instead. Every row records the judge model, the
-template hash and the temperature.
+excludes and counts; `on_parse_failure="raise"` stops instead. Under `protocol="reference"` the judge asks
+once, as AxBench's did: no re-ask, neither by the judge nor by the LLM client after a schema failure, and the
+steering score counts the failure as 0 (axeval.protocol). Every row records the judge model, the template hash
+and the temperature.
 
 >>> parse_rating('{"reason": "on topic", "rating": 2}')
 (2, 'on topic')
@@ -37,6 +39,7 @@ from axdata.errors import InputError
 from axdata.io import atomic_path
 from axdata.llm import ChatBackend, ChatRequest, SamplingParams, StructuredOutputError
 from axeval.judge_templates import CRITERIA, JUDGE_TEMPLATE_HASH, TEMPLATE_HASHES, rating_schema, render
+from axeval.protocol import FIXED, check_protocol, judge_asks_once
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +75,8 @@ class JudgeConfig:
         default=1,
         metadata={"help": "Extra requests (a new sample) after an answer that cannot be parsed, before it counts as a "
                   "failure; none at temperature 0, where the same request gets the same answer. The LLM client "
-                  "also re-asks schema-invalid answers (llm.max_invalid_retries)."},
+                  "also re-asks schema-invalid answers (llm.max_invalid_retries). run.protocol=reference asks "
+                  "once (0; another value is refused)."},
     )
     reason_max_chars: int | None = field(
         default=None,
@@ -153,9 +157,10 @@ def parse_rating(text: str) -> tuple[int, str]:
 class Judge:
     """Rates generations on the three criteria through `backend`."""
 
-    def __init__(self, backend: ChatBackend, config: JudgeConfig | None = None):
+    def __init__(self, backend: ChatBackend, config: JudgeConfig | None = None, *, protocol: str = FIXED):
         self.backend = backend
         self.config = config or JudgeConfig()
+        self.one_ask = judge_asks_once(check_protocol(protocol))
 
     def _request(self, criterion: str, row: dict[str, Any], attempt: int) -> ChatRequest:
         prompt = render(criterion, generation=row["generation"], concept=row["concept"], instruction=row["instruction"])
@@ -168,11 +173,14 @@ class Judge:
             json_schema=rating_schema(self.config.reason_max_chars),
             concept_id=int(row["concept_id"]),
             sample_index=attempt,
+            max_invalid_retries=0 if self.one_ask else None,  # None: the client's own bound
         )
 
     @property
     def attempts(self) -> int:
         """Requests per rating: a re-ask at temperature 0 would repeat the same request and get the same answer."""
+        if self.one_ask:
+            return 1
         return 1 + (self.config.parse_retries if self.config.temperature > 0 else 0)
 
     async def rate(self, criterion: str, row: dict[str, Any]) -> Rating:
@@ -262,7 +270,9 @@ class Judge:
         table["judge_model"] = self.backend.model_name
         table["judge_template_hash"] = JUDGE_TEMPLATE_HASH
         table["judge_temperature"] = float(self.config.temperature)
-        table["judge_config"] = json.dumps(asdict(self.config), sort_keys=True)
+        # The one-ask rule is provenance too (only named when on, so default rows are unchanged).
+        table["judge_config"] = json.dumps(asdict(self.config) | ({"one_ask": True} if self.one_ask else {}),
+                                           sort_keys=True)
         def per_row(values: list[float], dtype: type) -> np.ndarray:
             return np.array(values, dtype=dtype).reshape(-1, n).sum(axis=1) if len(table) else np.zeros(0, dtype)
 
@@ -274,8 +284,8 @@ class Judge:
         if failures:
             logger.warning(
                 "Judge %s: %d of %d generation(s) have a rating that could not be parsed; they are kept with "
-                "NaN ratings and excluded from the steering score (see the *_raw columns).",
-                self.backend.model_name, failures, len(table))
+                "NaN ratings and %s (see the *_raw columns).", self.backend.model_name, failures, len(table),
+                "score 0 under run.protocol=reference" if self.one_ask else "excluded from the steering score")
         return table
 
 

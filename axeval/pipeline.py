@@ -29,13 +29,12 @@ from axdata.io import atomic_write_text
 from axdata.llm import ChatBackend, Ledger, open_llm
 from axeval.config import AxbenchConfig
 from axeval.errors import is_user_error, user_message
-from axeval.rundir import RunDirectory
+from axeval.rundir import LOCK_FILE, LOCK_OWNER_FILE, RunDirectory
 from axmethods.distributed import barrier, broadcast, is_main, world_size
 from axmethods.models import TargetModel, load_target_model
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-LOCK_FILE, LOCK_OWNER_FILE = ".axbench.lock", ".axbench.lock.owner"
 
 
 class RunContext:
@@ -159,29 +158,59 @@ class RunLockedError(AxbenchError, RuntimeError):
     """Another process holds the run directory; the message says who and what to do."""
 
 
+_RUN = "axbench run"
+
+
 @contextmanager
-def locked_run_directory(root: Path) -> Iterator[None]:
+def locked_run_directory(root: Path, command: str = _RUN) -> Iterator[None]:
     """One writer per run directory: an exclusive lock (`filelock`, released by the OS if the holder dies) for
-    the whole run; a second run fails at once, naming the holder, instead of trampling the first one's files."""
+    the whole run, or for a `command` writing into it (`infer latent`, `eval report`, …); a second writer fails at
+    once, naming the holder, instead of trampling the first one's files."""
     root.mkdir(parents=True, exist_ok=True)
     lock, owner = FileLock(root / LOCK_FILE), root / LOCK_OWNER_FILE
     try:
         lock.acquire(timeout=0)
     except Timeout:
         holder = owner.read_text(encoding="utf-8").strip() if owner.exists() else "another process"
-        raise RunLockedError(f"The run directory {root} is in use by {holder}. Wait for that run to finish (or "
-                             "stop it), or give this run another run.name / run.output_dir.") from None
+        fix = "or give this run another run.name / run.output_dir" if command == _RUN else \
+            f"then run `{command}` again"
+        raise RunLockedError(f"The run directory {root} is in use by {holder}. Wait for it to finish (or stop "
+                             f"it), {fix}.") from None
     try:
         # Holding the lock, no one else writes here: temporary files are leftovers of a killed writer.
         for stale in root.rglob(".*.tmp"):
             if stale.is_file():
                 stale.unlink(missing_ok=True)
-        atomic_write_text(owner, f"axbench run (pid {os.getpid()} on {socket.gethostname()}, started "
+        atomic_write_text(owner, f"{command} (pid {os.getpid()} on {socket.gethostname()}, started "
                                  f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n")
         yield
     finally:
         owner.unlink(missing_ok=True)
         lock.release()
+
+
+@contextmanager
+def locked_run_directories(roots: Sequence[Path], command: str = _RUN) -> Iterator[None]:
+    """The locks of every run directory in `roots` (`locked_run_directory`), for one writer touching several.
+
+    Under a distributed launcher rank 0 alone takes them (it is the one writer); the others learn whether it got
+    them and stop with the same error when it did not.
+    """
+    with ExitStack() as locks:
+        refusal = None
+        if is_main():
+            try:
+                unique: dict[Path, Path] = {}  # each directory once, however it is spelled
+                for root in roots:
+                    unique.setdefault(Path(root).resolve(), Path(root))
+                for root in unique.values():
+                    locks.enter_context(locked_run_directory(root, command))
+            except RunLockedError as error:
+                refusal = str(error)
+        refusal = broadcast(refusal)
+        if refusal is not None:
+            raise RunLockedError(refusal)
+        yield
 
 
 def run_pipeline(config: AxbenchConfig, stages: Sequence[Stage], *, force: bool = False) -> PipelineResult:
@@ -190,19 +219,7 @@ def run_pipeline(config: AxbenchConfig, stages: Sequence[Stage], *, force: bool 
     Under a distributed launcher rank 0 alone takes the lock (it is the one writer); the others learn whether it
     got it and stop with the same error when it did not.
     """
-    if world_size() == 1:
-        with locked_run_directory(Path(config.run_dir)):
-            return _run_stages(config, stages, force)
-    with ExitStack() as lock:
-        refusal = None
-        if is_main():
-            try:
-                lock.enter_context(locked_run_directory(Path(config.run_dir)))
-            except RunLockedError as error:
-                refusal = str(error)
-        refusal = broadcast(refusal)
-        if refusal is not None:
-            raise RunLockedError(refusal)
+    with locked_run_directories([Path(config.run_dir)]):
         return _run_stages(config, stages, force)
 
 

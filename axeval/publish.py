@@ -10,11 +10,15 @@
   `publish_leaderboard(run_dirs, repo_id)` (`axbench leaderboard push`) pushes it as a dataset
   (`data/train-….parquet` + card) that `load_dataset(repo_id, split="train")` reads, and
   `leaderboard_html(repo_id)` turns back into the report's page.
+- `verify_run_for_publishing(run_dir)` is what every one of them runs first (`eval push`, `leaderboard push`,
+  `dictionary push` with a run's results): the leaderboard must be the one the run's own stage outputs give now.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,12 +26,23 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
 from huggingface_hub import CommitOperationAdd, HfApi
 
 from axdata.cards import render_card
 from axdata.errors import InputError
-from axeval.report import Report, render_html, run_benchmark_data
+from axeval.report import (
+    STAGE_OUTPUTS,
+    Report,
+    ReportInputs,
+    build_report,
+    render_html,
+    report_stamp,
+    run_benchmark_data,
+    write_eval_results,
+)
 from axeval.rundir import RunDirectory
 from axeval.stats import ConfidenceInterval
 
@@ -44,6 +59,217 @@ class Published:
     repo_id: str
     path_in_repo: str
     url: str  # the commit, or the pull request
+
+
+# What a leaderboard value may be, by field prefix (longest first wins): AUROC, accuracies, F1, rates and winrates are
+# shares, the judge's ratings and steering score are 0–2, the lexical concept score is a percentage.
+_SHARE, _RATING = (0.0, 1.0), (0.0, 2.0)
+_RANGES: dict[str, tuple[float, float]] = {
+    "detection_auroc_": _SHARE, "detection_hard_negative_accuracy_": _SHARE, "detection_macro_accuracy": _SHARE,
+    "detection_f1": _SHARE, "imbalance_precision": _SHARE, "imbalance_recall": _SHARE, "imbalance_f1": _SHARE,
+    "steering_score_": _RATING, "steering_concept_rating": _RATING, "steering_instruction_rating": _RATING,
+    "steering_fluency_rating": _RATING, "steering_parse_failure_rate": _SHARE, "steering_lexical_score_": (0.0, 100.0),
+    "steering_perplexity_": (0.0, math.inf), "imbalance_negatives_per_positive": (0.0, math.inf),
+    "winrate_winrate": _SHARE, "steering_rule_score_": _SHARE,
+    # suppression (axeval.modes): the same scales; attack_<variant>_* values are checked by the rebuild alone
+    "suppression_score_": _RATING, "suppression_concept_rating": _RATING, "suppression_instruction_rating": _RATING,
+    "suppression_fluency_rating": _RATING, "suppression_parse_failure_rate": _SHARE,
+    "suppression_lexical_score_": (0.0, 100.0), "suppression_perplexity_": (0.0, math.inf),
+    "suppression_rule_score_": _SHARE,
+}
+_COUNTS = ("winrate_wins", "winrate_ties", "winrate_losses")  # counts whose names do not say `_n`
+
+
+@dataclass(frozen=True)
+class VerifiedRun:
+    """A run whose leaderboard.json is what its own stage outputs give now (`verify_run_for_publishing`)."""
+
+    run_dir: Path
+    board: dict[str, Any]  # eval/leaderboard.json
+    report: Report  # the report rebuilt from the stage outputs (what .eval_results are checked against)
+
+
+def _refuse(where: Path, problem: str, fix: str) -> InputError:
+    return InputError(f"Publishing refused: {where}: {problem}. Nothing was uploaded; {fix}.")
+
+
+def verify_run_for_publishing(run_dir: str | Path) -> VerifiedRun:
+    """Check a run before any of its results leave the machine; every publisher calls this first.
+
+    In order: the leaderboard file is whole JSON with methods; every value is a finite number in its metric's
+    range and every interval is ordered; a pipeline run's report stage finished; the stage outputs exist and are
+    readable parquet; they are byte for byte the files the report was built from (the report's stamp: their content
+    hashes, recorded in leaderboard.json); and the report rebuilt from them now, with the settings it was built
+    with, gives the same concept count, methods, values and judge. The first failure raises one `InputError`
+    naming the file and field; nothing is uploaded.
+    """
+    run = RunDirectory(Path(run_dir))
+    rebuild = f"rebuild the report from the run's outputs (axbench eval report {run.root}) and publish again"
+    if not run.config_path.is_file():
+        raise FileNotFoundError(f"{run.root} has no config.yaml; pass a run directory written by `axbench run`.")
+    board = _read_board(run.leaderboard_path, rebuild)
+    _check_values(run.leaderboard_path, board, rebuild)
+    _check_pipeline_stamps(run)
+    inputs = _read_stage_outputs(run)
+    _check_stamp(run, board, rebuild)
+    report = _rebuild(run.root, inputs, board["built_with"])
+    _check_same(run.leaderboard_path, board, report, rebuild)
+    return VerifiedRun(run.root, board, report)
+
+
+def _read_board(path: Path, rebuild: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; run the report first (axbench eval report "
+                                f"{path.parent.parent}).")
+    try:
+        board = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise _refuse(path, f"not readable JSON ({error}); the file is damaged or truncated", rebuild) from None
+    if not isinstance(board, dict) or not isinstance(board.get("methods"), dict) or not board["methods"] or \
+            not all(isinstance(values, dict) for values in board["methods"].values()):
+        raise _refuse(path, "holds no \"methods\" table of results", rebuild)
+    if not isinstance(board.get("built_with"), dict) or "stamp" not in board:
+        raise _refuse(path, "does not record how it was built (\"built_with\", \"stamp\": it predates publishing "
+                      "checks, or was written by hand)", rebuild)
+    return board
+
+
+def _check_values(path: Path, board: dict[str, Any], rebuild: str) -> None:
+    """Finite numbers in range, counts whole and non-negative, intervals low ≤ high (None: undefined, allowed)."""
+    count = board.get("n_concepts")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise _refuse(path, f"n_concepts is {count!r}, not a count of concepts", rebuild)
+    for method, values in board["methods"].items():
+        for key, value in values.items():
+            if value is None or isinstance(value, str):
+                continue
+            field_name = f"methods.{method}.{key}"
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise _refuse(path, f"{field_name} is {value!r}, not a number", rebuild)
+            if not math.isfinite(value):
+                raise _refuse(path, f"{field_name} is {value}, not a finite number (an undefined metric is null)",
+                              rebuild)
+            if key.endswith("_n") or "_n_" in key or key in _COUNTS:
+                if value < 0 or value != int(value):
+                    raise _refuse(path, f"{field_name} is {value}, not a count", rebuild)
+                continue
+            prefix = max((p for p in _RANGES if key.startswith(p)), key=len, default=None)
+            if prefix is not None and not _RANGES[prefix][0] <= value <= _RANGES[prefix][1]:
+                low, high = _RANGES[prefix]
+                raise _refuse(path, f"{field_name} is {value}, outside its range [{low:g}, {high:g}]", rebuild)
+        for key in values:
+            if key.endswith("_ci_low"):
+                low, high = values[key], values.get(key[:-len("_ci_low")] + "_ci_high")
+                if low is not None and high is not None and low > high:
+                    raise _refuse(path, f"methods.{method}.{key} is {low}, above its high end {high} (an interval "
+                                  "must be ordered)", rebuild)
+
+
+def _check_pipeline_stamps(run: RunDirectory) -> None:
+    """In a run of `axbench run` (it has stages/): the report stage finished. Whether the report is current is the
+    content stamp's to say (`_check_stamp`): a stage that ran again and wrote the same bytes leaves it current. (A
+    run whose report was built by `axbench eval report` on its files alone has no stages/.)"""
+    if run.stages_dir.is_dir() and run.read_stamp("report") is None:
+        raise _refuse(run.stamp_path("report"), "missing: the run's report stage never finished",
+                      "finish the run (axbench run CONFIG resumes where it stopped) and publish again")
+
+
+def _read_stage_outputs(run: RunDirectory) -> ReportInputs:
+    """The stage outputs the report reads, read as the report reads them; a missing or damaged file is named."""
+    present = [name for name in STAGE_OUTPUTS if (run.root / name).is_file()]
+    if not present:
+        raise _refuse(run.root, f"holds none of {', '.join(STAGE_OUTPUTS)}: the run's stages never ran, so its "
+                      "leaderboard is not backed by any result", "run it first (axbench run CONFIG)")
+    for name in present:
+        try:
+            pq.ParquetFile(run.root / name)  # opening reads the footer: a truncated file fails here
+        except (pa.ArrowException, OSError) as error:
+            raise _refuse(run.root / name, f"not a readable parquet file ({error}); it is damaged or truncated",
+                          "re-run the stage that writes it (axbench run CONFIG --force, or the stage's own "
+                          "command) and the report") from None
+    try:
+        return ReportInputs.from_run_dir(run.root)
+    except (pa.ArrowException, OSError) as error:
+        raise _refuse(run.root, f"its stage outputs cannot be read ({error})",
+                      "re-run the stages that write them and the report") from None
+
+
+def _check_stamp(run: RunDirectory, board: dict[str, Any], rebuild: str) -> None:
+    """The stage outputs are byte for byte those the report was built from (their hashes in leaderboard.json)."""
+    recorded, current = board["stamp"] or {}, report_stamp(run.root)
+    for name in sorted(set(recorded) | set(current)):
+        if recorded.get(name) != current.get(name):
+            change = "is new" if name not in recorded else "is gone" if name not in current else "changed"
+            raise _refuse(run.leaderboard_path, f"stale: {name} {change} since the report was built (stamp)", rebuild)
+
+
+def _rebuild(root: Path, inputs: ReportInputs, built_with: dict[str, Any]) -> Report:
+    """The report of `inputs` with the recorded settings, built by the report's own code into a scratch folder."""
+    settings = {key: built_with.get(key) for key in ("baseline", "suppression", "n_resamples", "seed",
+                                                     "parse_failures_as_zero")}
+    quiet = logging.getLogger("axeval.report")
+    was_disabled, quiet.disabled = quiet.disabled, True  # its "Wrote the report to <scratch>" would mislead
+    try:
+        with tempfile.TemporaryDirectory(prefix="axbench-verify-") as scratch:
+            return build_report(inputs, scratch, **settings)
+    except ValueError as error:  # the metric math's word for input it cannot score (axdata.errors): the files'
+        raise _refuse(root, f"its stage outputs cannot be scored ({error})",
+                      "re-run the stages that write them and the report") from None
+    finally:
+        quiet.disabled = was_disabled
+
+
+def _plain(value: Any) -> Any:
+    """As leaderboard.json holds it (JSON round trip)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, int | float) and isinstance(b, int | float) and math.isclose(a, b, rel_tol=1e-9,
+                                                                                           abs_tol=1e-12)
+    return a == b
+
+
+def _check_same(path: Path, board: dict[str, Any], report: Report, rebuild: str) -> None:
+    """Concept count, methods, every value and the judge: as the stage outputs give them now."""
+    if board["n_concepts"] != report.n_concepts():
+        raise _refuse(path, f"n_concepts is {board['n_concepts']}, but the run's stage outputs hold "
+                      f"{report.n_concepts()} concepts", rebuild)
+    methods = _plain(report.by_method())
+    if set(board["methods"]) != set(methods):
+        raise _refuse(path, f"its methods ({', '.join(sorted(board['methods']))}) are not the run's "
+                      f"({', '.join(sorted(methods))})", rebuild)
+    for method, values in methods.items():
+        for key in sorted(set(values) | set(board["methods"][method])):
+            given, actual = board["methods"][method].get(key), values.get(key)
+            if not _same(given, actual):
+                raise _refuse(path, f"methods.{method}.{key} is {given!r}, but the run's stage outputs give "
+                              f"{actual!r}", rebuild)
+    if _plain(board.get("judge_details")) != _plain(report.judge):
+        raise _refuse(path, "judge_details do not match the judge recorded in the run's judgements", rebuild)
+
+
+def _eval_results_run(path: Path) -> Path | None:
+    """The run directory of a `<run>/eval/.eval_results/<method>.yaml` file (None for a file elsewhere)."""
+    run = path.resolve().parent.parent.parent
+    inside = path.resolve().parent.name == EVAL_RESULTS_DIR and path.resolve().parent.parent.name == "eval"
+    return run if inside and (run / "config.yaml").is_file() else None
+
+
+def _check_eval_results(path: Path, verified: VerifiedRun) -> None:
+    """The file is the one the verified report writes now (values, intervals, dataset and commit)."""
+    run = verified.run_dir
+    data = run_benchmark_data(run, verified.board["built_with"].get("dataset_id"))
+    expected: bytes | None = None
+    if data is not None:
+        with tempfile.TemporaryDirectory(prefix="axbench-verify-") as scratch:
+            written = write_eval_results(verified.report, Path(scratch), data)
+            expected = next((p.read_bytes() for p in written.values() if p.name == path.name), None)
+    if expected != path.read_bytes():
+        raise _refuse(path, "not the results the run's stage outputs give now (a value, interval, dataset or "
+                      "commit differs, or the method has none)",
+                      f"rebuild the report (axbench eval report {run}) and publish again")
 
 
 def eval_results_file(run_dir: str | Path, method: str | None = None) -> Path:
@@ -63,10 +289,15 @@ def eval_results_file(run_dir: str | Path, method: str | None = None) -> Path:
 
 def read_eval_results(source: str | Path, method: str | None = None) -> tuple[Path, list[dict[str, Any]]]:
     """The `.eval_results` entries `axbench eval report` wrote, from a run directory (the file of `method`, or of
-    its only method) or from the file itself: what both `axbench eval push` and `axbench dictionary push` upload."""
+    its only method) or from the file itself: what both `axbench eval push` and `axbench dictionary push` upload.
+    A file of a run (`<run>/eval/.eval_results/`) is checked first (`verify_run_for_publishing`), and must be the
+    one its verified report writes; a file from elsewhere must hold finite values in their metric's range."""
     path = Path(source)
     if path.is_dir():
         path = eval_results_file(path, method)
+    run_dir = _eval_results_run(path)
+    if run_dir is not None:
+        _check_eval_results(path, verify_run_for_publishing(run_dir))
     try:
         entries = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as error:
@@ -74,6 +305,13 @@ def read_eval_results(source: str | Path, method: str | None = None) -> tuple[Pa
     if not isinstance(entries, list) or not all(isinstance(e, dict) and "dataset" in e and "value" in e
                                                 for e in entries):
         raise InputError(f"{path} is not a list of .eval_results entries (dataset, value).")
+    for entry in entries:
+        task = str((entry.get("dataset") or {}).get("task_id", ""))
+        low, high = _RANGES["steering_score_"] if task.startswith("steering") else _SHARE
+        value = entry["value"]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+            raise _refuse(path, f"the {task or 'unnamed'} value is {value!r}, not a number in [{low:g}, {high:g}]",
+                          "publish the file `axbench eval report` wrote")
     return path, entries
 
 
@@ -94,17 +332,12 @@ def publish_eval_results(run_dir: str | Path, repo_id: str, *, method: str | Non
 
 
 def leaderboard_frame(run_dirs: Sequence[str | Path], dataset_id: str | None = None) -> pd.DataFrame:
-    """One row per method × run, from each run's `eval/leaderboard.json` and `config.yaml`."""
+    """One row per method × run, from each run's `eval/leaderboard.json` (verified) and `config.yaml`."""
     rows = []
-    for run_dir in map(Path, run_dirs):
+    # Every run is verified before the first row is made: one bad run publishes nothing.
+    verified = [verify_run_for_publishing(run_dir) for run_dir in run_dirs]
+    for run_dir, board in ((Path(v.run_dir), v.board) for v in verified):
         run = RunDirectory(run_dir)
-        if not run.config_path.is_file():
-            raise FileNotFoundError(f"{run_dir} has no config.yaml; pass a run directory written by `axbench run`.")
-        board_path = run.leaderboard_path
-        if not board_path.is_file():
-            raise FileNotFoundError(f"{board_path} does not exist; run the report first (axbench eval report "
-                                    f"{run_dir}).")
-        board = json.loads(board_path.read_text(encoding="utf-8"))
         config = run.read_config()
         data = run_benchmark_data(run_dir, dataset_id)
         judge = board.get("judge_details") or {}

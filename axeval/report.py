@@ -33,7 +33,9 @@ from matplotlib.figure import Figure
 from axdata.benchmark import read_hub_origin, task_id
 from axdata.builders import list_configs
 from axdata.cards import render_card
+from axdata.embedded import EMBEDDED_MODELS
 from axdata.errors import InputError
+from axdata.hashing import file_hash
 from axdata.io import atomic_path, atomic_write_text
 from axeval import detection, steering
 from axeval.judge import summarize_judgements
@@ -43,8 +45,18 @@ from axeval.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, ConfidenceInterval, by
 logger = logging.getLogger(__name__)
 
 SMALL_SAMPLE = 10  # below this many concepts, bootstrap intervals are flagged as rough
+JUDGE_FREE, JUDGE = "judge-free", "judge"  # which columns lead the leaderboard (Report.lead)
 LATENT_FILE, IMBALANCE_FILE, JUDGEMENTS_FILE = "inference/latent.parquet", "inference/latent_imbalance.parquet", \
     "eval/judgements.parquet"
+SUPPRESSION_FILE = "eval/suppression_judgements.parquet"  # axeval.stages.suppression.SUPPRESSION_JUDGEMENTS
+STAGE_OUTPUTS = (LATENT_FILE, IMBALANCE_FILE, JUDGEMENTS_FILE, SUPPRESSION_FILE)  # what a report of a run directory is built from
+
+
+def report_stamp(run_dir: str | Path) -> dict[str, str]:
+    """The content hash of each stage output the run's report reads (relative path → hash; absent files left out):
+    recorded in leaderboard.json, so a publisher can tell a report built from other files (`axeval.verify`)."""
+    root = Path(run_dir)
+    return {name: file_hash(root / name) for name in STAGE_OUTPUTS if (root / name).is_file()}
 
 
 @dataclass
@@ -54,6 +66,7 @@ class ReportInputs:
     detection_rows: pd.DataFrame | None = None
     imbalance_rows: pd.DataFrame | None = None
     judgements: pd.DataFrame | None = None
+    suppression_judgements: pd.DataFrame | None = None  # with attack, attack_n (axeval.modes)
     title: str = "AxBench report"
     curations: list[Path] = field(default_factory=list)  # labels folders (axbench curate fetch)
     output_scores: pd.DataFrame | None = None  # method, concept_id, output_score, steered (run_output_scores)
@@ -65,7 +78,8 @@ class ReportInputs:
         if not root.is_dir():
             raise FileNotFoundError(f"Run directory {root} does not exist; pass the folder `axbench run` wrote.")
         frames = {name: _read_optional(root / path) for name, path in (
-            ("detection_rows", LATENT_FILE), ("imbalance_rows", IMBALANCE_FILE), ("judgements", JUDGEMENTS_FILE))}
+            ("detection_rows", LATENT_FILE), ("imbalance_rows", IMBALANCE_FILE), ("judgements", JUDGEMENTS_FILE),
+            ("suppression_judgements", SUPPRESSION_FILE))}
         if all(frame is None for frame in frames.values()):
             raise FileNotFoundError(
                 f"{root} holds none of {LATENT_FILE}, {IMBALANCE_FILE}, {JUDGEMENTS_FILE}; run latent inference "
@@ -109,6 +123,10 @@ class Report:
     output_scores: pd.DataFrame | None = None  # section "SAE feature selection (output score)"
     filter_notes: list[str] = field(default_factory=list)  # how many concepts an output-score filter steers
     held_out: pd.DataFrame | None = None  # section "Seen vs held-out concepts" (HyperSteer)
+    fluency: pd.DataFrame | None = None  # section "Perplexity vs the judge's fluency"
+    suppression_summary: pd.DataFrame | None = None  # per method, no attack (score = HM(2 − concept, instr., fluency))
+    attacks: pd.DataFrame | None = None  # per (method, attack, attack_n)
+    rules: pd.DataFrame | None = None  # section "Rule concepts": checker vs judge
 
     def judge_line(self) -> str | None:
         if not self.judge:
@@ -125,9 +143,21 @@ class Report:
             if frame is not None and len(frame)]
         return max(counts, default=0)
 
+    @property
+    def lead(self) -> str:
+        """JUDGE_FREE where every judge is an embedded model (135M–270M: its ratings are close to noise), so the
+        judge-free columns (lexical concept score, perplexity) lead and the judge's steering score is secondary;
+        JUDGE (AxBench's order, steering score first) otherwise."""
+        models = (self.judge or {}).get("judge_model") or []
+        return JUDGE_FREE if models and all(model in EMBEDDED_MODELS for model in models) else JUDGE
+
     def caveats(self) -> list[str]:
         """The report's note, and what a reader must know about its intervals."""
         lines = [self.note] if self.note else []
+        if self.lead == JUDGE_FREE and self.steering_summary is not None:
+            lines.append(f"The judge ({', '.join(self.judge['judge_model'])}) is an embedded model too small to rate "
+                         "reliably: the judge-free columns lead (lexical concept score, perplexity under the "
+                         "unsteered model) and its steering score is a secondary column (*).")
         lines += self.filter_notes
         n = self.n_concepts()
         if 0 < n < SMALL_SAMPLE:
@@ -140,7 +170,8 @@ class Report:
         fields with their CIs and counts (NaN → None), as `axbench eval report --json` prints it."""
         methods: dict[str, dict[str, Any]] = {}
         for prefix, frame in (("detection_", self.detection_summary), ("imbalance_", self.imbalance_summary),
-                              ("steering_", self.steering_summary), ("winrate_", self.winrates)):
+                              ("steering_", self.steering_summary), ("winrate_", self.winrates),
+                              ("suppression_", self.suppression_summary), *attack_frames(self.attacks)):
             for method, values in ({} if frame is None else by_method(frame, prefix)).items():
                 methods.setdefault(method, {}).update(values)
         order = list(self.leaderboard["Method"]) if "Method" in self.leaderboard else []
@@ -206,11 +237,31 @@ def build_report(
             report.winrates = steering.winrate(selected, baseline)
         if "judge_model" in inputs.judgements.columns:
             report.judge = summarize_judgements(inputs.judgements)
+        report.fluency = perplexity_vs_fluency(scored)
+        report.rules = rule_table(scored)
         _write_parquet(selected, out / "steering.parquet")
         report.files["steering"] = out / "steering.parquet"
         plots["steering_factors"] = _plot_factor_curves(
             steering.factor_curves(scored), out / "plots" / "steering_factors.png")
 
+    if inputs.suppression_judgements is not None:
+        suppressed = steering.score_generations(inputs.suppression_judgements, suppression=True,
+                                                parse_failures_as_zero=parse_failures_as_zero)
+        per_concept = steering.attack_scores(suppressed)
+        attacks = steering.summarize_attacks(per_concept, n_resamples, seed=seed)
+        kind = attacks["attack"].map(lambda a: 0 if a == steering.NO_ATTACK else 1 if a == "many-shot" else 2)
+        # no attack first, then many-shot by n, then the overwrite variants: the order tables and the plot show
+        report.attacks = attacks.assign(_kind=kind).sort_values(["method", "_kind", "attack_n", "attack"]) \
+            .drop(columns="_kind").reset_index(drop=True)
+        plain = suppressed[suppressed["attack"] == steering.NO_ATTACK]
+        report.suppression_summary = steering.summarize_steering(steering.select_factors(plain), plain, n_resamples,
+                                                                 seed=seed)
+        _write_parquet(per_concept, out / "suppression.parquet")
+        report.files["suppression"] = out / "suppression.parquet"
+        if report.attacks["attack"].ne(steering.NO_ATTACK).any():
+            plots["suppression_attacks"] = _plot_attacks(report.attacks, out / "plots" / "suppression_attacks.png")
+        if report.judge is None and "judge_model" in inputs.suppression_judgements.columns:
+            report.judge = summarize_judgements(inputs.suppression_judgements)
     if inputs.output_scores is not None:
         report.output_scores, report.filter_notes = output_score_table(
             inputs.output_scores, selected if inputs.judgements is not None else None)
@@ -226,8 +277,14 @@ def build_report(
     atomic_write_text(report.files["html"], render_html(report, inputs.title, plots))
     report.files["leaderboard"] = out / LEADERBOARD_FILE
     atomic_write_text(report.files["leaderboard"], json.dumps(
-        {"methods": report.by_method(), "n_concepts": report.n_concepts(), "caveats": report.caveats(),
-         "judge": report.judge_line(), "judge_details": report.judge}, indent=2, default=str) + "\n")
+        {"methods": report.by_method(), "lead": report.lead, "n_concepts": report.n_concepts(),
+         "caveats": report.caveats(), "perplexity_fluency_spearman": _overall_rho(report.fluency),
+         "judge": report.judge_line(), "judge_details": report.judge,
+         # how it was built and from what: enough to rebuild it and tell a stale or forged one (axeval.verify)
+         "built_with": {"baseline": baseline, "suppression": suppression, "n_resamples": n_resamples, "seed": seed,
+                        "parse_failures_as_zero": parse_failures_as_zero, "dataset_id": dataset_id},
+         "stamp": None if isinstance(source, ReportInputs) else report_stamp(source)},
+        indent=2, default=str) + "\n")
     data = run_benchmark_data(source, dataset_id) if not isinstance(source, ReportInputs) else \
         BenchmarkData(dataset_id) if dataset_id else None
     if data is None:
@@ -238,6 +295,13 @@ def build_report(
             report.files[f"eval_results_{method}"] = path
     logger.info("Wrote the report to %s.", report.files["markdown"])
     return report
+
+
+def _overall_rho(fluency: pd.DataFrame | None) -> float | None:
+    if fluency is None:
+        return None
+    rho = float(fluency.loc[fluency["method"] == "all", "spearman_rho"].iloc[0])
+    return None if math.isnan(rho) else rho
 
 
 def _ci(row: pd.Series, prefix: str, digits: int = 3) -> str:
@@ -265,14 +329,29 @@ def leaderboard(report: Report) -> pd.DataFrame:
         for _, row in report.imbalance_summary.iterrows():
             put(row["method"], f"F1 (1:{ratio:.0f})", _ci(row, "f1_"))
     if report.steering_summary is not None:
+        judge_free_first = report.lead == JUDGE_FREE
         for _, row in report.steering_summary.iterrows():
-            put(row["method"], "Steering", _ci(row, "score_"))
-            put(row["method"], "Concept / Instr. / Fluency",
-                " / ".join(f"{row[c]:.2f}" for c in steering.RATING_COLUMNS))
-            if "lexical_score_mean" in row and not pd.isna(row["lexical_score_mean"]):
-                put(row["method"], "Lexical concept %", _ci(row, "lexical_score_", digits=1))
+            judged = {"Steering*" if judge_free_first else "Steering": _ci(row, "score_"),
+                      "Concept / Instr. / Fluency": " / ".join(f"{row[c]:.2f}" for c in steering.RATING_COLUMNS)}
+            judge_free = {}
+            if not pd.isna(row.get("lexical_score_mean", math.nan)):
+                judge_free["Lexical concept %"] = _ci(row, "lexical_score_", digits=1)
+            if not pd.isna(row.get("perplexity_mean", math.nan)):
+                judge_free["Perplexity"] = _ci(row, "perplexity_", digits=1)
+            for column, value in ({**judge_free, **judged} if judge_free_first else {**judged, **judge_free}).items():
+                put(row["method"], column, value)
             put(row["method"], "Excluded (parse fail.)", f"{int(row['n_parse_failures'])} / {int(row['n_generations'])}")
-            sort_keys.setdefault(row["method"], {})["steering"] = row["score_mean"]
+            sort_keys.setdefault(row["method"], {})["steering"] = row.get("lexical_score_mean", math.nan) \
+                if judge_free_first else row["score_mean"]
+    if report.suppression_summary is not None:
+        for _, row in report.suppression_summary.iterrows():
+            put(row["method"], "Suppression", _ci(row, "score_"))
+            if not pd.isna(row.get("lexical_score_mean", math.nan)):
+                put(row["method"], "Supp. lexical %", _ci(row, "lexical_score_", digits=1))
+        for prefix, frame in attack_frames(report.attacks):
+            label = prefix.removeprefix("attack_").rstrip("_")
+            for _, row in frame.iterrows():
+                put(row["method"], f"Supp. {label}", f"{row['score_mean']:.3f}")
     if report.winrates is not None:
         for _, row in report.winrates.iterrows():
             put(row["method"], f"Winrate vs {row['baseline']}", f"{100 * row['winrate']:.1f}%")
@@ -315,13 +394,15 @@ def compact(frame: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     return shown.reset_index(drop=True)
 
 
-_PLOT_TITLES = {"roc": "Concept detection: ROC curves", "steering_factors": "Steering: scores by factor"}
+_PLOT_TITLES = {"roc": "Concept detection: ROC curves", "steering_factors": "Steering: scores by factor",
+                "suppression_attacks": "Suppression under attack"}
 _SECTION_NOTES = {
     "Concept detection": "Per method, over concepts: AUROC, hard-negative accuracy at the Youden threshold, "
                          "balanced precision / recall / F1 (hard negatives count as negatives).",
     "Class imbalance": "The same threshold on the concept's rows plus the shared negative pool.",
-    "Steering": "Held-out scores at the factor chosen on the selection half (judge ratings 0–2; lexical concept "
-                "score: % of words that are the concept's signature words, judge-free).",
+    "Steering": "Held-out scores at the factor chosen on the selection half (judge ratings 0–2; judge-free: the "
+                "lexical concept score, % of words that are the concept's signature words, and the perplexity of "
+                "the generation under the unsteered model).",
     "Winrates": "Share of concepts where the method's held-out score beats the baseline's (ties count ½).",
 }
 
@@ -351,6 +432,14 @@ def report_sections(report: Report) -> list[tuple[str, str | None, pd.DataFrame]
         sections.append(("SAE feature selection (output score)", _OUTPUT_SCORE_NOTE, report.output_scores))
     if report.held_out is not None:
         sections.append(("Seen vs held-out concepts", _HELD_OUT_NOTE, report.held_out))
+    if report.fluency is not None:
+        sections.append(("Perplexity vs the judge's fluency", _FLUENCY_NOTE, compact(report.fluency)))
+    if report.suppression_summary is not None:
+        sections.append(("Suppression", _SUPPRESSION_NOTE, compact(report.suppression_summary)))
+    if report.attacks is not None and report.attacks["attack"].ne(steering.NO_ATTACK).any():
+        sections.append(("Suppression under attack", _ATTACK_NOTE, attack_table(report.attacks)))
+    if report.rules is not None:
+        sections.append(("Rule concepts: checker vs judge", _RULES_NOTE, compact(report.rules)))
     for dataset, frame in report.agreement.items():
         sections.append((f"Judge–human agreement: {dataset}", _AGREEMENT_NOTE, compact(frame)))
     return sections
@@ -414,6 +503,36 @@ def held_out_table(selected: pd.DataFrame, held_out: dict[str, list[int]]) -> pd
             scores = part["score"].dropna()
             records.append((method, label, len(scores), f"{scores.mean():.3f}" if len(scores) else "–"))
     return pd.DataFrame.from_records(records, columns=["Method", "Concepts", "n", "Steering score"])
+
+
+_SUPPRESSION_NOTE = ("Concept-blended instructions (they invite the concept); methods steer with −factor, defence "
+                     "prompts sit in the system turn or before / after the user's text. Score: harmonic mean of "
+                     "(2 − concept, instruction, fluency), held-out at the factor chosen on the selection half; "
+                     "lexical concept %: lower is better here.")
+_ATTACK_NOTE = ("The same suppression rows with many-shot examples that bring the concept in (n pairs) or an overwrite "
+                "text (before / after the question); each method at the factor chosen without attack.")
+_RULES_NOTE = ("Rule concepts whose rule a program can check (axeval.rules): the checker's score (0–2) beside the "
+               "judge's rule-following rating on the same generations, their rank correlation and how often they "
+               "agree on followed / not followed: an exact test of the judge.")
+_FLUENCY_NOTE = ("Spearman rank correlation between each generation's perplexity under the unsteered model and the "
+                 "judge's fluency rating (0–2), over generations that have both: a judge that tracks fluency gives a "
+                 "clearly negative rho. Per method and over all generations (NaN: too few or constant values).")
+
+
+def perplexity_vs_fluency(scored: pd.DataFrame) -> pd.DataFrame | None:
+    """Per method and overall: Spearman's rho between perplexity and the fluency rating (None without perplexity)."""
+    if "perplexity" not in scored:
+        return None
+    both = scored.dropna(subset=["perplexity", "fluency_rating"])
+    groups = [(str(method), rows) for method, rows in both.groupby("method", sort=True)] + [("all", both)]
+    records = []
+    for method, rows in groups:
+        constant = rows["perplexity"].nunique() < 2 or rows["fluency_rating"].nunique() < 2
+        rho = math.nan if len(rows) < 3 or constant else float(rows["perplexity"].corr(rows["fluency_rating"],
+                                                                                     method="spearman"))
+        records.append({"method": method, "n": len(rows), "spearman_rho": rho,
+                        "median_perplexity": float(rows["perplexity"].median()) if len(rows) else math.nan})
+    return pd.DataFrame.from_records(records)
 
 
 def render_markdown(report: Report, title: str, plots: dict[str, Path], out: Path) -> str:
@@ -562,4 +681,70 @@ def _plot_factor_curves(curves: pd.DataFrame, path: Path) -> Path:
     axes[0].set_ylabel("Mean over concepts (0–2)")
     axes[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize="small")
     figure.suptitle("Steering: score vs factor (solid: held-out, dashed: selection)")
+    return _save(figure, path)
+
+
+def attack_label(attack: str, strength: Any) -> str:
+    """"none" → "no attack"; ("many-shot", 8) → "many-shot-8"; overwrite-prefix as it is."""
+    if attack == steering.NO_ATTACK:
+        return "no attack"
+    return attack if strength is None or pd.isna(strength) else f"{attack}-{int(strength)}"
+
+
+def attack_frames(attacks: pd.DataFrame | None) -> list[tuple[str, pd.DataFrame]]:
+    """Per attack, its per-method summary under the prefix `attack_<label>_` (for `Report.by_method`)."""
+    if attacks is None:
+        return []
+    frames = []
+    for (attack, strength), frame in attacks.groupby(["attack", "attack_n"], dropna=False, sort=False):
+        if attack != steering.NO_ATTACK:
+            frames.append((f"attack_{attack_label(attack, strength)}_", frame.drop(columns=["attack", "attack_n"])))
+    return frames
+
+
+def rule_table(scored: pd.DataFrame) -> pd.DataFrame | None:
+    """Rule concepts, per method and over all: the checker's mean score (0–2, ×2 of its 0–1), the judge's concept
+    rating (rule following, 0–2) on the same generations, their Spearman rho and how often they agree on whether
+    the rule was followed (checker ≥ 0.5 vs rating ≥ 1). None without rule concepts that have a checker."""
+    if "rule_score" not in scored:
+        return None
+    both = scored.dropna(subset=["rule_score", "concept_rating"])
+    if both.empty:
+        return None
+    groups = [(str(method), rows) for method, rows in both.groupby("method", sort=True)] + [("all", both)]
+    records = []
+    for method, rows in groups:
+        checker, judge = rows["rule_score"] * 2, rows["concept_rating"]
+        constant = checker.nunique() < 2 or judge.nunique() < 2
+        records.append({"method": method, "n": len(rows), "checker_mean": float(checker.mean()),
+                        "judge_mean": float(judge.mean()),
+                        "spearman_rho": math.nan if len(rows) < 3 or constant else
+                        float(checker.corr(judge, method="spearman")),
+                        "agreement": float(((rows["rule_score"] >= 0.5) == (judge >= 1)).mean())})
+    return pd.DataFrame.from_records(records)
+
+
+def attack_table(attacks: pd.DataFrame) -> pd.DataFrame:
+    """Methods × attacks: the mean suppression score with its interval (higher: the concept stayed out)."""
+    table = attacks.assign(attack=[attack_label(a, n) for a, n in zip(attacks["attack"], attacks["attack_n"])],
+                           cell=[_ci(row, "score_") for _, row in attacks.iterrows()])
+    order = list(dict.fromkeys(table["attack"]))
+    wide = table.pivot(index="method", columns="attack", values="cell").reindex(columns=order).fillna("–")
+    return wide.reset_index().rename(columns={"method": "Method"})
+
+
+def _plot_attacks(attacks: pd.DataFrame, path: Path) -> Path:
+    """Suppression score per method against the attack, many-shot n increasing then the overwrite variants."""
+    labels = list(dict.fromkeys(attack_label(a, n) for a, n in zip(attacks["attack"], attacks["attack_n"])))
+    figure = Figure(figsize=(max(6.0, 1.1 * len(labels) + 3), 4))
+    ax = figure.subplots()
+    for index, (method, group) in enumerate(attacks.groupby("method", sort=True)):
+        by_label = {attack_label(a, n): v for a, n, v in zip(group["attack"], group["attack_n"], group["score_mean"])}
+        ax.plot(range(len(labels)), [by_label.get(label, math.nan) for label in labels], "-o", markersize=4,
+                color=f"C{index}", label=method)
+    ax.set_xticks(range(len(labels)), labels, rotation=20)
+    ax.set(ylabel="Suppression score (0–2, higher: concept kept out)", ylim=(0, 2.05),
+           title="Suppression under attack (held-out, factor chosen without attack)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize="small")
     return _save(figure, path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ import yaml
 from axdata.io import atomic_write_json, atomic_write_text
 
 LEADERBOARD_FILE = "leaderboard.json"
+# The run lock (`axeval.pipeline.locked_run_directory`) and the file naming its holder, in the run directory.
+LOCK_FILE, LOCK_OWNER_FILE = ".axbench.lock", ".axbench.lock.owner"
 
 
 @dataclass(frozen=True)
@@ -83,3 +86,21 @@ class RunDirectory:
 
     def write_stamp(self, stage: str, stamp: dict[str, Any]) -> None:
         atomic_write_json(self.stamp_path(stage), stamp)
+
+
+def enclosing_run_directory(path: str | Path) -> Path | None:
+    """The run directory `path` lies in (or is), if any: the nearest folder holding a run's `config.yaml` with its
+    stage stamps or its lock. Commands that write a file given by path take that run's lock."""
+    current = Path(path).resolve()
+    for folder in (current, *current.parents):
+        run = RunDirectory(folder)
+        if run.config_path.is_file() and (run.stages_dir.is_dir() or (folder / LOCK_FILE).exists()):
+            return folder
+    return None
+
+
+def enclosing_run_directories(paths: Iterable[str | Path | None]) -> list[Path]:
+    """The run directories any of `paths` lies in, each once (None entries and paths outside runs ignored): what a
+    command writing those paths locks (`axeval.pipeline.locked_run_directories`)."""
+    found = (enclosing_run_directory(path) for path in paths if path is not None)
+    return list(dict.fromkeys(root for root in found if root is not None))

@@ -28,8 +28,10 @@ logger = logging.getLogger(__name__)
 
 SELECTION, HELDOUT = HALVES
 RATING_COLUMNS = ("concept_rating", "instruction_rating", "fluency_rating")
-# Judge-free scores carried next to the judge's when the generations have them (axeval.lexical).
-EXTRA_SCORES = ("lexical_score",)
+# Judge-free scores carried next to the judge's when the generations have them: the lexical concept score
+# (axeval.lexical) and the generation's perplexity under the unsteered model (axmethods.inference.perplexity).
+# `rule_score`: a rule concept's checker score in [0, 1] (axeval.rules), NaN for other concepts.
+EXTRA_SCORES = ("lexical_score", "perplexity", "rule_score")
 REQUIRED_COLUMNS = ("method", "concept_id", "prompt_id", "half", "factor", *RATING_COLUMNS)
 MAX_RATING = 2.0
 TIE_TOLERANCE = 1e-6
@@ -51,22 +53,55 @@ def _harmonic_mean(concept: np.ndarray, instruction: np.ndarray, fluency: np.nda
     return np.where(np.isnan(terms).any(axis=0), np.nan, np.where((terms == 0).any(axis=0), 0.0, mean))
 
 
+def _row_names(rows: pd.DataFrame, column: str, limit: int = 5) -> str:
+    """`row R (method M, concept C): value, …` for the first `limit` rows (R: the row's index in the input)."""
+    named = [f"row {index} (method {method}, concept {concept_id}): {value!r}" for index, method, concept_id, value
+             in zip(rows.index[:limit], rows["method"][:limit], rows["concept_id"][:limit], rows[column][:limit])]
+    return "; ".join(named) + (f"; and {len(rows) - limit} more" if len(rows) > limit else "")
+
+
+def _numbers(judged: pd.DataFrame, column: str, source: str) -> np.ndarray:
+    """The column as floats (null → NaN), or ValueError naming the rows that hold something else."""
+    values = pd.to_numeric(judged[column], errors="coerce")
+    text = values.isna() & judged[column].notna()
+    if text.any():
+        raise ValueError(f"{source}: column {column!r} must hold numbers; {_row_names(judged[text], column)}.")
+    return values.to_numpy(dtype=float, na_value=np.nan)
+
+
 def check_judged(judged: pd.DataFrame, source: str = "judged generations") -> None:
-    """Raise ValueError naming missing columns, unknown halves or ratings outside 0–2."""
+    """Raise ValueError naming missing columns, an empty input, unknown halves, ratings other than 0, 1, 2 (NaN:
+    unparsed) and factors that are not finite numbers (NaN only for every row of a factor-free method)."""
     missing = [column for column in REQUIRED_COLUMNS if column not in judged.columns]
     if missing:
         raise ValueError(
             f"{source}: missing column(s) {missing}; run `axbench eval judge` on the steering generations "
             "first (it adds the three ratings)."
         )
+    if judged.empty:
+        raise ValueError(f"{source}: no rows, so there is nothing to score; pass the judged steering generations.")
     halves = sorted(set(judged["half"].dropna().unique()) - set(HALVES))
     if halves or judged["half"].isna().any():
         raise ValueError(f"{source}: column 'half' must hold only {list(HALVES)}; found {halves or 'nulls'}.")
     for column in RATING_COLUMNS:
-        values = judged[column].dropna()
-        bad = values[(values < 0) | (values > MAX_RATING)]
-        if len(bad):
-            raise ValueError(f"{source}: {column} has values outside [0, 2]: {sorted(set(bad))[:5]}.")
+        values = _numbers(judged, column, source)
+        # The judge rates 0, 1 or 2: a fraction or an infinity is not a rating and must not be averaged in.
+        bad = ~np.isnan(values) & ~np.isin(values, (0.0, 1.0, MAX_RATING))
+        if bad.any():
+            raise ValueError(f"{source}: column {column!r} holds values outside the judge's ratings (0, 1 or 2; "
+                             f"NaN where the answer did not parse): {_row_names(judged[bad], column)}.")
+    factors = _numbers(judged, "factor", source)
+    infinite = np.isinf(factors)
+    if infinite.any():
+        raise ValueError(f"{source}: column 'factor' holds infinite steering factors: "
+                         f"{_row_names(judged[infinite], 'factor')}; steer with finite factors.")
+    # NaN marks a factor-free method; within a method with factors it would be scored as a factor of its own.
+    nan = pd.Series(np.isnan(factors), index=judged.index)
+    mixed = nan & (~nan).groupby(judged["method"]).transform("any")
+    if mixed.any():
+        raise ValueError(f"{source}: column 'factor' is NaN in rows of methods that have steering factors: "
+                         f"{_row_names(judged[mixed], 'factor')}; NaN is only for methods without a factor (every "
+                         "row NaN). Fill in the factor those generations were steered with, or drop the rows.")
 
 
 def score_generations(judged: pd.DataFrame, suppression: bool = False,
@@ -210,8 +245,50 @@ def winrate(selected: pd.DataFrame, baseline: str, tie_tolerance: float = TIE_TO
 def factor_curves(scored: pd.DataFrame) -> pd.DataFrame:
     """Mean score per (method, half, factor): the mean over concepts of each concept's mean over prompts."""
     valid = scored[~scored["excluded"]].assign(_factor=scored["factor"].astype(float).fillna(_NO_FACTOR))
-    per_concept = valid.groupby(["method", "half", "_factor", "concept_id"])[["score", *RATING_COLUMNS]].mean()
+    columns = ["score", *RATING_COLUMNS, *(column for column in EXTRA_SCORES if column in valid)]
+    per_concept = valid.groupby(["method", "half", "_factor", "concept_id"])[columns].mean()
     curves = per_concept.groupby(level=["method", "half", "_factor"]).mean().reset_index()
     curves = curves.rename(columns={"_factor": "factor"})
     curves["factor"] = curves["factor"].replace(_NO_FACTOR, np.nan)
     return curves
+
+
+ATTACK_KEYS = ("attack", "attack_n")
+NO_ATTACK = "none"
+
+
+def attack_scores(scored: pd.DataFrame) -> pd.DataFrame:
+    """Suppression under attack, per (method, attack, attack_n, concept): the held-out rows of each attack at the
+    factor chosen for that (method, concept) on the *un-attacked* selection half (the reference fixes the attack's
+    factor from the plain suppression run), with their mean score, ratings and judge-free scores.
+
+    `scored`: `score_generations(..., suppression=True)` of suppression generations with columns `attack`
+    ("none" for the un-attacked rows) and `attack_n` (the many-shot n, NaN otherwise).
+    """
+    missing = [column for column in ATTACK_KEYS if column not in scored.columns]
+    if missing or not scored["attack"].eq(NO_ATTACK).any():
+        raise ValueError(f"attack_scores: the rows need columns {list(ATTACK_KEYS)} and un-attacked rows (attack "
+                         f"{NO_ATTACK!r}) to choose each factor on; missing: {missing or 'un-attacked rows'}.")
+    chosen = select_factors(scored[scored["attack"] == NO_ATTACK])[["method", "concept_id", "factor"]]
+    chosen = chosen.assign(_factor=chosen["factor"].astype(float).fillna(_NO_FACTOR)).drop(columns="factor")
+    rows = scored.assign(_factor=scored["factor"].astype(float).fillna(_NO_FACTOR))
+    at = rows.merge(chosen, on=["method", "concept_id", "_factor"])
+    at = at[(at["half"] == HELDOUT) & ~at["excluded"]]
+    columns = ["score", *RATING_COLUMNS, *(column for column in EXTRA_SCORES if column in at)]
+    per_concept = at.groupby(["method", *ATTACK_KEYS, "concept_id"], dropna=False)[columns].mean().reset_index()
+    return per_concept.rename(columns={"_factor": "factor"})
+
+
+def summarize_attacks(per_concept: pd.DataFrame, n_resamples: int = DEFAULT_RESAMPLES,
+                      confidence: float = DEFAULT_CONFIDENCE, seed: int = DEFAULT_SEED) -> pd.DataFrame:
+    """One row per (method, attack, attack_n): the mean suppression score over concepts with its bootstrap CI, and
+    the judge-free scores' means."""
+    records = []
+    for (method, attack, strength), group in per_concept.groupby(["method", *ATTACK_KEYS], dropna=False, sort=True):
+        defined = group.dropna(subset=["score"])
+        records.append({
+            "method": method, "attack": attack, "attack_n": strength,
+            **bootstrap_ci(defined["score"].to_numpy(float), n_resamples, confidence, seed).as_dict("score_"),
+            **{f"{column}_mean": float(group[column].mean()) for column in EXTRA_SCORES if column in group},
+        })
+    return pd.DataFrame.from_records(records)

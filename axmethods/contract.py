@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
@@ -270,6 +270,10 @@ class FolderResult(ConceptResult):
             tensors = load_file(str(root / cls.TENSORS_FILE)) if (root / cls.TENSORS_FILE).is_file() else {}
         except (ConceptFileError, OSError) as error:
             raise DictionaryError(f"{root}: {error}; the folder is damaged: re-save or re-download it.") from None
+        nonfinite = nonfinite_tensors(tensors)
+        if nonfinite:
+            raise DictionaryError(f"{root / cls.TENSORS_FILE}: tensor {', '.join(nonfinite)} holds NaN or infinite "
+                                  "values; the training diverged or the file is damaged: retrain or re-download it.")
         return cls.from_record(record, concepts, tensors)
 
     def model_card(self, *, datasets: Sequence[str] = (), eval_results: Sequence[Mapping[str, Any]] = (),
@@ -322,19 +326,70 @@ def fetch(repo_id_or_dir: str | Path, *, revision: str | None = None, token: str
                                   token=token))
 
 
+# The result config schema: the JSON type of each field a result's config.json may hold. Values are taken as
+# written, never coerced: a string where a list belongs would read as a list of its characters ("12" → [1, 2]).
+FieldType = Literal["int", "str", "optional-str", "object", "int-list"]
+_FIELD_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "int": (lambda value: type(value) is int, "an integer"),
+    "str": (lambda value: isinstance(value, str) and bool(value.strip()), "a non-empty string"),
+    "optional-str": (lambda value: value is None or isinstance(value, str), "a string or null"),
+    "object": (lambda value: isinstance(value, dict), "a JSON object"),
+    "int-list": (lambda value: isinstance(value, list) and all(type(item) is int for item in value),
+                 "a list of integers"),
+}
+# Every result's config.json: (type, required). The kinds add their own fields (a dictionary's layer, …).
+RESULT_FIELDS: dict[str, tuple[FieldType, bool]] = {
+    "format": ("str", True), "format_version": ("int", False), "method": ("str", True), "base_model": ("str", True),
+    "base_model_revision": ("optional-str", False), "config": ("object", False),
+}
+FORMAT_VERSION = 1  # the newest result config layout this axbench reads
+
+
+def check_record(path: Path, record: Mapping[str, Any], fields: Mapping[str, tuple[FieldType, bool]]) -> None:
+    """Raise `DictionaryError` naming `path` and the field when a field of `fields` is missing (if required) or
+    of the wrong type, or `format_version` is newer than this axbench reads. Unknown fields are left alone."""
+    for name, (kind, required) in fields.items():
+        if name not in record:
+            if required:
+                raise DictionaryError(f"{path}: field {name!r} is missing; re-save or re-download the result.")
+            continue
+        accepts, expected = _FIELD_TYPES[kind]
+        if not accepts(record[name]):
+            raise DictionaryError(f"{path}: field {name!r} must be {expected}, not {record[name]!r} "
+                                  f"({type(record[name]).__name__}); the file was edited or not written by axbench: "
+                                  "re-save or re-download the result.")
+    version = record.get("format_version", FORMAT_VERSION)
+    if version > FORMAT_VERSION or version < 1:
+        raise DictionaryError(f"{path}: field 'format_version' is {version}, but this axbench reads versions 1.."
+                              f"{FORMAT_VERSION}; upgrade axbench (or re-save the result).")
+
+
+def nonfinite_tensors(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """'name (k of n values)' for each floating-point tensor holding NaN or ±inf: weights that cannot be used."""
+    found = []
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                found.append(f"{name!r} ({bad} of {tensor.numel()} values)")
+    return found
+
+
 def read_folder_config(root: Path, expected_format: str, written_by: str) -> dict[str, Any]:
-    """`root/config.json` if it exists, parses and names `expected_format`; errors say what to do otherwise."""
+    """`root/config.json` if it exists, parses, names `expected_format` and holds the shared fields with their
+    types (`RESULT_FIELDS`); errors name the file, the field and what to do otherwise."""
     path = root / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{root} has no {CONFIG_FILE}; pass a folder written by {written_by}.")
     try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DictionaryError(f"{path} is not valid JSON ({error}); the folder is damaged: re-save it.") from None
     if not isinstance(record, dict) or record.get("format") != expected_format:
         found = record.get("format") if isinstance(record, dict) else None
         raise DictionaryError(f"{path} is not an {expected_format} config (format {found!r}); load the folder with "
                               "axmethods.results.load_result, which recognises every kind.")
+    check_record(path, record, RESULT_FIELDS)
     return record
 
 

@@ -1,7 +1,9 @@
 """Convert AxBench dictionaries (`weight.pt` [+ `bias.pt`] + `metadata.jsonl`) into steering dictionaries.
 
 AxBench saves plain `torch.save`d tensors — `[n_concepts, d]` for the released 16K dictionaries, `[d, n]`
-for some methods' `{Method}_weight.pt` — next to the concepts' `metadata.jsonl`. The orientation is read
+for some methods' `{Method}_weight.pt` — next to the concepts' `metadata.jsonl`. Its `train.py` writes a dump
+`<dump>/train/` holding `{Method}_weight.pt`, `{Method}_bias.pt` and `config.json` (`model_name`, `layer`,
+`component`), with the concepts in `<dump>/generate/metadata.jsonl`; both layouts convert. The orientation is read
 off the concept count. Files are loaded with `torch.load(weights_only=True)`, which refuses anything but
 tensors and plain containers, so a converted file never runs pickled code. Calibration can come from
 AxBench's `examples/*.json` tables (`{"max_act": {concept_id: value}}`).
@@ -23,6 +25,8 @@ from axmethods.dictionary import DictionaryError, SteeringDictionary
 logger = logging.getLogger(__name__)
 
 _LAYER_FOLDER = re.compile(r"l(\d+)")
+AXBENCH_TRAIN_CONFIG = "config.json"  # what AxBench's train.py writes beside the weights
+METADATA_FILE = "metadata.jsonl"
 
 
 def convert_axbench(source: str | Path, *, method: str, base_model: str, layer: int | None = None,
@@ -30,15 +34,12 @@ def convert_axbench(source: str | Path, *, method: str, base_model: str, layer: 
                     calibration_file: str | Path | None = None, base_model_revision: str | None = None
                     ) -> SteeringDictionary:
     """A `SteeringDictionary` from an AxBench folder holding `weight.pt` (or `<Method>_weight.pt`) and
-    `metadata.jsonl`. `layer` defaults to the folder name (`l20` → 20); `hook_module` to `model.layers.<L>`.
+    `metadata.jsonl` (there or in the dump's sibling `generate/`). `layer` defaults to the layer of AxBench's
+    `config.json` in the folder, else to the folder name (`l20` → 20); `hook_module` to `model.layers.<L>`.
     `hidden_size` settles the orientation of a square matrix.
     """
     source = Path(source)
-    if layer is None:
-        match = _LAYER_FOLDER.fullmatch(source.name)
-        if match is None:
-            raise DictionaryError(f"{source}: cannot tell the layer from the folder name; pass layer=N (--layer N).")
-        layer = int(match.group(1))
+    layer = _layer(source, layer)
     concepts = _concepts(source)
     weight = _orient(_load_tensor(_find(source, method, "weight")), len(concepts), hidden_size, source)
     bias_path = _find(source, method, "bias")
@@ -59,10 +60,52 @@ def convert_axbench(source: str | Path, *, method: str, base_model: str, layer: 
     )
 
 
-def _concepts(source: Path) -> list:
-    path = source / "metadata.jsonl"
+def _layer(source: Path, given: int | None) -> int:
+    """`given` (--layer), else the layer AxBench's train recorded in config.json, else a folder named `l<N>`."""
+    recorded = _recorded_layer(source)
+    if given is not None:
+        if recorded is not None and recorded != given:
+            # The weights were trained at the recorded layer: steering at another one would silently be wrong.
+            raise DictionaryError(f"--layer {given} contradicts {source / AXBENCH_TRAIN_CONFIG}, which records layer "
+                                  f"{recorded} for these weights; drop --layer (or pass --layer {recorded}).")
+        return given
+    if recorded is not None:
+        return recorded
+    match = _LAYER_FOLDER.fullmatch(source.name)
+    if match is None:
+        raise DictionaryError(f"{source}: cannot tell the layer (no {AXBENCH_TRAIN_CONFIG} with a layer, as AxBench's "
+                              "train writes, and the folder is not named l<N>); pass --layer N.")
+    return int(match.group(1))
+
+
+def _recorded_layer(source: Path) -> int | None:
+    path = source / AXBENCH_TRAIN_CONFIG
     if not path.is_file():
-        raise DictionaryError(f"{source} has no metadata.jsonl; AxBench dictionaries keep their concepts there.")
+        return None
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8")).get("layer")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as error:
+        raise DictionaryError(f"{path} is not AxBench's train config ({error!r}); expected a JSON object such as "
+                              '{"model_name": ..., "layer": 20}; remove the file or fix it.') from None
+    if recorded is None:
+        return None
+    if isinstance(recorded, bool) or not isinstance(recorded, int) or recorded < 0:
+        raise DictionaryError(f"{path}: layer is {recorded!r}, not a layer number; fix the file or pass --layer N.")
+    return recorded
+
+
+def _metadata_path(source: Path) -> Path:
+    """`metadata.jsonl` beside the weights, else in `generate/` beside a dump's `train/` (where AxBench keeps it)."""
+    for path in (source / METADATA_FILE, source.parent / "generate" / METADATA_FILE):
+        if path.is_file():
+            return path
+    raise DictionaryError(f"{source} has no {METADATA_FILE} (nor has {source.parent / 'generate'}); AxBench keeps the "
+                          "concepts there: point at the folder holding weight.pt and metadata.jsonl, or at a dump's "
+                          "train/ beside its generate/.")
+
+
+def _concepts(source: Path) -> list:
+    path = _metadata_path(source)
     try:
         concepts = load_concepts(path, dedupe=False)
     except ConceptFileError as error:

@@ -39,7 +39,18 @@ from axdata.cards import render_card
 from axdata.concepts import Concept, ConceptFileError, load_concepts, write_concepts_jsonl
 from axdata.hashing import content_hash
 from axdata.io import atomic_path, atomic_write_json
-from axmethods.contract import CARD_FILE, CONFIG_FILE, ConceptResult, DictionaryError, card_metadata
+from axmethods.contract import (
+    CARD_FILE,
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    RESULT_FIELDS,
+    ConceptResult,
+    DictionaryError,
+    FieldType,
+    card_metadata,
+    check_record,
+    nonfinite_tensors,
+)
 from axmethods.interventions import Positions, RowSteering, steering_hooks
 
 if TYPE_CHECKING:
@@ -51,7 +62,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FORMAT = "axbench-steering-dictionary"
-FORMAT_VERSION = 1
 WEIGHTS_FILE = "weights.safetensors"
 CONCEPTS_FILE = "concepts.jsonl"
 _MATRICES = ("weight", "steering_weight")
@@ -60,6 +70,13 @@ _VECTORS = ("bias", "calibration", "output_score")
 # The concept id of each weight row, stored with the weights so that a reordered concepts.jsonl is caught.
 _ROW_IDS = "concept_ids"
 _LAYER_FOLDER = re.compile(r"l(\d+)")
+# A dictionary's config.json beyond the shared result fields (the result config schema, axmethods.contract).
+CONFIG_FIELDS: dict[str, tuple[FieldType, bool]] = {
+    **RESULT_FIELDS, "layer": ("int", True), "hook_module": ("str", True), "n_concepts": ("int", False),
+    "hidden_size": ("int", False), "activation": ("str", False), "config_hash": ("str", False),
+    "calibration_info": ("object", False), "output_score_info": ("object", False),
+    "unsteered_concept_ids": ("int-list", False),
+}
 
 # Detection read-outs applied to `h @ W.T + b`: ReFT-r1 / SSV use ReLU, mean-difference and probe methods
 # use the raw projection. Names, not callables, so the choice is stored in config.json.
@@ -387,15 +404,17 @@ def _read_config(folder: Path) -> dict[str, Any]:
         raise DictionaryError(f"{path} is missing; a dictionary layer folder needs {CONFIG_FILE}.") from None
     except json.JSONDecodeError as error:
         raise DictionaryError(f"{path} is not valid JSON ({error.msg}); re-download or re-save it.") from None
+    except UnicodeDecodeError as error:
+        raise DictionaryError(f"{path} is not UTF-8 text ({error.reason}); re-download or re-save it.") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise DictionaryError(f"{path} is not an axbench steering-dictionary config (format {FORMAT!r} expected); "
                               "convert AxBench weight.pt files with `axbench dictionary convert-axbench`.")
-    if config.get("format_version", 0) > FORMAT_VERSION:
-        raise DictionaryError(f"{path} has format_version {config['format_version']}, newer than this axbench "
-                              f"({FORMAT_VERSION}); upgrade axbench.")
-    missing = [key for key in ("method", "layer", "hook_module", "base_model") if key not in config]
-    if missing:
-        raise DictionaryError(f"{path} lacks {', '.join(missing)}; re-save the dictionary.")
+    check_record(path, config, CONFIG_FIELDS)
+    named = _LAYER_FOLDER.fullmatch(folder.name)
+    if named and int(named.group(1)) != config["layer"]:
+        # The folder name is what --layer and the Hub's download patterns pick: a mismatch would steer another layer.
+        raise DictionaryError(f"{path}: field 'layer' is {config['layer']} but the folder is {folder.name}/; the "
+                              "files were moved or edited: re-save or re-download the dictionary.")
     settings = config.get("config") or {}
     if settings.get("detector") in ("text", "target-model", "none") or settings.get("steering") in ("prompt", "none"):
         # Before results were typed, BoW and the prompt baselines were saved as dictionaries; read as one they
@@ -417,6 +436,10 @@ def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
     if "weight" not in tensors or unknown:
         raise DictionaryError(f"{path} holds tensors {sorted(tensors)}; expected 'weight' and optionally "
                               f"{', '.join(_VECTORS + _MATRICES[1:])}. Re-save the dictionary.")
+    nonfinite = nonfinite_tensors(tensors)
+    if nonfinite:  # refused here, naming the file, not later as a method that "diverged" mid-run
+        raise DictionaryError(f"{path}: tensor {', '.join(nonfinite)} holds NaN or infinite values; the method "
+                              "diverged or the file is damaged: retrain (e.g. a lower learning rate) or re-download it.")
     return tensors
 
 

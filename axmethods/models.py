@@ -34,8 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedConfig, PreTrainedModel
 
 from axdata.embedded import EMBEDDED_MODELS, GEMMA_CHAT_TEMPLATE, get_embedded_model
 from axdata.errors import InputError
@@ -242,6 +243,29 @@ def load_target_model(spec: str | TargetModelConfig, **overrides: Any) -> Target
         device=device,
         dtype=dtype,
     )
+
+
+def context_length(spec: str | TargetModelConfig) -> int | None:
+    """The target model's context (max_position_embeddings) from its config alone, so settings that must fit in it
+    are checked before any weights load: an embedded model's known value, a checkpoint folder's or the local Hub
+    cache's config.json (never a download). None when it cannot be known that way (a .gguf file, an uncached id)."""
+    config = spec if isinstance(spec, TargetModelConfig) else TargetModelConfig(model=str(spec))
+    try:
+        config = _embedded_from_revision(config)
+    except InputError:
+        return None  # load_target_model names this problem when it loads
+    if config.model in EMBEDDED_MODELS:
+        return get_embedded_model(config.model).context_length
+    path = Path(config.model).expanduser()
+    if config.model.endswith(".gguf") or (path.exists() and not (path / "config.json").is_file()):
+        return None
+    try:
+        model_config = AutoConfig.from_pretrained(str(path) if path.is_dir() else config.model, revision=config.revision,
+                                                  local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError, KeyError, StrictDataclassError):
+        return None  # not cached, not a repo id, an unknown model type, an invalid config: the load says which
+    length = getattr(model_config.get_text_config(), "max_position_embeddings", None)
+    return length if isinstance(length, int) and length > 0 else None
 
 
 def prefix_length(tokenizer: Any) -> int:

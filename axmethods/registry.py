@@ -39,9 +39,10 @@ logger = logging.getLogger(__name__)
 # (HyperSteer) that writes each concept's vector.
 Training = Literal["activations", "gradient", "preference", "lm", "sft", "text", "llm", "lookup", "hypernet"]
 # The result class (`axmethods.results`): SteeringDictionary, ConceptAdapters, FinetunedConcepts, BagOfWords,
-# SteeringPrompts, RelevanceRater.
+# SteeringPrompts, RelevanceRater, HyperSteerResult, AttributionDetector (IG / IxG: a dictionary's layer folder that
+# detects by attribution and never steers).
 Result = Literal["dictionary", "adapters", "finetuned", "bag-of-words", "steering-prompts", "relevance-rater",
-                 "hypernetwork"]
+                 "hypernetwork", "attribution"]
 
 _ADAPTER_LAYOUT = {"low_rank_dimension": 4, "subtraction_type": "negate", "intervention_dropout": 0.1}
 
@@ -59,6 +60,11 @@ class MethodSpec:
     result: Result = "dictionary"
     preset: Mapping[str, Any] = field(default_factory=dict)
     axbench_name: str | None = None
+
+    @property
+    def in_layer_folder(self) -> bool:
+        """Saved in a dictionary's `l<layer>/` folder (the others keep their config at the result's root)."""
+        return self.result in ("dictionary", "attribution")
 
     @property
     def family(self) -> bool:
@@ -165,6 +171,11 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
     _method("pca", "pca:PCA", "first principal component of the positive tokens", "activations", axbench="PCA"),
     _method("lat", "lat:LAT", "first PC of differences of random token pairs", "activations", axbench="LAT"),
     _method("probe", "probe:Probe", "per-token logistic regression", "gradient", axbench="LinearProbe"),
+    _method("ig", "ig:IntegratedGradients", "integrated gradients (10 path steps) of a linear head on the last "
+            "token's final state w.r.t. the layer-L residuals; max token score", "gradient", steers=False,
+            axbench="IntegratedGradients", result="attribution"),
+    _method("ixg", "ig:InputXGradients", "|input x gradient| of the IG head w.r.t. the layer-L residuals; max token "
+            "score", "gradient", steers=False, axbench="InputXGradients", result="attribution"),
     _method("reft-r1", "reft_r1:ReFTr1", "the paper's rank-1 ReFT: top-k ReLU latent + L1, LM loss", "gradient",
             axbench="LsReFT"),
     _method("ssv", "ssv:SSV", "supervised steering vector, LM loss on positives", "gradient",

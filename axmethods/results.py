@@ -9,6 +9,7 @@ its config names.
 | `SteeringDictionary` | `axmethods.dictionary` | residual read-out | adds factor × calibration × row |
 | `ConceptAdapters` | `axmethods.trainers.artifacts` | — | LoRA / LoReFT per concept |
 | `FinetunedConcepts` | `axmethods.trainers.finetuned` | — | swaps in fine-tuned weights |
+| `AttributionDetector` | `axmethods.methods.ig` | IG / IxG attribution to layer-L residuals | — |
 | `BagOfWords` | `axmethods.methods.bow` | text classifier | — |
 | `SteeringPrompts` | `axmethods.methods.prompt` | — | an instruction before the prompt |
 | `RelevanceRater` | `axmethods.methods.prompt` | the target model rates texts | — |
@@ -23,8 +24,10 @@ the contract the kinds share (`ConceptResult`, the `Detector` / `Steerer` protoc
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypeVar
 
 from axmethods.contract import (
+    CONFIG_FILE,
     ConceptResult,
     Detector,
     DictionaryError,
@@ -36,11 +39,14 @@ from axmethods.contract import (
 from axmethods.dictionary import SteeringDictionary
 from axmethods.methods.bow import BagOfWords
 from axmethods.methods.hypersteer import HyperSteerResult
+from axmethods.methods.ig import AttributionDetector
 from axmethods.methods.prompt import RelevanceRater, SteeringPrompts
 from axmethods.trainers.artifacts import ConceptAdapters
 from axmethods.trainers.finetuned import FinetunedConcepts
 
-__all__ = ["RESULT_KINDS", "BagOfWords", "ConceptAdapters", "ConceptResult", "Detector", "DictionaryError",
+ResultT = TypeVar("ResultT", bound=ConceptResult)
+
+__all__ = ["RESULT_KINDS", "AttributionDetector", "BagOfWords", "ConceptAdapters", "ConceptResult", "Detector", "DictionaryError",
            "FinetunedConcepts", "FolderResult", "HyperSteerResult", "RelevanceRater", "Steerer", "SteeringDictionary",
            "SteeringPrompts", "load_result"]
 
@@ -57,5 +63,23 @@ def load_result(repo_id_or_dir: str | Path, layer: int | None = None, *, revisio
     kinds = {kind.FORMAT: kind for kind in RESULT_KINDS if kind is not SteeringDictionary}
     kind = kinds.get(folder_format(root) or "")
     if kind is not None:
-        return kind.load(root)
-    return SteeringDictionary.load(root, layer=layer)  # its config sits in the layer folder
+        return _known_method(kind.load(root), root)
+    dictionary = _known_method(SteeringDictionary.load(root, layer=layer), root)  # its config: in the layer folder
+    # IG / IxG share the dictionary layout; their config's `attribution` says they detect by attribution.
+    return AttributionDetector.of(dictionary) if AttributionDetector.holds(dictionary) else dictionary
+
+
+def _known_method(result: ResultT, root: Path) -> ResultT:
+    """`result`, once its config names a method of the registry: an unknown name (an edited or foreign file) would
+    be scored, compared and published under a method nobody can reproduce."""
+    from axmethods.registry import UnknownMethodError, get_method
+
+    try:
+        get_method(result.method)
+    except UnknownMethodError as error:
+        config = root / CONFIG_FILE
+        if isinstance(result, SteeringDictionary) and not config.is_file():
+            config = root / result.layer_folder / CONFIG_FILE
+        raise DictionaryError(f"{config}: field 'method': {error} The file was edited or written by another tool: "
+                              "re-save or re-download the result.") from None
+    return result

@@ -4,15 +4,28 @@ The toolkit's own path end to end: import (axdata) → fit (axmethods.methods) �
 (axmethods.inference) → per-concept AUROC with a bootstrap CI (axeval.detection). Needs ../shared.
 
     python benchmarks/concept10_detection.py --concepts 5 --layer 10 --max-length 96
+    python benchmarks/concept10_detection.py --methods diffmean,probe,ig,ixg --json benchmarks/results/x.json
+
+IG and IxG score by attribution (a forward and a backward through the upper blocks per row, ×10 path points for IG):
+`--rows-per-category N` scores every method on the first N latent rows of each concept and category only (the same
+rows for all, so the AUROCs compare). IxG reuses IG's head: both train the same Probe head (tests/test_ig.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
+import platform
+import subprocess
 import time
+from datetime import date
+from pathlib import Path
 
+import pandas as pd
 from concept10_data import load_concept10
 
+from axdata.io import atomic_write_json
 from axeval.detection import concept_detection, summarize_detection
 from axmethods.activations import ActivationCollector, resolve_dtype
 from axmethods.inference.latent import latent_inference
@@ -31,42 +44,79 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=96)
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     parser.add_argument("--lm-epochs", type=int, default=1, help="Epochs of the LM-trained methods (paper: 3).")
+    parser.add_argument("--rows-per-category", type=int, default=None, help="Score every method on the first N "
+                        "latent rows of each concept and category (IG / IxG are far slower to score than a read-out).")
+    parser.add_argument("--json", default=None, help="Also write the numbers to this JSON file (atomically).")
+    parser.add_argument("--machine", default=f"{platform.machine()}, {os.cpu_count()} CPUs",
+                        help="How the JSON record names the machine.")
+    parser.add_argument("--commit-note", default="", help="Appended to the commit in the JSON record (e.g. "
+                        "'+ uncommitted changes').")
     args = parser.parse_args()
 
+    load_before = os.getloadavg()  # others may share the CPU: the record says how busy it was
     data = load_concept10(args.setting)
     concepts = data.concepts[: args.concepts]
     ids = {c.concept_id for c in concepts}
     train, latent = data.train, data.latent
     latent = latent[latent["concept_id"].isin(ids)].reset_index(drop=True)
+    if args.rows_per_category is not None:
+        latent = latent.groupby(["concept_id", "category"], sort=False).head(args.rows_per_category)
+        latent = latent.reset_index(drop=True)
 
     target = load_target_model("smollm2-135m-instruct", device="cpu", dtype="float32")
     collector = ActivationCollector(target, args.layer, dtype=resolve_dtype("auto", target),
                                     max_length=args.max_length, keep_all=True)
-    dictionaries, seconds = [], {}
+    dictionaries, seconds, frames = [], {}, []
     for name in args.methods.split(","):
         method_class = get_method(name).load()
+        if method_class.name == "ixg" and any(d.method == "ig" for d in dictionaries):  # the same head as IG's
+            ig = next(d for d in dictionaries if d.method == "ig")
+            dictionaries.append(dataclasses.replace(ig, method="ixg", config={**ig.config, "attribution": "ixg"}))
+            seconds["ixg"] = seconds["ig"]
+            continue
         settings = {"max_length": args.max_length}
         if method_class.name in ("reft-r1", "ssv"):
             settings["num_train_epochs"] = args.lm_epochs
         started = time.perf_counter()
         method = method_class(settings)
-        if isinstance(method, ActivationMethod):  # share the cached activations
+        # Share the cached layer-L activations (IG / IxG read their head at the last token's final state instead).
+        if isinstance(method, ActivationMethod) and get_method(name).result == "dictionary":
             dictionaries.append(method.fit(target, train, concepts, args.layer, collector=collector))
         else:
             dictionaries.append(method.fit(target, train, concepts, args.layer))
         seconds[method_class.name] = time.perf_counter() - started
 
-    started = time.perf_counter()
-    scores = latent_inference(target, dictionaries, latent, batch_size=16)
-    inference_seconds = time.perf_counter() - started
+    inference_seconds = {}
+    for dictionary in dictionaries:  # one method at a time, to time each (the read-outs share one pass otherwise)
+        started = time.perf_counter()
+        part = latent_inference(target, [dictionary], latent, batch_size=16)
+        inference_seconds[dictionary.method] = time.perf_counter() - started
+        frames.append(part)
+    scores = pd.concat(frames, ignore_index=True)
     summary = summarize_detection(concept_detection(scores), n_resamples=1000).set_index("method")
     print(f"\nConcept10 {args.setting}, SmolLM2-135M-Instruct layer {args.layer}, {len(concepts)} concepts, "
           f"texts ≤ {args.max_length} tokens, LM-trained methods {args.lm_epochs} epoch(s)")
-    print(f"{'method':<12} {'AUROC':>6} {'95% CI':>15} {'hard-neg acc':>13} {'fit s':>7}")
+    print(f"{'method':<12} {'AUROC':>6} {'95% CI':>15} {'hard-neg acc':>13} {'fit s':>7} {'score s':>8}")
+    rows = []
     for name, row in summary.sort_values("auroc_mean", ascending=False).iterrows():
         print(f"{name:<12} {row['auroc_mean']:6.3f} [{row['auroc_ci_low']:.3f}, {row['auroc_ci_high']:.3f}] "
-              f"{row['hard_negative_accuracy_mean']:13.3f} {seconds.get(name, float('nan')):7.1f}")
-    print(f"latent inference (all methods, {len(latent)} rows): {inference_seconds:.1f} s")
+              f"{row['hard_negative_accuracy_mean']:13.3f} {seconds.get(name, float('nan')):7.1f} "
+              f"{inference_seconds.get(name, float('nan')):8.1f}")
+        rows.append({"method": name, "auroc_mean": round(float(row["auroc_mean"]), 4),
+                     "auroc_ci": [round(float(row["auroc_ci_low"]), 4), round(float(row["auroc_ci_high"]), 4)],
+                     "hard_negative_accuracy": round(float(row["hard_negative_accuracy_mean"]), 4),
+                     "fit_seconds": round(seconds.get(name, float("nan")), 1),
+                     "latent_inference_seconds": round(inference_seconds.get(name, float("nan")), 1)})
+    print(f"latent inference ({len(latent)} rows): {sum(inference_seconds.values()):.1f} s in all")
+    if args.json:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
+        record = {"figure": "Concept10 concept detection (mean latent AUROC per method)", "date": str(date.today()),
+                  "machine": args.machine, "commit": f"{commit.strip()} {args.commit_note}".strip(),
+                  "load": {"1-min load average before": round(load_before[0], 2),
+                           "1-min load average after": round(os.getloadavg()[0], 2)}, "setting": args.setting, "model": "SmolLM2-135M-Instruct (fp32)",
+                  "layer": args.layer, "concepts": len(concepts), "latent_rows": len(latent),
+                  "rows_per_category": args.rows_per_category, "train_max_length": args.max_length, "methods": rows}
+        atomic_write_json(Path(args.json), record)
 
 
 if __name__ == "__main__":

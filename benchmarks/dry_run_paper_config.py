@@ -150,7 +150,17 @@ def overrides(config_path: Path, model_dir: Path, work: Path, shape: str) -> lis
             settings.setdefault(method, {})["num_train_epochs"] = 1
     if settings:
         sets.append(f"methods.settings={json.dumps(settings)}")  # JSON is YAML: a flow mapping
+    if config.evaluation.suppresses:  # a two-pair many-shot grid: the shots are written by the stand-in LLM
+        sets += ["data.attack_shots=2", "evaluation.many_shot=[1,2]"]
     return sets
+
+
+def stage_names(config_path: Path, sets: list[str]) -> list[str]:
+    """The config's own stages, in order (suppression modes add `suppression` and `suppression-judge`)."""
+    from axeval.config import AxbenchConfig
+    from axeval.stages import default_stages
+
+    return [stage.name for stage in default_stages(AxbenchConfig.load(config_path, sets))]
 
 
 def run_stage(config_path: Path, sets: list[str], upto: str) -> dict[str, Any]:
@@ -169,7 +179,7 @@ def run_stage(config_path: Path, sets: list[str], upto: str) -> dict[str, Any]:
             "stage_seconds": round(last.seconds, 1), "peak_mib": round(peak_mib()), "line": last.line}
 
 
-def dry_run(config_path: Path, shape: str, work: Path, *, stages: list[str] | tuple[str, ...] = STAGE_NAMES,
+def dry_run(config_path: Path, shape: str, work: Path, *, stages: list[str] | tuple[str, ...] | None = None,
             extra: list[str] | tuple[str, ...] = (), in_process: bool = False) -> dict[str, Any]:
     """Build (or reuse) the model, then run `stages` in order: the overrides used and one figures record per step
     (`results`).
@@ -190,7 +200,8 @@ def dry_run(config_path: Path, shape: str, work: Path, *, stages: list[str] | tu
     print(f"model {model_dir}: {results[-1]}", flush=True)
     sets = overrides(config_path, model_dir, work, shape) + list(extra)
     print("overrides:", " ".join(f"--set {s}" for s in sets), flush=True)
-    for name in [name for name in STAGE_NAMES if name in set(stages)]:
+    names = stage_names(config_path, sets)  # the config's own stages, in order
+    for name in [name for name in names if stages is None or name in set(stages)]:
         if in_process:
             results.append(run_stage(config_path, sets, name))
         else:
@@ -201,7 +212,7 @@ def dry_run(config_path: Path, shape: str, work: Path, *, stages: list[str] | tu
                 raise SystemExit(f"stage {name} failed (exit {done.returncode})")
             results.append(json.loads(done.stdout.strip().splitlines()[-1]))
         r = results[-1]
-        print(f"  {name:9s} {r['status']:7s} {r['stage_seconds']:7.1f} s  peak {r['peak_mib']:6d} MiB  {r['line']}",
+        print(f"  {name:17s} {r['status']:7s} {r['stage_seconds']:7.1f} s  peak {r['peak_mib']:6d} MiB  {r['line']}",
               flush=True)
     return {"config": str(config_path), "shape": shape, "overrides": sets, "in_process": in_process,
             "results": results}
@@ -212,7 +223,8 @@ def main() -> None:
     parser.add_argument("config", type=Path)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="gemma-2-2b")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "dry-run")
-    parser.add_argument("--stages", nargs="+", default=list(STAGE_NAMES), help="stop after these (in order)")
+    parser.add_argument("--stages", nargs="+", default=None, help="only these stages (default: every stage of the "
+                        "config, e.g. " + ", ".join(STAGE_NAMES) + ")")
     parser.add_argument("--set", dest="extra", action="append", default=[], help="one more override")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--in-process", action="store_true",

@@ -50,6 +50,16 @@ def answer(body: dict[str, Any]) -> str:
         return f"<FINAL> hard {_digest(prompt, seed)} bank"
     if prompt.startswith("Write an instruction"):
         return "Always talk about rivers."
+    concept = re.search(r'"([^"]*)"', prompt)
+    if prompt.startswith("Rewrite the instruction below"):  # suppression: the concept-blended instruction
+        return f"Rewritten instruction: {prompt.rsplit('Instruction: ', 1)[1]} Relate it to {concept.group(1)}."
+    if prompt.startswith("Write a system instruction") or prompt.startswith("Here is a rule"):  # the defence
+        return (f"Strictly avoid the rule {concept.group(1)}." if "rule" in prompt.split("\n")[0]
+                else "Never mention the concept in your answer.")
+    if re.match(r"Write \d+ short example exchanges", prompt):  # many-shot attack examples
+        k, theme = int(prompt.split()[1]), re.search(r'theme "([^"]*)"', prompt).group(1)
+        return "\n\n".join(f"**Question {i + 1}:** What about {theme}, {seed}-{i}?\n**Answer:** An answer "
+                           f"that brings in the concept.\nIt runs on." for i in range(k))
     return f'"response {_digest(prompt, seed)} with several words in it to be cut by the tokenizer later"'
 
 

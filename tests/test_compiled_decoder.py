@@ -125,7 +125,8 @@ def test_the_engine_name_is_validated_in_the_config_and_on_the_command_line(caps
         main(["infer", "steer", "--result", "d", "--data", "x", "--out", "o.parquet", "--engine", "turbo"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err.strip() == "axbench: usage error: --engine 'turbo' is unknown; use one of eager, compiled."
+    assert err.strip() == ("axbench: usage error: infer steer: inference.engine = 'turbo': use one of eager, compiled "
+                           "(flag --engine).")
     assert "Traceback" not in err
 
 

@@ -232,3 +232,58 @@ def test_neuronpedia_not_a_list(tmp_path):
 def test_max_concepts_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="max_concepts"):
         load_concepts(_write(tmp_path, "c.txt", "a\n"), max_concepts=0)
+
+
+# --- concept types: topics and rules -----------------------------------------------------------------
+
+def _jsonl(tmp_path, records, name="m.jsonl"):
+    return _write(tmp_path, name, "".join(json.dumps(record) + "\n" for record in records))
+
+
+def test_concept_type_defaults_to_topic_and_axbench_metadata_round_trips_unchanged(tmp_path):
+    records = [{"concept_id": 0, "concept": "cats", "ref": None}, {"concept_id": 1, "concept": "dogs", "ref": None}]
+    concepts = load_concepts(_jsonl(tmp_path, records))
+    assert [c.concept_type for c in concepts] == ["topic", "topic"] and concepts[0] == Concept(0, "cats")
+    out = tmp_path / "out.jsonl"
+    write_concepts_jsonl(out, concepts)
+    assert [json.loads(line) for line in out.read_text().splitlines()] == records  # no concept_type added
+
+
+def test_rules_keep_their_type_and_checker_and_a_mixed_list_writes_every_type(tmp_path):
+    records = [{"concept_id": 0, "concept": "Write in capitals.", "concept_type": "rule", "checker": "all_capital"},
+               {"concept_id": 1, "concept": "the sea", "concept_type": "topic"},
+               {"concept_id": 2, "concept": "Talk like a pirate.", "concept_type": "rule", "checker": None}]
+    concepts = load_concepts(_jsonl(tmp_path, records))
+    assert [(c.concept_type, c.checker) for c in concepts] == [("rule", "all_capital"), ("topic", None),
+                                                                ("rule", None)]
+    assert "concept_type" not in concepts[0].extra
+    out = tmp_path / "out.jsonl"
+    write_concepts_jsonl(out, concepts)
+    assert [json.loads(line)["concept_type"] for line in out.read_text().splitlines()] == ["rule", "topic", "rule"]
+    assert load_concepts(out) == concepts
+
+
+def test_a_list_mixing_rules_with_untyped_concepts_names_the_file_and_the_untyped_line(tmp_path):
+    records = [{"concept_id": 0, "concept": "Write in capitals.", "concept_type": "rule"},
+               {"concept_id": 1, "concept": "the sea", "concept_type": "topic"},
+               {"concept_id": 2, "concept": "dogs"}]
+    message = _error(_jsonl(tmp_path, records))
+    assert message.startswith(f"{tmp_path / 'm.jsonl'}, line 3:")
+    assert "mixes rules (first on line 1)" in message and '"concept_type": "topic" or "rule"' in message
+
+
+def test_unknown_concept_type_and_misplaced_checker_are_errors(tmp_path):
+    message = _error(_jsonl(tmp_path, [{"concept_id": 0, "concept": "a", "concept_type": "Rule"}]))
+    assert ", line 1:" in message and "concept_type 'Rule' is not one of topic, rule" in message
+    message = _error(_jsonl(tmp_path, [{"concept_id": 0, "concept": "a", "checker": "all_capital"}]))
+    assert "checker 'all_capital' on a concept that is not a rule" in message
+    message = _error(_jsonl(tmp_path, [{"concept_id": 0, "concept": "a", "concept_type": "rule", "checker": 3}]))
+    assert "checker 3" in message
+
+
+def test_packaged_rule_list_loads_whole_with_unique_ids():
+    from axdata.concepts import load_rule_concepts
+
+    rules = load_rule_concepts()
+    assert len(rules) >= 20 and [r.concept_id for r in rules] == list(range(len(rules)))
+    assert all(r.concept_type == "rule" and r.genre == "text" for r in rules)

@@ -88,7 +88,7 @@ def test_unknown_method_settings_fail_at_load():
     ("inference.steering_batch_size=0", "inference.steering_batch_size = 0: must be greater than 0"),
     ("inference.max_new_tokens=-1", "inference.max_new_tokens = -1: must be greater than 0"),
     ("inference.temperature=-1", "inference.temperature = -1.0: must be 0 or more"),
-    ("inference.factors=[]", "inference.factors = \\[\\]: give at least one finite number"),
+    ("inference.factors=[]", "inference.factors = \\[\\]: give at least one factor"),
     ("inference.top_p=0", "inference.top_p = 0.0: must be in"),
     ("report.n_resamples=-5", "report.n_resamples = -5: must be greater than 0"),
     ("run.layer=-2", "run.layer = -2: must be 0 or more"),

@@ -207,7 +207,7 @@ def test_detection_only_results_have_no_steerer(fitted) -> None:
 def _stage_context(tmp_path: Path, target, split: pd.DataFrame | dict) -> SimpleNamespace:
     splits = split if isinstance(split, dict) else {"steering": split}
     dataset = SimpleNamespace(split=lambda name: splits[name], has_split=lambda name: name in splits,
-                              directory=tmp_path / "data")
+                              directory=tmp_path / "data", config="c")
     from axeval.config import InferenceSection, MethodsSection, RunSection
 
     inference = InferenceSection(factors=[1.0], max_new_tokens=3, unsteered_baseline=False, steering_batch_size=8,

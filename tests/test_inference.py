@@ -12,6 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from axdata.concepts import Concept
+from axdata.settings import SettingsError
 from axeval.cli.infer import infer_app
 from axeval.detection import imbalance_detection
 from axmethods.dictionary import DictionaryError, SteeringDictionary
@@ -290,7 +291,7 @@ def test_infer_cli_latent_calibrates_then_steers(tiny_llama_target, tiny_llama_d
     assert result.exit_code == 0, result.output
     assert len(pd.read_parquet(tmp_path / "steer.parquet")) == len(steering_frame()) * 2
     result = runner.invoke(infer_app, ["steer", *common, "--out", str(tmp_path / "s.parquet"), "--factors", "a,b"])
-    assert result.exit_code == 1 and "comma-separated" in result.output
+    assert isinstance(result.exception, SettingsError) and "factors[0]: expected float, got 'a'" in str(result.exception)
     # A dictionary that never fires cannot be calibrated: one clear message, the other dictionary is calibrated anyway.
     silent = make_dictionary(tiny_llama_target, method="Probe")
     silent.weight.zero_()

@@ -68,9 +68,9 @@ LAYERS: dict[str, tuple[tuple[int, str, tuple[str, ...]], ...]] = {
     "axeval": (
         (0, "plain functions (the metrics' math, the judge's protocol and templates) and the run-directory layout",
          ("axeval", "axeval.stats", "axeval.detection", "axeval.steering", "axeval.protocol",
-          "axeval.judge_templates", "axeval.lexical", "axeval.errors", "axeval.rundir")),
-        (1, "the judge, human curation, and the evaluate metric modules over the plain functions",
-         ("axeval.judge", "axeval.curation", "axeval.metrics")),
+          "axeval.judge_templates", "axeval.lexical", "axeval.errors", "axeval.rundir", "axeval.rules")),
+        (1, "the judge, human curation, the evaluate metric modules and the evaluation modes over the plain functions",
+         ("axeval.judge", "axeval.curation", "axeval.metrics", "axeval.modes")),
         (2, "the run config and the report that read judgements and scores",
          ("axeval.config", "axeval.report", "axeval.publish")),
         (3, "one pipeline: the runner and its stage functions",

@@ -150,6 +150,25 @@ def test_dry_run_tiny_gemma2_every_stage(tmp_path, judging_llm):
     assert (tmp_path / "dry-run-paper-2b-l20" / "eval" / "report.md").is_file()
 
 
+@pytest.mark.slow
+def test_dry_run_tiny_gemma2_suppression_config_every_stage(tmp_path, judging_llm):
+    """RePS's suppression setting (configs/paper/2b-l20-reps-suppress.yaml) at a tiny Gemma-2 shape: its data
+    splits, training, the suppression and attack generations, their judging and the report all run (Gemma-2 has no
+    system turn: the config's defences are prepend and append)."""
+    dry_run = _script("dry_run_paper_config")
+    stand_in = [f"llm.endpoint={judging_llm.base_url}", "llm.model=gpt-4o-mini", "llm.structured_output=json_schema",
+                "llm.backoff_base_s=0.0"]
+    config = ROOT / "configs" / "paper" / "2b-l20-reps-suppress.yaml"
+    results = dry_run.dry_run(config, "tiny", tmp_path, in_process=True,
+                              extra=["inference.factors=[1.0]", "methods.train=[diffmean,prompt-steering]",
+                                     "methods.steer=[diffmean]", "evaluation.overwrite=[postfix]", *stand_in])["results"]
+    assert [r["stage"] for r in results] == ["build", "model", "llm", "data", "train", "latent", "suppression",
+                                             "suppression-judge", "report"]
+    assert all(r["status"] == "ran" for r in results[1:]), results
+    report = (tmp_path / "dry-run-paper-2b-l20-reps-suppress" / "eval" / "report.md").read_text()
+    assert "## Suppression under attack" in report
+
+
 def test_dry_run_command_runs_each_stage_in_a_fresh_process(tmp_path):
     """The command as docs/benchmarks.md runs it (first stage only): build and stage each in their own process,
     their figures written to --json."""

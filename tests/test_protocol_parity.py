@@ -180,8 +180,11 @@ def test_reference_protocol_scores_parse_failures_zero_and_restores_reference_se
     assert reference["score"].tolist() == [pytest.approx(1.5), 0.0] and not reference["excluded"].any()
 
     assert method_settings("reference", "probe", {}) == {"gradient_accumulation_steps": 1}
-    assert method_settings("reference", "probe", {"gradient_accumulation_steps": 4}) == \
-        {"gradient_accumulation_steps": 4}  # an explicit setting wins
+    assert method_settings("reference", "probe", {"gradient_accumulation_steps": 1, "learning_rate": 0.1}) == \
+        {"gradient_accumulation_steps": 1, "learning_rate": 0.1}
+    with pytest.raises(ValueError, match="contradicts run.protocol=reference"):  # the switch governs it
+        method_settings("reference", "probe", {"gradient_accumulation_steps": 4})
+    assert method_settings("fixed", "probe", {"gradient_accumulation_steps": 4}) == {"gradient_accumulation_steps": 4}
     assert method_settings("fixed", "probe", {}) == {}
     assert (calibration_fallback("reference"), calibration_fallback("fixed")) == (50.0, None)
     assert AxbenchConfig.load(None, ["run.protocol=reference"]).run.protocol == "reference"
@@ -246,3 +249,150 @@ def test_steering_module_equals_the_reference_evaluation_under_the_reference_pro
         fluency_ratings=frame["fluency_rating"].tolist(), protocol="reference", n_resamples=10)
     assert results["score"] == pytest.approx(expected_score, abs=1e-9)
     assert results["chosen_factors"] == expected_factors
+
+
+# ----- `protocol: reference`, one test per restored row of docs/protocol.md ---------------------------------------
+
+
+@pytest.mark.parametrize("answer", ['{"reason": "x", "rating": 7}', "Rating: [[2]]"])  # schema failure, no JSON
+def test_reference_judge_asks_once_and_scores_the_failure_zero(fault_server, answer):
+    """AxBench's judge parsed one answer per rating; ours re-asks (judge and LLM client) unless run.protocol says
+    reference. Counted on the wire: one request per rating, and the generation scores 0."""
+    from fixtures_llm import ok
+
+    from axdata.llm import LLMConfig, OpenAIChatClient
+    from axeval.judge import Judge, JudgeConfig
+    from axeval.steering import score_generations
+
+    fault_server.default = ok(answer)
+    generations = pd.DataFrame({"method": "M", "concept_id": [0], "concept": "cats", "prompt_id": 0,
+                                "half": "heldout", "factor": 1.0, "instruction": "Describe your morning.",
+                                "generation": ["A cat."]})
+    settings = LLMConfig(endpoint=fault_server.base_url, model="fault-model", max_retries=0, max_invalid_retries=2,
+                         timeout_s=5.0)
+
+    def judged(protocol: str) -> tuple[pd.DataFrame, int]:
+        before = len(fault_server.requests)
+        client = OpenAIChatClient(settings, fault_server.base_url)
+        try:  # temperature 0.7 and parse_retries 1 (the defaults): re-asks are possible
+            table = Judge(client, JudgeConfig(), protocol=protocol).judge(generations)
+        finally:
+            client.close()
+        return table, len(fault_server.requests) - before
+
+    table, requests = judged("reference")
+    assert requests == 3 and (table[["concept_attempts", "instruction_attempts", "fluency_attempts"]] == 1).all(axis=None)
+    assert table.loc[0, "parse_status"] == "parse_failure" and int(table["judge_calls"].sum()) == 3
+    assert score_generations(table, parse_failures_as_zero=True)["score"].tolist() == [0.0]
+    _, fixed_requests = judged("fixed")
+    assert fixed_requests > 3  # the default protocol re-asks
+
+
+def test_reference_judge_requests_are_cached_apart_from_re_asked_ones():
+    from axdata.llm import ChatRequest
+
+    default = ChatRequest.user("rate this", purpose="judge-concept")
+    one_ask = ChatRequest.user("rate this", purpose="judge-concept", max_invalid_retries=0)
+    # An answer that took a re-ask must not answer a single ask; the default key is the one cached before.
+    assert default.cache_key("m") != one_ask.cache_key("m")
+    assert default.cache_key("m") == ChatRequest.user("rate this", purpose="judge-concept").cache_key("m")
+
+
+def test_round_scores_equals_pythons_round_to_3_decimals():
+    from axmethods.inference.latent import round_scores
+
+    rng = np.random.default_rng(0)
+    values = np.r_[rng.normal(0, 3, 20000), rng.normal(0, 300, 2000), np.arange(-400, 400) / 2000 + 0.0005,
+                   [0.0625, 0.1875, -0.0625, 2.5e-4, 1.0005, 0.0]].astype(np.float32)
+    expected = np.array([round(float(x), 3) for x in values], dtype=np.float32)  # AxBench: round(x, 3) per token
+    assert np.array_equal(round_scores(torch.from_numpy(values), 3).numpy(), expected)
+
+
+def test_reference_latent_scores_are_the_max_of_3_decimal_rounded_token_activations(tiny_llama_target):
+    """AxBench rounds every token activation to 3 decimals, then takes the max and the first index of it."""
+    from test_inference import latent_frame, make_dictionary
+
+    from axmethods.hooks import layer_outputs
+    from axmethods.inference.latent import latent_inference, score_texts
+    from axmethods.models import pad_batch, pad_token_id
+
+    target = tiny_llama_target
+    dictionary = make_dictionary(target, n=3)
+    # Scaled down so that many token activations share their 3-decimal value: the argmax rule then matters.
+    dictionary.weight = dictionary.weight * 1e-3
+    latent = latent_frame()
+    texts = [target.format_transcript(i, o) for i, o in zip(latent["input"], latent["output"])]
+    (scores,) = score_texts(target, [dictionary], texts, batch_size=4, progress=False, score_decimals=3)
+    ties = 0
+    for index, text in enumerate(texts):
+        ids, mask = pad_batch([target.encode(text)], pad_token_id(target), side="right")
+        with torch.inference_mode():
+            hidden = layer_outputs(target, {dictionary.layer}, ids, mask)[dictionary.layer][0]
+        per_token = (hidden @ dictionary.weight.to(hidden.dtype).T).float()[target.prefix_length:]
+        for concept in range(dictionary.n_concepts):
+            acts = [round(x, 3) for x in per_token[:, concept].tolist()]
+            assert scores.max_act[index, concept].item() == pytest.approx(max(acts), abs=1e-7)
+            assert scores.max_index[index, concept].item() == acts.index(max(acts)) + target.prefix_length
+            ties += acts.count(max(acts)) > 1
+    assert ties  # the first-of-equal-maxima rule was exercised
+    rounded = latent_inference(target, [dictionary], latent, progress=False, score_decimals=3)["score"].to_numpy()
+    plain = latent_inference(target, [dictionary], latent, progress=False)["score"].to_numpy()
+    assert not np.array_equal(rounded, plain)  # the default protocol does not round
+    assert np.allclose(rounded, np.round(plain.astype(np.float64), 3), atol=1e-7)
+
+
+def test_reference_latent_stage_rounds_and_calibrates_from_rounded_scores(tiny_llama_target, tmp_path):
+    from test_inference import latent_frame, make_dictionary
+
+    from axeval.stages.methods import score_latent
+    from axmethods.dictionary import SteeringDictionary
+
+    class Data:  # what score_latent reads of a run dataset: the latent split and its folder (provenance)
+        directory = tmp_path / "data"
+
+        def split(self, name):
+            assert name == "latent"
+            return latent_frame()
+
+    target = tiny_llama_target
+    dictionary = make_dictionary(target, n=3)
+    out = tmp_path / "latent.parquet"
+    summary = score_latent(target, [dictionary], Data(), out, score_decimals=3, calibration_fallback=50.0,
+                           calibrate_into=[tmp_path / "dictionary"])
+    scores = pd.read_parquet(out)["score"].to_numpy(dtype=np.float64)
+    assert summary["rows"] == len(scores) and np.allclose(scores, np.round(scores, 3), atol=1e-6)
+    calibrated = SteeringDictionary.from_pretrained(tmp_path / "dictionary", layer=dictionary.layer)
+    maxima = pd.read_parquet(out).groupby("concept_id")["score"].max()
+    expected = np.where(maxima > 0, maxima, 50.0)  # AxBench's max_act (or 50) from the rounded scores
+    assert np.allclose(calibrated.calibration.numpy(), expected, atol=1e-6)
+
+
+def test_reference_protocol_refuses_explicit_settings_it_governs(tmp_path):
+    """The switch governs the probe's accumulation and the judge's re-asks: a config that sets them otherwise is
+    refused at load with one message, before anything runs; the values the switch uses are accepted."""
+    from typer.testing import CliRunner
+
+    from axeval.cli import app
+    from axeval.config import AxbenchConfig, ConfigError
+
+    reference = ["run.protocol=reference", "methods.train=[diffmean, probe, prompt-steering]"]
+    with pytest.raises(ConfigError) as refused:
+        AxbenchConfig.load(None, [*reference, "methods.settings={probe: {gradient_accumulation_steps: 4}}"])
+    message = str(refused.value)
+    assert "methods.settings.probe.gradient_accumulation_steps=4 contradicts run.protocol=reference" in message
+    assert "remove the setting" in message and "\n" not in message
+    with pytest.raises(ConfigError, match=r"judge.parse_retries=2 contradicts run.protocol=reference"):
+        AxbenchConfig.load(None, [*reference, "judge.parse_retries=2"])
+    accepted = AxbenchConfig.load(None, [*reference, "methods.settings={LinearProbe: {gradient_accumulation_steps: 1}}",
+                                         "judge.parse_retries=0"])
+    assert accepted.run.protocol == "reference"
+    fixed = AxbenchConfig.load(None, ["methods.settings={probe: {gradient_accumulation_steps: 4}}",
+                                      "judge.parse_retries=2"])
+    assert fixed.methods.settings["probe"]["gradient_accumulation_steps"] == 4
+
+    steering = tmp_path / "steering.parquet"
+    pd.DataFrame({"concept_id": [0], "concept": "c", "instruction": "i", "generation": "g"}).to_parquet(steering)
+    result = CliRunner().invoke(app, ["eval", "judge", str(steering), "--out", str(tmp_path / "j.parquet"),
+                                      "--set", "run.protocol=reference", "--parse-retries", "2"])
+    assert result.exit_code == 1 and "parse_retries=2 contradicts run.protocol=reference" in result.output
+    assert "Traceback" not in result.output

@@ -36,7 +36,6 @@ SKIPPED = {
     "axbench data generate my-run.yaml": "placeholders the reader writes; generation is tested by "
                                          "tests/test_generation_stage.py and tests/test_written_examples.py",
     "axbench train reft-r1": "three epochs on Concept10 take minutes on a CPU; ReFT-r1 is trained in tests/test_methods.py",
-    "axbench dictionary convert-axbench": "needs an AxBench training dump; tests/test_dictionary.py converts one",
     "axbench train reps": "trains for minutes on a CPU; tests/test_trainers.py and tests/test_reps_concept10.py "
                           "train every RePS-family method",
     "axbench infer steer --result dicts/reps": "needs the RePS dictionary of the line above",
@@ -87,9 +86,15 @@ RUN_IN_WORK = [
 ]
 RUN_IN_ROOT = [
     "axbench config show configs/paper/2b-l20.yaml --set run.protocol=reference",
+    "axbench config show configs/paper/2b-l20-reps-suppress.yaml",
+    "from axeval.rules import check",
     "import evaluate",
     "from axmethods.models import load_target_model",
 ]
+# Run by test_readme_conversion_runs_as_written (fast, no data checkout needed) in a folder holding a tiny dump in
+# AxBench's own layout (tests/axbench_dumps.py), so the layer comes from the dump's config.json as it would.
+CONVERT_AXBENCH = ("axbench dictionary convert-axbench axbench_dump/train dicts/converted --method DiffMean "
+                   "--base-model google/gemma-2-2b-it")
 
 
 def readme_items() -> list[str]:
@@ -115,10 +120,11 @@ def _matches(item: str, entry: str) -> bool:
 def test_every_readme_command_is_run_or_skipped_with_a_reason():
     items = readme_items()
     assert len(items) > 20
-    unaccounted = [item for item in items if not any(_matches(item, e) for e in (*RUN_IN_WORK, *RUN_IN_ROOT))
+    run = (*RUN_IN_WORK, *RUN_IN_ROOT, CONVERT_AXBENCH)
+    unaccounted = [item for item in items if not any(_matches(item, e) for e in run)
                    and not any(item.startswith(prefix) for prefix in SKIPPED)]
     assert not unaccounted, f"README commands neither run by this test nor skipped with a reason: {unaccounted}"
-    for entry in (*RUN_IN_WORK, *RUN_IN_ROOT):  # what this test runs is still in the README, verbatim
+    for entry in run:  # what this test runs is still in the README, verbatim
         assert any(_matches(item, entry) for item in items), f"no longer in the README: {entry!r}"
 
 
@@ -160,3 +166,15 @@ def test_readme_paths_run_as_written(tmp_path, hub_env, monkeypatch):
     assert "diffmean" in detect and "AUROC" in detect
     assert max(len(line) for line in detect.splitlines()) <= 80
     assert (work / "steering.parquet").exists() and (work / "dicts" / "diffmean").is_dir()
+
+
+def test_readme_conversion_runs_as_written(tmp_path, monkeypatch):
+    from axbench_dumps import write_axbench_dump
+
+    from axmethods.dictionary import SteeringDictionary
+
+    write_axbench_dump(tmp_path / "axbench_dump", method="DiffMean", layer=20)
+    output = _run(CONVERT_AXBENCH, tmp_path, monkeypatch)
+    assert "Converted 3 concepts" in output
+    converted = SteeringDictionary.load(tmp_path / "dicts" / "converted")
+    assert (converted.layer, converted.base_model, converted.method) == (20, "google/gemma-2-2b-it", "DiffMean")

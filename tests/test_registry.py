@@ -12,7 +12,7 @@ from axdata.settings import SettingsError
 from axmethods.registry import METHODS, UnknownMethodError, get_method, settings_help
 
 RANK1 = {"diffmean", "pca", "lat", "probe", "reft-r1", "ssv", "sae", "sae-a", "sae-filtered", "bow",
-         "prompt-steering", "prompt-detection"}
+         "prompt-steering", "prompt-detection", "ig", "ixg"}
 FAMILY = {"reps", "reps-lora", "reps-loreft", "bipo", "lang-vector", "lang-lora", "lang-loreft", "loreft", "lora",
           "sft"}
 HYPERNET = {"hypersteer"}  # one network for all concepts (axmethods.trainers.hypersteer)
@@ -34,7 +34,8 @@ RESULT_CLASSES = {"dictionary": "axmethods.dictionary:SteeringDictionary",
                   "bag-of-words": "axmethods.methods.bow:BagOfWords",
                   "steering-prompts": "axmethods.methods.prompt:SteeringPrompts",
                   "relevance-rater": "axmethods.methods.prompt:RelevanceRater",
-                  "hypernetwork": "axmethods.methods.hypersteer:HyperSteerResult"}
+                  "hypernetwork": "axmethods.methods.hypersteer:HyperSteerResult",
+                  "attribution": "axmethods.methods.ig:AttributionDetector"}
 
 
 @pytest.mark.parametrize("name", sorted(RANK1 | FAMILY | HYPERNET))

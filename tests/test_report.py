@@ -172,3 +172,46 @@ def test_the_html_report_escapes_what_it_inserts_and_the_markdown_keeps_it_verba
     html = report.files["html"].read_text(encoding="utf-8")
     assert "<title>&lt;b&gt;R&amp;D&lt;/b&gt;</title>" in html and "<b>R&D</b>" not in html
     assert '<p class="caveat">x &lt; y</p>' in html and html.endswith("</body></html>\n")
+
+
+def _with_perplexity(frame: pd.DataFrame) -> pd.DataFrame:
+    """Perplexity that rises as fluency falls (a judge that tracks fluency), and a lexical score per method."""
+    return frame.assign(perplexity=np.where(frame["fluency_rating"] == 2, 8.0, 40.0) + frame["prompt_id"],
+                        lexical_score=np.where(frame["method"] == "Prompt", 9.0, 3.0))
+
+
+def test_a_capable_judge_leads_and_perplexity_is_reported_beside_fluency(tmp_path):
+    report = build_report(ReportInputs(judgements=_with_perplexity(judgements()), title="t"), tmp_path)
+    columns = report.leaderboard.columns.tolist()
+    assert columns.index("Steering") < columns.index("Lexical concept %") < columns.index("Perplexity")
+    assert report.leaderboard["Method"].tolist() == ["DiffMean", "Prompt"]  # by the judge's steering score
+    assert report.lead == "judge" and not any("too small" in line for line in report.caveats())
+    board = json.loads(report.files["leaderboard"].read_text())
+    assert board["lead"] == "judge"
+    # DiffMean's chosen factor is 1.0 (fluency 2): held-out prompts 2 and 3 → perplexity 10 and 11.
+    assert board["methods"]["DiffMean"]["steering_perplexity_mean"] == pytest.approx(10.5)
+    rho = report.fluency.set_index("method")["spearman_rho"]
+    assert rho["all"] < -0.5 and board["perplexity_fluency_spearman"] == pytest.approx(rho["all"])
+    assert "Perplexity vs the judge's fluency" in report.files["markdown"].read_text()
+
+
+def test_an_embedded_judge_puts_the_judge_free_scores_first_and_marks_its_own(tmp_path):
+    frame = _with_perplexity(judgements()).assign(judge_model="smollm2-135m-instruct")
+    report = build_report(ReportInputs(judgements=frame, title="t"), tmp_path)
+    columns = report.leaderboard.columns.tolist()
+    assert "Steering" not in columns
+    assert columns.index("Lexical concept %") < columns.index("Perplexity") < columns.index("Steering*")
+    assert report.leaderboard["Method"].tolist() == ["Prompt", "DiffMean"]  # by the lexical score now
+    assert report.lead == "judge-free"
+    assert any("smollm2-135m-instruct) is an embedded model too small" in line for line in report.caveats())
+
+    from rich.console import Console
+
+    from axeval.cli.display import print_leaderboard
+
+    console = Console(width=80, record=True)
+    print_leaderboard(console, json.loads(report.files["leaderboard"].read_text()))
+    lines = console.export_text().splitlines()
+    header = next(line for line in lines if "method" in line)
+    assert header.index("Lexical %") < header.index("PPL") < header.index("Steering*")
+    assert max(len(line) for line in lines) <= 80

@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from axdata.concepts import Concept, load_concepts, write_concepts_jsonl
+from axdata.concepts import Concept, ConceptFileError, load_concepts, write_concepts_jsonl
 from axdata.errors import InputError
 from axdata.io import atomic_path, atomic_write_json
 from axdata.schema import SPLITS, columns, features
@@ -100,6 +100,30 @@ def write_concepts(concepts: list[Concept], out_dir: str | Path, config: str) ->
 def read_concepts(out_dir: str | Path, config: str) -> list[Concept]:
     """The concepts of `config`, ids and order exactly as written."""
     return load_concepts(concepts_path(out_dir, config), dedupe=False)
+
+
+def read_checked_concepts(out_dir: str | Path, config: str, *, source: str | None = None) -> list[Concept]:
+    """The concepts of `config` (`read_concepts`), checked against its splits: every concept id a row names (shared
+    negatives aside) must be listed, or its rows would train, score and steer a concept nobody can name. Errors
+    are `ConceptFileError`s naming the file as `source` when given (a pulled file's path in its Hub repo)."""
+    path = concepts_path(out_dir, config)
+    try:
+        concepts = load_concepts(path, dedupe=False)
+        listed = {concept.concept_id for concept in concepts}
+        for split in list_splits(out_dir, config):
+            files = split_files(out_dir, config, split)
+            if "concept_id" not in pq.read_schema(files[0]).names:
+                continue
+            used = set(pq.read_table(files, columns=["concept_id"]).column("concept_id").to_pylist())
+            missing = sorted(cid for cid in used if cid is not None and cid >= 0 and cid not in listed)
+            if missing:
+                raise ConceptFileError(path, f"field 'concept_id': the {split!r} split has rows of {len(missing)} "
+                                       f"concepts the file does not list (ids {missing[:10]}); it lists "
+                                       f"{len(listed)}", "list every concept of the config's splits (re-pull, "
+                                       "re-import or re-generate the dataset)")
+    except ConceptFileError as error:
+        raise error.named(source) if source else error from None
+    return concepts
 
 
 def write_provenance(provenance: Mapping[str, Any], out_dir: str | Path) -> Path:

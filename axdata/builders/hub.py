@@ -18,7 +18,6 @@ import itertools
 import json
 import logging
 import math
-import os
 import re
 import shutil
 import tempfile
@@ -43,6 +42,7 @@ from axdata.builders import (
     concepts_path,
     list_configs,
     list_splits,
+    read_checked_concepts,
     read_concepts,
     read_provenance,
     split_files,
@@ -51,7 +51,7 @@ from axdata.builders import (
 from axdata.builders.builder import config_schema, from_config_layout, to_config_layout
 from axdata.cards import render_card
 from axdata.errors import InputError
-from axdata.io import atomic_path
+from axdata.io import atomic_path, check_new_directory, replaced_directory
 from axdata.safe_yaml import card_metadata
 from axdata.schema import CATEGORIES, SPLITS, columns
 
@@ -226,13 +226,12 @@ def _check_provenance(provenance: Any, source: str) -> None:
 
 
 def pull_dataset(repo_id: str, out_dir: str | Path, *, revision: str | None = None,
-                 token: str | None = None) -> PullReport:
+                 token: str | None = None, overwrite: bool = False) -> PullReport:
     """Download `repo_id` at `revision` (a tag such as v1.0.0, a branch or a commit; default main) into a new
-    local dataset directory `out_dir`, in the `axdata.builders` layout. `out_dir` must not exist or be empty."""
+    local dataset directory `out_dir`, in the `axdata.builders` layout. `out_dir` must not exist or be empty,
+    unless `overwrite` (then it is replaced once the pulled copy is complete and checked)."""
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out} already exists and is not an empty directory; pull into a new directory "
-                              "(or delete this one first).")
+    check_new_directory(out, overwrite=overwrite)
     api = HfApi(token=token)
     commit_oid = api.dataset_info(repo_id, revision=revision).sha
     snapshot = Path(snapshot_download(repo_id, repo_type="dataset", revision=commit_oid, token=token,
@@ -242,13 +241,21 @@ def pull_dataset(repo_id: str, out_dir: str | Path, *, revision: str | None = No
         raise FileNotFoundError(f"{repo_id}@{revision or 'main'} has no <config>/<split>-XXXXX-of-YYYYY.parquet "
                                 "shards; it was not pushed with `axbench data push` (load it with "
                                 "datasets.load_dataset instead).")
-    out.parent.mkdir(parents=True, exist_ok=True)
     # Built beside `out` and renamed into place, so an interrupted pull leaves no half dataset behind.
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with replaced_directory(out, overwrite=overwrite) as staging:
         configs = _unpack(snapshot, shards, staging)
+        for config in configs:  # the concept lists, read as every stage will read them: whole and covering
+            if concepts_path(staging, config).is_file():
+                read_checked_concepts(staging, config, source=f"{repo_id}/{config}/{CONCEPTS_FILE}")
+            else:
+                logger.warning("%s/%s has no %s; stages that need the concept list will refuse it", repo_id, config,
+                               CONCEPTS_FILE)
         card_path = snapshot / CARD_FILE
         card_data = _pulled_card_metadata(card_path, f"{repo_id}/{CARD_FILE}") if card_path.is_file() else {}
+        version = card_data.get("version")
+        if version is not None and not isinstance(version, str):
+            raise InputError(f"{repo_id}/{CARD_FILE}: field 'version' must be a string such as '1.0.0', not "
+                             f"{version!r}; the card was not written by `axbench data push` (fix the card).")
         provenance = card_data.get("provenance")
         if provenance:
             _check_provenance(provenance, f"{repo_id}/{CARD_FILE}")
@@ -257,15 +264,9 @@ def pull_dataset(repo_id: str, out_dir: str | Path, *, revision: str | None = No
             shutil.copyfile(card_path, staging / CARD_FILE)
         # Where this copy came from, so results computed on it name the exact data (.eval_results).
         write_hub_origin(HubOrigin(repo_id, revision, commit_oid), staging)
-        if out.exists():
-            out.rmdir()
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     files = sorted(path for path in out.rglob("*") if path.is_file())
-    version = card_data.get("version")
     logger.info("Pulled %s@%s (commit %s) into %s", repo_id, revision or "main", commit_oid[:12], out)
-    return PullReport(repo_id, revision, commit_oid, None if version is None else str(version), out, files, configs)
+    return PullReport(repo_id, revision, commit_oid, version, out, files, configs)
 
 
 def dataset_card(repo_id: str, configs: list[ConfigSummary], *, version: str, license: str = DEFAULT_LICENSE,

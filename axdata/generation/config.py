@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from axdata.errors import InputError
-from axdata.schema import SPLITS
+from axdata.schema import AXBENCH_SPLITS, SPLITS
 
 SHIPPED_POOL = "shipped"
+# The reference drops many-shot attacks above 200 shots; more pairs than that would never be used.
+MAX_ATTACK_SHOTS = 200
 PAPER_POOLS = {
     "text": "databricks/databricks-dolly-15k",
     "code": "iamtarun/python_code_instructions_18k_alpaca",
@@ -40,9 +42,11 @@ class DataGenerationConfig:
                   "None = derived from the target model and the layer."},
     )
     splits: list[str] = field(
-        default_factory=lambda: list(SPLITS),
-        metadata={"help": f"Splits to generate, any of {', '.join(SPLITS)}. latent_imbalance needs latent; "
-                  "preference needs train."},
+        default_factory=lambda: list(AXBENCH_SPLITS),
+        metadata={"help": f"Splits to generate, any of {', '.join(SPLITS)} (default: the AxBench ones, "
+                  f"{', '.join(AXBENCH_SPLITS)}). latent_imbalance needs latent; preference needs train; "
+                  "suppression (blended prompts and a defence prompt per concept) and attack_shots (many-shot "
+                  "attack examples) are the RePS suppression data."},
     )
     num_of_examples: int = field(
         default=144,
@@ -90,6 +94,12 @@ class DataGenerationConfig:
         default=False,
         metadata={"help": "Ask the LLM to write each concept's steering prompt (the prompt-steering "
                   "baseline); otherwise a fixed sentence naming the concept is stored."},
+    )
+    attack_shots: int = field(
+        default=8,
+        metadata={"help": "Many-shot attack examples (question/answer pairs that carry the concept) written per "
+                  f"concept for the attack_shots split: the largest many-shot n a run can use (at most "
+                  f"{MAX_ATTACK_SHOTS})."},
     )
     seed: int = field(
         default=42,
@@ -144,6 +154,10 @@ class DataGenerationConfig:
                      "steering_num_of_examples", "pool_size", "concept_concurrency", "target_batch_size"):
             if getattr(self, name) < 1:
                 raise InputError(f"DataGenerationConfig.{name}={getattr(self, name)!r} must be at least 1.")
+        if not 1 <= self.attack_shots <= MAX_ATTACK_SHOTS:
+            raise InputError(f"DataGenerationConfig.attack_shots={self.attack_shots!r} must be between 1 and "
+                             f"{MAX_ATTACK_SHOTS} (the largest many-shot attack a run uses); set it to the largest n "
+                             "of the attack grid.")
         if self.num_of_examples < 2:
             raise InputError(f"DataGenerationConfig.num_of_examples={self.num_of_examples} must be at least 2 "
                              "(half positives, half negatives).")

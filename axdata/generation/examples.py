@@ -109,12 +109,13 @@ class Context:
         return None if self.written is None else self.written.get(concept, split, category)
 
     def llm_request(self, template: PromptTemplate, values: dict[str, str], purpose: str, concept: Concept,
-                    seed: int) -> ChatRequest:
+                    seed: int, max_tokens: int | None = None) -> ChatRequest:
+        """`max_tokens` defaults to the config's per-response limit; an answer holding several responses needs more."""
         return ChatRequest.user(
             template.render(**values), purpose=purpose, template_hash=template.version,
             concept_id=concept.concept_id,
-            params=SamplingParams(temperature=self.config.temperature, max_tokens=self.config.llm_max_tokens,
-                                  seed=seed),
+            params=SamplingParams(temperature=self.config.temperature,
+                                  max_tokens=max_tokens or self.config.llm_max_tokens, seed=seed),
         )
 
     def target_request(self, instruction: str, purpose: str, concept_id: int | None) -> ChatRequest:
@@ -270,7 +271,7 @@ def steering_dataset_name(source: str) -> str:
     return "AlpacaEval" if source == PAPER_POOLS["general"] else source
 
 
-def _check_steering_pool(pool: Sequence[str], pool_source: str, n: int) -> None:
+def check_steering_pool(pool: Sequence[str], pool_source: str, n: int) -> None:
     if n > len(pool):
         raise InputError(f"steering_num_of_examples={n} exceeds the {len(pool)} instructions of the steering pool "
                          f"({pool_source}); lower it or use a larger pool.")
@@ -282,7 +283,7 @@ def steering_prompt_rows(concept: Concept, pool: Sequence[str], pool_source: str
     """`n` instructions sampled like AxBench (`DataFrame.sample(n, random_state=concept_id)`), the first half
     for factor selection, the rest held out; `steering_prompt` (default: the fixed sentence naming the concept)
     is what prompt steering prepends."""
-    _check_steering_pool(pool, pool_source, n)
+    check_steering_pool(pool, pool_source, n)
     seed = concept.concept_id
     picks = np.random.RandomState(seed).choice(len(pool), size=n, replace=False)
     prompt = steering_prompt if steering_prompt is not None else FALLBACK_STEERING_PROMPT.render(concept=concept.concept)
@@ -298,7 +299,7 @@ async def steering_rows(ctx: Context, concept: Concept) -> Unit:
     config asks for one."""
     unit = Unit()
     n = ctx.config.steering_num_of_examples
-    _check_steering_pool(ctx.pool.general, ctx.pool.sources["general"], n)
+    check_steering_pool(ctx.pool.general, ctx.pool.sources["general"], n)
     template, prompt, model = FALLBACK_STEERING_PROMPT, None, None
     if ctx.config.steering_prompts_from_llm:
         request = ctx.llm_request(STEERING_PROMPT, {"concept": concept.concept}, "steering_prompt", concept,

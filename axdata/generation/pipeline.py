@@ -1,7 +1,8 @@
 """The generation run: concepts in, AxBench-style splits out, resumable after a kill at any point.
 
 Work is cut into units — one genre's shared negatives; per concept its genre, contrast concepts,
-training positives, detection-eval rows, steering prompts and preference pairs. Each finished unit is
+training positives, detection-eval rows, steering prompts, preference pairs and, when asked for, its
+suppression prompts and many-shot attack examples (`axdata.generation.suppression`). Each finished unit is
 committed as one JSON file, written atomically, under `work_dir/<kind>/<key>.json`; a restarted run
 loads the committed units and makes only the missing ones. Every request is deterministic (seeded
 instruction sampling, a seed per request) and answered requests sit in the LLM cache, so the
@@ -38,6 +39,7 @@ from axdata.generation.examples import (
     Context,
     Truncate,
     Unit,
+    check_steering_pool,
     latent_rows,
     preference_pairs,
     shared_negatives,
@@ -48,6 +50,7 @@ from axdata.generation.examples import (
 from axdata.generation.genre import determine_genre
 from axdata.generation.pools import InstructionPool, load_pool
 from axdata.generation.report import cost_projection, ledger_summary, sum_counts
+from axdata.generation.suppression import attack_shot_rows, suppression_rows
 from axdata.generation.templates import template_versions
 from axdata.generation.written import WrittenExamples
 from axdata.hashing import content_hash
@@ -87,7 +90,9 @@ class UnitStore:
         return self.root / kind / f"{key}.json"
 
     def fingerprint(self, kind: str, key: str, concept: Concept | None) -> str:
-        about = None if concept is None else [concept.concept, concept.ref]
+        # A rule and a topic with the same text are asked different prompts; topics keep their old fingerprints.
+        about = None if concept is None else [concept.concept, concept.ref] + (
+            [concept.concept_type] if concept.concept_type != "topic" else [])
         return content_hash([self.run_fingerprint, kind, key, about])
 
     def load(self, kind: str, key: str, fingerprint: str) -> Unit | None:
@@ -190,6 +195,8 @@ async def run_generation(
     ctx = Context(config, pool, llm, target, truncate, written)
     store = UnitStore(Path(work_dir), run_fingerprint(config, pool, llm, target, written))
     splits = set(config.splits)
+    if splits & {"steering", "suppression"}:  # before any LLM call, not when the first concept gets there
+        check_steering_pool(pool.general, pool.sources["general"], config.steering_num_of_examples)
     semaphore = asyncio.Semaphore(config.concept_concurrency)
     bar = tqdm(total=len(concepts), desc="concepts", unit="concept")
 
@@ -207,6 +214,12 @@ async def run_generation(
             if "steering" in splits:
                 jobs["steering"] = store.get("steering", concept.concept_id, concept,
                                              lambda: steering_rows(ctx, concept))
+            if "suppression" in splits:
+                jobs["suppression"] = store.get("suppression", concept.concept_id, concept,
+                                                lambda: suppression_rows(ctx, concept))
+            if "attack_shots" in splits:
+                jobs["attack_shots"] = store.get("attack_shots", concept.concept_id, concept,
+                                                 lambda: attack_shot_rows(ctx, concept))
             units.update(zip(jobs, await asyncio.gather(*jobs.values())))
             if "preference" in splits:
                 positives = units["train"].rows
@@ -289,7 +302,7 @@ def _assemble(config: DataGenerationConfig, negative_units: Sequence[Unit], per_
     order the units finished in."""
     notes: list[str] = []
     frames: dict[str, pd.DataFrame] = {}
-    for split in ("train", "latent", "steering", "preference"):
+    for split in ("train", "latent", "steering", "preference", "suppression", "attack_shots"):
         if split not in config.splits:
             continue
         rows = [row for unit in negative_units for row in unit.rows] if split == "train" else []

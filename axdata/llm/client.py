@@ -14,6 +14,7 @@ import asyncio
 import email.utils
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -32,6 +33,7 @@ from axdata.llm.structured import check_schema, extract_json, prompt_instruction
 from axdata.llm.types import (
     ChatRequest,
     Completion,
+    InvalidUsageError,
     LLMError,
     LLMRequestError,
     StructuredOutputError,
@@ -55,12 +57,13 @@ class _RetryableError(Exception):
 
 
 class _InvalidAnswerError(_RetryableError):
-    """The answer arrived (and was paid for) but does not parse or validate against the schema; keeps the raw
-    text and the answer's cost."""
+    """The answer arrived (and was paid for) but does not parse or validate against the schema, or reports a token
+    usage that cannot be billed; keeps the raw text, the answer's cost and the error to raise on giving up."""
 
-    def __init__(self, reason: str, text: str, cost_usd: float = 0.0):
+    def __init__(self, reason: str, text: str, cost_usd: float = 0.0,
+                 final: type[StructuredOutputError] = StructuredOutputError):
         super().__init__(reason)
-        self.text, self.cost_usd = text, cost_usd
+        self.text, self.cost_usd, self.final = text, cost_usd, final
 
 
 class _FatalError(Exception):
@@ -113,6 +116,7 @@ class OpenAIChatClient:
         self._schema_mode = "prompt" if config.structured_output == "prompt" else "json_schema"
         self._state: _LoopState | None = None
         self._sync_loop: asyncio.AbstractEventLoop | None = None
+        self._usage_warned = False
 
     def _key_from_env(self) -> str:
         key = os.environ.get(self.config.api_key_env)
@@ -282,11 +286,16 @@ class OpenAIChatClient:
                 invalid_answers, invalid_cost = invalid_answers + 1, invalid_cost + failure.cost_usd
                 # An invalid answer is the server working: ask again at once, a bounded number of times, and
                 # never repeat a deterministic request (it would be the same answer, paid again).
-                allowed = 0 if request.params.temperature == 0 else self.config.max_invalid_retries
+                # A request may set its own bound (the reference protocol's judge: none).
+                allowed = self.config.max_invalid_retries if request.max_invalid_retries is None \
+                    else request.max_invalid_retries
+                if request.params.temperature == 0:
+                    allowed = 0
                 if invalid_answers > allowed:
-                    raise StructuredOutputError(
+                    raise failure.final(
                         failure.text, f"{failure.reason} (gave up after {invalid_answers} answer(s); "
-                        f"llm.max_invalid_retries={self.config.max_invalid_retries}, none at temperature 0); "
+                        f"llm.max_invalid_retries={self.config.max_invalid_retries}, none at temperature 0"
+                        f"{'' if request.max_invalid_retries is None else ', this request allows ' + str(allowed)}); "
                         f"request {request.purpose!r} to {self.base_url}",
                         answers=invalid_answers, cost_usd=invalid_cost,
                     ) from None
@@ -359,6 +368,13 @@ class OpenAIChatClient:
             raise self._status_error(err, use_response_format) from None
         completion = self._parse(body, request)  # the answer's tokens are known: it is paid for
         try:
+            if _USAGE_PROBLEM in completion.extra:
+                if not self._usage_warned:  # once per client: a broken server would repeat it on every answer
+                    self._usage_warned = True
+                    logger.warning("%s sent an unusable token usage (%s): such an answer is invalid, counted at its "
+                                   "request's worst-case cost ($%.4f here) and asked again.", self.base_url,
+                                   completion.extra[_USAGE_PROBLEM], completion.cost_usd)
+                raise _InvalidAnswerError(completion.extra[_USAGE_PROBLEM], completion.text, final=InvalidUsageError)
             completion.parsed = self._validated(completion.text, request)
         except _InvalidAnswerError as err:
             self.ledger.record(request, completion, valid=False)
@@ -386,21 +402,24 @@ class OpenAIChatClient:
             data = json.loads(body)
             choice = data["choices"][0]
             text = choice["message"]["content"]
-            usage = data.get("usage") or {}
+            usage = data.get("usage")
             if not isinstance(text, str):
                 raise TypeError(f"message content is {type(text).__name__}, not text")
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
             raise _RetryableError(
                 f"malformed response body ({type(err).__name__}: {err}): {_short(body)}"
             ) from None
-        if usage.get("prompt_tokens") is None or usage.get("completion_tokens") is None:
+        extra: dict[str, Any] = {}
+        try:
+            counts = usage_counts(usage)
+        except ValueError as err:
+            # A negative or non-numeric count would lower (or break) the spend the budget guard sees: the answer is
+            # invalid and is paid at its request's worst case, the amount the guard reserved for it.
+            counts, extra[_USAGE_PROBLEM] = (estimate_prompt_tokens(request), request.params.max_tokens), str(err)
+        if counts is None:
             # Without usage the ledger would under-count; a generous estimate keeps the budget guard honest.
-            prompt_tokens = estimate_prompt_tokens(request)
-            completion_tokens = max(1, len(text) // 3)
-            estimated = True
-        else:
-            prompt_tokens, completion_tokens = int(usage["prompt_tokens"]), int(usage["completion_tokens"])
-            estimated = False
+            counts, extra["usage_estimated"] = (estimate_prompt_tokens(request), max(1, len(text) // 3)), True
+        prompt_tokens, completion_tokens = counts
         return Completion(
             text=text,
             model=self.model_name,
@@ -408,7 +427,7 @@ class OpenAIChatClient:
             completion_tokens=completion_tokens,
             cost_usd=self.prices.cost(prompt_tokens, completion_tokens),
             finish_reason=choice.get("finish_reason"),
-            extra={"usage_estimated": True} if estimated else {},
+            extra=extra,
         )
 
     @staticmethod
@@ -424,6 +443,37 @@ class OpenAIChatClient:
         if problems:
             raise _InvalidAnswerError("; ".join(problems[:5]), text)
         return parsed
+
+
+_USAGE_FIELDS = ("prompt_tokens", "completion_tokens")
+_USAGE_PROBLEM = "usage_problem"  # Completion.extra key: why the answer's usage was refused
+
+
+def usage_counts(usage: object) -> tuple[int, int] | None:
+    """The (prompt, completion) token counts of an answer's `usage`, None when the server sent none (or left a
+    count null). Raises ValueError naming the field when a count is not a whole number >= 0 (a number with a
+    zero fraction, as some servers send, is accepted).
+
+    >>> usage_counts({"prompt_tokens": 12, "completion_tokens": 3.0}), usage_counts(None)
+    ((12, 3), None)
+    >>> usage_counts({"prompt_tokens": -150000000, "completion_tokens": 3})
+    Traceback (most recent call last):
+    ...
+    ValueError: usage.prompt_tokens is -150000000, not a whole number of tokens >= 0
+    """
+    if usage is None:
+        return None
+    if not isinstance(usage, Mapping):
+        raise ValueError(f"usage is {_short(json.dumps(usage), 60)}, not an object of token counts")
+    values = [usage.get(name) for name in _USAGE_FIELDS]
+    if any(value is None for value in values):
+        return None
+    for name, value in zip(_USAGE_FIELDS, values):
+        # bool is an int subclass, and json.loads reads NaN / Infinity: neither is a token count.
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+                or value < 0 or value != int(value):
+            raise ValueError(f"usage.{name} is {_short(json.dumps(value), 60)}, not a whole number of tokens >= 0")
+    return int(values[0]), int(values[1])
 
 
 def _retry_after_s(headers: Mapping[str, str]) -> float | None:

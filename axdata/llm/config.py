@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from axdata.embedded import DEFAULT_EMBEDDED_MODEL, EMBEDDED_MODELS
@@ -145,8 +146,9 @@ class LLMConfig:
             raise InputError(f"LLMConfig.backoff_base_s={self.backoff_base_s!r} must be 0 or more.")
         for name in ("max_usd", "input_usd_per_mtok", "output_usd_per_mtok"):
             value = getattr(self, name)
-            if value is not None and value < 0:
-                raise InputError(f"LLMConfig.{name}={value!r} must be 0 or more (or None).")
+            # NaN compares False with everything: a NaN price or limit would switch the budget guard off.
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise InputError(f"LLMConfig.{name}={value!r} must be a finite number, 0 or more (or None).")
         if self.embedded_port is not None and not 0 < self.embedded_port < 65536:
             raise InputError(
                 f"LLMConfig.embedded_port={self.embedded_port!r} is not a TCP port (1–65535) or None."

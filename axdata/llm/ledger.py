@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import threading
 import time
 from collections import defaultdict
@@ -122,7 +123,9 @@ class Ledger:
             self._reserved = max(0.0, self._reserved - amount)
 
     def record(self, request: ChatRequest, completion: Completion, *, valid: bool = True) -> None:
-        """One line for one answer (`valid=False`: it arrived, was paid for, and failed its schema)."""
+        """One line for one answer (`valid=False`: it arrived, was paid for, and failed its schema or reported an
+        unusable token usage — then at its worst-case cost)."""
+        _check_billable(completion)
         entry = {
             "time": time.time(),
             "model": completion.model,
@@ -154,6 +157,21 @@ class Ledger:
         for entry in entries:
             grouped[entry[by]].add(entry)
         return dict(grouped)
+
+
+def _check_billable(completion: Completion) -> None:
+    """Refuse a paid answer whose tokens or cost are not finite numbers >= 0: one negative entry would lower the
+    spend and switch the budget guard off. Backends refuse such answers before they get here (the client's
+    `usage_counts`), so this is a bug's guard, not a user error."""
+    if completion.cached:
+        return  # a cache hit adds nothing to the spend
+    fields = {"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
+              "cost_usd": completion.cost_usd}
+    bad = {name: value for name, value in fields.items()
+           if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0}
+    if bad:
+        raise ValueError(f"Ledger.record: an answer of {completion.model!r} has {bad}; the chat backend must refuse "
+                         "unusable usage before ledgering (axdata.llm.client.usage_counts).")
 
 
 def _read_entries(path: Path) -> Iterable[dict]:

@@ -38,7 +38,25 @@ class StructuredOutputError(LLMError):
 
     def __init__(self, text: str, reason: str, *, answers: int = 0, cost_usd: float = 0.0):
         self.text, self.reason, self.answers, self.cost_usd = text, reason, answers, cost_usd
-        super().__init__(f"Response does not match the requested JSON schema ({reason}): {text[:200]!r}")
+        super().__init__(self._message(reason, text))
+
+    @staticmethod
+    def _message(reason: str, text: str) -> str:
+        return f"Response does not match the requested JSON schema ({reason}): {text[:200]!r}"
+
+
+class InvalidUsageError(StructuredOutputError):
+    """The server's answers report token usage that cannot be billed (negative, fractional, not a number).
+
+    Each such answer is ledgered at its request's worst-case cost, so a broken `usage` can never lower the spend
+    the budget guard sees; like any invalid answer it is asked again (`llm.max_invalid_retries`).
+    """
+
+    @staticmethod
+    def _message(reason: str, text: str) -> str:
+        return (f"The LLM server reported unusable token usage ({reason}); each such answer was counted at its "
+                "request's worst-case cost. Use a server whose `usage` counts are whole numbers >= 0, or one that "
+                "sends no `usage` (the client then estimates the tokens).")
 
 
 @dataclass(frozen=True)
@@ -69,6 +87,9 @@ class ChatRequest:
     json_schema: Mapping[str, Any] | None = None
     concept_id: int | None = None
     sample_index: int = 0
+    # Re-asks after an answer that fails `json_schema` (None: the client's llm.max_invalid_retries). Part of the
+    # cache key when set: an answer that needed a re-ask must not be reused as the answer to a single ask.
+    max_invalid_retries: int | None = None
 
     @classmethod
     def user(cls, content: str, purpose: str, **kwargs: Any) -> ChatRequest:
@@ -83,6 +104,8 @@ class ChatRequest:
                 "template_hash": self.template_hash,
                 "json_schema": self.json_schema,
                 "sample_index": self.sample_index,
+                # only when set, so that every existing key (and cached answer) stays valid
+                **({} if self.max_invalid_retries is None else {"max_invalid_retries": self.max_invalid_retries}),
             },
             length=64,
         )

@@ -48,10 +48,15 @@ LOGGERS = ("axdata", "axmethods", "axeval")
 
 
 def configure_logging(debug: bool = False) -> None:
-    """One console handler on our loggers (INFO, DEBUG with --debug); calling it again replaces it."""
+    """One console handler on our loggers (INFO, DEBUG with --debug); calling it again replaces it.
+
+    It writes to stderr: stdout carries only a command's result, so `axbench eval report RUN --json | jq` works.
+    """
+    from rich.console import Console
     from rich.logging import RichHandler
 
-    handler = RichHandler(show_path=False, markup=False, rich_tracebacks=debug)
+    # RichHandler's default console is rich's global one, which writes to stdout.
+    handler = RichHandler(console=Console(stderr=True), show_path=False, markup=False, rich_tracebacks=debug)
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler.set_name("axbench-cli")
     for name in LOGGERS:

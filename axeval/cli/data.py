@@ -10,7 +10,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from axdata.builders import list_configs, list_splits, read_concepts, read_provenance, split_files
+from axdata.builders import (
+    CONCEPTS_FILE,
+    concepts_path,
+    list_configs,
+    list_splits,
+    read_checked_concepts,
+    read_provenance,
+    split_files,
+)
 from axdata.builders.axbench_import import import_axbench
 from axdata.concepts import ConceptFileError
 from axdata.errors import AxbenchError
@@ -74,13 +82,15 @@ def _default_config_name(source_dir: Path) -> str:
 @data_app.command("info")
 def info(directory: Path = typer.Argument(..., help="A dataset directory written by `axbench data import` "
                                           "or a run's data/ folder.")) -> None:
-    """Configs, splits, rows per split and category, and concepts of a dataset directory."""
+    """Configs, splits, rows per split and category, and concepts of a dataset directory; exits 1 when a concept
+    list cannot be read or misses concepts of its splits (after printing everything else)."""
     configs = list_configs(directory)
     if not configs:
         typer.echo(f"{directory} holds no dataset configs (no <config>/<split>-*.parquet files); import or "
                    "generate a dataset first.", err=True)
         raise typer.Exit(1)
     console = Console()
+    problems: list[str] = []  # reported after the tables, on stderr, and the command fails
     for config in configs:
         table = Table(title=f"config {config}")
         for column in ("split", "rows", *CATEGORIES, "shards"):
@@ -97,10 +107,14 @@ def info(directory: Path = typer.Argument(..., help="A dataset directory written
             table.add_row(split, str(rows), *(str(categories[c]) if categories else "-" for c in CATEGORIES),
                           str(len(shards)))
         console.print(table)
+        if not concepts_path(directory, config).is_file():
+            console.print(f"concepts: none (no {CONCEPTS_FILE})")
+            continue
         try:
-            concepts = read_concepts(directory, config)
+            concepts = read_checked_concepts(directory, config)
         except ConceptFileError as error:
-            console.print(f"concepts: unreadable ({error})")
+            console.print("concepts: unusable (below)")
+            problems.append(str(error))
             continue
         genres = Counter(concept.genre for concept in concepts)
         by_genre = ", ".join(f"{genre} {genres[genre]}" for genre in GENRES if genres[genre])
@@ -109,6 +123,10 @@ def info(directory: Path = typer.Argument(..., help="A dataset directory written
     if provenance:
         console.print("provenance:")
         console.print_json(data=provenance)
+    for problem in problems:
+        typer.echo(problem, err=True)
+    if problems:
+        raise typer.Exit(1)
 
 
 data_app.command("generate")(generate)

@@ -7,6 +7,7 @@ shell history and logs.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 
 import typer
@@ -15,7 +16,9 @@ from rich.console import Console
 from rich.table import Table
 
 from axdata.builders.hub import DEFAULT_MAX_SHARD_SIZE, DEFAULT_VERSION, pull_dataset, push_dataset
+from axdata.errors import AxbenchError
 from axeval.cli.grammar import private_option
+from axeval.rundir import enclosing_run_directories
 
 # What the library raises for bad inputs (messages name the input and the fix) and what the Hub answers.
 _EXPECTED_ERRORS = (ValueError, FileNotFoundError, FileExistsError, HfHubHTTPError)
@@ -63,8 +66,11 @@ def pull(
     out_arg: Path | None = typer.Argument(None, metavar="[OUT]", help="New dataset directory (or use --out)."),
     out: Path | None = typer.Option(None, "--out", help="New dataset directory to write the local layout into."),
     revision: str | None = typer.Option(None, "--revision", help="Tag (e.g. v1.0.0), branch or commit; default main."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing dataset directory (once the "
+                                   "pulled copy is complete and checked); without it, a non-empty one is refused."),
 ) -> None:
-    """Pull REPO_ID from the Hub into a new local dataset directory that every axbench stage reads."""
+    """Pull REPO_ID from the Hub into a new local dataset directory that every axbench stage reads; its files are
+    checked (shards against the schema, concept lists whole and covering every concept of the splits)."""
     if out is not None and out_arg is not None and out != out_arg:
         typer.echo(f"Two output directories given ({out_arg} and --out {out}); pass one.", err=True)
         raise typer.Exit(2)
@@ -73,8 +79,14 @@ def pull(
         typer.echo("No output directory; pass OUT or --out DIR (a new directory).", err=True)
         raise typer.Exit(2)
     try:
-        report = pull_dataset(repo_id, target, revision=revision)
-    except _EXPECTED_ERRORS as error:
+        with ExitStack() as held:
+            runs = enclosing_run_directories([target])
+            if runs:  # a run's data/ folder: written under the run's lock (imported only then: it loads torch)
+                from axeval.pipeline import locked_run_directories
+
+                held.enter_context(locked_run_directories(runs, "axbench data pull"))
+            report = pull_dataset(repo_id, target, revision=revision, overwrite=overwrite)
+    except (*_EXPECTED_ERRORS, AxbenchError) as error:
         typer.echo(f"Pull of {repo_id} into {target} failed: {error}", err=True)
         raise typer.Exit(1) from None
     console = Console()

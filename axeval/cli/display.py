@@ -14,14 +14,20 @@ from rich.console import Console
 from rich.table import Table
 
 # Leaderboard columns: (title, field prefix in Report.by_method(), digits of the mean, of the interval). A cell
-# shows the mean over concepts with its 95% interval on a second line, so four metrics and the method name fit
+# shows the mean over concepts with its 95% interval on a second line, so five metrics and the method name fit
 # in 80 columns; hard-negative accuracy and the sub-scores are in the report and in --json.
-LEADERBOARD_COLUMNS = (
-    ("AUROC", "detection_auroc_", 3, 2),
-    ("F1 (imb.)", "imbalance_f1_", 3, 2),
-    ("Steering", "steering_score_", 3, 2),
-    ("Lexical %", "steering_lexical_score_", 1, 0),
-)
+DETECTION_COLUMNS = (("AUROC", "detection_auroc_", 3, 2), ("F1 (imb.)", "imbalance_f1_", 3, 2))
+JUDGE_COLUMNS = (("Steering", "steering_score_", 3, 2),)
+JUDGE_FREE_COLUMNS = (("Lexical %", "steering_lexical_score_", 1, 0), ("PPL", "steering_perplexity_", 1, 0))
+LEADERBOARD_COLUMNS = (*DETECTION_COLUMNS, *JUDGE_COLUMNS, *JUDGE_FREE_COLUMNS)
+
+
+def leaderboard_columns(lead: str | None) -> tuple[tuple[str, str, int, int], ...]:
+    """AxBench's order (the judge's steering score first); with a judge too small to trust (`lead` "judge-free",
+    `axeval.report.Report.lead`) the judge-free scores come first and the judge's is marked secondary."""
+    if lead != "judge-free":
+        return LEADERBOARD_COLUMNS
+    return (*DETECTION_COLUMNS, *JUDGE_FREE_COLUMNS, *((f"{name}*", *rest) for name, *rest in JUDGE_COLUMNS))
 
 
 def _cell(values: Mapping[str, Any], prefix: str, digits: int, ci_digits: int) -> str:
@@ -34,9 +40,10 @@ def _cell(values: Mapping[str, Any], prefix: str, digits: int, ci_digits: int) -
     return f"{mean:.{digits}f}{interval}"
 
 
-def leaderboard_table(methods: Mapping[str, Mapping[str, Any]], title: str = "Leaderboard") -> Table:
-    """Methods (rows, in the given order) × the metrics any of them has."""
-    columns = [column for column in LEADERBOARD_COLUMNS
+def leaderboard_table(methods: Mapping[str, Mapping[str, Any]], title: str = "Leaderboard", lead: str | None = None
+                      ) -> Table:
+    """Methods (rows, in the given order) × the metrics any of them has, in `leaderboard_columns(lead)`'s order."""
+    columns = [column for column in leaderboard_columns(lead)
                if any(values.get(f"{column[1]}mean") is not None for values in methods.values())]
     ratio = next((values["imbalance_negatives_per_positive"] for values in methods.values()
                   if values.get("imbalance_negatives_per_positive")), None)
@@ -60,7 +67,7 @@ def print_leaderboard(console: Console, leaderboard: Mapping[str, Any]) -> None:
     if not methods:
         console.print("No results to rank yet.")
         return
-    console.print(leaderboard_table(methods))
+    console.print(leaderboard_table(methods, lead=leaderboard.get("lead")))
     for line in filter(None, [leaderboard.get("judge"), *leaderboard.get("caveats", [])]):
         console.print(f"[yellow]•[/yellow] {line}", highlight=False)
 

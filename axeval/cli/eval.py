@@ -61,8 +61,10 @@ def detect(
     seed: int = typer.Option(DEFAULT_SEED, help="Seed of the bootstrap."),
 ) -> None:
     """Per method: mean AUROC over concepts with its 95% CI, and hard-negative accuracy (Youden threshold)."""
+    from axdata.settings import check_flags
     from axeval import detection
 
+    check_flags("eval detect", {"--resamples": ("n_resamples", resamples), "--seed": ("seed", seed)})
     try:
         latent_rows = _read(latent, "latent")
         summary = detection.summarize_detection(detection.concept_detection(latent_rows), resamples, seed=seed)
@@ -100,25 +102,35 @@ def judge(
     from axdata.settings import build_settings
     from axeval.cli.config import load_run_config
     from axeval.judge import JudgeConfig
+    from axeval.protocol import check_judge_settings
     from axeval.stages.evaluation import judge_generations
 
     settings = load_run_config(config, set_ or [])
+    # The config's judge section (with --set) is the base; explicit options override it.
+    given = {k: v for k, v in {"temperature": temperature, "parse_retries": parse_retries,
+                               "on_parse_failure": on_parse_failure}.items() if v is not None}
+    try:  # e.g. --parse-retries 2 under the reference protocol, whose judge asks once (a plain ValueError there)
+        check_judge_settings(settings.run.protocol, given)
+    except ValueError as error:
+        _fail(error)
     try:
-        # The config's judge section (with --set) is the base; explicit options override it.
-        given = {"temperature": temperature, "parse_retries": parse_retries, "on_parse_failure": on_parse_failure}
-        judge_config = build_settings(JudgeConfig, {**dataclasses.asdict(settings.judge),
-                                                    **{k: v for k, v in given.items() if v is not None}}, where="judge")
+        judge_config = build_settings(JudgeConfig, {**dataclasses.asdict(settings.judge), **given}, where="judge")
     except AxbenchError as error:
         _fail(error)
     if not steering_file.exists():
         raise typer.BadParameter(f"{steering_file} does not exist; pass the steering generations parquet file.")
     dry_run = settings.llm.dry_run
-    with open_llm(settings.llm, cache_path=cache or out.parent / "llm-cache.sqlite",
-                  ledger_path=ledger or out.parent / "llm-ledger.jsonl") as client:
-        try:
-            summary = judge_generations(client, judge_config, steering_file, None if dry_run else out)
-        except AxbenchError as error:
-            _fail(error)
+    from axeval.pipeline import locked_run_directories
+    from axeval.rundir import enclosing_run_directories
+
+    try:  # the run directory it writes into (if any) is locked, as `axbench run` locks it
+        with locked_run_directories(enclosing_run_directories([] if dry_run else [out]), "axbench eval judge"), \
+                open_llm(settings.llm, cache_path=cache or out.parent / "llm-cache.sqlite",
+                         ledger_path=ledger or out.parent / "llm-ledger.jsonl") as client:
+            summary = judge_generations(client, judge_config, steering_file, None if dry_run else out,
+                                        protocol=settings.run.protocol)
+    except AxbenchError as error:
+        _fail(error)
     if dry_run:
         typer.echo(f"Dry run: {summary['calls']} judge calls, estimated ${summary['cost_usd']:.4f}; nothing written.")
         return
@@ -140,9 +152,11 @@ def steering_(
     protocol: str = typer.Option("fixed", help=_PROTOCOL_HELP),
 ) -> None:
     """Per method: held-out steering score at the factor chosen on the selection half, with its 95% CI."""
+    from axdata.settings import check_flags
     from axeval import steering
     from axeval.protocol import check_protocol, parse_failures_score_zero
 
+    check_flags("eval steering", {"--resamples": ("n_resamples", resamples), "--seed": ("seed", seed)})
     try:
         scored = steering.score_generations(_read(judged, "judged generations"), suppression=suppression,
                                             parse_failures_as_zero=parse_failures_score_zero(check_protocol(protocol)))
@@ -172,13 +186,19 @@ def report(
                                                         "imbalance_*, steering_*, winrate_* fields, CIs and counts)."),
 ) -> None:
     """Leaderboard (markdown + self-contained HTML), plots and .eval_results files; prints the summary."""
+    from axeval.pipeline import RunLockedError, locked_run_directories
     from axeval.protocol import check_protocol, parse_failures_score_zero
     from axeval.report import build_report
+    from axeval.rundir import enclosing_run_directories
 
+    # The report writes into RUN_DIR/eval (or --out): that run directory is locked, as `axbench run` locks it.
+    # (A RUN_DIR that does not exist is not created by its lock: the report names what is missing.)
+    locked = ([run_dir] if run_dir.is_dir() else []) if out is None else enclosing_run_directories([out])
     try:
-        result = build_report(run_dir, out, baseline=baseline, suppression=suppression, dataset_id=dataset_id,
-                              parse_failures_as_zero=parse_failures_score_zero(check_protocol(protocol)))
-    except (ValueError, FileNotFoundError) as error:
+        with locked_run_directories(locked, "axbench eval report"):
+            result = build_report(run_dir, out, baseline=baseline, suppression=suppression, dataset_id=dataset_id,
+                                  parse_failures_as_zero=parse_failures_score_zero(check_protocol(protocol)))
+    except (ValueError, FileNotFoundError, RunLockedError) as error:
         _fail(error)
     if as_json:
         typer.echo(json.dumps(result.by_method(), indent=2))

@@ -25,7 +25,9 @@ def serve(
 ) -> None:
     """Start the embedded OpenAI-compatible server on 127.0.0.1, print its base_url, stop on Ctrl-C."""
     from axdata.llm.server import serve_forever
+    from axdata.settings import check_flags
 
+    check_flags("llm serve", {"--n-parallel": ("embedded_n_parallel", n_parallel), "--n-ctx": ("embedded_n_ctx", n_ctx)})
     serve_forever(model, port=port, n_parallel=n_parallel, n_ctx=n_ctx, threads=threads)
 
 

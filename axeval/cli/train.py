@@ -33,10 +33,15 @@ def train(
     dtype: str = typer.Option("auto", "--dtype", help="Model dtype: auto | float32 | bfloat16 | float16."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
     max_concepts: int | None = typer.Option(None, "--max-concepts", help="Train only the first N concepts."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a result already at --out (for a dictionary: "
+                                   "its layer folder l<L>; other layers stay)."),
 ) -> None:
     """Train METHOD on a dataset's splits and save its result (dictionary, adapters, weights) to --out."""
     from axdata.builders import read_concepts, read_split, resolve_config
-    from axdata.settings import SettingsError, parse_assignments
+    from axdata.io import check_new_directory
+    from axdata.settings import SettingsError, check_flags, parse_assignments
+    from axeval.pipeline import locked_run_directories
+    from axeval.rundir import enclosing_run_directories
     from axmethods.distributed import is_main
     from axmethods.models import load_target_model
     from axmethods.registry import get_method, settings_help
@@ -46,17 +51,21 @@ def train(
         typer.echo("\n".join(settings_help(spec)))
         raise typer.Exit(0)
     # adapters and fine-tuned weights take their layers from settings
-    needs_layer = spec.result in ("dictionary", "hypernetwork")
+    needs_layer = spec.in_layer_folder or spec.result == "hypernetwork"
     missing = [option for option, value in (("--data", data), ("--layer", layer if needs_layer else 0), ("--out", out))
                if value is None]
     if missing:
         raise typer.BadParameter(f"{', '.join(missing)} required to train {spec.name}.")
+    check_flags("train", {"--layer": ("layer", layer), "--max-concepts": ("max_concepts", max_concepts)})
     try:  # bad settings fail before the model loads
         method_settings = spec.settings(parse_assignments(settings), layer=layer, where=f"--set ({spec.name})")
     except SettingsError as error:
         raise typer.BadParameter(f"{error} `axbench train {spec.name} --list-settings` lists them.") from None
     try:
         dataset_config = resolve_config(data, dataset_config)
+        # Writers never clobber: the folder this result would replace must be new, unless --overwrite (checked
+        # before the model loads; a dictionary's other layer folders are other results and stay).
+        check_new_directory(out / f"l{layer}" if spec.in_layer_folder else out, overwrite=overwrite)
     except (AxbenchError, OSError) as error:
         _fail(str(error))
     concepts = read_concepts(data, dataset_config)[:max_concepts]
@@ -75,7 +84,11 @@ def train(
         _fail(f"Training {spec.name} failed: {error}")
     if not is_main():
         return  # under a distributed launcher every process trained its share; rank 0 writes the result
-    folder = result.save_pretrained(out, datasets=[f"{data}/{dataset_config}"])
+    try:  # the run directory it writes into (if any) is locked, as `axbench run` locks it
+        with locked_run_directories(enclosing_run_directories([out]), "axbench train"):
+            folder = result.save_pretrained(out, datasets=[f"{data}/{dataset_config}"])
+    except AxbenchError as error:
+        _fail(str(error))
     where = f" at layer {layer}" if layer is not None else ""
     typer.echo(f"Trained {spec.name} on {len(concepts)} concepts of {data}/{dataset_config}{where} in "
                f"{time.perf_counter() - started:.1f} s; wrote {folder}")

@@ -14,17 +14,18 @@ from axdata.errors import InputError
 from axdata.llm import ChatBackend
 from axeval.judge import Judge, JudgeConfig, summarize_judgements, write_judgements
 from axeval.pipeline import RunContext, Stage
-from axeval.protocol import parse_failures_score_zero
+from axeval.protocol import FIXED, parse_failures_score_zero
 from axeval.report import build_report
 
 
 def judge_generations(backend: ChatBackend, settings: JudgeConfig, generations: Path, out: Path | None, *,
-                      run_async: Callable[[Awaitable[pd.DataFrame]], pd.DataFrame] | None = None) -> dict[str, Any]:
+                      run_async: Callable[[Awaitable[pd.DataFrame]], pd.DataFrame] | None = None,
+                      protocol: str = FIXED) -> dict[str, Any]:
     """The judge stage (`axbench run`'s and `axbench eval judge`'s one implementation): three ratings per steered
     generation of the parquet file `generations`, written to `out` (None: judged and summarised, not written — a
     dry run's estimate). `run_async` runs the judging coroutine on the caller's event loop (a run keeps one for its
-    whole length); default: the backend's own."""
-    judge = Judge(backend, settings)
+    whole length); default: the backend's own. `protocol="reference"`: one ask per rating (axeval.protocol)."""
+    judge = Judge(backend, settings, protocol=protocol)
     try:
         frame = pd.read_parquet(generations)
     except (pa.ArrowException, ValueError) as error:  # a damaged or foreign file: the user's to replace
@@ -42,7 +43,9 @@ class JudgeStage(Stage):
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         llm = ctx.config.llm
         return {"steering": ctx.stamp_hash("steering"), "judge": dataclasses.asdict(ctx.config.judge),
-                "llm": {"endpoint": llm.endpoint, "model": llm.model, "structured_output": llm.structured_output}}
+                "llm": {"endpoint": llm.endpoint, "model": llm.model, "structured_output": llm.structured_output},
+                # the reference judge asks once; named only then, so finished default runs keep their stamp
+                **({} if ctx.config.run.protocol == FIXED else {"protocol": ctx.config.run.protocol})}
 
     def outputs(self, ctx: RunContext) -> list[Path]:
         return [ctx.run_dir.eval_dir / "judgements.parquet"]
@@ -53,7 +56,8 @@ class JudgeStage(Stage):
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         return judge_generations(ctx.llm(), ctx.config.judge, ctx.run_dir.inference_dir / "steering.parquet",
-                                 ctx.run_dir.eval_dir / "judgements.parquet", run_async=ctx.run_async)
+                                 ctx.run_dir.eval_dir / "judgements.parquet", run_async=ctx.run_async,
+                                 protocol=ctx.config.run.protocol)
 
 
 class ReportStage(Stage):
@@ -62,6 +66,7 @@ class ReportStage(Stage):
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         return {"latent": ctx.stamp_hash("latent"), "judge": ctx.stamp_hash("judge"),
+                **({"suppression": ctx.stamp_hash("suppression-judge")} if ctx.config.evaluation.suppresses else {}),
                 "report": dataclasses.asdict(ctx.config.report), "seed": ctx.config.run.seed,
                 "protocol": ctx.config.run.protocol}
 

@@ -10,10 +10,12 @@ from typing import Any
 
 import pandas as pd
 
+from axdata.builders import concepts_path
 from axdata.io import atomic_path
 from axeval import protocol
 from axeval.config import InferenceSection
 from axeval.lexical import add_lexical_scores, concept_signatures
+from axeval.modes import rule_scores
 from axeval.pipeline import RunContext, Stage, join_counts
 from axeval.stages.dataset import RunDataset, run_dataset
 from axmethods.activations import ActivationCollector
@@ -58,7 +60,7 @@ def dictionary_dir(ctx: RunContext, method: str) -> Path:
 
 def artifact_marker(ctx: RunContext, name: str) -> Path:
     """The file a finished training of method `name` leaves: a dictionary's weights or an adapter folder's config."""
-    if get_method(name).result != "dictionary":  # folder results keep their config at the root
+    if not get_method(name).in_layer_folder:  # folder results keep their config at the root
         return dictionary_dir(ctx, name) / "config.json"
     return dictionary_dir(ctx, name) / f"l{ctx.config.run.layer}" / "weights.safetensors"
 
@@ -75,7 +77,7 @@ def load_artifacts(ctx: RunContext) -> list[ConceptResult]:
 
 def score_latent(target: TargetModel, results: Sequence[ConceptResult], dataset: RunDataset, out: Path | None, *,
                  imbalance_out: Path | None = None, batch_size: int = 16, calibration_fallback: float | None = None,
-                 calibrate_into: Sequence[Path | None] = ()) -> dict[str, Any]:
+                 calibrate_into: Sequence[Path | None] = (), score_decimals: int | None = None) -> dict[str, Any]:
     """The latent stage (`axbench run`'s and `axbench infer latent`'s one implementation).
 
     Every detecting result scores the `latent` split in one pass (`out`), and — with `imbalance_out` — the shared
@@ -83,7 +85,8 @@ def score_latent(target: TargetModel, results: Sequence[ConceptResult], dataset:
     whole). Residual dictionaries are then calibrated from the `latent` scores and saved into `calibrate_into[i]`
     (aligned with `results`; None = not written back, e.g. a Hub repo). A dictionary that cannot be calibrated
     (e.g. a probe that never fires) is left uncalibrated and named in the summary: it costs only its own steering.
-    Under a distributed launcher every process scores its share and rank 0 writes.
+    Under a distributed launcher every process scores its share and rank 0 writes. `score_decimals`: token scores
+    rounded before max-pooling, as AxBench did (`protocol.latent_score_decimals`; None: not rounded).
     """
     detectors = [result for result in results if result.detector]
     for result in results:
@@ -93,7 +96,7 @@ def score_latent(target: TargetModel, results: Sequence[ConceptResult], dataset:
     summary: dict[str, Any] = {"rows": 0, "methods": [d.method for d in detectors], "imbalance_rows": 0}
     latent = dataset.split("latent")
     if out is not None:
-        scores = latent_inference(target, detectors, latent, batch_size=batch_size)
+        scores = latent_inference(target, detectors, latent, batch_size=batch_size, score_decimals=score_decimals)
         _write(scores, out)
         summary["rows"] = len(scores)
         if any(scores.attrs.get("nan_scores", {}).values()):
@@ -103,7 +106,8 @@ def score_latent(target: TargetModel, results: Sequence[ConceptResult], dataset:
         pool = dataset.split("latent_imbalance")
         pool = pool[pool["category"] == "negative"]
         written = write_latent_inference(imbalance_out if is_main() else None, target, detectors, latent,
-                                         mode="latent_imbalance", imbalance_pool=pool, batch_size=batch_size)
+                                         mode="latent_imbalance", imbalance_pool=pool, batch_size=batch_size,
+                                         score_decimals=score_decimals)
         summary["imbalance_rows"] = written["rows"]
         if any(written["nan_scores"].values()):
             summary["imbalance_nan_scores"] = written["nan_scores"]
@@ -206,6 +210,9 @@ def generate_steering(target: TargetModel, steerers: Sequence[Steerer], dataset:
     generations = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(OUTPUT_COLUMNS))
     if dataset.has_split("train"):  # the judge-free concept score, next to the judge's (axeval.lexical)
         generations = add_lexical_scores(generations, concept_signatures(dataset.split("train")))
+    concepts = dataset.concepts() if concepts_path(dataset.directory, dataset.config).is_file() else []
+    if any(c.concept_type == "rule" and c.checker for c in concepts):  # a program's score of rule following
+        generations["rule_score"] = rule_scores(generations, concepts)
     _write(generations, out)
     return {"generations": len(generations), "per_method": generations.groupby("method").size().to_dict()}
 
@@ -284,7 +291,8 @@ class LatentStage(Stage):
             imbalance_out=inference / "latent_imbalance.parquet" if dataset.has_split("latent_imbalance") else None,
             batch_size=ctx.config.inference.latent_batch_size,
             calibration_fallback=protocol.calibration_fallback(ctx.config.run.protocol),
-            calibrate_into=[dictionary_dir(ctx, artifact.method) for artifact in artifacts])
+            calibrate_into=[dictionary_dir(ctx, artifact.method) for artifact in artifacts],
+            score_decimals=protocol.latent_score_decimals(ctx.config.run.protocol))
 
 
 class SteeringStage(Stage):

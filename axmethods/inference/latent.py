@@ -3,7 +3,9 @@
 Each text is a chat transcript (instruction + response, AxBench's detector input). Per token t after the
 chat prefix, concept c scores `activation(h_t · w_c + b_c)` with h_t the output of block L; a text's score
 is the max over those tokens (padding ignored), kept with the argmax token. The forward stops at the
-deepest layer read, and the scores of all n concepts come from one [tokens, d] × [d, n] matmul.
+deepest layer read, and the scores of all n concepts come from one [tokens, d] × [d, n] matmul. With
+`score_decimals` (the reference protocol: 3) every token score is first rounded as AxBench's `predict_latent`
+did (`round(x, 3)` per token, then `max`, the first token of equal maxima).
 
 Modes (AxBench §4.1 / §4.2):
 - `latent`: each row of the `latent` split scored for its own concept → one output row per (row, method).
@@ -22,6 +24,8 @@ Detector routing (each result class's `detector`, `axmethods.results`): `latent_
 every method and scores each with its own detector, on the same rows and with the same output columns:
 - `residual` (`SteeringDictionary`: DiffMean, PCA, Probe, ReFT-r1, SAE, …): the one-pass residual read-out above;
 - `text` (`BagOfWords`): its `score_texts` on the same chat transcripts; `max_token_index` / `max_token` are null;
+- `attribution` (`AttributionDetector`: IG, IxG): its `score_pairs`, one attribution forward and backward per
+  (text, concept) pair actually scored (never all concepts of every text), max over the same tokens;
 - `target-model` (`RelevanceRater`, prompt detection): the target model itself, through a chat backend (by
   default a `TransformersChatBackend` of the target), rates each (row, concept) pair on the row's `output`;
   answers without a rating stay NaN, are counted in `result.attrs["nan_scores"]` and logged; token columns null;
@@ -78,11 +82,13 @@ class LatentScores:
 
 def score_texts(target: TargetModel, dictionaries: Sequence[SteeringDictionary], texts: Sequence[str], *,
                 batch_size: int = 16, progress: bool = True,
-                own_rows: Sequence[torch.Tensor | None] | None = None) -> list[LatentScores]:
+                own_rows: Sequence[torch.Tensor | None] | None = None,
+                score_decimals: int | None = None) -> list[LatentScores]:
     """Max-pooled scores of chat-formatted `texts` for all concepts of each dictionary (one pass per batch).
 
     `own_rows[k]` ([N] long, optional): keep only row `own_rows[k][i]` of dictionary k for text i (the same
-    values, gathered per batch), so the result is [N, 1] instead of [N, n].
+    values, gathered per batch), so the result is [N, 1] instead of [N, n]. `score_decimals`: round every token
+    score to that many decimals before the max (`round_scores`).
     """
     own_rows = list(own_rows) if own_rows is not None else [None] * len(dictionaries)
     for dictionary in dictionaries:
@@ -111,7 +117,7 @@ def score_texts(target: TargetModel, dictionaries: Sequence[SteeringDictionary],
         valid = (attention_mask.bool() & (positions >= target.prefix_length)).to(target.device)
         index = torch.tensor(batch)
         for k, (dictionary, (weight, bias)) in enumerate(zip(dictionaries, weights)):
-            values, argmax = _max_pool(dictionary, hidden[dictionary.layer], weight, bias, valid)
+            values, argmax = _max_pool(dictionary, hidden[dictionary.layer], weight, bias, valid, score_decimals)
             if own_rows[k] is not None:
                 keep = own_rows[k][index][:, None].to(values.device)
                 values, argmax = values.gather(1, keep), argmax.gather(1, keep)
@@ -132,16 +138,32 @@ def _gather_rows(own_batches: list[list[int]], max_act: list[torch.Tensor], max_
             max_index[k][part_rows] = part_index[k]
 
 
+def round_scores(scores: torch.Tensor, decimals: int) -> torch.Tensor:
+    """float32 `scores` rounded half-to-even to `decimals` places, as Python's `round(float(x), decimals)` rounds
+    each x (AxBench's `round(x, 3)`): x·10^d is exact in float64 for d ≤ 12 (24 significant bits times at most
+    28), so the rounding decision is the decimal one. Returned as float32, the nearest to Python's result, which
+    keeps the order and the ties of the rounded values of magnitude below 8192."""
+    scale = 10.0 ** decimals
+    return (torch.round(scores.double() * scale) / scale).float()
+
+
 def _max_pool(dictionary: SteeringDictionary, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-              valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    chunk = max(1, _MAX_SCORE_ELEMENTS // (hidden.shape[0] * hidden.shape[1]))
+              valid: torch.Tensor, decimals: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    # Rounding works on a float64 copy of the block: half the elements per block keeps the memory bound.
+    budget = _MAX_SCORE_ELEMENTS if decimals is None else _MAX_SCORE_ELEMENTS // 2
+    chunk = max(1, budget // (hidden.shape[0] * hidden.shape[1]))
     values, indices = [], []
     for start in range(0, weight.shape[0], chunk):
         scores = (hidden @ weight[start:start + chunk].T).float()  # [B, T, chunk]
         if bias is not None:
             scores = scores + bias[start:start + chunk]
-        scores = dictionary.activate(scores).masked_fill(~valid[..., None], float("-inf"))
-        best, where = scores.max(dim=1)
+        scores = dictionary.activate(scores)
+        if decimals is None:
+            best, where = scores.masked_fill(~valid[..., None], float("-inf")).max(dim=1)
+        else:  # round before the max; argmax (unlike max) promises the first of equal maxima, as AxBench's index
+            scores = round_scores(scores, decimals).masked_fill(~valid[..., None], float("-inf"))
+            where = scores.argmax(dim=1)
+            best = scores.gather(1, where[:, None]).squeeze(1)
         values.append(best)
         indices.append(where)
     return torch.cat(values, dim=1), torch.cat(indices, dim=1)
@@ -154,12 +176,14 @@ ChatBackendArg = Any  # a ChatBackend, or a zero-argument factory of one (called
 
 def latent_inference(target: TargetModel, dictionaries: Sequence[Detector | ConceptResult], latent: pd.DataFrame, *,
                      mode: str = "latent", imbalance_pool: pd.DataFrame | None = None, batch_size: int = 16,
-                     progress: bool = True, chat_backend: ChatBackendArg = None) -> pd.DataFrame:
+                     progress: bool = True, chat_backend: ChatBackendArg = None,
+                     score_decimals: int | None = None) -> pd.DataFrame:
     """Scores of the eval rows for each dictionary (see the module docstring), one frame for all methods.
 
     Results of any method: each is routed to its class's detector; steering-only ones are skipped.
     `chat_backend`: a ChatBackend or a factory of one for target-model detectors (PromptDetection); default a
-    `TransformersChatBackend` of `target`.
+    `TransformersChatBackend` of `target`. `score_decimals`: residual token scores rounded before max-pooling
+    (the reference protocol's 3; module docstring).
 
     Columns: method, layer, concept_id, category, score, max_token_index, max_token, row_id (row of the source
     split), source_split, and — in `latent` mode — the eval row's input, output, output_concept,
@@ -170,7 +194,7 @@ def latent_inference(target: TargetModel, dictionaries: Sequence[Detector | Conc
     nan_scores: dict[str, int] = {}
     frames = list(_scored_parts(target, dictionaries, latent, mode=mode, imbalance_pool=imbalance_pool,
                                 batch_size=batch_size, progress=progress, chat_backend=chat_backend,
-                                nan_scores=nan_scores))
+                                nan_scores=nan_scores, score_decimals=score_decimals))
     if not frames:
         result = pd.DataFrame({c: pd.Series(dtype=object) for c in _LEADING})
     else:
@@ -182,7 +206,7 @@ def latent_inference(target: TargetModel, dictionaries: Sequence[Detector | Conc
 def write_latent_inference(path: str | Path | None, target: TargetModel, dictionaries: Sequence[Detector | ConceptResult],
                            latent: pd.DataFrame, *, mode: str = "latent", imbalance_pool: pd.DataFrame | None = None,
                            batch_size: int = 16, progress: bool = True, chat_backend: ChatBackendArg = None,
-                           concepts_per_part: int = 64) -> dict[str, Any]:
+                           concepts_per_part: int = 64, score_decimals: int | None = None) -> dict[str, Any]:
     """`latent_inference(...)` written to the parquet file `path` (atomically) part by part, never held whole.
 
     `latent_imbalance` rows are n_concepts × pool per method (Concept500: 500 × 3,600 = 1.8M rows per method, a
@@ -194,10 +218,10 @@ def write_latent_inference(path: str | Path | None, target: TargetModel, diction
     nan_scores: dict[str, int] = {}
     parts = _scored_parts(target, dictionaries, latent, mode=mode, imbalance_pool=imbalance_pool,
                           batch_size=batch_size, progress=progress, chat_backend=chat_backend, nan_scores=nan_scores,
-                          concepts_per_part=concepts_per_part)
+                          concepts_per_part=concepts_per_part, score_decimals=score_decimals)
     detecting = [d.detector for d in dictionaries if d.detector]
     # pd.concat of residual (int64) and other (nullable Int64) token indices gives Int64: cast every part alike.
-    token_index = "int64" if all(kind == "residual" for kind in detecting) else "Int64"
+    token_index = "int64" if all(kind in _TOKEN_DETECTORS for kind in detecting) else "Int64"
     rows = 0
     if path is None:
         for part in parts:
@@ -226,17 +250,18 @@ def write_latent_inference(path: str | Path | None, target: TargetModel, diction
 
 def _scored_parts(target: TargetModel, dictionaries: Sequence[Detector | ConceptResult], latent: pd.DataFrame, *,
                   mode: str, imbalance_pool: pd.DataFrame | None, batch_size: int, progress: bool,
-                  chat_backend: ChatBackendArg, nan_scores: dict[str, int], concepts_per_part: int | None = None
-                  ) -> Iterator[pd.DataFrame]:
+                  chat_backend: ChatBackendArg, nan_scores: dict[str, int], concepts_per_part: int | None = None,
+                  score_decimals: int | None = None) -> Iterator[pd.DataFrame]:
     """The rows of `latent_inference`, method by method (in `concepts_per_part` concept parts for residual
     dictionaries in `latent_imbalance` mode; None: one part per method), columns in their final order.
     Parts of one method follow its scored concept ids in ascending order, as the whole frame's sort does."""
     if mode not in LATENT_MODES:
         raise InputError(f"mode {mode!r} is unknown; use one of {', '.join(LATENT_MODES)}")
     kinds = [d.detector or "none" for d in dictionaries]
-    unknown = sorted({kind for kind in kinds} - {"residual", "text", "target-model", "none"})
+    unknown = sorted({kind for kind in kinds} - {"residual", "attribution", "text", "target-model", "none"})
     if unknown:
-        raise DictionaryError(f"no latent inference for detector(s) {unknown}; known: residual, text, target-model.")
+        raise DictionaryError(f"no latent inference for detector(s) {unknown}; known: residual, attribution, text, "
+                              "target-model.")
     for dictionary, kind in zip(dictionaries, kinds):
         if kind == "none":
             logger.info("%s: steering-only method (no detector); skipped in latent inference", dictionary.method)
@@ -255,8 +280,12 @@ def _scored_parts(target: TargetModel, dictionaries: Sequence[Detector | Concept
     # `latent` mode scores each row for its own concept only: keep just that column (O(rows), not O(rows × n)).
     own_rows = [_own_rows(d, texts_frame) for d in residual] if mode == "latent" else None
     residual_scores = dict(zip(map(id, residual), score_texts(target, residual, texts, batch_size=batch_size,
-                                                              progress=progress, own_rows=own_rows))) if residual else {}
-    vocabulary = _token_strings(target) if residual else None
+                                                              progress=progress, own_rows=own_rows,
+                                                              score_decimals=score_decimals))) if residual else {}
+    # Detectors that name a token (residual read-outs, attributions) get the argmax token's text.
+    names_tokens = any(kind in _TOKEN_DETECTORS for kind in kinds)
+    vocabulary = _token_strings(target) if names_tokens else None
+    token_ids = [target.encode(text) for text in texts] if "attribution" in kinds else None
     backend = None
     any_frame = False
     for dictionary, kind in zip(dictionaries, kinds):
@@ -264,6 +293,8 @@ def _scored_parts(target: TargetModel, dictionaries: Sequence[Detector | Concept
             continue
         if kind == "residual":
             scorer = _residual_scorer(residual_scores[id(dictionary)])
+        elif kind == "attribution":
+            scorer = _attribution_scorer(dictionary, target, token_ids, batch_size, progress, score_decimals)
         elif kind == "text":
             scorer = _matrix_scorer(dictionary.score_texts(texts))
         else:
@@ -271,17 +302,18 @@ def _scored_parts(target: TargetModel, dictionaries: Sequence[Detector | Concept
                 backend = _resolve_backend(chat_backend, target)
             scorer = _target_model_scorer(dictionary, backend, texts_frame["output"].tolist())
         scores = residual_scores.get(id(dictionary))
+        ids = scores.token_ids if scores is not None else token_ids if kind == "attribution" else None
         if mode == "latent":
-            frames: Iterator[pd.DataFrame] = iter([_own_concept_rows(dictionary, scorer, texts_frame, scores,
+            frames: Iterator[pd.DataFrame] = iter([_own_concept_rows(dictionary, scorer, texts_frame, ids,
                                                                      vocabulary)])
         elif kind == "residual" and concepts_per_part is not None:
             _warn_unknown_positives(dictionary, texts_frame)
             by_id = np.argsort(np.asarray(dictionary.concept_ids), kind="stable")
-            frames = (_imbalance_rows(dictionary, scorer, texts_frame, scores, vocabulary,
+            frames = (_imbalance_rows(dictionary, scorer, texts_frame, ids, vocabulary,
                                       part=by_id[start:start + concepts_per_part])
                       for start in range(0, len(by_id), concepts_per_part))
         else:
-            frames = iter([_imbalance_rows(dictionary, scorer, texts_frame, scores, vocabulary)])
+            frames = iter([_imbalance_rows(dictionary, scorer, texts_frame, ids, vocabulary)])
         nan_scores[dictionary.method], total = 0, 0
         for frame in frames:
             nan_scores[dictionary.method] += int(frame["score"].isna().sum())
@@ -296,6 +328,7 @@ def _scored_parts(target: TargetModel, dictionaries: Sequence[Detector | Concept
         logger.warning("no dictionary with a detector among %s", [d.method for d in dictionaries])
 
 
+_TOKEN_DETECTORS = ("residual", "attribution")
 _LEADING = ["method", "layer", "concept_id", "category", "score", "max_token_index", "max_token", "row_id",
             "source_split"]
 
@@ -330,6 +363,18 @@ def _residual_scorer(scores: LatentScores) -> _Scorer:
     return lookup
 
 
+def _attribution_scorer(detector: Any, target: TargetModel, token_ids: list[list[int]] | None, batch_size: int,
+                        progress: bool, decimals: int | None) -> _Scorer:
+    assert token_ids is not None  # encoded above whenever an attribution detector is scored
+    # AxBench rounded IG / IxG token scores to 3 decimals too: the same rounding as the residual read-out's.
+    rounding = None if decimals is None else lambda scores: round_scores(scores, decimals)
+
+    def lookup(text_index: np.ndarray, concept_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        return detector.score_pairs(target, token_ids, text_index, concept_rows, batch_size=batch_size,
+                                    progress=progress, round_tokens=rounding)
+    return lookup
+
+
 def _matrix_scorer(matrix: torch.Tensor) -> _Scorer:
     def lookup(text_index: np.ndarray, concept_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         return matrix[torch.from_numpy(text_index), torch.from_numpy(concept_rows)].float().numpy(), None
@@ -354,7 +399,7 @@ def _token_columns(index: np.ndarray | None, token_ids: list[list[int]] | None, 
 
 
 def _own_concept_rows(dictionary: SteeringDictionary, scorer: _Scorer, frame: pd.DataFrame,
-                      scores: LatentScores | None, vocabulary: np.ndarray | None) -> pd.DataFrame:
+                      token_ids: list[list[int]] | None, vocabulary: np.ndarray | None) -> pd.DataFrame:
     concept_ids = frame["concept_id"].tolist()
     try:
         rows = dictionary.rows(concept_ids)
@@ -368,7 +413,7 @@ def _own_concept_rows(dictionary: SteeringDictionary, scorer: _Scorer, frame: pd
         "concept_id": frame["concept_id"].to_numpy(),
         "category": frame["category"].to_numpy(),
         "score": values,
-        **_token_columns(index, None if scores is None else scores.token_ids, text_index, vocabulary),
+        **_token_columns(index, token_ids, text_index, vocabulary),
         "row_id": frame["row_id"].to_numpy(),
         "source_split": frame["source_split"].to_numpy(),
         **{c: frame[c].to_numpy() for c in keep},
@@ -386,7 +431,7 @@ def _warn_unknown_positives(dictionary: SteeringDictionary, frame: pd.DataFrame)
 
 
 def _imbalance_rows(dictionary: SteeringDictionary, scorer: _Scorer, frame: pd.DataFrame,
-                    scores: LatentScores | None, vocabulary: np.ndarray | None,
+                    token_ids: list[list[int]] | None, vocabulary: np.ndarray | None,
                     part: np.ndarray | None = None) -> pd.DataFrame:
     """`part` (dictionary rows): only those concepts' rows — the pool scored by them and their own positives."""
     pool = np.flatnonzero((frame["source_split"] == "latent_imbalance").to_numpy())
@@ -413,7 +458,7 @@ def _imbalance_rows(dictionary: SteeringDictionary, scorer: _Scorer, frame: pd.D
         "scored_concept_id": scored,
         "category": np.where(is_pool, "negative", "positive"),
         "score": values,
-        **_token_columns(index, None if scores is None else scores.token_ids, text_index, vocabulary),
+        **_token_columns(index, token_ids, text_index, vocabulary),
         "row_id": frame["row_id"].to_numpy()[text_index],
         "source_split": frame["source_split"].to_numpy()[text_index],
     })

@@ -34,6 +34,7 @@ from axmethods.dictionary import DictionarySteerer
 from axmethods.distributed import broadcast, gather, is_main, rank, world_size
 from axmethods.factors import AXBENCH_FACTORS
 from axmethods.inference.compiled import CompiledSteering, steering_engine
+from axmethods.inference.perplexity import generation_perplexity
 from axmethods.inference.sampling import SamplingConfig, sample
 from axmethods.methods.prompt import PromptSteerer
 from axmethods.models import TargetModel
@@ -54,7 +55,11 @@ logger = logging.getLogger(__name__)
 # against, as AxBench's judge does with `original_prompt`); `model_instruction` is the user turn the model saw
 # (the same text, except for prompt steering, which prepends the concept's steering prompt).
 OUTPUT_COLUMNS = ("concept_id", "concept", "prompt_id", "half", "instruction", "model_instruction", "prompt", "factor",
-                  "magnitude", "generation", "method", "seed")
+                  "magnitude", "generation", "method", "seed", "perplexity")
+# `perplexity`: of the generation's tokens given the original instruction's prompt, under the unsteered model
+# (`axmethods.inference.perplexity`), computed batch by batch with the generations. Bump it when that changes, so
+# part files of the older definition are not reused.
+PERPLEXITY_VERSION = 1
 PROVENANCE_KEY = b"axbench"
 
 
@@ -86,15 +91,22 @@ def plan_rows(steering_split: pd.DataFrame, steerer: Steerer, target: TargetMode
         logger.info("%s: %d concept(s) of the steering split are detection-only in its dictionary and are not "
                     "steered", steerer.method, skipped)
     steering_split = kept
+    # A suppression or attack split asks the model a rewritten instruction (`original_prompt`) and judges the
+    # answer against the plain one (`judged_prompt`); a steering split judges what it asks.
+    judged = steering_split["judged_prompt"] if "judged_prompt" in steering_split else steering_split["original_prompt"]
     base = pd.DataFrame({
         "concept_id": steering_split["concept_id"].astype("int64").to_numpy(),
         "concept": steering_split["input_concept"].to_numpy(),
         "prompt_id": steering_split["input_id"].astype("int64").to_numpy(),
         "half": steering_split["half"].to_numpy() if "half" in steering_split else None,
-        "instruction": steering_split["original_prompt"].to_numpy(),
+        "instruction": judged.to_numpy(),
         "model_instruction": steerer.instructions(steering_split),
     })
-    base["prompt"] = [target.format_prompt(text) for text in base["model_instruction"]]
+    # A steerer may put text in the system turn (a defence prompt placed there): `system_prompts`, optional.
+    system_prompts = getattr(steerer, "system_prompts", None)
+    systems = system_prompts(steering_split) if system_prompts is not None else [None] * len(base)
+    base["prompt"] = [target.format_prompt(text, system=system) for text, system in zip(base["model_instruction"],
+                                                                                      systems)]
     if steerer.factor_free:
         rows = base.assign(factor=np.nan)
     else:
@@ -144,7 +156,7 @@ def run_steering(target: TargetModel, steerer: Steerer, steering_split: pd.DataF
     provenance = {
         "method": steerer.method, "model_id": target.model_id, "model_revision": target.revision, "seed": seed,
         **{f"sampling_{k}": v for k, v in asdict(sampling).items()}, "factors": [float(f) for f in factors],
-        "factor_free": steerer.factor_free, **steerer.provenance(),
+        "factor_free": steerer.factor_free, "perplexity": PERPLEXITY_VERSION, **steerer.provenance(),
     }
     prompt_ids = [target.encode(prompt) for prompt in rows["prompt"]]
     batches = plan_batches(rows, prompt_ids, batch_size, by_concept=getattr(steerer, "batch_by_concept", False))
@@ -191,10 +203,13 @@ def _generate(target: TargetModel, steerer: Steerer | CompiledSteering, batch_ro
     context, magnitudes = steerer.intervene(target, batch_rows)
     with context:
         tokens = sample(target, batch_prompt_ids, batch_rows["seed"].tolist(), sampling, decoder)
+    # Judged against the original instruction, so measured against it too (prompt steering's preamble aside).
+    instruction_ids = [target.encode(target.format_prompt(text)) for text in batch_rows["instruction"]]
     return batch_rows.assign(
         magnitude=magnitudes.astype(np.float64),
         generation=target.tokenizer.batch_decode(tokens, skip_special_tokens=True),
         method=steerer.method,
+        perplexity=generation_perplexity(target, instruction_ids, tokens, batch_size=len(tokens)),
     )
 
 

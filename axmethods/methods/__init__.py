@@ -15,6 +15,7 @@ from axmethods.methods.base import (
 )
 from axmethods.methods.bow import BoW
 from axmethods.methods.diffmean import DiffMean
+from axmethods.methods.ig import InputXGradients, IntegratedGradients
 from axmethods.methods.lat import LAT
 from axmethods.methods.pca import PCA
 from axmethods.methods.probe import Probe
@@ -23,5 +24,5 @@ from axmethods.methods.reft_r1 import ReFTr1
 from axmethods.methods.sae import SAE, SAEA
 from axmethods.methods.ssv import SSV
 
-__all__ = ["LAT", "PCA", "SAE", "SAEA", "SSV", "BoW", "DiffMean", "Method", "MethodConfig", "MethodConfigError",
+__all__ = ["LAT", "PCA", "SAE", "SAEA", "SSV", "BoW", "DiffMean", "InputXGradients", "IntegratedGradients", "Method", "MethodConfig", "MethodConfigError",
            "Probe", "PromptDetection", "PromptSteering", "ReFTr1", "TrainingDataError", "TrainingSet"]

@@ -26,7 +26,8 @@ class ProbeConfig(TrainingSettings):
     per_device_train_batch_size: int = field(default=12, metadata={"help": "Examples per concept per micro-batch "
                                                                            "(paper: 12)."})
     gradient_accumulation_steps: int = field(default=4, metadata={"help": "Micro-batches per optimiser step "
-                                                                          "(paper config: 4)."})
+                                                                          "(paper config: 4; run.protocol=reference "
+                                                                          "runs 1, as AxBench's code stepped)."})
     num_train_epochs: float = field(default=24.0, metadata={"help": "Passes over each concept's examples "
                                                                     "(paper: 24)."})
     learning_rate: float = field(default=5e-3, metadata={"help": "AdamW learning rate (paper: 5e-3 for 2B, 1e-3 "

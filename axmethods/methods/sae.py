@@ -41,6 +41,7 @@ from safetensors.torch import load_file
 
 from axdata.concepts import Concept
 from axmethods.activations import TokenActivations
+from axmethods.contract import nonfinite_tensors
 from axmethods.dictionary import SteeringDictionary
 from axmethods.methods.base import Method, MethodConfig, MethodConfigError, TrainingSet
 from axmethods.models import TargetModel
@@ -106,6 +107,8 @@ class JumpReLUSAE:
             tensors = load_file(str(folder / SAELENS_WEIGHTS))
         except (ValueError, OSError) as error:
             raise bad(f"unreadable {SAELENS_CONFIG} or {SAELENS_WEIGHTS} ({error})", "re-download it") from None
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("metadata", {}), dict):
+            raise bad(f"{SAELENS_CONFIG} is not a JSON object (with an object under 'metadata')", "re-download it")
         cfg = {**cfg.get("metadata", {}), **cfg}  # SAELens 6 keeps hook_name / model_name under metadata
         architecture = cfg.get("architecture", "standard")
         if architecture not in SAELENS_ARCHITECTURES:
@@ -143,6 +146,11 @@ class JumpReLUSAE:
                 or self.b_dec.shape != (d,)):
             raise MethodConfigError(f"SAE params file {path} has inconsistent shapes (W_enc {tuple(self.W_enc.shape)}, "
                                     f"W_dec {tuple(self.W_dec.shape)}); expected W_enc [d, z], W_dec [z, d].")
+        nonfinite = nonfinite_tensors({key: getattr(self, key) for key in SAE_KEYS})
+        if nonfinite:  # refused at load, naming the file: later it would look like a method that diverged
+            weights = path / SAELENS_WEIGHTS if path.is_dir() else path
+            raise MethodConfigError(f"SAE params file {weights}: tensor {', '.join(nonfinite)} holds NaN or infinite "
+                                    "values; the file is damaged: re-download it (or convert it again).")
         return self
 
     @property

@@ -189,23 +189,34 @@ def sequence_logps(logits: torch.Tensor, batch: SequenceBatch) -> tuple[torch.Te
 
 
 @torch.no_grad()
-def reference_logps(target: TargetModel, rows: PairRows, batch_size: int, progress: bool = True
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """log p_ref(y_c|x) and log p_ref(y|x) per pair under the unsteered model, longest sequences batched together."""
+def response_logps(target: TargetModel, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
+                   batch_size: int, *, progress: bool = True, desc: str = "log-likelihoods"
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(response | prompt) per row under the model as it is (no intervention), and the response's token count;
+    longest sequences are batched together. The reference log-likelihoods of preference training and the perplexity
+    of steered generations (`axmethods.inference.perplexity`) are both this."""
     pad = pad_token_id(target)
-    texts = [(p, w) for p, w in zip(rows.prompt, rows.winning)] + [(p, lo) for p, lo in zip(rows.prompt, rows.losing)]
-    order = sorted(range(len(texts)), key=lambda i: -(len(texts[i][0]) + len(texts[i][1])))
-    values = torch.zeros(len(texts))
+    order = sorted(range(len(prompts)), key=lambda i: -(len(prompts[i]) + len(responses[i])))
+    values, counts = torch.zeros(len(prompts)), torch.zeros(len(prompts), dtype=torch.long)
     was_training = target.model.training
     target.model.eval()
     try:
-        for start in tqdm(range(0, len(order), batch_size), desc="reference log-likelihoods", disable=not progress):
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress):
             chunk = order[start:start + batch_size]
-            batch = pad_sequences([texts[i][0] for i in chunk], [texts[i][1] for i in chunk], pad,
+            batch = pad_sequences([prompts[i] for i in chunk], [responses[i] for i in chunk], pad,
                                   target.prefix_length).to(target.device)
-            values[chunk] = sequence_logps(forward_logits(target.model, batch), batch)[0].float().cpu()
+            logps, n = sequence_logps(forward_logits(target.model, batch), batch)
+            values[chunk], counts[chunk] = logps.float().cpu(), n.cpu()
     finally:
         target.model.train(was_training)
+    return values, counts
+
+
+def reference_logps(target: TargetModel, rows: PairRows, batch_size: int, progress: bool = True
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p_ref(y_c|x) and log p_ref(y|x) per pair under the unsteered model."""
+    values, _ = response_logps(target, rows.prompt + rows.prompt, rows.winning + rows.losing, batch_size,
+                               progress=progress, desc="reference log-likelihoods")
     return values[:len(rows)], values[len(rows):]
 
 

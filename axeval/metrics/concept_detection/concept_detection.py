@@ -30,7 +30,9 @@ Each number equals AxBench's reference evaluators on the same input.
 
 _KWARGS_DESCRIPTION = """
 Args:
-    scores (`list` of `float`): the detector score of each text for its concept.
+    scores (`list` of `float`): the detector score of each text for its concept. None or NaN: no score (a
+        rater that gave no rating), excluded and counted in n_unscored; +inf / -inf rank above / below every
+        finite score (every number here depends only on the order of the scores).
     categories (`list` of `str`): "positive", "negative" or "hard negative" for each text.
     concept_ids (`list` of `int`): the concept of each text; -1 for shared negatives (imbalance split).
     imbalance (`bool`, default False): also score positives against the shared negatives (concept id -1).
@@ -39,7 +41,8 @@ Args:
     seed (`int`, default 0): seed of the bootstrap.
 Returns:
     auroc (`float`): mean AUROC over concepts whose AUROC is defined; auroc_ci_low, auroc_ci_high.
-    n_concepts (`int`), n_undefined (`int`): concepts seen, concepts lacking positives or negatives.
+    n_concepts (`int`), n_undefined (`int`): concepts seen, concepts lacking scored positives or negatives.
+    n_unscored (`int`): texts without a score, left out.
     hard_negative_accuracy (`float`): mean over concepts with hard negatives of the share below the
         Youden threshold (NaN when there are none); hard_negative_accuracy_ci_low / _ci_high,
         n_hard_negative_concepts, n_hard_negatives.
@@ -95,6 +98,7 @@ class ConceptDetection(evaluate.Metric):
             "auroc_ci_high": float(summary["auroc_ci_high"]),
             "n_concepts": int(summary["n_concepts"]),
             "n_undefined": int(summary["n_undefined"]),
+            "n_unscored": int(summary["n_unscored"]),
             "hard_negative_accuracy": float(summary["hard_negative_accuracy_mean"]),
             "hard_negative_accuracy_ci_low": float(summary["hard_negative_accuracy_ci_low"]),
             "hard_negative_accuracy_ci_high": float(summary["hard_negative_accuracy_ci_high"]),

@@ -35,9 +35,10 @@ Args:
     concept_ids (`list` of `int`): the concept steered towards, per generation.
     prompt_ids (`list` of `int`): the instruction of each generation.
     halves (`list` of `str`): "selection" or "heldout", per generation.
-    factors (`list` of `float`): the steering factor (one value, or NaN, for factor-free methods).
-    concept_ratings, instruction_ratings, fluency_ratings (`list` of `float`): the judge's 0-2 ratings,
-        NaN or None where the judge's answer could not be parsed.
+    factors (`list` of `float`): the steering factor, finite (one value, or NaN in every row, for factor-free
+        methods).
+    concept_ratings, instruction_ratings, fluency_ratings (`list` of `float`): the judge's ratings 0, 1 or 2,
+        NaN or None where the judge's answer could not be parsed; anything else is refused.
     suppression (`bool`, default False): score concept suppression (concept term inverted).
     n_resamples (`int`, default 1000), confidence (`float`, default 0.95), seed (`int`, default 0):
         the bootstrap over concepts.

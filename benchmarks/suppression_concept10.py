@@ -1,0 +1,121 @@
+"""Suppression and attacks on the real Concept10 data with SmolLM2-135M-Instruct, scored without a judge (issue 26).
+
+Each Concept10 concept gets `--prompts` instructions of our shipped pool (never in its training data), each blended
+with the concept by the fixed fallback template ("<instruction> In your answer, talk about <concept>.") — no LLM, so
+the prompts are the same on every machine — and the fixed fallback defence prompt ("Do not mention <concept> …").
+Many-shot examples are the concept's own Concept10 training pairs (instructions with answers that carry it); the
+overwrite texts are `axeval.modes.OVERWRITE_TEXT`. The rows go through the suppression stage's function
+(`axeval.stages.suppression.generate_suppression`): unsteered, the defence prompt in the system turn / before /
+after the user's text, and DiffMean (fitted on the train split, calibrated on 12 latent rows per concept) steering
+with −factor × calibration; greedy decoding. Score: the lexical concept score (% of the generation's words among the
+concept's signature words from the train split; lower = better suppressed) and the perplexity under the unsteered
+model (higher = less fluent), per method, factor and attack, averaged over concepts. Writes
+benchmarks/results/suppression_concept10.json. Needs ../shared.
+
+    python benchmarks/suppression_concept10.py                 # ~20 min on 2 CPU cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from concept10_data import DEFAULT_SETTING, SHARED
+from records import Load, write_record
+
+from axdata.builders import read_concepts, read_split, write_split
+from axdata.builders.axbench_import import import_axbench
+from axdata.generation.templates import FALLBACK_BLEND, FALLBACK_DEFENCE
+from axdata.schema import table_from_frame
+from axeval.config import InferenceSection
+from axeval.modes import DefenceSteerer, EvaluationSection
+from axeval.stages.dataset import RunDataset
+from axeval.stages.suppression import generate_suppression
+from axmethods.inference.latent import calibrate, latent_inference
+from axmethods.inference.steering import DictionarySteerer, UnsteeredBaseline
+from axmethods.models import load_target_model
+from axmethods.registry import get_method
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layer", type=int, default=10)
+    parser.add_argument("--prompts", type=int, default=4, help="instructions per concept (half select, half report)")
+    parser.add_argument("--factors", default="1,2", help="suppression strengths: DiffMean steers with -factor")
+    parser.add_argument("--many-shot", default="4", help="many-shot n grid")
+    parser.add_argument("--overwrite", default="postfix", help="overwrite placements")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--examples", type=int, default=24, help="train positives per concept used by DiffMean")
+    args = parser.parse_args()
+    load = Load.now()
+    started = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="suppression-c10-"))
+    import_axbench(SHARED / DEFAULT_SETTING, work, "c10")
+    concepts, train = read_concepts(work, "c10"), read_split(work, "c10", "train")
+    pool = resources.files("axdata") / "resources" / "instructions" / "general.jsonl"
+    instructions = [json.loads(line)["input"] for line in pool.read_text().splitlines()[:args.prompts]]
+    assert not set(instructions) & set(train["input"])  # never seen in training
+    rows, shots = [], []
+    for concept in concepts:
+        for k, text in enumerate(instructions):
+            rows.append({"dataset_name": "suppression", "concept_id": concept.concept_id,
+                         "input_concept": concept.concept, "input_id": k, "original_prompt": text,
+                         "blended_prompt": FALLBACK_BLEND.render(instruction=text, concept=concept.concept),
+                         "half": "selection" if k < args.prompts // 2 else "heldout",
+                         "defence_prompt": FALLBACK_DEFENCE.render(concept=concept.concept)})
+        positives = train[(train["concept_id"] == concept.concept_id) & (train["category"] == "positive")]
+        shots += [{"concept_id": concept.concept_id, "input_concept": concept.concept, "shot_id": i,
+                   "question": row.input, "answer": row.output} for i, row in enumerate(positives.head(16).itertuples())]
+    write_split(table_from_frame(pd.DataFrame(rows), "suppression"), work, "c10", "suppression")
+    write_split(table_from_frame(pd.DataFrame(shots), "attack_shots"), work, "c10", "attack_shots")
+    dataset = RunDataset(work, "c10")
+
+    target = load_target_model("smollm2-135m-instruct", device="cpu", dtype="auto")
+    subset = train.groupby(["concept_id", "category", "concept_genre"], group_keys=False).head(args.examples)
+    spec = get_method("diffmean")
+    diffmean = spec.train(target, lambda split: subset if split == "train" else None, concepts, args.layer,
+                          spec.settings({"max_length": 96}))
+    latent = read_split(work, "c10", "latent").groupby("concept_id", group_keys=False).head(12)
+    diffmean = calibrate(diffmean, latent_inference(target, [diffmean], latent, progress=False))
+    fitted = time.perf_counter() - started
+
+    factors = [float(f) for f in args.factors.split(",")]
+    settings = InferenceSection(factors=factors, max_new_tokens=args.max_new_tokens, temperature=0.0,
+                                steering_batch_size=32)
+    evaluation = EvaluationSection(modes=["suppression", "attacks"], defences=["system", "prepend", "append"],
+                                   many_shot=[int(n) for n in args.many_shot.split(",") if n],
+                                   overwrite=[p for p in args.overwrite.split(",") if p])
+    steerers = [DictionarySteerer(diffmean), *(DefenceSteerer(p) for p in evaluation.defences), UnsteeredBaseline()]
+    generations = generate_suppression(target, steerers, dataset, work / "suppression.parquet", settings=settings,
+                                       evaluation=evaluation, seed=0)
+    frame = pd.read_parquet(work / "suppression.parquet")
+    seconds = time.perf_counter() - started
+    frame["variant"] = [a if pd.isna(n) else f"{a}-{int(n)}" for a, n in zip(frame["attack"], frame["attack_n"])]
+    frame["factor"] = frame["factor"].fillna(0.0)
+    table = (frame.groupby(["method", "factor", "variant", "concept_id"])[["lexical_score", "perplexity"]].mean()
+             .groupby(level=["method", "factor", "variant"]).mean().reset_index())
+    print(f"\nSmolLM2-135M-Instruct L{args.layer}, Concept10 {DEFAULT_SETTING}, {len(concepts)} concepts × "
+          f"{args.prompts} prompts, {generations['generations']} generations, {seconds:.0f} s (fit {fitted:.0f} s)")
+    wide = table.pivot_table(index=["method", "factor"], columns="variant", values="lexical_score")
+    print("lexical concept % (lower = concept kept out):\n" + wide.round(2).to_string())
+    ppl = table.pivot_table(index=["method", "factor"], columns="variant", values="perplexity")
+    print("perplexity under the unsteered model:\n" + ppl.round(1).to_string())
+    write_record("suppression_concept10", "lexical concept score (%) and perplexity of suppression generations on "
+                 "Concept10, per method, factor and attack (mean over concepts)",
+                 {"layer": args.layer, "concepts": len(concepts), "prompts_per_concept": args.prompts,
+                  "max_new_tokens": args.max_new_tokens, "decoding": "greedy", "generations": generations["generations"],
+                  "seconds": round(seconds), "rows": table.to_dict(orient="records")},
+                 how="python " + " ".join(sys.argv), load=load)
+
+
+if __name__ == "__main__":
+    main()
