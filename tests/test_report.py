@@ -209,9 +209,16 @@ def test_an_embedded_judge_puts_the_judge_free_scores_first_and_marks_its_own(tm
 
     from axeval.cli.display import print_leaderboard
 
+    board = json.loads(report.files["leaderboard"].read_text())
+    # the demo's widest cells: a long method name, AUROC and F1 intervals, a four-digit perplexity interval
+    board["methods"]["prompt-steering"] = {**board["methods"].pop("Prompt"), "detection_auroc_mean": 0.806,
+                                           "detection_auroc_ci_low": 0.45, "detection_auroc_ci_high": 1.0,
+                                           "imbalance_f1_mean": 0.749, "imbalance_f1_ci_low": 0.53,
+                                           "imbalance_f1_ci_high": 0.92, "imbalance_negatives_per_positive": 5,
+                                           "steering_perplexity_ci_high": 1234.5}
     console = Console(width=80, record=True)
-    print_leaderboard(console, json.loads(report.files["leaderboard"].read_text()))
+    print_leaderboard(console, board)
     lines = console.export_text().splitlines()
     header = next(line for line in lines if "method" in line)
     assert header.index("Lexical %") < header.index("PPL") < header.index("Steering*")
-    assert max(len(line) for line in lines) <= 80
+    assert max(len(line.rstrip()) for line in lines) <= 80 and "…" not in "\n".join(lines)  # nothing cut

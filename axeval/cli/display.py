@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 # Leaderboard columns: (title, field prefix in Report.by_method(), digits of the mean, of the interval). A cell
-# shows the mean over concepts with its 95% interval on a second line, so five metrics and the method name fit
+# shows the mean over concepts with its 95% interval on a second line, so four metrics and the method name fit
 # in 80 columns; hard-negative accuracy and the sub-scores are in the report and in --json.
 DETECTION_COLUMNS = (("AUROC", "detection_auroc_", 3, 2), ("F1 (imb.)", "imbalance_f1_", 3, 2))
 JUDGE_COLUMNS = (("Steering", "steering_score_", 3, 2),)
@@ -27,7 +27,8 @@ def leaderboard_columns(lead: str | None) -> tuple[tuple[str, str, int, int], ..
     `axeval.report.Report.lead`) the judge-free scores come first and the judge's is marked secondary."""
     if lead != "judge-free":
         return LEADERBOARD_COLUMNS
-    return (*DETECTION_COLUMNS, *JUDGE_FREE_COLUMNS, *((f"{name}*", *rest) for name, *rest in JUDGE_COLUMNS))
+    # Five metrics do not fit 80 columns: the imbalance F1 stays in the report and in --json.
+    return (DETECTION_COLUMNS[0], *JUDGE_FREE_COLUMNS, *((f"{name}*", *rest) for name, *rest in JUDGE_COLUMNS))
 
 
 def _cell(values: Mapping[str, Any], prefix: str, digits: int, ci_digits: int) -> str:

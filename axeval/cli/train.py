@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -78,17 +79,17 @@ def train(
             return None
 
     started = time.perf_counter()
-    try:
-        result = spec.train(target, split_or_none, concepts, layer, method_settings, notify=typer.echo)
-    except (AxbenchError, OSError) as error:  # TrainingDataError, PreferenceDataError, …
-        _fail(f"Training {spec.name} failed: {error}")
-    if not is_main():
-        return  # under a distributed launcher every process trained its share; rank 0 writes the result
-    try:  # the run directory it writes into (if any) is locked, as `axbench run` locks it
-        with locked_run_directories(enclosing_run_directories([out]), "axbench train"):
-            folder = result.save_pretrained(out, datasets=[f"{data}/{dataset_config}"])
-    except AxbenchError as error:
-        _fail(str(error))
+    # The run directory it writes into (if any) is locked for the whole training, as `axbench run` locks it; every
+    # process of a distributed launch enters the lock together (rank 0 holds it and tells the others).
+    with ExitStack() as held:
+        try:
+            held.enter_context(locked_run_directories(enclosing_run_directories([out]), "axbench train"))
+            result = spec.train(target, split_or_none, concepts, layer, method_settings, notify=typer.echo)
+        except (AxbenchError, OSError) as error:  # TrainingDataError, PreferenceDataError, RunLockedError, …
+            _fail(f"Training {spec.name} failed: {error}")
+        if not is_main():
+            return  # under a distributed launcher every process trained its share; rank 0 writes the result
+        folder = result.save_pretrained(out, datasets=[f"{data}/{dataset_config}"])
     where = f" at layer {layer}" if layer is not None else ""
     typer.echo(f"Trained {spec.name} on {len(concepts)} concepts of {data}/{dataset_config}{where} in "
                f"{time.perf_counter() - started:.1f} s; wrote {folder}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 import pyarrow as pa
@@ -37,26 +37,31 @@ def judge_generations(backend: ChatBackend, settings: JudgeConfig, generations: 
 
 
 class JudgeStage(Stage):
+    """Judges the generations another stage wrote (`source`: its name and its file in the run's inference/ folder)
+    into `judgements` in eval/; the suppression judge is this stage on the suppression stage's file."""
+
     name = "judge"
     description = "rate every steered generation for concept, instruction and fluency with the LLM judge"
+    source: ClassVar[str] = "steering"
+    judgements: ClassVar[str] = "judgements.parquet"
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
         llm = ctx.config.llm
-        return {"steering": ctx.stamp_hash("steering"), "judge": dataclasses.asdict(ctx.config.judge),
+        return {self.source: ctx.stamp_hash(self.source), "judge": dataclasses.asdict(ctx.config.judge),
                 "llm": {"endpoint": llm.endpoint, "model": llm.model, "structured_output": llm.structured_output},
                 # the reference judge asks once; named only then, so finished default runs keep their stamp
                 **({} if ctx.config.run.protocol == FIXED else {"protocol": ctx.config.run.protocol})}
 
     def outputs(self, ctx: RunContext) -> list[Path]:
-        return [ctx.run_dir.eval_dir / "judgements.parquet"]
+        return [ctx.run_dir.eval_dir / self.judgements]
 
     def describe(self, s: dict[str, Any]) -> str:
         return (f"{s['generations']} generations, {s['calls']} calls, ${s['cost_usd']:.4f}, "
                 f"{s['parse_failures']} parse failures")
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
-        return judge_generations(ctx.llm(), ctx.config.judge, ctx.run_dir.inference_dir / "steering.parquet",
-                                 ctx.run_dir.eval_dir / "judgements.parquet", run_async=ctx.run_async,
+        return judge_generations(ctx.llm(), ctx.config.judge, ctx.run_dir.inference_dir / f"{self.source}.parquet",
+                                 ctx.run_dir.eval_dir / self.judgements, run_async=ctx.run_async,
                                  protocol=ctx.config.run.protocol)
 
 

@@ -301,9 +301,7 @@ class SteeringStage(Stage):
     distributed = True  # batches split across processes (run_steering); rank 0 writes
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
-        # The engine changes the speed, not the generations: switching it does not redo the stage.
-        inference = {k: v for k, v in dataclasses.asdict(ctx.config.inference).items() if k != "engine"}
-        return {"latent": ctx.stamp_hash("latent"), "inference": inference,
+        return {"latent": ctx.stamp_hash("latent"), "inference": generation_settings(ctx),
                 "seed": ctx.config.run.seed, "steer": ctx.config.methods.steer,
                 "data": run_dataset(ctx).fingerprint("steering", "train")}
 
@@ -323,6 +321,12 @@ class SteeringStage(Stage):
             steerers.append(UnsteeredBaseline())
         return generate_steering(ctx.target_model(), steerers, dataset, ctx.run_dir.inference_dir / "steering.parquet",
                                  settings=settings, seed=ctx.config.run.seed)
+
+
+def generation_settings(ctx: RunContext) -> dict[str, Any]:
+    """The inference settings generations depend on (a generating stage's stamp): the engine changes the speed, not
+    the generations, so switching it does not redo the stage."""
+    return {k: v for k, v in dataclasses.asdict(ctx.config.inference).items() if k != "engine"}
 
 
 def _write(frame: pd.DataFrame, path: Path) -> None:

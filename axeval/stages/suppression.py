@@ -24,8 +24,8 @@ from axeval.lexical import add_lexical_scores, concept_signatures
 from axeval.modes import DefenceSteerer, EvaluationSection, attacked_prompts, rule_scores
 from axeval.pipeline import RunContext, Stage, join_counts
 from axeval.stages.dataset import RunDataset, run_dataset
-from axeval.stages.evaluation import judge_generations
-from axeval.stages.methods import _write, load_artifacts, plan_steerers, steered_methods
+from axeval.stages.evaluation import JudgeStage
+from axeval.stages.methods import _write, generation_settings, load_artifacts, plan_steerers, steered_methods
 from axmethods.distributed import is_main
 from axmethods.inference.sampling import SamplingConfig
 from axmethods.inference.steering import OUTPUT_COLUMNS, Steerer, UnsteeredBaseline, run_steering
@@ -112,8 +112,7 @@ class SuppressionStage(Stage):
     distributed = True  # batches split across processes (run_steering); rank 0 writes
 
     def inputs(self, ctx: RunContext) -> dict[str, Any]:
-        inference = {k: v for k, v in dataclasses.asdict(ctx.config.inference).items() if k != "engine"}
-        return {"latent": ctx.stamp_hash("latent"), "inference": inference,
+        return {"latent": ctx.stamp_hash("latent"), "inference": generation_settings(ctx),
                 "evaluation": dataclasses.asdict(ctx.config.evaluation), "seed": ctx.config.run.seed,
                 "steer": ctx.config.methods.steer,
                 "data": run_dataset(ctx).fingerprint("suppression", "attack_shots", "train")}
@@ -142,24 +141,8 @@ class SuppressionStage(Stage):
                                     evaluation=evaluation, seed=ctx.config.run.seed)
 
 
-class SuppressionJudgeStage(Stage):
+class SuppressionJudgeStage(JudgeStage):
     name = "suppression-judge"
     description = "rate every suppression generation for concept, instruction and fluency with the LLM judge"
-
-    def inputs(self, ctx: RunContext) -> dict[str, Any]:
-        llm = ctx.config.llm
-        return {"suppression": ctx.stamp_hash("suppression"), "judge": dataclasses.asdict(ctx.config.judge),
-                "llm": {"endpoint": llm.endpoint, "model": llm.model, "structured_output": llm.structured_output},
-                "protocol": ctx.config.run.protocol}
-
-    def outputs(self, ctx: RunContext) -> list[Path]:
-        return [ctx.run_dir.eval_dir / SUPPRESSION_JUDGEMENTS]
-
-    def describe(self, s: dict[str, Any]) -> str:
-        return (f"{s['generations']} generations, {s['calls']} calls, ${s['cost_usd']:.4f}, "
-                f"{s['parse_failures']} parse failures")
-
-    def run(self, ctx: RunContext) -> dict[str, Any]:
-        return judge_generations(ctx.llm(), ctx.config.judge, ctx.run_dir.inference_dir / "suppression.parquet",
-                                 ctx.run_dir.eval_dir / SUPPRESSION_JUDGEMENTS, run_async=ctx.run_async,
-                                 protocol=ctx.config.run.protocol)
+    source = "suppression"
+    judgements = SUPPRESSION_JUDGEMENTS
