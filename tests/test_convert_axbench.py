@@ -21,7 +21,7 @@ def test_a_train_dump_converts_with_the_layer_of_its_config(tmp_path: Path) -> N
     dictionary = convert_axbench(train, method="DiffMean", base_model="google/gemma-2-2b-it")
     assert dictionary.layer == 10 and dictionary.hook_module == "model.layers.10"
     assert dictionary.n_concepts == 4 and dictionary.hidden_size == 8
-    assert torch.equal(dictionary.weight, torch.load(train / "DiffMean_weight.pt"))
+    assert torch.equal(dictionary.weight, torch.load(train / "DiffMean_weight.pt", weights_only=True))
     assert dictionary.concepts[2].ref == "https://np/2"  # read from the dump's generate/metadata.jsonl
 
 
