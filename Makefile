@@ -27,8 +27,11 @@ $(STAMP): pyproject.toml $(TORCH_CONSTRAINTS) | $(BIN)/python
 demo: setup
 	$(BIN)/axbench demo
 
+# One pytest-xdist worker per core, handed one test at a time (the slow ones first: tests/conftest.py), so the
+# long end-to-end tests run beside the short ones instead of after them.
+PYTEST_WORKERS ?= auto
 test: setup lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist load --maxschedchunk 1 $(PYTEST_ARGS)
 
 # A local Argilla server (argilla-server + osmem-server + redis) for `axbench curate`; its own venv .argilla-venv.
 argilla: setup

@@ -5,8 +5,9 @@
 - `publish_eval_results(run_dir, repo_id, method=…)` (`axbench eval push`) uploads the method's
   `.eval_results/<method>.yaml` (written by the report, naming the benchmark dataset and commit the run used) to
   `repo_id` as `.eval_results/axbench-<config>.yaml`, as a commit or as a pull request (a community result).
-- `leaderboard_frame(run_dirs)` is one row per method × run: the scores with their intervals, the number of
-  concepts, the judge, the protocol, the model, layer and dataset (repo, commit, config) — and
+- `leaderboard_frame(run_dirs)` is one row per method × run: the scores with their intervals (detection, steering,
+  suppression; the suppression score under each attack as JSON), the number of concepts, the judge, the protocol,
+  the model, layer and dataset (repo, commit, config) — and
   `publish_leaderboard(run_dirs, repo_id)` (`axbench leaderboard push`) pushes it as a dataset
   (`data/train-….parquet` + card) that `load_dataset(repo_id, split="train")` reads, and
   `leaderboard_html(repo_id)` turns back into the report's page.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,7 +52,8 @@ EVAL_RESULTS_DIR = ".eval_results"
 LEADERBOARD_COLUMNS = (
     "method", "model", "layer", "dataset_id", "dataset_revision", "dataset_config", "auroc", "auroc_ci_low",
     "auroc_ci_high", "steering_score", "steering_ci_low", "steering_ci_high", "n_concepts", "judge_model",
-    "judge_templates", "protocol", "run",
+    "judge_templates", "protocol", "run", "suppression_score", "suppression_ci_low", "suppression_ci_high",
+    "attack_scores",
 )
 
 
@@ -307,7 +310,7 @@ def read_eval_results(source: str | Path, method: str | None = None) -> tuple[Pa
         raise InputError(f"{path} is not a list of .eval_results entries (dataset, value).")
     for entry in entries:
         task = str((entry.get("dataset") or {}).get("task_id", ""))
-        low, high = _RANGES["steering_score_"] if task.startswith("steering") else _SHARE
+        low, high = _RANGES["steering_score_"] if task.startswith(("steering", "suppression")) else _SHARE
         value = entry["value"]
         if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
             raise _refuse(path, f"the {task or 'unnamed'} value is {value!r}, not a number in [{low:g}, {high:g}]",
@@ -351,12 +354,27 @@ def leaderboard_frame(run_dirs: Sequence[str | Path], dataset_id: str | None = N
                 "steering_score": values.get("steering_score_mean"),
                 "steering_ci_low": values.get("steering_score_ci_low"),
                 "steering_ci_high": values.get("steering_score_ci_high"),
-                "n_concepts": max(int(values.get("detection_n_concepts") or 0), int(values.get("steering_n_concepts") or 0)),
+                "n_concepts": max(int(values.get(f"{kind}_n_concepts") or 0)
+                                  for kind in ("detection", "steering", "suppression")),
                 "judge_model": ", ".join(judge["judge_model"]) if judge else None,
                 "judge_templates": ", ".join(judge["judge_template_hash"]) if judge else None,
                 "protocol": config.get("run", {}).get("protocol", "fixed"), "run": run_dir.name,
+                "suppression_score": values.get("suppression_score_mean"),
+                "suppression_ci_low": values.get("suppression_score_ci_low"),
+                "suppression_ci_high": values.get("suppression_score_ci_high"),
+                "attack_scores": _attack_scores(values),
             })
     return pd.DataFrame(rows, columns=list(LEADERBOARD_COLUMNS))
+
+
+def _attack_scores(values: dict[str, Any]) -> str | None:
+    """The method's mean suppression score under each attack, as JSON {"many-shot-8": …, "overwrite-prefix": …}
+    (None without attacks): the attacks differ between runs, and a dataset's columns must not."""
+    # keys are attack_<label>_<column> (axeval.report.attack_frames); labels have no "_", so the judge's score is
+    # attack_<label>_score_mean and not attack_<label>_lexical_score_mean
+    scores = {found.group(1): value for key, value in values.items()
+              if (found := re.fullmatch(r"attack_([^_]+)_score_mean", key))}
+    return json.dumps(scores) if scores else None
 
 
 def publish_leaderboard(run_dirs: Sequence[str | Path], repo_id: str, *, dataset_id: str | None = None,
@@ -396,11 +414,15 @@ def load_leaderboard(source: str | Path | pd.DataFrame) -> pd.DataFrame:
 def leaderboard_html(source: str | Path | pd.DataFrame, title: str | None = None) -> str:
     """The leaderboard dataset as the report's self-contained HTML page (methods × settings, with intervals)."""
     frame = load_leaderboard(source)
+    # a leaderboard pushed before suppression was published has no suppression columns: "–" there
+    frame = frame.reindex(columns=list(dict.fromkeys([*frame.columns, *LEADERBOARD_COLUMNS])))
     table = pd.DataFrame({
         "Method": frame["method"], "Model": frame["model"], "Layer": frame["layer"],
         "AUROC": [_interval(*row) for row in frame[["auroc", "auroc_ci_low", "auroc_ci_high"]].itertuples(index=False)],
         "Steering": [_interval(*row) for row in
                      frame[["steering_score", "steering_ci_low", "steering_ci_high"]].itertuples(index=False)],
+        "Suppression": [_interval(*row) for row in frame[["suppression_score", "suppression_ci_low",
+                                                          "suppression_ci_high"]].itertuples(index=False)],
         "Concepts": frame["n_concepts"], "Judge": frame["judge_model"].fillna("–"), "Protocol": frame["protocol"],
         "Dataset": [f"{d}@{(r or '')[:12]} ({c})" if d else "–"
                     for d, r, c in zip(frame["dataset_id"], frame["dataset_revision"], frame["dataset_config"])],

@@ -40,7 +40,7 @@ from axdata.io import atomic_path, atomic_write_text
 from axeval import detection, steering
 from axeval.judge import summarize_judgements
 from axeval.rundir import LEADERBOARD_FILE, RunDirectory
-from axeval.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, ConfidenceInterval, by_method
+from axeval.stats import DEFAULT_RESAMPLES, DEFAULT_SEED, ConfidenceInterval, by_method, json_value
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +139,8 @@ class Report:
     def n_concepts(self) -> int:
         """The most concepts any part of the report averages over."""
         counts = [int(frame[column].max()) for frame, column in (
-            (self.detection_summary, "auroc_n"), (self.steering_summary, "score_n"))
+            (self.detection_summary, "auroc_n"), (self.steering_summary, "score_n"),
+            (self.suppression_summary, "score_n"))
             if frame is not None and len(frame)]
         return max(counts, default=0)
 
@@ -278,7 +279,7 @@ def build_report(
     report.files["leaderboard"] = out / LEADERBOARD_FILE
     atomic_write_text(report.files["leaderboard"], json.dumps(
         {"methods": report.by_method(), "lead": report.lead, "n_concepts": report.n_concepts(),
-         "caveats": report.caveats(), "perplexity_fluency_spearman": _overall_rho(report.fluency),
+         "caveats": report.caveats(), **perplexity_fluency_fields(report.fluency),
          "judge": report.judge_line(), "judge_details": report.judge,
          # how it was built and from what: enough to rebuild it and tell a stale or forged one (axeval.verify)
          "built_with": {"baseline": baseline, "suppression": suppression, "n_resamples": n_resamples, "seed": seed,
@@ -297,11 +298,16 @@ def build_report(
     return report
 
 
-def _overall_rho(fluency: pd.DataFrame | None) -> float | None:
+def perplexity_fluency_fields(fluency: pd.DataFrame | None) -> dict[str, Any]:
+    """leaderboard.json's perplexity-vs-fluency fields: the rho over all judged generations and its n, and per
+    method {"spearman_rho", "n"} (an undefined rho is null; no perplexity column: rho null, n 0, no methods)."""
     if fluency is None:
-        return None
-    rho = float(fluency.loc[fluency["method"] == "all", "spearman_rho"].iloc[0])
-    return None if math.isnan(rho) else rho
+        return {"perplexity_fluency_spearman": None, "perplexity_fluency_n": 0, "perplexity_fluency_by_method": {}}
+    rows = {record["method"]: {"spearman_rho": json_value(record["spearman_rho"]), "n": int(record["n"])}
+            for record in fluency.to_dict("records")}
+    overall = rows.pop("all")
+    return {"perplexity_fluency_spearman": overall["spearman_rho"], "perplexity_fluency_n": overall["n"],
+            "perplexity_fluency_by_method": rows}
 
 
 def _ci(row: pd.Series, prefix: str, digits: int = 3) -> str:
@@ -515,24 +521,34 @@ _RULES_NOTE = ("Rule concepts whose rule a program can check (axeval.rules): the
                "judge's rule-following rating on the same generations, their rank correlation and how often they "
                "agree on followed / not followed: an exact test of the judge.")
 _FLUENCY_NOTE = ("Spearman rank correlation between each generation's perplexity under the unsteered model and the "
-                 "judge's fluency rating (0–2), over generations that have both: a judge that tracks fluency gives a "
-                 "clearly negative rho. Per method and over all generations (NaN: too few or constant values).")
+                 "judge's fluency rating (0–2), over every judged generation that has both (all factors, both "
+                 "halves). Lower perplexity should go with higher fluency, so a negative rho is agreement: a judge "
+                 "that tracks fluency gives a clearly negative one. Per method and over all generations (–: "
+                 "undefined, fewer than 3 generations or constant values).")
 
 
 def perplexity_vs_fluency(scored: pd.DataFrame) -> pd.DataFrame | None:
     """Per method and overall: Spearman's rho between perplexity and the fluency rating (None without perplexity)."""
     if "perplexity" not in scored:
         return None
+    # NaN perplexity (an empty generation) or rating (a parse failure): the pair is left out; ±inf has a rank
     both = scored.dropna(subset=["perplexity", "fluency_rating"])
     groups = [(str(method), rows) for method, rows in both.groupby("method", sort=True)] + [("all", both)]
     records = []
     for method, rows in groups:
-        constant = rows["perplexity"].nunique() < 2 or rows["fluency_rating"].nunique() < 2
-        rho = math.nan if len(rows) < 3 or constant else float(rows["perplexity"].corr(rows["fluency_rating"],
-                                                                                     method="spearman"))
-        records.append({"method": method, "n": len(rows), "spearman_rho": rho,
+        records.append({"method": method, "n": len(rows),
+                        "spearman_rho": spearman(rows["perplexity"], rows["fluency_rating"]),
+                        "mean_fluency": float(rows["fluency_rating"].mean()) if len(rows) else math.nan,
                         "median_perplexity": float(rows["perplexity"].median()) if len(rows) else math.nan})
     return pd.DataFrame.from_records(records)
+
+
+def spearman(a: pd.Series, b: pd.Series) -> float:
+    """Spearman's rho of paired values (ties averaged, as scipy.stats.spearmanr); NaN where it is undefined: fewer
+    than 3 pairs, or either side constant (a zero variance of ranks)."""
+    if len(a) < 3 or a.nunique() < 2 or b.nunique() < 2:
+        return math.nan
+    return float(a.rank().corr(b.rank()))
 
 
 def render_markdown(report: Report, title: str, plots: dict[str, Path], out: Path) -> str:
@@ -600,7 +616,8 @@ def run_benchmark_data(run_dir: str | Path, dataset_id: str | None = None) -> Be
 def write_eval_results(report: Report, folder: Path, data: BenchmarkData) -> dict[str, Path]:
     """One `.eval_results` YAML per method, in the format the Hub reads (`huggingface_hub.EvalResultEntry`): the
     dataset repo and commit the run used, the task of its config (`axdata.benchmark.task_id`), the value, and in
-    the notes its interval, the number of concepts and (steering) the judge model, temperature and templates."""
+    the notes its interval, the number of concepts and (steering, suppression) the judge model, temperature and
+    templates."""
     entries: dict[str, list[EvalResultEntry]] = {}
 
     def entry(method: str, kind: str, value: float, notes: str) -> None:
@@ -613,14 +630,16 @@ def write_eval_results(report: Report, folder: Path, data: BenchmarkData) -> dic
             entry(row["method"], "concept_detection", row["auroc_mean"],
                   f"mean AUROC over {int(row['auroc_n'])} concepts, 95% CI "
                   f"[{row['auroc_ci_low']:.4f}, {row['auroc_ci_high']:.4f}]")
-    if report.steering_summary is not None:
-        judge = report.judge or {}
-        judged_by = (f"; judge {', '.join(judge['judge_model'])}, temperature "
-                     f"{', '.join(map(str, judge['judge_temperature']))}, templates "
-                     f"{', '.join(judge['judge_template_hash'])}") if judge else ""
-        for _, row in report.steering_summary.dropna(subset=["score_mean"]).iterrows():
-            entry(row["method"], "steering", row["score_mean"],
-                  f"mean held-out steering score (0-2) over {int(row['score_n'])} concepts, 95% CI "
+    judge = report.judge or {}
+    judged_by = (f"; judge {', '.join(judge['judge_model'])}, temperature "
+                 f"{', '.join(map(str, judge['judge_temperature']))}, templates "
+                 f"{', '.join(judge['judge_template_hash'])}") if judge else ""
+    # the judged tasks: steering, and suppression without attack (the task `eval.yaml` registers; attack scores
+    # have no task and stay in leaderboard.json and the leaderboard dataset)
+    for kind, summary in (("steering", report.steering_summary), ("suppression", report.suppression_summary)):
+        for _, row in ([] if summary is None else summary.dropna(subset=["score_mean"]).iterrows()):
+            entry(row["method"], kind, row["score_mean"],
+                  f"mean held-out {kind} score (0-2) over {int(row['score_n'])} concepts, 95% CI "
                   f"[{row['score_ci_low']:.4f}, {row['score_ci_high']:.4f}]{judged_by}")
     paths = {}
     for method, method_entries in entries.items():
@@ -715,11 +734,8 @@ def rule_table(scored: pd.DataFrame) -> pd.DataFrame | None:
     records = []
     for method, rows in groups:
         checker, judge = rows["rule_score"] * 2, rows["concept_rating"]
-        constant = checker.nunique() < 2 or judge.nunique() < 2
         records.append({"method": method, "n": len(rows), "checker_mean": float(checker.mean()),
-                        "judge_mean": float(judge.mean()),
-                        "spearman_rho": math.nan if len(rows) < 3 or constant else
-                        float(checker.corr(judge, method="spearman")),
+                        "judge_mean": float(judge.mean()), "spearman_rho": spearman(checker, judge),
                         "agreement": float(((rows["rule_score"] >= 0.5) == (judge >= 1)).mean())})
     return pd.DataFrame.from_records(records)
 

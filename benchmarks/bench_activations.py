@@ -16,7 +16,10 @@ import argparse
 import os
 import platform
 import random
+import sys
 import time
+from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -30,6 +33,9 @@ from axmethods.methods.base import TrainingSet
 from axmethods.methods.diffmean import DiffMean, diffmean_directions
 from axmethods.methods.probe import Probe, ProbeConfig
 from axmethods.models import load_target_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from records import Load, record_option, write_record
 
 GENRES = ("text", "code", "math")
 WORDS = ["river", "light", "stone", "market", "music", "garden", "number", "code", "function", "value", "ocean", "window", "paper", "story", "city", "engine", "signal", "matrix", "column", "theory", "forest", "cloud", "bridge", "letter", "summer", "winter", "planet"]
@@ -53,7 +59,7 @@ def synthetic_train(concepts: int, positives: int, negatives_per_genre: int, wor
     return frame, listed
 
 
-def bench_shared_negatives(args: argparse.Namespace) -> None:
+def bench_shared_negatives(args: argparse.Namespace) -> dict[str, Any]:
     target = load_target_model(args.model, device=args.device, dtype=args.dtype)
     frame, concepts = synthetic_train(args.concepts, args.positives, args.negatives_per_genre, args.words)
     config = {"max_length": args.max_length, "concepts_per_chunk": args.chunk, "activation_dtype": "model"}
@@ -93,9 +99,13 @@ def bench_shared_negatives(args: argparse.Namespace) -> None:
     print(f"    speed-up {per_concept_s / shared_s:.2f}x wall, {per_concept_cpu / shared_cpu:.2f}x CPU (texts ratio "
           f"{per_concept_texts / shared_texts:.2f}x); "
           f"min cosine between the two results {float(agreement):.6f}")
+    return {"benchmark": f"DiffMean fit, {len(concepts)} concepts, {args.model} layer {args.layer}",
+            "ours (s)": round(shared_s, 1), "baseline (s)": round(per_concept_s, 1),
+            "speed-up": round(per_concept_s / shared_s, 2), "ours CPU (s)": round(shared_cpu, 1),
+            "baseline CPU (s)": round(per_concept_cpu, 1), "min cosine": round(float(agreement), 6)}
 
 
-def bench_joint_math(args: argparse.Namespace) -> None:
+def bench_joint_math(args: argparse.Namespace) -> list[dict[str, Any]]:
     generator = torch.Generator().manual_seed(0)
     n_concepts, positives, shared_per_genre = args.math_concepts, 72, 72
     n_texts = n_concepts * positives + 3 * shared_per_genre
@@ -128,11 +138,15 @@ def bench_joint_math(args: argparse.Namespace) -> None:
     print(f"[2] DiffMean math, {n_concepts} concepts × 144 texts ({n_texts} texts, {int(offsets[-1])} tokens, "
           f"d={args.hidden}, bf16 activations): joint {joint_s:.2f} s vs per-concept loop {loop_s:.2f} s → "
           f"{loop_s / joint_s:.1f}x; min cosine {float(agreement):.6f}")
-    bench_joint_probe(acts, positive, negative, args.probe_concepts, args.probe_epochs)
+    return [{"benchmark": f"DiffMean math, {n_concepts} concepts, d={args.hidden}",
+             "ours (s)": round(joint_s, 2), "baseline (s)": round(loop_s, 2),
+             "speed-up": round(loop_s / joint_s, 2),
+             "min cosine": round(float(agreement), 6)},
+            bench_joint_probe(acts, positive, negative, args.probe_concepts, args.probe_epochs)]
 
 
 def bench_joint_probe(acts: TokenActivations, positive: torch.Tensor, negative: torch.Tensor, n_concepts: int,
-                      epochs: int) -> None:
+                      epochs: int) -> dict[str, Any]:
     """Probe training on cached activations: all concepts as one [k, d] parameter vs one concept at a time."""
     members = torch.stack([torch.cat([p.nonzero()[:, 0], n.nonzero()[:, 0]])
                            for p, n in zip(positive[:n_concepts], negative[:n_concepts])])
@@ -155,6 +169,9 @@ def bench_joint_probe(acts: TokenActivations, positive: torch.Tensor, negative: 
     assert joint.shape == looped.shape
     print(f"[3] Probe training ({epochs} epochs, batch 12 × accumulation 4) on cached activations, {n_concepts} "
           f"concepts: joint {joint_s:.2f} s vs per-concept loop {loop_s:.2f} s → {loop_s / joint_s:.1f}x")
+    return {"benchmark": f"Probe training, {n_concepts} concepts, {epochs} epochs",
+            "ours (s)": round(joint_s, 2), "baseline (s)": round(loop_s, 2),
+            "speed-up": round(loop_s / joint_s, 2)}
 
 
 def main() -> None:
@@ -175,12 +192,17 @@ def main() -> None:
     parser.add_argument("--probe-concepts", type=int, default=100)
     parser.add_argument("--probe-epochs", type=int, default=4)
     parser.add_argument("--skip-model", action="store_true", help="run only the math benchmark")
+    record_option(parser, "bench_activations")
     args = parser.parse_args()
+    load = Load.now()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads, cuda={torch.cuda.is_available()}")
-    if not args.skip_model:
-        bench_shared_negatives(args)
-    bench_joint_math(args)
+    rows = [] if args.skip_model else [bench_shared_negatives(args)]
+    rows += bench_joint_math(args)
+    write_record(args.record, "DiffMean and Probe fitting: shared negatives once vs per concept, joint maths "
+                 "vs a per-concept loop (ours vs the baseline, wall seconds)",
+                 {"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows},
+                 how="python " + " ".join(sys.argv), load=load)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,10 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from records import Load, record_option, write_record
 
 COMMANDS = {
     "bare python": [sys.executable, "-c", "pass"],
@@ -43,12 +47,21 @@ def median_seconds(command: list[str], repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    record_option(parser, "bench_cli_startup")
     args = parser.parse_args()
+    load = Load.now()
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
     results = {name: median_seconds(command, args.repeats) for name, command in COMMANDS.items()}
     for name, seconds in results.items():
         print(f"{name:36s} {seconds:6.2f} s   ×{seconds / results['import torch, transformers models']:4.2f} torch "
               f"import   ×{seconds / results['before: import axeval.config']:4.2f} before")
+    write_record(args.record, f"CLI start-up: median wall time of {args.repeats} fresh processes per command",
+                 {"repeats": args.repeats, "rows": [
+                     {"command": name, "median (s)": round(seconds, 2),
+                      "× torch import": round(seconds / results["import torch, transformers models"], 2),
+                      "× import axeval.config": round(seconds / results["before: import axeval.config"], 2)}
+                     for name, seconds in results.items()]},
+                 how="python " + " ".join(sys.argv), load=load)
 
 
 if __name__ == "__main__":

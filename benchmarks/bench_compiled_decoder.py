@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from bench_latent import WORDS, build_model
+from records import Load, record_option, write_record
 
 from axdata.concepts import Concept
 from axmethods.dictionary import SteeringDictionary
@@ -75,7 +76,9 @@ def main() -> None:
     parser.add_argument("--axbench-batch", type=int, default=10, help="AxBench's steering_batch_size for 2B")
     parser.add_argument("--layer", type=int, default=None, help="steered layer (default: the middle one)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (1 is faster on an oversubscribed CPU)")
+    record_option(parser, "bench_compiled_decoder")
     args = parser.parse_args()
+    load_before = Load.now()  # `load()` below prints the load at each step; the record keeps before and after
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
@@ -159,6 +162,8 @@ def main() -> None:
     print(f"AxBench-style loop (HF generate, hook per batch of {args.axbench_batch}, one concept at a time): "
           f"{loop_seconds:.2f} s, {loop_tokens} tokens, {loop_rate:.1f} tok/s", flush=True)
     results: dict[tuple[int, str], float] = {}
+    runs = [{"run": "AxBench-style loop", "batch": args.axbench_batch, "seconds": round(loop_seconds, 2),
+             "tokens": loop_tokens, "tokens/s": round(loop_rate, 1), "warm-up batch (s)": None}]
     for batch in batches:
         plan = plan_batches(rows, prompt_ids, batch)
         for engine in ("eager", "compiled"):
@@ -167,6 +172,8 @@ def main() -> None:
                 tokens, seconds = timed(run, batch, engine, steered, plan)
                 name = f"{engine} {'steered' if steered else 'unsteered'}"
                 results[(batch, name)] = tokens / seconds
+                runs.append({"run": name, "batch": batch, "seconds": round(seconds, 2), "tokens": tokens,
+                             "tokens/s": round(tokens / seconds, 1), "warm-up batch (s)": round(warmup, 1)})
                 print(f"batch {batch:4d}  {name:18s} {seconds:8.2f} s  {tokens:7d} tokens  {tokens / seconds:9.1f} tok/s"
                       f"  (warm-up batch {warmup:.1f} s)", flush=True)
         compiled, eager = results[(batch, "compiled steered")], results[(batch, "eager steered")]
@@ -184,6 +191,13 @@ def main() -> None:
                    f"{100 * (1 - compiled / plain):+.1f}%")]
         for name, ok, value in checks:
             print(f"  issue 17 target (batch 256): {name}: {value} -> {'MET' if ok else 'NOT MET'}")
+    write_record(args.record, "steered generation tokens/s: the compiled engine vs the eager loop, unsteered "
+                 "and an AxBench-style loop",
+                 {"device": f"{target.device} ({device_name})", "dtype": str(target.dtype),
+                  "shape": args.shape,
+                  "rows": len(rows), "new_tokens": args.new_tokens, "threads": torch.get_num_threads(),
+                  "runs": runs},
+                 how="python " + " ".join(sys.argv), load=load_before)
 
 
 if __name__ == "__main__":

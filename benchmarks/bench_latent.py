@@ -33,6 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from fixtures_models import build_tiny_model
+from records import Load, record_option, write_record
 
 from axdata.concepts import Concept
 from axmethods.dictionary import SteeringDictionary
@@ -107,7 +108,9 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=16)
+    record_option(parser, "bench_latent")
     args = parser.parse_args()
+    load = Load.now()
     torch.manual_seed(0)
     rng = random.Random(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -143,6 +146,8 @@ def main() -> None:
     sync(target)
     baseline = (time.perf_counter() - start) * args.concepts / loop_sample
     note = "" if loop_sample == args.concepts else f" (extrapolated from {loop_sample} concepts)"
+    runs = [{"mode": "latent", "one pass (s)": round(ours, 2), "per-concept loop (s)": round(baseline, 2),
+             "loop timed on concepts": loop_sample, "speed-up": round(baseline / ours, 1)}]
     print(f"latent:           one pass {ours:8.2f} s ({tokens / ours:8.0f} tok/s) | per-concept loop {baseline:8.2f} s"
           f"{note} ({tokens / baseline:8.0f} tok/s) | speed-up {baseline / ours:6.1f}x", flush=True)
 
@@ -159,6 +164,15 @@ def main() -> None:
     baseline = (time.perf_counter() - start) * args.concepts / args.imbalance_sample
     print(f"latent_imbalance: one pass {ours:8.2f} s | per-concept loop {baseline:8.2f} s (extrapolated from "
           f"{args.imbalance_sample} concepts) | speed-up {baseline / ours:6.1f}x  ({args.pool}-text pool x {args.concepts} concepts)")
+    runs.append({"mode": "latent_imbalance", "one pass (s)": round(ours, 2),
+                 "per-concept loop (s)": round(baseline, 2), "loop timed on concepts": args.imbalance_sample,
+                 "speed-up": round(baseline / ours, 1)})
+    write_record(args.record, "latent scoring: one pass for all concepts vs an AxBench-style per-concept "
+                 "loop (loops timed on a sample of concepts are extrapolated linearly)",
+                 {"device": str(target.device), "dtype": str(target.dtype), "hidden": target.hidden_size,
+                  "layers": target.num_layers, "read_layer": layer, "concepts": args.concepts,
+                  "texts": len(flat), "tokens": tokens, "pool": args.pool, "runs": runs},
+                 how="python " + " ".join(sys.argv), load=load)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from bench_latent import WORDS, build_model
+from records import Load, record_option, write_record
 
 from axdata.concepts import Concept
 from axmethods.dictionary import SteeringDictionary
@@ -69,7 +70,9 @@ def main() -> None:
     parser.add_argument("--axbench-batch-size", type=int, default=10)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--layer", type=int, default=None, help="steered layer (default: the middle one)")
+    record_option(parser, "bench_steering")
     args = parser.parse_args()
+    load = Load.now()
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     factors = [float(f) for f in args.factors.split(",")]
     torch.manual_seed(0)
@@ -152,6 +155,19 @@ def main() -> None:
     print(f"unsteered (batch {args.batch_size}): {plain:7.2f} s, {plain_tokens} tokens, {plain_rate:8.1f} tok/s")
     print(f"ratios: heterogeneous / AxBench-style = {ours_rate / loop_rate:.2f}x; "
           f"heterogeneous / unsteered = {ours_rate / plain_rate:.2f} (steered overhead {100 * (1 - ours_rate / plain_rate):+.1f}%)")
+    runs = [("heterogeneous batches", args.batch_size, ours, ours_tokens),
+            ("AxBench-style loop (hook per concept)", args.axbench_batch_size, loop, axbench_tokens),
+            ("unsteered", args.batch_size, plain, plain_tokens)]
+    write_record(args.record, "steered generation tokens/s: heterogeneous batches vs an AxBench-style loop "
+                 "vs unsteered",
+                 {"device": f"{target.device} ({device_name})", "dtype": str(target.dtype),
+                  "shape": args.shape, "steered_layer": layer, "rows": len(rows),
+                  "max_new_tokens": args.max_new_tokens,
+                  "runs": [{"run": name, "batch": batch, "seconds": round(seconds, 2), "tokens": tokens,
+                            "tokens/s": round(tokens / seconds, 1)} for name, batch, seconds, tokens in runs],
+                  "heterogeneous / AxBench-style": round(ours_rate / loop_rate, 2),
+                  "heterogeneous / unsteered": round(ours_rate / plain_rate, 2)},
+                 how="python " + " ".join(sys.argv), load=load)
 
 
 if __name__ == "__main__":

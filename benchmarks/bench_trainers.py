@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from bench_latent import WORDS, build_model
+from records import Load, record_option, write_record
 
 from axdata.concepts import Concept
 from axmethods.models import load_target_model
@@ -94,10 +95,12 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--variant", choices=["joint", "loop"], help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
+    record_option(parser, "bench_trainers")
     args = parser.parse_args()
     if args.variant:
         print(json.dumps(run_variant(args)))
         return
+    load = Load.now()
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_model(Path(tmp) / "model", args)
@@ -120,6 +123,16 @@ def main() -> None:
     joint, loop = results["joint"], results["loop"]
     print(f"\njoint / loop: {loop['seconds'] / joint['seconds']:.2f}× faster, "
           f"{joint['peak_mib'] / loop['peak_mib']:.2f}× the peak memory")
+    write_record(args.record, "RePS training: one run over all concepts vs one run per concept (time, "
+                 "steps/s, concept-updates/s, peak memory)",
+                 {"shape": shape, "device": args.device, "dtype": args.dtype, "concepts": args.concepts,
+                  "pairs": args.pairs, "batch": args.batch, "epochs": args.epochs,
+                  "runs": [{"run": variant, "seconds": round(r["seconds"], 1),
+                            "steps/s": round(r["steps_per_s"], 2),
+                            "concept-updates/s": round(r["concept_steps_per_s"], 2),
+                            "peak (MiB)": round(r["peak_mib"])} for variant, r in results.items()],
+                  "joint / loop (speed)": round(loop["seconds"] / joint["seconds"], 2)},
+                 how="python " + " ".join(sys.argv), load=load)
 
 
 if __name__ == "__main__":

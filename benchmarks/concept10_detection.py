@@ -4,7 +4,7 @@ The toolkit's own path end to end: import (axdata) → fit (axmethods.methods) �
 (axmethods.inference) → per-concept AUROC with a bootstrap CI (axeval.detection). Needs ../shared.
 
     python benchmarks/concept10_detection.py --concepts 5 --layer 10 --max-length 96
-    python benchmarks/concept10_detection.py --methods diffmean,probe,ig,ixg --json benchmarks/results/x.json
+    python benchmarks/concept10_detection.py --methods diffmean,probe,ig,ixg --record concept10_ig_ixg
 
 IG and IxG score by attribution (a forward and a backward through the upper blocks per row, ×10 path points for IG):
 `--rows-per-category N` scores every method on the first N latent rows of each concept and category only (the same
@@ -15,17 +15,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import platform
-import subprocess
+import sys
 import time
-from datetime import date
-from pathlib import Path
 
 import pandas as pd
 from concept10_data import load_concept10
+from records import Load, record_option, write_record
 
-from axdata.io import atomic_write_json
 from axeval.detection import concept_detection, summarize_detection
 from axmethods.activations import ActivationCollector, resolve_dtype
 from axmethods.inference.latent import latent_inference
@@ -46,14 +42,10 @@ def main() -> None:
     parser.add_argument("--lm-epochs", type=int, default=1, help="Epochs of the LM-trained methods (paper: 3).")
     parser.add_argument("--rows-per-category", type=int, default=None, help="Score every method on the first N "
                         "latent rows of each concept and category (IG / IxG are far slower to score than a read-out).")
-    parser.add_argument("--json", default=None, help="Also write the numbers to this JSON file (atomically).")
-    parser.add_argument("--machine", default=f"{platform.machine()}, {os.cpu_count()} CPUs",
-                        help="How the JSON record names the machine.")
-    parser.add_argument("--commit-note", default="", help="Appended to the commit in the JSON record (e.g. "
-                        "'+ uncommitted changes').")
+    record_option(parser, "concept10_detection")
     args = parser.parse_args()
 
-    load_before = os.getloadavg()  # others may share the CPU: the record says how busy it was
+    load = Load.now()  # others may share the CPU: the record says how busy it was
     data = load_concept10(args.setting)
     concepts = data.concepts[: args.concepts]
     ids = {c.concept_id for c in concepts}
@@ -108,15 +100,13 @@ def main() -> None:
                      "fit_seconds": round(seconds.get(name, float("nan")), 1),
                      "latent_inference_seconds": round(inference_seconds.get(name, float("nan")), 1)})
     print(f"latent inference ({len(latent)} rows): {sum(inference_seconds.values()):.1f} s in all")
-    if args.json:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
-        record = {"figure": "Concept10 concept detection (mean latent AUROC per method)", "date": str(date.today()),
-                  "machine": args.machine, "commit": f"{commit.strip()} {args.commit_note}".strip(),
-                  "load": {"1-min load average before": round(load_before[0], 2),
-                           "1-min load average after": round(os.getloadavg()[0], 2)}, "setting": args.setting, "model": "SmolLM2-135M-Instruct (fp32)",
-                  "layer": args.layer, "concepts": len(concepts), "latent_rows": len(latent),
-                  "rows_per_category": args.rows_per_category, "train_max_length": args.max_length, "methods": rows}
-        atomic_write_json(Path(args.json), record)
+    write_record(args.record, "Concept10 concept detection (mean latent AUROC per method)",
+                 {"setting": args.setting, "model": "SmolLM2-135M-Instruct (fp32)", "layer": args.layer,
+                  "concepts": len(concepts), "latent_rows": len(latent),
+                  "rows_per_category": args.rows_per_category, "train_max_length": args.max_length,
+                  "lm_epochs": args.lm_epochs, "methods": rows,
+                  "latent_inference_seconds_total": round(sum(inference_seconds.values()), 1)},
+                 how="python " + " ".join(sys.argv), load=load)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,9 @@ its peak resident set (VmHWM) is that stage's own, model load included; `--in-pr
 
     .venv/bin/python benchmarks/dry_run_paper_config.py configs/paper/2b-l20.yaml          # ~10 GB disk, long
     .venv/bin/python benchmarks/dry_run_paper_config.py configs/paper/2b-l20.yaml --shape tiny   # seconds
+
+`--record NAME` writes the figures as benchmarks/results/NAME.json (`records.write_record`: machine, load, commit),
+the record docs/benchmarks.md quotes.
 """
 
 from __future__ import annotations
@@ -163,6 +166,49 @@ def stage_names(config_path: Path, sets: list[str]) -> list[str]:
     return [stage.name for stage in default_stages(AxbenchConfig.load(config_path, sets))]
 
 
+def fill_attack_shots(config_path: Path, sets: list[str]) -> str | None:
+    """Give a concept short of many-shot examples its own train positives as shots; a note when any was filled.
+
+    The embedded 135M stand-in LLM rarely writes the "Question: … Answer: …" pairs of the attack_shots split (the
+    data stage reports each failure and writes what it got, often nothing), and a many-shot attack refuses a
+    concept with fewer shots than it asks for. Pairs whose answers carry the concept are what a shot is, so the
+    concept's train positives stand in (as benchmarks/suppression_concept10.py uses Concept10's pairs) and the
+    many-shot path runs at the paper shape. The suppression stage's fingerprint hashes this split: it sees them."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from axdata.builders import write_split
+    from axdata.schema import table_from_frame
+    from axeval.config import AxbenchConfig
+    from axeval.rundir import RunDirectory
+    from axeval.stages.dataset import run_dataset
+
+    config = AxbenchConfig.load(config_path, sets)
+    if "attacks" not in config.evaluation.modes or not config.evaluation.many_shot:
+        return None
+    dataset = run_dataset(SimpleNamespace(config=config, run_dir=RunDirectory(config.run_dir)))
+    shots, train, need = dataset.split("attack_shots"), dataset.split("train"), max(config.evaluation.many_shot)
+    filled, rows = [], [shots]
+    for concept in dataset.concepts():
+        have = int((shots["concept_id"] == concept.concept_id).sum())
+        if have >= need:
+            continue
+        positives = train[(train["concept_id"] == concept.concept_id) & (train["category"] == "positive")]
+        rows.append(pd.DataFrame([
+            {"concept_id": concept.concept_id, "input_concept": concept.concept, "shot_id": have + i,
+             "question": row.input, "answer": row.output, "template_hash": None,
+             "generator_model": "dry run: the concept's train positives", "sample_seed": None}
+            for i, row in enumerate(positives.head(need - have).itertuples())]))
+        filled.append(f"{concept.concept_id} ({have} written)")
+    if not filled:
+        return None
+    frame = pd.concat([r for r in rows if len(r)], ignore_index=True)
+    write_split(table_from_frame(frame, "attack_shots"), dataset.directory, dataset.config, "attack_shots")
+    return (f"attack_shots: the stand-in LLM wrote fewer than the {need} many-shot examples for concept(s) "
+            f"{', '.join(filled)}; their train positives stand in")
+
+
 def run_stage(config_path: Path, sets: list[str], upto: str) -> dict[str, Any]:
     """`run_pipeline` up to stage `upto` in this (fresh) process; earlier stages are current and skipped."""
     from axeval.config import AxbenchConfig
@@ -187,8 +233,6 @@ def dry_run(config_path: Path, shape: str, work: Path, *, stages: list[str] | tu
     Each stage runs in a fresh process (its own peak RSS) unless `in_process`: then every stage runs here, which
     saves a process start and model load per stage, and `peak_mib` is the peak so far (tests use it).
     """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     model_dir = work / f"model-{shape}"
     me = [sys.executable, __file__, str(config_path), "--shape", shape]
     results = []
@@ -201,7 +245,11 @@ def dry_run(config_path: Path, shape: str, work: Path, *, stages: list[str] | tu
     sets = overrides(config_path, model_dir, work, shape) + list(extra)
     print("overrides:", " ".join(f"--set {s}" for s in sets), flush=True)
     names = stage_names(config_path, sets)  # the config's own stages, in order
+    notes = []
     for name in [name for name in names if stages is None or name in set(stages)]:
+        if name == "suppression" and (note := fill_attack_shots(config_path, sets)):
+            print(f"  note: {note}", flush=True)
+            notes.append(note)
         if in_process:
             results.append(run_stage(config_path, sets, name))
         else:
@@ -212,10 +260,11 @@ def dry_run(config_path: Path, shape: str, work: Path, *, stages: list[str] | tu
                 raise SystemExit(f"stage {name} failed (exit {done.returncode})")
             results.append(json.loads(done.stdout.strip().splitlines()[-1]))
         r = results[-1]
+        r["load_after"] = round(os.getloadavg()[0], 2)  # a long run on a shared machine: the load at each stage
         print(f"  {name:17s} {r['status']:7s} {r['stage_seconds']:7.1f} s  peak {r['peak_mib']:6d} MiB  {r['line']}",
               flush=True)
     return {"config": str(config_path), "shape": shape, "overrides": sets, "in_process": in_process,
-            "results": results}
+            "results": results, "notes": notes}
 
 
 def main() -> None:
@@ -227,18 +276,27 @@ def main() -> None:
                         "config, e.g. " + ", ".join(STAGE_NAMES) + ")")
     parser.add_argument("--set", dest="extra", action="append", default=[], help="one more override")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--record", metavar="NAME", help="also write the figures as the benchmark record "
+                        "benchmarks/results/NAME.json (machine, load, commit)")
     parser.add_argument("--in-process", action="store_true",
                         help="run every stage in this process (faster; the peak RSS is then the run's, not a stage's)")
     parser.add_argument("--stage", help=argparse.SUPPRESS)  # internal: one stage in this process
     parser.add_argument("--sets-json", help=argparse.SUPPRESS)
     parser.add_argument("--build", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    # Set here, not in dry_run(): a test that calls dry_run() keeps its own environment (its Hub stand-in), and
+    # what a library call sets in os.environ would reach every later subprocess of that test process.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     if args.build:
         print(json.dumps(timed_build(args.build, args.shape)))
         return
     if args.stage:
         print(json.dumps(run_stage(args.config, json.loads(args.sets_json), args.stage)))
         return
+    from records import Load, write_record
+
+    load = Load.now()
     report = dry_run(args.config, args.shape, args.work, stages=args.stages, extra=args.extra,
                      in_process=args.in_process)
     print(f"\n{platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()}")
@@ -248,6 +306,10 @@ def main() -> None:
         print(f"| {r['stage']} | {r.get('stage_seconds', r['seconds'])} | {r['peak_mib']} | {r.get('line', '')} |")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
+    if args.record:
+        write_record(args.record, f"dry run of {args.config.name} at the {args.shape} shape: time and peak RSS per "
+                     "stage", report, how="python " + " ".join(sys.argv), load=load,
+                     notes="; ".join(report["notes"]) or None)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,13 @@ score and the row's logit-lens tokens, the scores at several amplifications, and
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import torch
 from concept10_data import load_concept10
+from records import Load, record_option, write_record
 
 from axmethods.dictionary import SteeringDictionary
 from axmethods.inference.latent import calibrate, latent_inference
@@ -33,7 +35,9 @@ def main() -> None:
     parser.add_argument("--random", type=int, default=200, help="random directions")
     parser.add_argument("--amplifications", default="2,5,10,20")
     parser.add_argument("--dictionary", type=Path, help="reuse (or, if absent, save) the calibrated DiffMean here")
+    record_option(parser, "output_score_concept10")
     args = parser.parse_args()
+    load = Load.now()
     data = load_concept10(args.setting)
     concepts, train, latent = data.concepts, data.train, data.latent
     target = load_target_model("smollm2-135m-instruct", device="cpu", dtype="float32")
@@ -53,6 +57,7 @@ def main() -> None:
     print(f"Concept10 {args.setting}, SmolLM2-135M L{args.layer}: {len(concepts)} DiffMean rows (norm "
           f"{rows.norm(dim=1).mean():.3f}), calibration median {scale:.2f}; {args.random} random unit directions")
     lens = logit_lens_tokens(target, rows, 5)
+    amplified, per_concept = [], []
     for amplification in [float(a) for a in args.amplifications.split(",")]:
         settings = OutputScoreSettings(amplification=amplification)
         start = time.perf_counter()
@@ -65,10 +70,25 @@ def main() -> None:
               f"mean {theirs.mean():.4f} p95 {theirs.quantile(0.95):.4f}, ≥ {THRESHOLD}: "
               f"{int((theirs >= THRESHOLD).sum())}/{len(theirs)} | {middle - start:.2f} s for {len(ours)} rows, "
               f"{end - middle:.2f} s for {len(theirs)}")
+        amplified.append({"amplification": amplification, "DiffMean median": round(float(ours.median()), 4),
+                          "DiffMean mean": round(float(ours.mean()), 4),
+                          f"DiffMean ≥ {THRESHOLD}": f"{int((ours >= THRESHOLD).sum())} of {len(ours)}",
+                          "random median": round(float(theirs.median()), 4),
+                          "random mean": round(float(theirs.mean()), 4),
+                          "random p95": round(float(theirs.quantile(0.95)), 4),
+                          f"random ≥ {THRESHOLD}": f"{int((theirs >= THRESHOLD).sum())} of {len(theirs)}",
+                          "DiffMean (s)": round(middle - start, 2), "random (s)": round(end - middle, 2)})
         if amplification == 10.0:
             for concept, score, tokens in zip(diffmean.concepts, ours.tolist(), lens.tolist()):
                 words = [target.tokenizer.decode([t]) for t in tokens]
                 print(f"  {score:.4f}  {concept.concept[:60]!r}  lens: {words}")
+                per_concept.append({"concept": concept.concept[:60], "score at 10": round(score, 4),
+                                    "logit-lens tokens": words})
+    write_record(args.record, "output scores of DiffMean rows vs random unit directions per amplification",
+                 {"setting": args.setting, "layer": args.layer, "rows": len(rows), "random": args.random,
+                  "calibration_median": round(scale, 2), "amplifications": amplified,
+                  "per_concept": per_concept},
+                 how="python " + " ".join(sys.argv), load=load)
 
 
 if __name__ == "__main__":

@@ -144,6 +144,9 @@ def run_stage(stage: str, data: Path, model: Path, out: Path, batch_size: int) -
 
 
 def main() -> None:
+    # The script's folder is on the path when it runs as a script; tests import this module for its helpers.
+    from records import Load, record_option, write_record
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concepts", type=int, nargs="+", default=[50, 500])
     parser.add_argument("--train-positives", type=int, default=72)
@@ -157,7 +160,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--stages", nargs="+", default=["diffmean", "latent", "latent_imbalance"])
     parser.add_argument("--work", type=Path, help="work directory (default: a temporary one)")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
+    record_option(parser, "paper_scale_memory")
     parser.add_argument("--stage", help=argparse.SUPPRESS)  # internal: run one stage in this process
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
@@ -168,6 +171,7 @@ def main() -> None:
         return
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    load = Load.now()
     with tempfile.TemporaryDirectory() as scratch:
         work = args.work or Path(scratch)
         model = build_model(work / "model", args.hidden, args.layers)
@@ -193,8 +197,10 @@ def main() -> None:
     for r in results:
         print(f"| {r['concepts']} | {r['stage']} | {r['rows']:,} | {r['seconds']:.1f} | {r['peak_mib']:.0f} | "
               f"{r['floor_mib']:.0f} | {r['peak_mib'] - r['floor_mib']:.0f} |")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+    write_record(args.record, "peak RSS and time per stage (each in a fresh process) at Concept500-like "
+                 "data sizes", {"hidden": args.hidden, "layers": args.layers, "input_words": args.input_words,
+                                "output_words": args.output_words, "stages": results},
+                 how="python " + " ".join(sys.argv), load=load)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,68 @@ from axmethods.models import load_target_model
 from axmethods.registry import get_method
 
 
+def measure(*, layer: int = 10, prompts: int = 4, factors: list[float] | None = None,
+            defences: list[str] | None = None, many_shot: list[int] | None = None, overwrite: list[str] | None = None,
+            max_new_tokens: int = 32, examples: int = 24, concept_ids: list[int] | None = None) -> dict:
+    """Fit DiffMean, generate every (method, factor, attack) and return the table (mean over concepts) and facts.
+    `tests/test_suppression_science.py` runs a small slice of it."""
+    factors = [1.0, 2.0] if factors is None else factors
+    defences = ["system", "prepend", "append"] if defences is None else defences
+    many_shot = [4] if many_shot is None else many_shot
+    overwrite = ["postfix"] if overwrite is None else overwrite
+    started = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="suppression-c10-"))
+    import_axbench(SHARED / DEFAULT_SETTING, work, "c10")
+    concepts, train = read_concepts(work, "c10"), read_split(work, "c10", "train")
+    if concept_ids is not None:
+        concepts = [c for c in concepts if c.concept_id in concept_ids]
+    pool = resources.files("axdata") / "resources" / "instructions" / "general.jsonl"
+    instructions = [json.loads(line)["input"] for line in pool.read_text().splitlines()[:prompts]]
+    assert not set(instructions) & set(train["input"])  # never seen in training
+    rows, shots = [], []
+    for concept in concepts:
+        for k, text in enumerate(instructions):
+            rows.append({"dataset_name": "suppression", "concept_id": concept.concept_id,
+                         "input_concept": concept.concept, "input_id": k, "original_prompt": text,
+                         "blended_prompt": FALLBACK_BLEND.render(instruction=text, concept=concept.concept),
+                         "half": "selection" if k < prompts // 2 else "heldout",
+                         "defence_prompt": FALLBACK_DEFENCE.render(concept=concept.concept)})
+        positives = train[(train["concept_id"] == concept.concept_id) & (train["category"] == "positive")]
+        shots += [{"concept_id": concept.concept_id, "input_concept": concept.concept, "shot_id": i,
+                   "question": row.input, "answer": row.output} for i, row in enumerate(positives.head(16).itertuples())]
+    write_split(table_from_frame(pd.DataFrame(rows), "suppression"), work, "c10", "suppression")
+    write_split(table_from_frame(pd.DataFrame(shots), "attack_shots"), work, "c10", "attack_shots")
+    dataset = RunDataset(work, "c10")
+
+    target = load_target_model("smollm2-135m-instruct", device="cpu", dtype="auto")
+    ids = [c.concept_id for c in concepts]
+    # The shared negatives (concept_id -1) stay: DiffMean's direction is positives' mean minus theirs.
+    subset = train[train["concept_id"].isin([*ids, -1])].groupby(
+        ["concept_id", "category", "concept_genre"], group_keys=False).head(examples)
+    spec = get_method("diffmean")
+    diffmean = spec.train(target, lambda split: subset if split == "train" else None, concepts, layer,
+                          spec.settings({"max_length": 96}))
+    latent = read_split(work, "c10", "latent")
+    latent = latent[latent["concept_id"].isin(ids)].groupby("concept_id", group_keys=False).head(12)
+    diffmean = calibrate(diffmean, latent_inference(target, [diffmean], latent, progress=False))
+    fitted = time.perf_counter() - started
+
+    settings = InferenceSection(factors=factors, max_new_tokens=max_new_tokens, temperature=0.0,
+                                steering_batch_size=32)
+    modes = ["suppression", "attacks"] if many_shot or overwrite else ["suppression"]
+    evaluation = EvaluationSection(modes=modes, defences=defences, many_shot=many_shot, overwrite=overwrite)
+    steerers = [DictionarySteerer(diffmean), *(DefenceSteerer(p) for p in evaluation.defences), UnsteeredBaseline()]
+    generations = generate_suppression(target, steerers, dataset, work / "suppression.parquet", settings=settings,
+                                       evaluation=evaluation, seed=0)
+    frame = pd.read_parquet(work / "suppression.parquet")
+    frame["variant"] = [a if pd.isna(n) else f"{a}-{int(n)}" for a, n in zip(frame["attack"], frame["attack_n"])]
+    frame["factor"] = frame["factor"].fillna(0.0)
+    table = (frame.groupby(["method", "factor", "variant", "concept_id"])[["lexical_score", "perplexity"]].mean()
+             .groupby(level=["method", "factor", "variant"]).mean().reset_index())
+    return {"table": table, "concepts": len(concepts), "generations": generations["generations"],
+            "seconds": time.perf_counter() - started, "fit_seconds": fitted}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layer", type=int, default=10)
@@ -57,62 +119,22 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=24, help="train positives per concept used by DiffMean")
     args = parser.parse_args()
     load = Load.now()
-    started = time.perf_counter()
-    work = Path(tempfile.mkdtemp(prefix="suppression-c10-"))
-    import_axbench(SHARED / DEFAULT_SETTING, work, "c10")
-    concepts, train = read_concepts(work, "c10"), read_split(work, "c10", "train")
-    pool = resources.files("axdata") / "resources" / "instructions" / "general.jsonl"
-    instructions = [json.loads(line)["input"] for line in pool.read_text().splitlines()[:args.prompts]]
-    assert not set(instructions) & set(train["input"])  # never seen in training
-    rows, shots = [], []
-    for concept in concepts:
-        for k, text in enumerate(instructions):
-            rows.append({"dataset_name": "suppression", "concept_id": concept.concept_id,
-                         "input_concept": concept.concept, "input_id": k, "original_prompt": text,
-                         "blended_prompt": FALLBACK_BLEND.render(instruction=text, concept=concept.concept),
-                         "half": "selection" if k < args.prompts // 2 else "heldout",
-                         "defence_prompt": FALLBACK_DEFENCE.render(concept=concept.concept)})
-        positives = train[(train["concept_id"] == concept.concept_id) & (train["category"] == "positive")]
-        shots += [{"concept_id": concept.concept_id, "input_concept": concept.concept, "shot_id": i,
-                   "question": row.input, "answer": row.output} for i, row in enumerate(positives.head(16).itertuples())]
-    write_split(table_from_frame(pd.DataFrame(rows), "suppression"), work, "c10", "suppression")
-    write_split(table_from_frame(pd.DataFrame(shots), "attack_shots"), work, "c10", "attack_shots")
-    dataset = RunDataset(work, "c10")
-
-    target = load_target_model("smollm2-135m-instruct", device="cpu", dtype="auto")
-    subset = train.groupby(["concept_id", "category", "concept_genre"], group_keys=False).head(args.examples)
-    spec = get_method("diffmean")
-    diffmean = spec.train(target, lambda split: subset if split == "train" else None, concepts, args.layer,
-                          spec.settings({"max_length": 96}))
-    latent = read_split(work, "c10", "latent").groupby("concept_id", group_keys=False).head(12)
-    diffmean = calibrate(diffmean, latent_inference(target, [diffmean], latent, progress=False))
-    fitted = time.perf_counter() - started
-
-    factors = [float(f) for f in args.factors.split(",")]
-    settings = InferenceSection(factors=factors, max_new_tokens=args.max_new_tokens, temperature=0.0,
-                                steering_batch_size=32)
-    evaluation = EvaluationSection(modes=["suppression", "attacks"], defences=["system", "prepend", "append"],
-                                   many_shot=[int(n) for n in args.many_shot.split(",") if n],
-                                   overwrite=[p for p in args.overwrite.split(",") if p])
-    steerers = [DictionarySteerer(diffmean), *(DefenceSteerer(p) for p in evaluation.defences), UnsteeredBaseline()]
-    generations = generate_suppression(target, steerers, dataset, work / "suppression.parquet", settings=settings,
-                                       evaluation=evaluation, seed=0)
-    frame = pd.read_parquet(work / "suppression.parquet")
-    seconds = time.perf_counter() - started
-    frame["variant"] = [a if pd.isna(n) else f"{a}-{int(n)}" for a, n in zip(frame["attack"], frame["attack_n"])]
-    frame["factor"] = frame["factor"].fillna(0.0)
-    table = (frame.groupby(["method", "factor", "variant", "concept_id"])[["lexical_score", "perplexity"]].mean()
-             .groupby(level=["method", "factor", "variant"]).mean().reset_index())
-    print(f"\nSmolLM2-135M-Instruct L{args.layer}, Concept10 {DEFAULT_SETTING}, {len(concepts)} concepts × "
-          f"{args.prompts} prompts, {generations['generations']} generations, {seconds:.0f} s (fit {fitted:.0f} s)")
+    measured = measure(layer=args.layer, prompts=args.prompts, factors=[float(f) for f in args.factors.split(",")],
+                       many_shot=[int(n) for n in args.many_shot.split(",") if n],
+                       overwrite=[p for p in args.overwrite.split(",") if p], max_new_tokens=args.max_new_tokens,
+                       examples=args.examples)
+    table, seconds = measured["table"], measured["seconds"]
+    print(f"\nSmolLM2-135M-Instruct L{args.layer}, Concept10 {DEFAULT_SETTING}, {measured['concepts']} concepts × "
+          f"{args.prompts} prompts, {measured['generations']} generations, {seconds:.0f} s "
+          f"(fit {measured['fit_seconds']:.0f} s)")
     wide = table.pivot_table(index=["method", "factor"], columns="variant", values="lexical_score")
     print("lexical concept % (lower = concept kept out):\n" + wide.round(2).to_string())
     ppl = table.pivot_table(index=["method", "factor"], columns="variant", values="perplexity")
     print("perplexity under the unsteered model:\n" + ppl.round(1).to_string())
     write_record("suppression_concept10", "lexical concept score (%) and perplexity of suppression generations on "
                  "Concept10, per method, factor and attack (mean over concepts)",
-                 {"layer": args.layer, "concepts": len(concepts), "prompts_per_concept": args.prompts,
-                  "max_new_tokens": args.max_new_tokens, "decoding": "greedy", "generations": generations["generations"],
+                 {"layer": args.layer, "concepts": measured["concepts"], "prompts_per_concept": args.prompts,
+                  "max_new_tokens": args.max_new_tokens, "decoding": "greedy", "generations": measured["generations"],
                   "seconds": round(seconds), "rows": table.to_dict(orient="records")},
                  how="python " + " ".join(sys.argv), load=load)
 

@@ -41,6 +41,10 @@ os.environ.update({
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "TOKENIZERS_PARALLELISM": "false",
 })
+if _workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
+    # `make test` runs one pytest-xdist worker per core: each worker (torch, the embedded llama.cpp server and the
+    # subprocesses it starts) computes on its share of the cores, instead of every worker spinning on all of them.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _workers)))
 
 pytest_plugins = ["fixtures_llm", "fixtures_models", "fixtures_hub", "fixtures_runs"]
 
@@ -49,6 +53,12 @@ pytest_plugins = ["fixtures_llm", "fixtures_models", "fixtures_hub", "fixtures_r
 def hub_server() -> HubStandin:
     """The session's Hub stand-in, which every Hugging Face client of this session talks to."""
     return HUB
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The slow tests first (a stable sort): pytest-xdist hands the longest work out before the short tests that
+    fill the gaps, so the suite's wall time is not one long test started last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -178,7 +178,8 @@ def fault_server() -> Iterator[FaultServer]:
 
 @pytest.fixture(scope="session")
 def embedded_server() -> Iterator[EmbeddedLLMServer]:
-    """The real xllamacpp server with the embedded SmolLM2, started once for the whole test session."""
+    """The real xllamacpp server with the embedded SmolLM2, started once for the whole test session (per
+    pytest-xdist worker), on the worker's share of the cores (threads=None: OMP_NUM_THREADS, tests/conftest.py)."""
     pytest.importorskip("xllamacpp")
-    with embedded_llm_server(n_parallel=2, n_ctx=2048, threads=2, startup_timeout_s=120) as server:
+    with embedded_llm_server(n_parallel=2, n_ctx=2048, threads=None, startup_timeout_s=120) as server:
         yield server

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from axeval.cli.eval import eval_app
 from axeval.judge_templates import JUDGE_TEMPLATE_HASH
-from axeval.report import ReportInputs, build_report
+from axeval.report import ReportInputs, build_report, perplexity_fluency_fields, perplexity_vs_fluency
 
 FACTORS = (0.5, 1.0, 2.0)
 
@@ -192,7 +192,46 @@ def test_a_capable_judge_leads_and_perplexity_is_reported_beside_fluency(tmp_pat
     assert board["methods"]["DiffMean"]["steering_perplexity_mean"] == pytest.approx(10.5)
     rho = report.fluency.set_index("method")["spearman_rho"]
     assert rho["all"] < -0.5 and board["perplexity_fluency_spearman"] == pytest.approx(rho["all"])
-    assert "Perplexity vs the judge's fluency" in report.files["markdown"].read_text()
+    # 4 concepts × 4 prompts: DiffMean at 3 factors, Prompt once; Prompt's fluency is always 2, so its rho is null
+    assert board["perplexity_fluency_n"] == 64
+    assert board["perplexity_fluency_by_method"] == {"DiffMean": {"spearman_rho": pytest.approx(rho["DiffMean"]),
+                                                                  "n": 48}, "Prompt": {"spearman_rho": None, "n": 16}}
+    markdown = report.files["markdown"].read_text()
+    assert "Perplexity vs the judge's fluency" in markdown and "a negative rho is agreement" in markdown
+    assert "| Prompt | 16 | – |" in markdown
+
+
+def test_perplexity_vs_fluency_is_scipys_spearman_per_method_and_overall():
+    from scipy.stats import spearmanr
+
+    frame = pd.DataFrame({
+        "method": ["A"] * 6 + ["B"] * 5,
+        # ties on both sides; a NaN perplexity (empty generation) and a NaN rating (parse failure) are left out
+        "perplexity": [3.0, 9.5, 9.5, 40.0, np.nan, 12.0, 7.0, 2.0, 50.0, 8.0, 8.0],
+        "fluency_rating": [2.0, 1.0, 2.0, 0.0, 2.0, np.nan, 1.0, 2.0, 0.0, 2.0, 1.0],
+    })
+    table = perplexity_vs_fluency(frame).set_index("method")
+    for method, rows in (("A", frame[frame["method"] == "A"]), ("B", frame[frame["method"] == "B"]), ("all", frame)):
+        both = rows.dropna()
+        assert table.loc[method, "n"] == len(both)
+        assert table.loc[method, "spearman_rho"] == pytest.approx(
+            spearmanr(both["perplexity"], both["fluency_rating"]).statistic, abs=1e-12)
+    assert (table.loc["A", "n"], table.loc["all", "n"]) == (4, 9) and table.loc["all", "spearman_rho"] < 0
+
+
+def test_an_undefined_perplexity_fluency_rho_is_null():
+    frame = pd.DataFrame({"method": ["Few", "Few", "Flat", "Flat", "Flat", "Flat"],
+                          "perplexity": [3.0, 30.0, 3.0, 5.0, 8.0, 13.0],
+                          "fluency_rating": [2.0, 0.0, 1.0, 1.0, 1.0, 1.0]})  # 2 pairs; constant ratings
+    fields = perplexity_fluency_fields(perplexity_vs_fluency(frame))
+    assert fields["perplexity_fluency_by_method"] == {"Few": {"spearman_rho": None, "n": 2},
+                                                      "Flat": {"spearman_rho": None, "n": 4}}
+    assert fields["perplexity_fluency_n"] == 6 and fields["perplexity_fluency_spearman"] is not None
+    constant = perplexity_vs_fluency(frame.assign(perplexity=7.0)).set_index("method")["spearman_rho"]
+    assert constant.isna().all()
+    assert perplexity_vs_fluency(frame.drop(columns="perplexity")) is None
+    assert perplexity_fluency_fields(None) == {"perplexity_fluency_spearman": None, "perplexity_fluency_n": 0,
+                                               "perplexity_fluency_by_method": {}}
 
 
 def test_an_embedded_judge_puts_the_judge_free_scores_first_and_marks_its_own(tmp_path):

@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from dataclasses import replace
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from fixtures_runs import write_run_config
+from fixtures_runs import JudgingServer, write_run_config
 from typer.testing import CliRunner
 
 from axdata.builders import list_configs, read_concepts, read_split, write_concepts, write_split
@@ -80,15 +81,35 @@ def test_bad_evaluation_settings_are_refused_at_load(settings, message):
     assert EvaluationSection(modes=["attacks"]).modes == ["attacks", "suppression"]
 
 
-def test_a_run_evaluates_suppression_attacks_and_rules(tiny_run, tiny_llama_dir, judging_llm, tmp_path):
+@dataclass(frozen=True)
+class SuppressionRun:
+    data: Path  # the dataset, with the hand-written suppression and attack_shots splits
+    run_dir: Path
+    output: str  # what `axbench run` printed
+
+
+@pytest.fixture(scope="module")
+def suppression_run(tiny_run, tiny_llama_dir, tmp_path_factory) -> Iterator[SuppressionRun]:
+    """A finished `axbench run` with every mode (MODES), shared by this module's tests: read it, never write into it
+    (copy it first)."""
+    tmp_path = tmp_path_factory.mktemp("suppression-run")
     data = _with_suppression_splits(tiny_run.run_dir / "data", tmp_path / "data")
-    path, run_dir = write_run_config(
-        tmp_path, tiny_llama_dir, judging_llm,
-        run={"name": "r", "output_dir": str(tmp_path / "runs"), "layer": 1, "dataset_dir": str(data)},
-        methods={"train": ["diffmean", "prompt-steering"]}, evaluation=MODES)
-    result = CliRunner().invoke(app, ["run", str(path)], terminal_width=200)
+    server = JudgingServer().start()
+    try:
+        path, run_dir = write_run_config(
+            tmp_path, tiny_llama_dir, server,
+            run={"name": "r", "output_dir": str(tmp_path / "runs"), "layer": 1, "dataset_dir": str(data)},
+            methods={"train": ["diffmean", "prompt-steering"]}, evaluation=MODES)
+        result = CliRunner().invoke(app, ["run", str(path)], terminal_width=200)
+    finally:
+        server.stop()
     assert result.exit_code == 0, result.output
-    assert "suppression-judge" in result.output
+    yield SuppressionRun(data, run_dir, result.output)
+
+
+def test_a_run_evaluates_suppression_attacks_and_rules(suppression_run, tmp_path):
+    data, run_dir = suppression_run.data, suppression_run.run_dir
+    assert "suppression-judge" in suppression_run.output
 
     generations = pd.read_parquet(run_dir / "inference" / "suppression.parquet")
     # prompt-steering cannot suppress; the defences and the unsteered model stand in for prompting.
@@ -159,3 +180,93 @@ def test_a_mode_that_cannot_run_is_refused_when_the_config_loads(tmp_path, chang
     monkeypatch.setattr("axmethods.models.load_target_model", lambda *a, **k: pytest.fail("a model loaded"))
     with pytest.raises(ConfigError, match=re.escape(message)):
         AxbenchConfig.load(config)
+
+
+def _tamper(run_dir: Path, method: str, key: str) -> None:
+    """Move one leaderboard.json value by 0.1 inside its 0-2 range: only the rebuild can tell."""
+    path = run_dir / "eval" / "leaderboard.json"
+    board = json.loads(path.read_text())
+    value = board["methods"][method][key]
+    board["methods"][method][key] = value + 0.1 if value < 1.9 else value - 0.1
+    path.write_text(json.dumps(board, indent=2))
+
+
+def test_a_suppression_run_publishes_its_scores_and_a_tampered_one_is_refused(suppression_run, hub_env, tmp_path):
+    """`axbench eval push`, `leaderboard push` and `dictionary push` of a run with suppression and attacks: the
+    `.eval_results` carry the suppression task, the leaderboard dataset the suppression and attack scores, each the
+    value of the run's leaderboard.json; a leaderboard.json or `.eval_results` with a changed suppression value is
+    refused before anything is uploaded."""
+    import datasets
+    import yaml
+    from huggingface_hub import HfApi, ModelCard, hf_hub_download
+
+    from axdata.errors import InputError
+    from axeval.publish import read_eval_results, verify_run_for_publishing
+
+    run_dir, config = suppression_run.run_dir, list_configs(suppression_run.data)[0]
+    board = json.loads((run_dir / "eval" / "leaderboard.json").read_text())["methods"]
+    runner = CliRunner()
+    model_repo = hub_env.repo_id("diffmean")
+    HfApi().create_repo(model_repo)
+    result = runner.invoke(app, ["eval", "push", str(run_dir), model_repo, "--method", "diffmean"])
+    assert result.exit_code == 0, result.output
+    published = yaml.safe_load(Path(hf_hub_download(model_repo, f".eval_results/axbench-{config}.yaml")).read_text())
+    tasks = {entry["dataset"]["task_id"]: entry for entry in published}
+    assert set(tasks) == {f"{kind}-{config}" for kind in ("concept_detection", "steering", "suppression")}
+    suppression = tasks[f"suppression-{config}"]
+    assert suppression["value"] == round(board["diffmean"]["suppression_score_mean"], 4)
+    assert "suppression score (0-2)" in suppression["notes"] and "judge gpt-4o-mini" in suppression["notes"]
+    # a defence prompt has a suppression score only; its file is the method's name made a file name
+    prepend = yaml.safe_load((run_dir / "eval" / ".eval_results" / "defence-prompt-prepend.yaml").read_text())
+    assert [e["dataset"]["task_id"] for e in prepend] == [f"suppression-{config}"]
+    # a file from elsewhere is checked by range alone: a suppression score is 0-2, like steering's
+    loose = tmp_path / "loose.yaml"
+    loose.write_text(yaml.safe_dump([{**suppression, "value": 1.5}]))
+    assert read_eval_results(loose)[1][0]["value"] == 1.5
+
+    board_repo = hub_env.repo_id("leaderboard")
+    result = runner.invoke(app, ["leaderboard", "push", str(run_dir), board_repo])
+    assert result.exit_code == 0, result.output
+    frame = datasets.load_dataset(board_repo, split="train").to_pandas().set_index("method")
+    for method in ("diffmean", "defence-prompt/prepend", "defence-prompt/append"):
+        values = board[method]
+        assert frame.loc[method, "suppression_score"] == pytest.approx(values["suppression_score_mean"])
+        assert frame.loc[method, "suppression_ci_low"] == pytest.approx(values["suppression_score_ci_low"])
+        attacks = json.loads(frame.loc[method, "attack_scores"])
+        assert set(attacks) == {"many-shot-1", "many-shot-2", "overwrite-prefix"}
+        for label, score in attacks.items():
+            assert score == pytest.approx(values[f"attack_{label}_score_mean"])
+    assert pd.isna(frame.loc["prompt-steering", "suppression_score"])  # it steers, it does not suppress
+    result = runner.invoke(app, ["leaderboard", "show", board_repo, "--html", str(tmp_path / "board.html")],
+                           terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "Suppression" in (tmp_path / "board.html").read_text()
+
+    dictionary_repo = hub_env.repo_id("diffmean-dictionary")
+    result = runner.invoke(app, ["dictionary", "push", str(run_dir / "dictionaries" / "diffmean"), dictionary_repo,
+                                 "--eval-results", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    index = {r.task_name: r.metric_value for r in ModelCard.load(dictionary_repo).data.eval_results}
+    assert index[f"suppression-{config}"] == suppression["value"]
+
+    # Tampered copies: the copy as such verifies; a changed suppression or attack value does not.
+    for method, key in (("diffmean", "suppression_score_mean"), ("defence-prompt/append",
+                                                                 "attack_many-shot-2_score_mean")):
+        copy = tmp_path / f"tampered-{key}"
+        shutil.copytree(run_dir, copy)
+        verify_run_for_publishing(copy)
+        _tamper(copy, method, key)
+        with pytest.raises(InputError, match=re.escape(f"methods.{method}.{key} is")):
+            verify_run_for_publishing(copy)
+        result = runner.invoke(app, ["leaderboard", "push", str(copy), hub_env.repo_id("refused")])
+        assert result.exit_code == 1 and "Publishing refused" in result.output
+    copy = tmp_path / "tampered-eval-results"
+    shutil.copytree(run_dir, copy)
+    path = copy / "eval" / ".eval_results" / "diffmean.yaml"
+    entries = yaml.safe_load(path.read_text())
+    for entry in entries:
+        if entry["dataset"]["task_id"].startswith("suppression"):
+            entry["value"] = round(entry["value"] + 0.1 if entry["value"] < 1.9 else entry["value"] - 0.1, 4)
+    path.write_text(yaml.safe_dump(entries, sort_keys=False))
+    result = runner.invoke(app, ["eval", "push", str(copy), model_repo, "--method", "diffmean"])
+    assert result.exit_code == 1 and "not the results the run's stage outputs give now" in result.output

@@ -71,10 +71,14 @@ def _answers(base_url: str) -> bool:
 
 
 def _cpu_count() -> int:
+    """The cores this process may use: its CPU affinity, capped by OMP_NUM_THREADS where set (the thread budget
+    torch also follows, e.g. one of several processes sharing a machine)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    budget = os.environ.get("OMP_NUM_THREADS", "")
+    return min(cores, int(budget)) if budget.isdigit() and int(budget) > 0 else cores
 
 
 def _start_xllamacpp(

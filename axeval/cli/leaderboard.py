@@ -52,7 +52,8 @@ def show(
         frame = load_leaderboard(source)
     except (OSError, ValueError) as error:
         _fail(error)
-    shown = frame[["method", "model", "layer", "auroc", "steering_score", "n_concepts"]]
+    shown = frame[[c for c in ("method", "model", "layer", "auroc", "steering_score", "suppression_score",
+                               "n_concepts") if c in frame]]  # a board pushed before suppression has no column
     Console().print(frame_table(shown, f"Leaderboard: {source}"))
     if html is not None:
         atomic_write_text(html, leaderboard_html(frame, title=f"AxBench leaderboard: {source}"))

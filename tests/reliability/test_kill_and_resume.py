@@ -44,10 +44,9 @@ def _run_in_process(config: Path) -> None:
 
 @pytest.mark.slow
 def test_a_run_killed_in_every_stage_in_turn_ends_with_the_artefacts_of_an_uninterrupted_run(
-        tmp_path, tiny_llama_dir, judging_llm):
-    baseline_config, baseline_dir = _config(tmp_path / "baseline", tiny_llama_dir, judging_llm)
-    _run_in_process(baseline_config)
-    expected = _artefacts(baseline_dir)
+        tmp_path, tiny_llama_dir, judging_llm, tiny_run):
+    # The uninterrupted run is the session's `tiny_run`: the same config (`write_run_config`'s defaults).
+    expected = _artefacts(tiny_run.run_dir)
     assert "eval/judgements.parquet" in expected and "inference/steering.parquet" in expected
     # One run directory, killed once inside each stage: every restart resumes from what the kills left.
     config, run_dir = _config(tmp_path / "killed", tiny_llama_dir, judging_llm)
