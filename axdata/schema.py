@@ -102,6 +102,10 @@ SPLIT_COLUMNS: dict[str, tuple[Column, ...]] = {
         Column("half", "string", "Which half the prompt belongs to (as in the steering split).", allowed=HALVES),
         Column("defence_prompt", "string", "Instruction telling a model to keep the concept out of its answer (to "
                "strictly avoid the rule); one per concept, the same on each of its rows."),
+        # Nullable: datasets written before it existed still load; only the rewrite defences need it.
+        Column("defence_rewrite", "string", "A second such instruction (RePS's suppress_rewrite): the same request "
+               "asked again (for a rule, asked in other words); one per concept, the same on each of its rows.",
+               nullable=True),
     ) + _SAE + PROVENANCE,
     "attack_shots": (
         Column("concept_id", "int64", "Id of the concept the examples carry."),
@@ -214,8 +218,8 @@ def _id_problems(df: pd.DataFrame, split: str) -> list[tuple[str, str]]:
 
 
 def _key_problems(df: pd.DataFrame, split: str) -> list[tuple[str, str]]:
-    """Row keys are unique and non-negative; a suppression concept has one defence prompt (the attacks and the
-    defences read it per concept, so two different ones would make the result depend on which row is read)."""
+    """Row keys are unique and non-negative; a suppression concept has one defence prompt and one rewrite (the
+    defences read them per concept, so two different ones would make the result depend on which row is read)."""
     keys = _ROW_KEYS.get(split)
     if keys is None or df.empty:
         return []
@@ -229,13 +233,14 @@ def _key_problems(df: pd.DataFrame, split: str) -> list[tuple[str, str]]:
     if repeated.any():
         problems.append((index, f"{int(repeated.sum())} repeated ({', '.join(keys)}) pairs (first at row "
                                 f"{_first(repeated)}); give each row of a concept its own {index}"))
-    if split == "suppression":
-        several = df.groupby("concept_id")["defence_prompt"].nunique(dropna=False)
+    for column in ("defence_prompt", "defence_rewrite") if split == "suppression" else ():
+        if column not in df.columns:
+            continue  # a nullable column may be absent
+        several = df.groupby("concept_id")[column].nunique(dropna=False)
         several = several[several > 1]
         if len(several):
-            problems.append(("defence_prompt", f"{len(several)} concepts have more than one defence prompt (first: "
-                                               f"concept {several.index[0]}); write the concept's one defence "
-                                               "prompt on each of its rows"))
+            problems.append((column, f"{len(several)} concepts have more than one {column} text (first: concept "
+                                     f"{several.index[0]}); write the concept's one text on each of its rows"))
     return problems
 
 

@@ -210,7 +210,8 @@ class AxbenchConfig:
         check_max_new_tokens(config.inference.max_new_tokens, config.model, f"{source}: inference.max_new_tokens")
         try:
             check_evaluation(config.evaluation, config.methods.steer, config.data, config.model,
-                             config.inference.max_new_tokens, generates_data=config.run.dataset_dir is None)
+                             config.inference.max_new_tokens, generates_data=config.run.dataset_dir is None,
+                             dataset_dir=config.run.dataset_dir)
         except InputError as err:
             raise ConfigError(f"{source}: {err}") from None
         return config

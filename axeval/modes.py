@@ -5,7 +5,8 @@
   is judged against the plain instruction (`original_prompt`) and scores the harmonic mean of (2 − concept,
   instruction, fluency). Methods suppress as the reference does: their steering factors times −1
   (`suppression_factors`, negated). Prompt baselines: the split's `defence_prompt` in the system turn, before the
-  user's text or after it (`defences`); and the unsteered model.
+  user's text or after it (`defences`: system, prepend, append), the same with its second text `defence_rewrite`
+  (system-rewrite, prepend-rewrite, append-rewrite: RePS's suppress_rewrite); and the unsteered model.
 - **attacks**: the same suppression rows with the user turn fighting back — many-shot (n question/answer pairs
   from the `attack_shots` split that bring the concept in, before the question) and overwrite (a fixed text that
   tells the model to ignore instructions to avoid the concept, before or after the question). They compose with
@@ -35,9 +36,14 @@ from axeval.rules import resolve_checker
 
 MODES = ("steering", "suppression", "attacks", "rules")
 DEFENCE_PLACEMENTS = ("system", "prepend", "append")
+# A defence is a placement of the split's first text (`defence_prompt`, RePS's suppress_original) or, with this
+# suffix, of its second (`defence_rewrite`, suppress_rewrite): RePS's prepend_rewrite is our prepend-rewrite, and a
+# bare placement keeps the meaning it had before the second text existed.
+REWRITE_SUFFIX = "-rewrite"
+DEFENCES = DEFENCE_PLACEMENTS + tuple(placement + REWRITE_SUFFIX for placement in DEFENCE_PLACEMENTS)
 OVERWRITE_PLACEMENTS = ("prefix", "postfix")
 NO_ATTACK = "none"
-DEFENCE_METHOD = "defence-prompt"  # steerers are named "defence-prompt/<placement>"
+DEFENCE_METHOD = "defence-prompt"  # steerers are named "defence-prompt/<defence>", e.g. defence-prompt/prepend-rewrite
 
 # Our wording (the reference's texts exist only for 20 of its rules): one template for topics and rules alike.
 _WANT = {"topic": "must talk about this: {concept}", "rule": "must follow this rule: {concept}"}
@@ -66,7 +72,9 @@ class EvaluationSection:
     defences: list[str] = field(
         default_factory=lambda: list(DEFENCE_PLACEMENTS),
         metadata={"help": "Prompt baselines of suppression: the concept's defence prompt in the system turn "
-                          "(system), before the user's text (prepend) or after it (append); [] for none."},
+                          "(system), before the user's text (prepend) or after it (append); system-rewrite, "
+                          "prepend-rewrite, append-rewrite place its second text (RePS's suppress_rewrite: the "
+                          "split's defence_rewrite) instead; [] for none."},
     )
     many_shot: list[int] = field(
         default_factory=lambda: [2, 8],
@@ -92,7 +100,7 @@ class EvaluationSection:
                 for f in factors)):
             raise InputError(f"evaluation.suppression_factors = {factors!r}: give positive finite numbers (each "
                              "method steers with −factor), or null for inference.factors.")
-        for name, values, allowed in (("defences", self.defences, DEFENCE_PLACEMENTS),
+        for name, values, allowed in (("defences", self.defences, DEFENCES),
                                       ("overwrite", self.overwrite, OVERWRITE_PLACEMENTS)):
             bad = [value for value in values if value not in allowed]
             if bad:
@@ -160,25 +168,35 @@ def attacked_prompts(suppression: pd.DataFrame, attack: str, strength: int | Non
 
 @dataclass
 class DefenceSteerer:
-    """A prompt baseline of suppression: the concept's defence prompt (`defence_prompt` of the suppression split)
-    in the system turn, or before / after the user's text. No hooks, no factor."""
+    """A prompt baseline of suppression: one of the concept's defence texts (`defence_prompt` of the suppression
+    split, or `defence_rewrite` for a `-rewrite` defence) in the system turn, or before / after the user's text.
+    No hooks, no factor."""
 
-    placement: str
+    defence: str  # one of DEFENCES
     factor_free: bool = True
 
     def __post_init__(self) -> None:
-        if self.placement not in DEFENCE_PLACEMENTS:
-            raise InputError(f"defence placement {self.placement!r} is unknown; use {', '.join(DEFENCE_PLACEMENTS)}.")
+        if self.defence not in DEFENCES:
+            raise InputError(f"defence {self.defence!r} is unknown; use {', '.join(DEFENCES)}.")
+
+    @property
+    def placement(self) -> str:
+        return self.defence.removesuffix(REWRITE_SUFFIX)
+
+    @property
+    def column(self) -> str:
+        """The suppression split's column that holds this defence's text."""
+        return "defence_rewrite" if self.defence.endswith(REWRITE_SUFFIX) else "defence_prompt"
 
     @property
     def method(self) -> str:
-        return f"{DEFENCE_METHOD}/{self.placement}"
+        return f"{DEFENCE_METHOD}/{self.defence}"
 
     def provenance(self) -> dict[str, Any]:
-        return {"defence": self.placement}
+        return {"defence": self.defence}  # a first-text defence is its bare placement, as before: parts resume
 
     def instructions(self, prompts: pd.DataFrame) -> list[str]:
-        asked, defence = prompts["original_prompt"].astype(str), prompts["defence_prompt"].astype(str)
+        asked, defence = prompts["original_prompt"].astype(str), prompts[self.column].astype(str)
         if self.placement == "prepend":
             return [f"{d}\n\n{p}" for d, p in zip(defence, asked)]
         if self.placement == "append":
@@ -188,10 +206,43 @@ class DefenceSteerer:
     def system_prompts(self, prompts: pd.DataFrame) -> list[str | None]:
         if self.placement != "system":
             return [None] * len(prompts)
-        return prompts["defence_prompt"].astype(str).tolist()
+        return prompts[self.column].astype(str).tolist()
 
     def intervene(self, target: Any, rows: pd.DataFrame) -> tuple[AbstractContextManager[Any], np.ndarray]:
         return nullcontext(), np.full(len(rows), np.nan)
+
+
+def check_defence_texts(suppression: pd.DataFrame, defences: Sequence[str], where: str) -> None:
+    """Refuse `-rewrite` defences when the suppression split (`where`) lacks `defence_rewrite` for some concept: a
+    split written before the column existed holds none (absent, or nulls once conformed to the schema)."""
+    rewrites = [name for name in defences if DefenceSteerer(name).column == "defence_rewrite"]
+    if not rewrites or suppression.empty:
+        return
+    texts = suppression["defence_rewrite"] if "defence_rewrite" in suppression else pd.Series(None, suppression.index)
+    lacking = sorted({int(cid) for cid in suppression.loc[texts.isna(), "concept_id"]})
+    if lacking:
+        plain = [name.removesuffix(REWRITE_SUFFIX) for name in rewrites]
+        raise InputError(f"evaluation.defences {rewrites} place the suppression split's second defence text "
+                         f"(defence_rewrite), which {where} lacks for {len(lacking)} concept(s) (first: {lacking[0]}): "
+                         f"generate the split again (`axbench data generate` with suppression in data.splits), or "
+                         f"use {plain} (the first text) instead.")
+
+
+def _stored_defence_texts(directory: Path, dataset_config: str | None) -> pd.DataFrame | None:
+    """The concept ids and defence_rewrite texts of a dataset directory's suppression split, or None where the
+    directory, its config or the split cannot be found (the suppression stage says which, with the fix)."""
+    import pyarrow.parquet as pq
+
+    from axdata.builders import list_configs, list_splits, split_files
+
+    configs = list_configs(directory) if directory.is_dir() else []
+    name = dataset_config if dataset_config in configs else (
+        configs[0] if dataset_config is None and len(configs) == 1 else None)
+    if name is None or "suppression" not in list_splits(directory, name):
+        return None
+    files = split_files(directory, name, "suppression")
+    present = set(pq.read_schema(files[0]).names)
+    return pq.read_table(files, columns=[c for c in ("concept_id", "defence_rewrite") if c in present]).to_pandas()
 
 
 def rule_scores(frame: pd.DataFrame, concepts: Sequence[Concept]) -> np.ndarray:
@@ -209,10 +260,11 @@ SHOT_TOKENS = 64  # a many-shot pair's question and formatting, in tokens, on to
 
 
 def check_evaluation(evaluation: EvaluationSection, steer: Sequence[str] | None, data: Any, model: Any,
-                     max_new_tokens: int, *, generates_data: bool) -> None:
+                     max_new_tokens: int, *, generates_data: bool, dataset_dir: str | None = None) -> None:
     """What the modes need, checked at config load (before any model loads or LLM call): the splits the data stage
     must generate, methods asked to steer that cannot suppress, a many-shot n within data.attack_shots and the
-    model's context, and the checkers of a local concept list's rules."""
+    model's context, the checkers of a local concept list's rules, and the second defence text of an existing
+    dataset (`dataset_dir`) when a `-rewrite` defence is asked for (data generated in the run has it)."""
     from axdata.concepts import load_concepts
     from axmethods.models import context_length
     from axmethods.registry import get_method
@@ -243,6 +295,10 @@ def check_evaluation(evaluation: EvaluationSection, steer: Sequence[str] | None,
                              f"({largest} × (data.output_length {data.output_length} + {SHOT_TOKENS}) + "
                              f"max_new_tokens {max_new_tokens}), more than the model's context of {context}: lower "
                              "the many-shot grid.")
+    if not generates_data and dataset_dir and any(name.endswith(REWRITE_SUFFIX) for name in evaluation.defences):
+        stored = _stored_defence_texts(Path(dataset_dir), getattr(data, "dataset_config", None))
+        if stored is not None:
+            check_defence_texts(stored, evaluation.defences, f"run.dataset_dir {dataset_dir}")
     path = getattr(data, "concept_path", None)
     if generates_data and path and Path(path).is_file():
         for concept in load_concepts(path):

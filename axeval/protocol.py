@@ -8,6 +8,8 @@ does it, so that a reproduction study can report both numbers:
   such an answer scores 0 (ours: re-asked, then excluded from the score and counted);
 - every token activation of a residual detector is rounded to 3 decimals before max-pooling, as AxBench's
   `predict_latent` (`round(x, 3)`) did: scores, argmax tokens (first of equal rounded maxima) and calibration;
+- prompt detection's answer without a rating scores −1, below every rated text (ours: no score, excluded from
+  that concept's metrics and counted);
 - a concept whose max activation is ≤ 0 steers with magnitude factor × 50 (ours: the median of the positive
   maxima of its dictionary);
 - the linear probe steps every micro-batch, ignoring its declared gradient accumulation (288 steps instead
@@ -35,6 +37,8 @@ REFERENCE_JUDGE_SETTINGS: dict[str, Any] = {"parse_retries": 0}
 REFERENCE_CALIBRATION_FALLBACK = 50.0
 # AxBench's predict_latent rounds every token activation with round(x, 3) before taking the max.
 REFERENCE_SCORE_DECIMALS = 3
+# AxBench's PromptDetection gave an answer it could not parse the score -1.
+REFERENCE_UNRATED_SCORE = -1.0
 
 
 def check_protocol(protocol: str) -> str:
@@ -82,6 +86,11 @@ def calibration_fallback(protocol: str) -> float | None:
 def latent_score_decimals(protocol: str) -> int | None:
     """Decimals every token activation is rounded to before max-pooling (None: not rounded)."""
     return REFERENCE_SCORE_DECIMALS if protocol == REFERENCE else None
+
+
+def unrated_detection_score(protocol: str) -> float | None:
+    """The detection score of a target-model answer without a rating (None: left NaN, excluded and counted)."""
+    return REFERENCE_UNRATED_SCORE if protocol == REFERENCE else None
 
 
 def parse_failures_score_zero(protocol: str) -> bool:

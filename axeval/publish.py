@@ -47,8 +47,8 @@ from axeval.report import (
 )
 from axeval.rundir import RunDirectory
 from axeval.stats import ConfidenceInterval
+from axmethods.contract import EVAL_RESULTS_DIR, eval_results_repo_path
 
-EVAL_RESULTS_DIR = ".eval_results"
 LEADERBOARD_COLUMNS = (
     "method", "model", "layer", "dataset_id", "dataset_revision", "dataset_config", "auroc", "auroc_ci_low",
     "auroc_ci_high", "steering_score", "steering_ci_low", "steering_ci_high", "n_concepts", "judge_model",
@@ -324,9 +324,7 @@ def publish_eval_results(run_dir: str | Path, repo_id: str, *, method: str | Non
     source, entries = read_eval_results(run_dir, method)
     if not entries:
         raise InputError(f"{source} holds no results; run `axbench eval report` on a run with scores.")
-    config = next((entry["dataset"]["task_id"].split("-", 1)[1] for entry in entries
-                   if "-" in entry["dataset"]["task_id"]), None)
-    path_in_repo = f"{EVAL_RESULTS_DIR}/axbench{'-' + config if config else ''}.yaml"
+    path_in_repo = eval_results_repo_path(entries)
     commit = HfApi(token=token).create_commit(
         repo_id, [CommitOperationAdd(path_in_repo=path_in_repo, path_or_fileobj=source.read_bytes())],
         repo_type=repo_type, create_pr=create_pr,

@@ -8,8 +8,8 @@
     plots/roc.png, plots/steering_factors.png
     plots/agreement_<dataset>.png   judge–human confusion matrices, when `<run_dir>/curation/<dataset>/` holds
                                     labels fetched by `axbench curate fetch` (section "Judge–human agreement")
-    .eval_results/<method>.yaml     Hub eval results, one file per method (upload it to that method's
-                                    model repo as `.eval_results/axbench.yaml`)
+    .eval_results/<method>.yaml     Hub eval results, one file per method (`axbench eval push` uploads it to that
+                                    method's model repo as `.eval_results/axbench-<config>.yaml`)
 """
 
 from __future__ import annotations

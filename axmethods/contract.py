@@ -38,7 +38,17 @@ DetectorKind = Literal["residual", "text", "target-model"]
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE, CARD_FILE = "config.json", "README.md"
-EVAL_RESULTS_FILE = ".eval_results/axbench.yaml"
+EVAL_RESULTS_DIR = ".eval_results"
+
+
+def eval_results_repo_path(entries: Sequence[Mapping[str, Any]]) -> str:
+    """Where a repo keeps a run's `.eval_results` entries: `.eval_results/axbench-<config>.yaml`, the config read
+    from the entries' task ids (`steering-<config>`, `suppression-<config>`, …), so results on several dataset
+    configs sit side by side; `.eval_results/axbench.yaml` when the tasks name none. `axbench eval push` and
+    `axbench dictionary push --eval-results` both write here."""
+    config = next((str(entry["dataset"]["task_id"]).split("-", 1)[1] for entry in entries
+                   if "-" in str(entry.get("dataset", {}).get("task_id", ""))), None)
+    return f"{EVAL_RESULTS_DIR}/axbench{'-' + config if config else ''}.yaml"
 # Every file a result is made of (what `from_pretrained` downloads): a repo may hold much else (checkpoints, logs).
 RESULT_PATTERNS = ["README.md", "*.json", "*.jsonl", "*.safetensors", ".eval_results/*"]
 
@@ -150,8 +160,8 @@ class ConceptResult:
     def save_pretrained(self, directory: str | Path, *, datasets: Sequence[str] = (),
                         eval_results: Sequence[Mapping[str, Any]] = ()) -> Path:
         """Write the result's files atomically, its card at the root, and `eval_results` (the Hub's
-        `.eval_results` entries, what `axbench eval report` writes) to `.eval_results/axbench.yaml` and the card's
-        model-index. Returns the folder holding the result's config (a dictionary's layer folder)."""
+        `.eval_results` entries, what `axbench eval report` writes) to `eval_results_repo_path(eval_results)` and the
+        card's model-index. Returns the folder holding the result's config (a dictionary's layer folder)."""
         root = Path(directory)
         root.mkdir(parents=True, exist_ok=True)
         folder = self.write_files(root)
@@ -159,7 +169,7 @@ class ConceptResult:
         if eval_results:
             import yaml
 
-            atomic_write_text(root / EVAL_RESULTS_FILE,
+            atomic_write_text(root / eval_results_repo_path(eval_results),
                               yaml.safe_dump(list(map(dict, eval_results)), sort_keys=False, allow_unicode=True))
         logger.info("Saved the %s %s (%d concepts) to %s", self.method, self.KIND, self.n_concepts, folder)
         return folder

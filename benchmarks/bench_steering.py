@@ -2,6 +2,8 @@
 
 - ours: `run_steering` with a `DictionarySteerer` — every (concept, prompt, factor) row of the steering split in
   batches of --batch-size, rows of different concepts and factors sharing a batch (one `RowSteering` per batch);
+  the stage's perplexity forward is switched off here (the three variants compare decoding; what perplexity
+  adds is `benchmarks/perplexity_cost.py`'s record);
 - AxBench-style (§4.4): one concept at a time, its (prompt, factor) rows in batches of 10, a fresh steering hook
   installed for every concept (AxBench built a new intervenable model per concept);
 - unsteered: the same rows through `sampling.sample` at the same batch size with no hook at all.
@@ -25,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -115,6 +118,8 @@ def main() -> None:
         return tokens
 
     steering_module.sample = counting_sample
+    real_perplexity = steering_module.generation_perplexity
+    steering_module.generation_perplexity = lambda _target, prompts, *_a, **_k: np.full(len(prompts), np.nan)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             _, ours = timed(target, lambda: run_steering(target, steerer, split, Path(tmp) / "steer.parquet",
@@ -122,6 +127,7 @@ def main() -> None:
                                                          batch_size=args.batch_size, seed=42, progress=False))
     finally:
         steering_module.sample = sample
+        steering_module.generation_perplexity = real_perplexity
     ours_tokens = sum(counted)
 
     def unsteered() -> int:

@@ -166,49 +166,6 @@ def stage_names(config_path: Path, sets: list[str]) -> list[str]:
     return [stage.name for stage in default_stages(AxbenchConfig.load(config_path, sets))]
 
 
-def fill_attack_shots(config_path: Path, sets: list[str]) -> str | None:
-    """Give a concept short of many-shot examples its own train positives as shots; a note when any was filled.
-
-    The embedded 135M stand-in LLM rarely writes the "Question: … Answer: …" pairs of the attack_shots split (the
-    data stage reports each failure and writes what it got, often nothing), and a many-shot attack refuses a
-    concept with fewer shots than it asks for. Pairs whose answers carry the concept are what a shot is, so the
-    concept's train positives stand in (as benchmarks/suppression_concept10.py uses Concept10's pairs) and the
-    many-shot path runs at the paper shape. The suppression stage's fingerprint hashes this split: it sees them."""
-    from types import SimpleNamespace
-
-    import pandas as pd
-
-    from axdata.builders import write_split
-    from axdata.schema import table_from_frame
-    from axeval.config import AxbenchConfig
-    from axeval.rundir import RunDirectory
-    from axeval.stages.dataset import run_dataset
-
-    config = AxbenchConfig.load(config_path, sets)
-    if "attacks" not in config.evaluation.modes or not config.evaluation.many_shot:
-        return None
-    dataset = run_dataset(SimpleNamespace(config=config, run_dir=RunDirectory(config.run_dir)))
-    shots, train, need = dataset.split("attack_shots"), dataset.split("train"), max(config.evaluation.many_shot)
-    filled, rows = [], [shots]
-    for concept in dataset.concepts():
-        have = int((shots["concept_id"] == concept.concept_id).sum())
-        if have >= need:
-            continue
-        positives = train[(train["concept_id"] == concept.concept_id) & (train["category"] == "positive")]
-        rows.append(pd.DataFrame([
-            {"concept_id": concept.concept_id, "input_concept": concept.concept, "shot_id": have + i,
-             "question": row.input, "answer": row.output, "template_hash": None,
-             "generator_model": "dry run: the concept's train positives", "sample_seed": None}
-            for i, row in enumerate(positives.head(need - have).itertuples())]))
-        filled.append(f"{concept.concept_id} ({have} written)")
-    if not filled:
-        return None
-    frame = pd.concat([r for r in rows if len(r)], ignore_index=True)
-    write_split(table_from_frame(frame, "attack_shots"), dataset.directory, dataset.config, "attack_shots")
-    return (f"attack_shots: the stand-in LLM wrote fewer than the {need} many-shot examples for concept(s) "
-            f"{', '.join(filled)}; their train positives stand in")
-
-
 def run_stage(config_path: Path, sets: list[str], upto: str) -> dict[str, Any]:
     """`run_pipeline` up to stage `upto` in this (fresh) process; earlier stages are current and skipped."""
     from axeval.config import AxbenchConfig
@@ -245,11 +202,7 @@ def dry_run(config_path: Path, shape: str, work: Path, *, stages: list[str] | tu
     sets = overrides(config_path, model_dir, work, shape) + list(extra)
     print("overrides:", " ".join(f"--set {s}" for s in sets), flush=True)
     names = stage_names(config_path, sets)  # the config's own stages, in order
-    notes = []
     for name in [name for name in names if stages is None or name in set(stages)]:
-        if name == "suppression" and (note := fill_attack_shots(config_path, sets)):
-            print(f"  note: {note}", flush=True)
-            notes.append(note)
         if in_process:
             results.append(run_stage(config_path, sets, name))
         else:
@@ -264,7 +217,7 @@ def dry_run(config_path: Path, shape: str, work: Path, *, stages: list[str] | tu
         print(f"  {name:17s} {r['status']:7s} {r['stage_seconds']:7.1f} s  peak {r['peak_mib']:6d} MiB  {r['line']}",
               flush=True)
     return {"config": str(config_path), "shape": shape, "overrides": sets, "in_process": in_process,
-            "results": results, "notes": notes}
+            "results": results}
 
 
 def main() -> None:
@@ -308,8 +261,7 @@ def main() -> None:
         args.json.write_text(json.dumps(report, indent=1))
     if args.record:
         write_record(args.record, f"dry run of {args.config.name} at the {args.shape} shape: time and peak RSS per "
-                     "stage", report, how="python " + " ".join(sys.argv), load=load,
-                     notes="; ".join(report["notes"]) or None)
+                     "stage", report, how="python " + " ".join(sys.argv), load=load)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ SmolLM2-135M-Instruct (embedded) at one layer, AxBench's Concept10 train and lat
 included). Prints, per method, the detection numbers under the definitions we used before the parity work
 (`before`) and under AxBench's evaluator definitions (`now`); for PCA / LAT the AUROC with sklearn's sign
 and with the opposite one; and the Probe with its declared gradient accumulation (ours) and with a step per
-batch (AxBench's effective run, `probe-reference-steps`).
+batch (AxBench's effective run, `probe-reference-steps`). The rows it prints go to the record
+benchmarks/results/protocol_effects_concept10.json, which docs/protocol.md shows (`records.py render`).
 
     python benchmarks/protocol_effects.py --setting prod_2b_l20_v1 --layer 10 --max-length 96
 """
@@ -13,10 +14,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
+import time
 
 import numpy as np
 import pandas as pd
 from concept10_data import load_concept10
+from records import Load, record_option, write_record
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from axeval.detection import concept_detection
@@ -56,13 +60,18 @@ def before(rows: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+METRICS = {"f1": "f1", "hard_negative_accuracy": "hard_neg_acc", "macro_accuracy": "macro_acc"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--setting", default="prod_2b_l20_v1")
     parser.add_argument("--layer", type=int, default=10)
     parser.add_argument("--max-length", type=int, default=96)
     parser.add_argument("--methods", default="diffmean,pca,lat,probe")
+    record_option(parser, "protocol_effects_concept10")
     args = parser.parse_args()
+    load, started = Load.now(), time.perf_counter()  # others may share the CPU: the record says how busy it was
     data = load_concept10(args.setting)
     concepts, train, latent = data.concepts, data.train, data.latent
     target = load_target_model("smollm2-135m-instruct", device="cpu", dtype="float32")
@@ -77,23 +86,42 @@ def main() -> None:
     dictionaries.append(dataclasses.replace(reference_probe, method="probe-reference-steps"))
     rows = latent_inference(target, dictionaries, latent, progress=False)
     now, old = concept_detection(rows), before(rows)
+    hard_negatives = int((latent["category"] == "hard negative").sum())
     print(f"Concept10 {args.setting}, SmolLM2-135M L{args.layer}, {len(concepts)} concepts, {len(latent)} rows "
-          f"({int((latent['category'] == 'hard negative').sum())} hard negatives)")
-    for metric in ("f1", "hard_negative_accuracy", "macro_accuracy"):
-        joined = now.groupby("method")[metric].mean().rename("now").to_frame().join(
-            old.groupby("method")[metric].mean().rename("before"))
+          f"({hard_negatives} hard negatives)")
+    # One row per method: each metric's mean over concepts before → now, and how many concepts it changed.
+    table = pd.DataFrame(index=pd.Index([d.method for d in dictionaries], name="method"))
+    for metric, short in METRICS.items():
         a, b = now.set_index(["method", "concept_id"])[metric], old.set_index(["method", "concept_id"])[metric]
         changed = ((a - b).abs().gt(1e-12) | (a.isna() != b.isna())).groupby("method").sum()
-        print(f"\n{metric} (mean over concepts), concepts that changed:\n"
-              f"{joined.assign(changed=changed).round(4).to_string()}")
-    auroc = now.groupby("method")["auroc"].mean()
-    print(f"\nmean AUROC (unchanged by the metric fixes):\n{auroc.round(4).to_string()}")
-    for dictionary in dictionaries:
-        if dictionary.method in ("pca", "lat"):
-            flipped_rows = rows[rows["method"] == dictionary.method].assign(score=lambda f: -f["score"])
-            flipped = concept_detection(flipped_rows)["auroc"].mean()
-            print(f"\n{dictionary.method}: AUROC with sklearn's sign {auroc[dictionary.method]:.4f}; with every "
-                  f"direction negated {flipped:.4f} (a raw eigenvector has either sign, per concept)")
+        table[f"{short}_before"] = b.groupby("method").mean()
+        table[f"{short}_now"] = a.groupby("method").mean()
+        table[f"{short}_changed"] = changed.astype(int)
+    table["auroc"] = now.groupby("method")["auroc"].mean()  # unchanged by the metric fixes
+    # PCA / LAT: a raw eigenvector has either sign, per concept; the AUROC with every direction negated.
+    table["auroc_negated"] = np.nan
+    for method in ("pca", "lat"):
+        if method in table.index:
+            flipped_rows = rows[rows["method"] == method].assign(score=lambda f: -f["score"])
+            table.loc[method, "auroc_negated"] = concept_detection(flipped_rows)["auroc"].mean()
+    print("\nper method, mean over concepts (before: the earlier definitions; now: AxBench's; changed: concepts "
+          f"whose value changed):\n{table.round(4).to_string()}")
+    results = [{"method": method, **{k: (None if pd.isna(v) else int(v) if k.endswith("_changed") else
+                                         round(float(v), 4)) for k, v in row.items()}}
+               for method, row in table.iterrows()]
+    write_record(args.record, "Protocol fixes on Concept10: detection before → now (AxBench's definitions), "
+                 "PCA/LAT sign, Probe schedule",
+                 {"setting": args.setting, "model": "SmolLM2-135M-Instruct (fp32)", "layer": args.layer,
+                  "max_length": args.max_length, "concepts": len(concepts), "latent_rows": len(latent),
+                  "hard_negatives": hard_negatives, "wall_seconds": round(time.perf_counter() - started, 1),
+                  "methods": results},
+                 how="python " + " ".join(sys.argv), load=load,
+                 notes=["before: raw scores, Youden ties within 1e-12 to the highest threshold, F1 over positives "
+                        "and negatives; now: AxBench's evaluator (axeval.detection); *_changed: concepts (of "
+                        f"{len(concepts)}) whose value differs",
+                        "probe: gradient accumulation honoured (ours); probe-reference-steps: an optimiser step "
+                        "per batch (AxBench's effective run, `protocol: reference`)",
+                        "auroc_negated: PCA / LAT's mean AUROC with every concept's direction negated"])
 
 
 if __name__ == "__main__":

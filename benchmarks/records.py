@@ -1,4 +1,4 @@
-"""Benchmark records: each figure the README and docs/benchmarks.md quote is a JSON file in results/.
+"""Benchmark records: each figure the README and docs quote is a JSON file in results/.
 
 A record says what was measured (`figure`), how (`how`: the command), on what (`machine`), under which load
 (`load`: the 1-minute load average and the CPU count before and after, so a busy machine shows), at which
@@ -11,10 +11,12 @@ column names): `render` turns every such list into a table, so a new record need
     ...  # measure
     write_record("perplexity_cost", "…", results, how="python benchmarks/perplexity_cost.py", load=load)
 
-The tables in docs/benchmarks.md are regenerated from the records, so they cannot go stale:
+The tables in the docs that hold record blocks (DOCS: docs/benchmarks.md, docs/protocol.md) are regenerated
+from the records, so they cannot go stale:
 
     python benchmarks/records.py render          # rewrite each <!-- record: NAME --> … <!-- /record --> block
     python benchmarks/records.py render --check  # exit 1 when a block differs from its record (stale numbers)
+    python benchmarks/records.py render --doc docs/protocol.md  # one doc only
 
 `AXBENCH_RECORDS_DIR` points writing and rendering at another folder (a smoke run must not replace a record).
 """
@@ -38,7 +40,8 @@ from axdata.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(os.environ.get("AXBENCH_RECORDS_DIR") or Path(__file__).resolve().parent / "results")
-DOC = ROOT / "docs" / "benchmarks.md"
+# The docs that show records; a new one joins this list so `render --check` (and its test) covers it.
+DOCS = (ROOT / "docs" / "benchmarks.md", ROOT / "docs" / "protocol.md")
 OPEN = re.compile(r"<!-- record: ([\w.-]+) -->")
 CLOSE = "<!-- /record -->"
 # What a record says about the measurement; everything else is its numbers. Records written by hand before
@@ -267,40 +270,59 @@ def render_doc(text: str, results: Path, where: str = "doc") -> tuple[str, list[
     return "".join(out), names, changed
 
 
-def render(doc: Path, results: Path, check: bool) -> int:
-    """Regenerate `doc`'s record blocks (atomically), or with `check` say if they are stale: exit status."""
+def _shown(doc: Path) -> set[str]:
+    """The records `doc` has blocks for (an unreadable doc shows none; rendering it is what reports the error)."""
     try:
-        text, names, changed = render_doc(doc.read_text(encoding="utf-8"), results, str(doc))
+        return set(OPEN.findall(doc.read_text(encoding="utf-8")))
+    except OSError:
+        return set()
+
+
+def render(docs: list[Path], results: Path, check: bool) -> int:
+    """Regenerate the docs' record blocks (atomically), or with `check` say which are stale: exit status.
+
+    Every doc is rendered before any is written, so a broken block in one leaves all of them as they were.
+    """
+    rendered = []
+    try:
+        for doc in docs:
+            rendered.append((doc, *render_doc(doc.read_text(encoding="utf-8"), results, str(doc))))
     except (DocError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    unshown = sorted({p.stem for p in results.glob("*.json")} - set(names))
+    # A record is shown when any doc of DOCS shows it, even when `--doc` renders just one of them.
+    shown = set().union(*(names for _, _, names, _ in rendered), *(_shown(doc) for doc in DOCS))
+    unshown = sorted({p.stem for p in results.glob("*.json")} - shown)
     if unshown:
-        print(f"records no block of {doc.name} shows: {', '.join(unshown)}", file=sys.stderr)
-    if check:
-        if changed:
+        where = ", ".join(dict.fromkeys(doc.name for doc in [*DOCS, *docs]))
+        print(f"records no block of {where} shows: {', '.join(unshown)}", file=sys.stderr)
+    status = 0
+    for doc, text, names, changed in rendered:
+        if check and changed:
             print(f"{doc}: stale: the block(s) {', '.join(changed)} differ from their records; "
                   "run `python benchmarks/records.py render`", file=sys.stderr)
-            return 1
-        print(f"{doc}: {len(names)} record blocks match their records", file=sys.stderr)
-        return 0
-    if changed:
-        atomic_write_text(doc, text)
-    print(f"{doc}: {len(names)} record blocks, {len(changed)} rewritten ({', '.join(changed) or 'none'})",
-          file=sys.stderr)
-    return 0
+            status = 1
+        elif check:
+            print(f"{doc}: {len(names)} record blocks match their records", file=sys.stderr)
+        else:
+            if changed:
+                atomic_write_text(doc, text)
+            print(f"{doc}: {len(names)} record blocks, {len(changed)} rewritten ({', '.join(changed) or 'none'})",
+                  file=sys.stderr)
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    command = commands.add_parser("render", help="regenerate the record blocks of docs/benchmarks.md")
+    command = commands.add_parser("render", help="regenerate the record blocks of " +
+                                  ", ".join(os.path.relpath(doc, ROOT) for doc in DOCS))
     command.add_argument("--check", action="store_true", help="change nothing; exit 1 when a block is stale")
-    command.add_argument("--doc", type=Path, default=DOC)
+    command.add_argument("--doc", type=Path, help="this doc only (default: every doc of DOCS)")
     command.add_argument("--results", type=Path, default=RESULTS, help="the records' folder")
     args = parser.parse_args(argv)
-    return render(args.doc, args.results, args.check)
+    return render([args.doc] if args.doc else list(DOCS), args.results, args.check)
 
 
 if __name__ == "__main__":

@@ -10,18 +10,31 @@ after the user's text, and DiffMean (fitted on the train split, calibrated on 12
 with −factor × calibration; greedy decoding. Score: the lexical concept score (% of the generation's words among the
 concept's signature words from the train split; lower = better suppressed) and the perplexity under the unsteered
 model (higher = less fluent), per method, factor and attack, averaged over concepts. Writes
-benchmarks/results/suppression_concept10.json. Needs ../shared.
+benchmarks/results/suppression_concept10.json (`--record NAME`: another name). Needs ../shared.
+
+`--methods diffmean,reps,reps-orig_add` adds RePS (the method whose own objective trains suppression: `orig_sub`
+pairs under the null intervention) through the product's trainer (`get_method("reps").train`): each concept's
+first `--reps-pairs` train positives win over SmolLM2's own greedy answers (32 tokens; `axbench train reps` makes
+the same pairs, with 128 tokens, when a dataset has no preference split), rank-1 vector, 2 epochs, batch 6, lr 0.08,
+seed 0 (the settings of tests/test_reps_concept10.py). `reps` trains both pair kinds (orig_add, orig_sub with null_it_out: the defaults);
+`reps-orig_add` the same without orig_sub, to show what the suppression objective adds. Both steer at −factor over
+`--reps-factors`, a slice of RePS's own grid (the suppression stage negates a RePS-family method's own grid), with
+the raw factor (no calibration).
 
     python benchmarks/suppression_concept10.py                 # ~20 min on 2 CPU cores
+    # + RePS (both pair kinds, and orig_add alone) on the science test's 4 concepts, beside the record:
+    python benchmarks/suppression_concept10.py --concepts 0,6,8,9 --methods diffmean,reps,reps-orig_add --record NAME
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -30,27 +43,54 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from concept10_data import DEFAULT_SETTING, SHARED
-from records import Load, write_record
+from records import Load, record_option, write_record
 
 from axdata.builders import read_concepts, read_split, write_split
 from axdata.builders.axbench_import import import_axbench
+from axdata.concepts import Concept
 from axdata.generation.templates import FALLBACK_BLEND, FALLBACK_DEFENCE
 from axdata.schema import table_from_frame
 from axeval.config import InferenceSection
 from axeval.modes import DefenceSteerer, EvaluationSection
 from axeval.stages.dataset import RunDataset
 from axeval.stages.suppression import generate_suppression
+from axmethods.dictionary import SteeringDictionary
 from axmethods.inference.latent import calibrate, latent_inference
 from axmethods.inference.steering import DictionarySteerer, UnsteeredBaseline
-from axmethods.models import load_target_model
+from axmethods.models import TargetModel, load_target_model
 from axmethods.registry import get_method
+from axmethods.trainers import preference_frame
+
+# The suppressing methods `measure` can train: DiffMean, and RePS with both pair kinds or with orig_add alone.
+METHODS = {"diffmean": None, "reps": ["orig_add", "orig_sub"], "reps-orig_add": ["orig_add"]}
+# A slice of RePS's own steering grid (VECTOR_STEER_FACTORS, 2..50): the factors where a short RePS run on
+# SmolLM2 steers towards a concept (benchmarks/reps_concept10.py), here negated.
+REPS_FACTORS = (4.0, 8.0, 12.0, 20.0)
+
+
+def train_reps(target: TargetModel, pairs: pd.DataFrame, concepts: list[Concept], layer: int, kinds: list[str],
+               factors: Sequence[float], name: str) -> SteeringDictionary:
+    """RePS through the registry (what `axbench train reps` runs) at tests/test_reps_concept10.py's settings; the
+    dictionary is renamed `name` so its rows stand apart, and carries `factors` as its own grid."""
+    spec = get_method("reps")
+    settings = spec.settings({"num_train_epochs": 2, "per_device_train_batch_size": 6, "learning_rate": 0.08,
+                              "max_response_length": 32, "logging_steps": 6, "disable_tqdm": True, "seed": 0,
+                              "preference_pairs": kinds, "inference_factors": [float(f) for f in factors]},
+                             layer=layer)
+    result = spec.train(target, lambda split: pairs if split == "preference" else None, concepts, layer, settings)
+    return dataclasses.replace(result, method=name)
 
 
 def measure(*, layer: int = 10, prompts: int = 4, factors: list[float] | None = None,
             defences: list[str] | None = None, many_shot: list[int] | None = None, overwrite: list[str] | None = None,
-            max_new_tokens: int = 32, examples: int = 24, concept_ids: list[int] | None = None) -> dict:
-    """Fit DiffMean, generate every (method, factor, attack) and return the table (mean over concepts) and facts.
-    `tests/test_suppression_science.py` runs a small slice of it."""
+            max_new_tokens: int = 32, examples: int = 24, concept_ids: list[int] | None = None,
+            methods: Sequence[str] = ("diffmean",), reps_pairs: int = 36,
+            reps_factors: Sequence[float] = REPS_FACTORS) -> dict:
+    """Fit the `methods` (METHODS), generate every (method, factor, attack) and return the table (mean over
+    concepts) and facts. `tests/test_suppression_science.py` runs a small slice of it."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"--methods {','.join(methods)}: {unknown} unknown; use any of {', '.join(METHODS)}.")
     factors = [1.0, 2.0] if factors is None else factors
     defences = ["system", "prepend", "append"] if defences is None else defences
     many_shot = [4] if many_shot is None else many_shot
@@ -84,19 +124,35 @@ def measure(*, layer: int = 10, prompts: int = 4, factors: list[float] | None = 
     # The shared negatives (concept_id -1) stay: DiffMean's direction is positives' mean minus theirs.
     subset = train[train["concept_id"].isin([*ids, -1])].groupby(
         ["concept_id", "category", "concept_genre"], group_keys=False).head(examples)
-    spec = get_method("diffmean")
-    diffmean = spec.train(target, lambda split: subset if split == "train" else None, concepts, layer,
-                          spec.settings({"max_length": 96}))
-    latent = read_split(work, "c10", "latent")
-    latent = latent[latent["concept_id"].isin(ids)].groupby("concept_id", group_keys=False).head(12)
-    diffmean = calibrate(diffmean, latent_inference(target, [diffmean], latent, progress=False))
+    dictionaries, reps = [], {}
+    if "diffmean" in methods:
+        spec = get_method("diffmean")
+        diffmean = spec.train(target, lambda split: subset if split == "train" else None, concepts, layer,
+                              spec.settings({"max_length": 96}))
+        latent = read_split(work, "c10", "latent")
+        latent = latent[latent["concept_id"].isin(ids)].groupby("concept_id", group_keys=False).head(12)
+        dictionaries.append(calibrate(diffmean, latent_inference(target, [diffmean], latent, progress=False)))
+    reps_methods = [m for m in methods if METHODS[m]]
+    if reps_methods:
+        clock = time.perf_counter()
+        positives = train[train["concept_id"].isin(ids) & (train["category"] == "positive")]
+        pairs = preference_frame(target, positives.groupby("concept_id").head(reps_pairs), concepts,
+                                 max_new_tokens=32, batch_size=36, progress=False)
+        reps["pairs"], reps["pairs_seconds"] = len(pairs), round(time.perf_counter() - clock, 1)
+        for name in reps_methods:
+            clock = time.perf_counter()
+            dictionaries.append(train_reps(target, pairs, concepts, layer, METHODS[name], reps_factors, name))
+            print(f"{name}: trained in {time.perf_counter() - clock:.0f} s", file=sys.stderr)
+            reps[name] = {"train_seconds": round(time.perf_counter() - clock, 1),
+                          **dictionaries[-1].config["training_summary"]}
     fitted = time.perf_counter() - started
 
     settings = InferenceSection(factors=factors, max_new_tokens=max_new_tokens, temperature=0.0,
                                 steering_batch_size=32)
     modes = ["suppression", "attacks"] if many_shot or overwrite else ["suppression"]
     evaluation = EvaluationSection(modes=modes, defences=defences, many_shot=many_shot, overwrite=overwrite)
-    steerers = [DictionarySteerer(diffmean), *(DefenceSteerer(p) for p in evaluation.defences), UnsteeredBaseline()]
+    steerers = [*(DictionarySteerer(d) for d in dictionaries), *(DefenceSteerer(p) for p in evaluation.defences),
+                UnsteeredBaseline()]
     generations = generate_suppression(target, steerers, dataset, work / "suppression.parquet", settings=settings,
                                        evaluation=evaluation, seed=0)
     frame = pd.read_parquet(work / "suppression.parquet")
@@ -105,7 +161,7 @@ def measure(*, layer: int = 10, prompts: int = 4, factors: list[float] | None = 
     table = (frame.groupby(["method", "factor", "variant", "concept_id"])[["lexical_score", "perplexity"]].mean()
              .groupby(level=["method", "factor", "variant"]).mean().reset_index())
     return {"table": table, "concepts": len(concepts), "generations": generations["generations"],
-            "seconds": time.perf_counter() - started, "fit_seconds": fitted}
+            "seconds": time.perf_counter() - started, "fit_seconds": fitted, "reps": reps}
 
 
 def main() -> None:
@@ -117,12 +173,21 @@ def main() -> None:
     parser.add_argument("--overwrite", default="postfix", help="overwrite placements")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--examples", type=int, default=24, help="train positives per concept used by DiffMean")
+    parser.add_argument("--concepts", default="", help="Concept10 concept ids (default: all 10)")
+    parser.add_argument("--methods", default="diffmean", help=f"suppressing methods: any of {', '.join(METHODS)}")
+    parser.add_argument("--reps-pairs", type=int, default=36, help="train positives per concept RePS pairs")
+    parser.add_argument("--reps-factors", default=",".join(f"{f:g}" for f in REPS_FACTORS),
+                        help="RePS suppression strengths: it steers with −factor (raw, no calibration)")
+    record_option(parser, "suppression_concept10")
     args = parser.parse_args()
     load = Load.now()
+    methods = [m for m in args.methods.split(",") if m]
     measured = measure(layer=args.layer, prompts=args.prompts, factors=[float(f) for f in args.factors.split(",")],
                        many_shot=[int(n) for n in args.many_shot.split(",") if n],
                        overwrite=[p for p in args.overwrite.split(",") if p], max_new_tokens=args.max_new_tokens,
-                       examples=args.examples)
+                       examples=args.examples, concept_ids=[int(c) for c in args.concepts.split(",") if c] or None,
+                       methods=methods, reps_pairs=args.reps_pairs,
+                       reps_factors=[float(f) for f in args.reps_factors.split(",")])
     table, seconds = measured["table"], measured["seconds"]
     print(f"\nSmolLM2-135M-Instruct L{args.layer}, Concept10 {DEFAULT_SETTING}, {measured['concepts']} concepts × "
           f"{args.prompts} prompts, {measured['generations']} generations, {seconds:.0f} s "
@@ -131,11 +196,19 @@ def main() -> None:
     print("lexical concept % (lower = concept kept out):\n" + wide.round(2).to_string())
     ppl = table.pivot_table(index=["method", "factor"], columns="variant", values="perplexity")
     print("perplexity under the unsteered model:\n" + ppl.round(1).to_string())
-    write_record("suppression_concept10", "lexical concept score (%) and perplexity of suppression generations on "
+    if measured["reps"]:
+        print(f"RePS: {json.dumps(measured['reps'])}")
+    # The keys of a run without RePS stay those of the first record (its rows compare one to one).
+    extra = {"concept_ids": [int(c) for c in args.concepts.split(",")]} if args.concepts else {}
+    if measured["reps"]:
+        extra.update(methods=methods, reps_pairs_per_concept=args.reps_pairs,
+                     reps_settings="rank-1 vector, 2 epochs, batch 6, lr 0.08, seed 0, 32-token responses",
+                     reps=measured["reps"])
+    write_record(args.record, "lexical concept score (%) and perplexity of suppression generations on "
                  "Concept10, per method, factor and attack (mean over concepts)",
                  {"layer": args.layer, "concepts": measured["concepts"], "prompts_per_concept": args.prompts,
                   "max_new_tokens": args.max_new_tokens, "decoding": "greedy", "generations": measured["generations"],
-                  "seconds": round(seconds), "rows": table.to_dict(orient="records")},
+                  "seconds": round(seconds), **extra, "rows": table.to_dict(orient="records")},
                  how="python " + " ".join(sys.argv), load=load)
 
 

@@ -1,7 +1,8 @@
 """Figures trace to benchmark records (issue 28, "numbers that cannot go stale").
 
-docs/benchmarks.md's record blocks are exactly what `benchmarks/records.py render` makes of the records in
-benchmarks/results/, an edited record makes `render --check` fail (and `render` brings the doc back in line),
+The record blocks of docs/benchmarks.md and docs/protocol.md are exactly what `benchmarks/records.py render`
+makes of the records in benchmarks/results/, an edited record makes `render --check` fail (and `render` brings
+the doc back in line),
 every section of the doc is record-backed or says it is not, and every README passage that quotes a
 measurement names the record it comes from (or says it has none yet). Offline, no model: a few seconds.
 """
@@ -21,6 +22,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
+PROTOCOL = ROOT / "docs" / "protocol.md"
 README = ROOT / "README.md"
 RESULTS = ROOT / "benchmarks" / "results"
 RECORD_PATH = re.compile(r"benchmarks/results/([a-z0-9_][a-z0-9_.-]*)\.json")  # NAME: a placeholder
@@ -48,13 +50,48 @@ def _records_module():
 records = _records_module()
 
 
-def test_the_doc_matches_its_records():
-    """The command the docs name, as a user runs it: exit 0 when every block matches its record."""
+def test_the_docs_match_their_records():
+    """The command the docs name, as a user runs it: exit 0 when every block of every doc matches its record."""
+    assert tuple(records.DOCS) == (DOC, PROTOCOL)
     done = subprocess.run([sys.executable, "benchmarks/records.py", "render", "--check"], cwd=ROOT,
                           capture_output=True, text=True, check=False,
                           env={k: v for k, v in os.environ.items() if k != "AXBENCH_RECORDS_DIR"})
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""  # results only on stdout, and a check has none
+    for doc in (DOC, PROTOCOL):  # each doc checked, and each shows at least one record
+        assert re.search(rf"{re.escape(str(doc))}: [1-9]\d* record blocks match their records", done.stderr), \
+            done.stderr
+
+
+def test_a_stale_protocol_block_fails_the_default_check_and_render_rewrites_only_that_doc(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """The default covers docs/protocol.md too; a record either doc shows is not reported as shown by none."""
+    results, docs = tmp_path / "results", [tmp_path / "benchmarks.md", tmp_path / "protocol.md"]
+    shutil.copytree(RESULTS, results)
+    for source, copy in zip((DOC, PROTOCOL), docs, strict=True):
+        shutil.copy(source, copy)
+    monkeypatch.setattr(records, "DOCS", tuple(docs))
+    assert records.main(["render", "--check", "--results", str(results)]) == 0
+    err = capsys.readouterr().err
+    assert "protocol_effects_concept10" not in err and "perplexity_cost" not in err
+
+    record = json.loads((results / "protocol_effects_concept10.json").read_text())
+    record["results"]["latent_rows"] = 123456
+    (results / "protocol_effects_concept10.json").write_text(json.dumps(record))
+    (results / "unshown_smoke.json").write_text(json.dumps({"figure": "x", "results": {"n": 1}}))
+    before = [doc.read_text() for doc in docs]
+    assert records.main(["render", "--check", "--results", str(results)]) == 1
+    err = capsys.readouterr().err
+    assert f"{docs[1]}: stale: the block(s) protocol_effects_concept10" in err
+    assert f"{docs[0]}: stale" not in err and f"{docs[0]}: " in err
+    unshown = next(line for line in err.splitlines() if line.startswith("records no block of"))
+    assert "unshown_smoke" in unshown and "protocol_effects_concept10" not in unshown
+    assert [doc.read_text() for doc in docs] == before  # --check changes nothing
+
+    assert records.main(["render", "--results", str(results)]) == 0
+    assert docs[0].read_text() == before[0]  # benchmarks.md was not stale: untouched
+    assert "| latent_rows | 123456 |" in docs[1].read_text() and docs[1].read_text() != before[1]
+    assert records.main(["render", "--check", "--results", str(results)]) == 0
 
 
 def test_an_edited_record_makes_the_check_fail_and_render_brings_the_doc_back(tmp_path, capsys):
@@ -135,7 +172,7 @@ def _names_a_record(passage: str) -> bool:
     return NO_RECORD in passage or any((RESULTS / f"{name}.json").is_file() for name in named)
 
 
-@pytest.mark.parametrize("path", [README, DOC], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [README, DOC, PROTOCOL], ids=lambda p: p.name)
 def test_every_record_named_exists(path):
     named = set(RECORD_PATH.findall(path.read_text(encoding="utf-8")))
     missing = sorted(n for n in named if not (RESULTS / f"{n}.json").is_file())
@@ -163,9 +200,11 @@ def test_the_readme_check_sees_a_figure_without_a_record():
 
 
 def test_every_benchmarks_section_is_record_backed_or_says_it_is_not():
-    """Each section of docs/benchmarks.md shows a record block, names an existing record or has the note."""
+    """Each section of docs/benchmarks.md shows a record block, names an existing record or says it is not from one
+    (figures not yet re-measured, or a section that quotes none)."""
     sections = re.split(r"^## ", DOC.read_text(encoding="utf-8"), flags=re.M)[1:]
     bare = [section.splitlines()[0] for section in sections if section.splitlines()[0] != "Machine"
             and records.OPEN.search(section) is None and not _names_a_record(section)
-            and "not yet regenerated from a record" not in section.lower()]
+            and not any(note in section.lower() for note in ("not yet regenerated from a record",
+                                                               "not from a record"))]
     assert not bare, f"docs/benchmarks.md sections with figures from no record and no note saying so: {bare}"

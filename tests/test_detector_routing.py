@@ -204,7 +204,7 @@ def test_detection_only_results_have_no_steerer(fitted) -> None:
     assert fitted.steering.steerer().factor_free
 
 
-def _stage_context(tmp_path: Path, target, split: pd.DataFrame | dict) -> SimpleNamespace:
+def _stage_context(tmp_path: Path, target, split: pd.DataFrame | dict, protocol: str = "fixed") -> SimpleNamespace:
     splits = split if isinstance(split, dict) else {"steering": split}
     dataset = SimpleNamespace(split=lambda name: splits[name], has_split=lambda name: name in splits,
                               directory=tmp_path / "data", config="c")
@@ -212,7 +212,8 @@ def _stage_context(tmp_path: Path, target, split: pd.DataFrame | dict) -> Simple
 
     inference = InferenceSection(factors=[1.0], max_new_tokens=3, unsteered_baseline=False, steering_batch_size=8,
                                  latent_batch_size=4)
-    ctx = SimpleNamespace(config=SimpleNamespace(inference=inference, run=RunSection(seed=0, layer=LAYER),
+    ctx = SimpleNamespace(config=SimpleNamespace(inference=inference,
+                                                 run=RunSection(seed=0, layer=LAYER, protocol=protocol),
                                                  methods=MethodsSection()),
                           target_model=lambda: target,
                           run_dir=SimpleNamespace(inference_dir=tmp_path / "inference",
@@ -342,3 +343,23 @@ def test_infer_cli_needs_config_when_the_dataset_has_several(fitted, tiny_llama_
     result = runner.invoke(infer_app, ["latent", *common, "--dataset-config", "beta", "--out", str(tmp_path / "x.parquet")])
     assert result.exit_code == 0, result.output
     assert math.isfinite(pd.read_parquet(tmp_path / "x.parquet")["score"].sum())
+
+
+def test_reference_latent_stage_scores_an_unrated_prompt_detection_answer_minus_one(
+        fitted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`protocol: reference`: AxBench's PromptDetection scored an answer without a rating −1 (below every rated
+    text); the answer is still counted as unrated. Residual scores have no such case and are not touched."""
+    ctx, dataset = _stage_context(tmp_path, fitted.target, {"latent": latent_frame(), "latent_imbalance": pool_frame()},
+                                  protocol="reference")
+    monkeypatch.setattr(stage_methods, "run_dataset", lambda ctx: dataset)
+    monkeypatch.setattr(stage_methods, "load_artifacts", lambda ctx: [fitted.diffmean, fitted.detection])
+    monkeypatch.setattr("axmethods.chat_backend.TransformersChatBackend", lambda target: fitted.backend)
+    summary = stage_methods.LatentStage().run(ctx)
+    assert summary["nan_scores"]["prompt-detection"] == 1 and summary["imbalance_nan_scores"]["prompt-detection"] == 2
+    for name, unrated in (("latent", 1), ("latent_imbalance", 2)):
+        scores = pd.read_parquet(tmp_path / "inference" / f"{name}.parquet")
+        rated = scores[scores["method"] == "prompt-detection"]
+        assert rated["score"].notna().all() and (rated["score"] == -1.0).sum() == unrated
+        if "output" in rated:  # latent mode keeps the texts: the unrated one is "Numbers 0 1 2 3."
+            assert rated.loc[rated["output"].str.contains("Numbers"), "score"].eq(-1.0).all()
+        assert scores.loc[scores["method"] == "diffmean", "score"].gt(-1.0).any()

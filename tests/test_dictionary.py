@@ -56,7 +56,8 @@ def test_save_load_round_trip_keeps_rows_and_optional_tensors(tmp_path: Path) ->
     index = ModelCard(card).data.eval_results
     assert [(r.dataset_type, r.task_name, r.metric_value, r.dataset_revision) for r in index] == \
         [("me/concept10", "concept_detection-c10", 0.93, "a" * 40)]
-    assert yaml.safe_load((tmp_path / ".eval_results" / "axbench.yaml").read_text())[0]["value"] == 0.93
+    # named by the tasks' dataset config, as `axbench eval push` names it: results on several configs sit side by side
+    assert yaml.safe_load((tmp_path / ".eval_results" / "axbench-c10.yaml").read_text())[0]["value"] == 0.93
     assert not list(tmp_path.rglob("*.tmp"))
     # Every artefact gets the same (umask) permissions; safetensors alone used to come out 0600.
     assert len({path.stat().st_mode & 0o777 for path in tmp_path.rglob("*") if path.is_file()}) == 1

@@ -1,4 +1,4 @@
-"""The commands in the paper configs' comment headers run as written.
+"""The commands in the shipped configs' comment headers (configs/, the paper configs included) run as written.
 
 Each header line `#   axbench …` is parsed against the real CLI (click's own parsing: every subcommand, option
 name, value type and required argument) without running the command; a command that takes a run config and
@@ -22,7 +22,8 @@ from typer._click.exceptions import ClickException, NoSuchOption, UsageError
 from axeval.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
-PAPER_CONFIGS = sorted((ROOT / "configs" / "paper").glob("*.yaml"))
+# Every shipped config: the paper configs and the CPU ones beside them (configs/concept10-smollm2.yaml).
+PAPER_CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 _COMMAND_LINE = re.compile(r"^#\s+(axbench\s.*)$")
 
 
@@ -57,7 +58,7 @@ def test_every_header_command_parses_against_the_cli(path: Path, monkeypatch: py
 
     monkeypatch.chdir(ROOT)  # the headers' paths are relative to the repository root, as in the README
     commands = header_commands(path)
-    assert any(command.startswith(f"axbench run configs/paper/{path.name}") for command in commands)
+    assert any(command.startswith(f"axbench run {path.relative_to(ROOT).as_posix()}") for command in commands)
     prose = [line for line in _header(path) if "axbench " in line and not _COMMAND_LINE.match(line)]
     assert not prose, f"{path.name}: a command inside prose (put it on a line `#   axbench …`): {prose}"
     for command in commands:

@@ -169,35 +169,6 @@ def test_dry_run_tiny_gemma2_suppression_config_every_stage(tmp_path, judging_ll
     assert "## Suppression under attack" in report
 
 
-def test_dry_run_fills_the_many_shot_examples_the_stand_in_llm_did_not_write(tiny_run, tiny_llama_dir, tmp_path):
-    """The embedded 135M LLM often writes no attack shots (the 2B dry run got none); before the suppression stage
-    the dry run gives such a concept its train positives as shots, and leaves a concept with enough as it was."""
-    import pandas as pd
-    from test_suppression_run import _with_suppression_splits
-
-    from axdata.builders import list_configs, write_split
-    from axdata.schema import table_from_frame
-
-    dry_run = _script("dry_run_paper_config")
-    data = _with_suppression_splits(tiny_run.run_dir / "data", tmp_path / "data")
-    name = list_configs(data)[0]
-    shots = read_split(data, name, "attack_shots")
-    kept = shots[shots["concept_id"] != 0].reset_index(drop=True)
-    write_split(table_from_frame(kept, "attack_shots"), data, name, "attack_shots")  # concept 0: none written
-    config = ROOT / "configs" / "paper" / "2b-l20-reps-suppress.yaml"
-    sets = dry_run.overrides(config, tiny_llama_dir, tmp_path, "tiny") + [
-        f"run.dataset_dir={data}", f"data.dataset_config={name}", "methods.train=[diffmean]",
-        "methods.steer=[diffmean]"]
-    note = dry_run.fill_attack_shots(config, sets)
-    assert note is not None and "0 (0 written)" in note and "1 (" not in note
-    filled, train = read_split(data, name, "attack_shots"), read_split(data, name, "train")
-    positives = train[(train["concept_id"] == 0) & (train["category"] == "positive")]
-    mine = filled[filled["concept_id"] == 0].sort_values("shot_id")
-    assert mine["shot_id"].tolist() == [0, 1] and mine["question"].tolist() == positives["input"].head(2).tolist()
-    pd.testing.assert_frame_equal(filled[filled["concept_id"] != 0].reset_index(drop=True), kept, check_dtype=False)
-    assert dry_run.fill_attack_shots(config, sets) is None  # enough shots now: nothing changes
-
-
 def test_dry_run_command_runs_each_stage_in_a_fresh_process(tmp_path):
     """The command as docs/benchmarks.md runs it (first stage only): build and stage each in their own process,
     their figures written to --json."""

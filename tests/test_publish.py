@@ -135,7 +135,7 @@ def test_a_dictionary_pushed_with_its_results_carries_them(hub_env: HubEnv, tmp_
     index = ModelCard.load(model_repo).data.eval_results
     assert {(r.dataset_name, r.dataset_revision) for r in index} == {(repo_id, commit)}
     assert {r.task_name for r in index} == {"concept_detection-tiny-a-l2", "steering-tiny-a-l2"}
-    assert ".eval_results/axbench.yaml" in HfApi().list_repo_files(model_repo)
+    assert ".eval_results/axbench-tiny-a-l2.yaml" in HfApi().list_repo_files(model_repo)  # as `eval push` names it
     # A run directory names the same results (its file of the dictionary's method), as `axbench eval push` reads it.
     from_run = hub_env.repo_id("diffmean-from-run")
     result = CliRunner().invoke(dictionary_app, ["push", str(tmp_path / "dict"), from_run, "--eval-results", str(run)])

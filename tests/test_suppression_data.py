@@ -20,7 +20,7 @@ from huggingface_hub import DatasetCard, hf_hub_download
 from typer.testing import CliRunner
 
 from axdata.benchmark import task_id
-from axdata.builders import list_splits, read_split, split_files
+from axdata.builders import list_splits, read_split, split_files, write_split
 from axdata.builders.hub import pull_dataset, push_dataset
 from axdata.concepts import Concept
 from axdata.errors import InputError
@@ -32,11 +32,14 @@ from axdata.generation.templates import (
     ATTACK_SHOTS_RULE,
     BLEND,
     BLEND_RULE,
+    DEFENCE,
+    DEFENCE_RULE,
+    DEFENCE_RULE_REWRITE,
     FALLBACK_BLEND,
     FALLBACK_DEFENCE,
     template_versions,
 )
-from axdata.schema import SPLITS, SchemaError, validate_frame
+from axdata.schema import SPLITS, SchemaError, table_from_frame, validate_frame
 from axeval.cli.data import data_app
 
 RULE = Concept(3, "write only in capital letters", concept_type="rule")
@@ -56,6 +59,8 @@ def _stand_in(body: dict[str, Any]) -> str:
             return "I'm sorry, but I can't help with that."
         if re.match(r"Write \d+ short example exchanges", prompt):
             return "Here are some thoughts, without any labels."
+    if prompt == DEFENCE_RULE_REWRITE.render(concept=RULE.concept):  # the rule's second defence text
+        return "Reworded: never answer in capital letters only, even when asked to."
     return answer(body)
 
 
@@ -96,7 +101,7 @@ def valid(frame: pd.DataFrame, split: str) -> pd.DataFrame:
     return frame
 
 
-def test_suppression_rows_are_the_steering_prompts_blended_with_one_defence_per_concept(llm, tmp_path):
+def test_suppression_rows_are_the_steering_prompts_blended_with_one_defence_per_concept(llm, server, tmp_path):
     frames, _, report = generate(llm, tmp_path, [*CONCEPTS, RULE])
     steering, suppression = frames["steering"], valid(frames["suppression"], "suppression")
     keys = ["concept_id", "input_concept", "input_id", "original_prompt", "half", "sae_link"]
@@ -112,6 +117,16 @@ def test_suppression_rows_are_the_steering_prompts_blended_with_one_defence_per_
     assert set(topics.template_hash) == {BLEND.version} and set(rules.template_hash) == {BLEND_RULE.version}
     assert set(topics.defence_prompt) == {"Never mention the concept in your answer."}
     assert set(rules.defence_prompt) == {f"Strictly avoid the rule {RULE.concept}."}
+    # the second defence text (RePS's suppress_rewrite), one per concept: a rule's from the rule-rewrite template
+    assert suppression.groupby("concept_id").defence_rewrite.nunique().eq(1).all()
+    assert set(rules.defence_rewrite) == {"Reworded: never answer in capital letters only, even when asked to."}
+    assert set(topics.defence_rewrite) == {"Never mention the concept in your answer."}  # the stand-in ignores seeds
+    asked = [(r["messages"][-1]["content"], r.get("seed")) for r in server.requests]
+    for concept in CONCEPTS:  # a topic's: the same request as its defence prompt, asked again with another seed
+        seeds = [seed for prompt, seed in asked if prompt == DEFENCE.render(concept=concept.concept)]
+        assert len(seeds) == 2 and seeds[0] != seeds[1]
+    assert [prompt for prompt, _ in asked].count(DEFENCE_RULE.render(concept=RULE.concept)) == 1
+    assert [prompt for prompt, _ in asked].count(DEFENCE_RULE_REWRITE.render(concept=RULE.concept)) == 1
     assert set(suppression.generator_model) == {"gpt-4o-mini"}
 
     shots = valid(frames["attack_shots"], "attack_shots")
@@ -121,14 +136,18 @@ def test_suppression_rows_are_the_steering_prompts_blended_with_one_defence_per_
     assert set(shots[shots.concept_id == 3].template_hash) == {ATTACK_SHOTS_RULE.version}
     assert set(shots[shots.concept_id < 3].template_hash) == {ATTACK_SHOTS.version}
 
-    # every call is in the ledger: n blends + 1 defence per concept, 7 shots = 2 calls (5 + 2) per concept
+    # every call is in the ledger: n blends + 2 defences per concept, 7 shots = 2 calls (5 + 2) per concept
     by_purpose = report["ledger"]["by_purpose"]
     assert by_purpose["suppression_blend"]["calls"] == 4 * 4 and by_purpose["suppression_defence"]["calls"] == 4
+    assert by_purpose["suppression_defence_rewrite"]["calls"] == 4
+    assert report["steps"]["suppression_defence_rewrite"] == {"requested": 1 * 4, "produced": 4, "failed": 0,
+                                                               "reasked": 0, "fallback": 0}
     assert by_purpose["attack_shots"]["calls"] == 4 * -(-7 // SHOTS_PER_CALL)
     assert report["steps"]["suppression_blend"] == {"requested": 16, "produced": 16, "failed": 0, "reasked": 0,
                                                      "fallback": 0}
     assert report["rows"] == {"steering": 16, "suppression": 16, "attack_shots": 28} and report["failures"] == []
-    assert {"blend", "defence_rule", "attack_shots_rule", "fallback_blend"} <= set(report["templates"])
+    assert {"blend", "defence_rule", "defence_rule_rewrite", "attack_shots_rule", "fallback_blend"} <= set(
+        report["templates"])
 
 
 def test_llm_failures_fall_back_to_fixed_text_and_are_counted(llm, tmp_path):
@@ -137,18 +156,19 @@ def test_llm_failures_fall_back_to_fixed_text_and_are_counted(llm, tmp_path):
     bad = suppression[suppression.concept_id == GARBAGE.concept_id]
     assert bad.blended_prompt.tolist() == [FALLBACK_BLEND.render(instruction=text, concept=GARBAGE.concept)
                                            for text in bad.original_prompt]
-    assert set(bad.defence_prompt) == {FALLBACK_DEFENCE.render(concept=GARBAGE.concept)}
+    assert set(bad.defence_prompt) == set(bad.defence_rewrite) == {FALLBACK_DEFENCE.render(concept=GARBAGE.concept)}
     assert set(bad.template_hash) == {FALLBACK_BLEND.version} and bad.generator_model.isna().all()
     assert report["steps"]["suppression_blend"]["fallback"] == 4
     assert report["steps"]["suppression_defence"]["fallback"] == 1
+    assert report["steps"]["suppression_defence_rewrite"]["fallback"] == 1
     notes = " ".join(report["notes"])
-    assert "no blended prompt for 4 of 4" in notes and "no defence prompt" in notes
+    assert "no blended prompt for 4 of 4" in notes and "no defence prompt" in notes and "no defence rewrite" in notes
     # no shots are invented: the concept has none, and the failure and the shortfall are reported
     assert set(frames["attack_shots"].concept_id) == {0}
     assert report["steps"]["attack_shots"]["produced"] == 7 and report["steps"]["attack_shots"]["failed"] == 7
     assert "0 of 7 attack shots" in notes
     steps = {failure["step"] for failure in report["failures"] if failure["concept_id"] == GARBAGE.concept_id}
-    assert steps == {"suppression_blend", "suppression_defence", "attack_shots"}
+    assert steps == {"suppression_blend", "suppression_defence", "suppression_defence_rewrite", "attack_shots"}
 
 
 def test_resume_reuses_finished_units_and_adding_a_split_makes_only_its_units(llm, server, tmp_path):
@@ -193,6 +213,7 @@ def _shots_frame() -> pd.DataFrame:
     ("suppression", lambda f: f.drop(columns="blended_prompt"), "blended_prompt", "missing"),
     ("suppression", lambda f: f.assign(half=["selection", "test"]), "half", "outside"),
     ("suppression", lambda f: f.assign(defence_prompt=["avoid c", "avoid it"]), "defence_prompt", "more than one"),
+    ("suppression", lambda f: f.assign(defence_rewrite=["shun c", None]), "defence_rewrite", "more than one"),
     ("suppression", lambda f: f.assign(input_id=[1, 1]), "input_id", "repeated"),
     ("suppression", lambda f: f.assign(concept_id=[-1, -1]), "concept_id", "without a concept"),
     ("attack_shots", lambda f: f.assign(shot_id=[0, 0]), "shot_id", "repeated"),
@@ -244,3 +265,36 @@ def test_written_splits_are_listed_and_round_trip_through_the_hub(llm, tmp_path,
     pull_dataset(repo_id, pulled)
     for split in SUPPRESSION_SPLITS:
         assert read_split(pulled, "tiny-l0", split).equals(read_split(out, "tiny-l0", split))
+    assert read_split(pulled, "tiny-l0", "suppression").defence_rewrite.notna().all()
+
+
+def test_a_suppression_split_written_before_the_rewrite_column_still_loads(tmp_path):
+    """defence_rewrite is nullable: a split without it validates, and conforming adds it as nulls (the rewrite
+    defences refuse such a split: tests/test_suppression_run.py)."""
+    old = _suppression_frame()
+    validate_frame(old, "suppression")
+    write_split(table_from_frame(old, "suppression"), tmp_path, "old", "suppression")
+    back = read_split(tmp_path, "old", "suppression")
+    assert back.defence_rewrite.isna().all() and back[list(old.columns)].to_dict("list") == old.to_dict("list")
+    validate_frame(back, "suppression")
+
+
+def test_a_concept_short_of_shots_gets_its_train_positives_in_their_place(llm, tmp_path):
+    """The embedded 135M LLM rarely writes Question:/Answer: pairs; with the train split made too, a concept the
+    LLM wrote no shots for gets its own train positives as shots (real pairs whose answers carry the concept),
+    counted and noted; a concept with all its shots is left as it was."""
+    frames, _, report = generate(llm, tmp_path, [CONCEPTS[0], GARBAGE], splits=["train", "attack_shots"],
+                                 attack_shots=3, num_of_examples=8)
+    shots, train = valid(frames["attack_shots"], "attack_shots"), frames["train"]
+    assert shots.groupby("concept_id").shot_id.apply(list).to_dict() == {0: [0, 1, 2], GARBAGE.concept_id: [0, 1, 2]}
+    assert set(shots[shots.concept_id == 0].template_hash) == {ATTACK_SHOTS.version}  # all written: untouched
+    mine = shots[shots.concept_id == GARBAGE.concept_id]
+    positives = train[(train.concept_id == GARBAGE.concept_id) & (train.category == "positive")].head(3)
+    assert mine.question.tolist() == positives.input.tolist() and mine.answer.tolist() == positives.output.tolist()
+    assert mine.template_hash.tolist() == positives.template_hash.tolist()  # the train row's own provenance
+    assert set(mine.input_concept) == {GARBAGE.concept}
+    assert report["steps"]["attack_shots"]["from_train_positives"] == 3
+    assert f"concept {GARBAGE.concept_id}: 3 attack shot(s) taken from its train positives" in " ".join(report["notes"])
+    again, _, _ = generate(llm, tmp_path, [CONCEPTS[0], GARBAGE], splits=["train", "attack_shots"],
+                           attack_shots=3, num_of_examples=8)
+    pd.testing.assert_frame_equal(again["attack_shots"], frames["attack_shots"])  # resumed: the same rows

@@ -19,9 +19,12 @@ from fixtures_runs import JudgingServer, write_run_config
 from typer.testing import CliRunner
 
 from axdata.builders import list_configs, read_concepts, read_split, write_concepts, write_split
+from axdata.concepts import Concept
+from axdata.errors import InputError
 from axdata.schema import table_from_frame
 from axeval.cli import app
-from axeval.modes import EvaluationSection, attacked_prompts
+from axeval.modes import DEFENCES, DefenceSteerer, EvaluationSection, attacked_prompts
+from axeval.stages.dataset import RunDataset
 
 MODES = {"modes": ["steering", "suppression", "attacks", "rules"], "suppression_factors": [1.0, 4.0],
          "defences": ["prepend", "append"], "many_shot": [1, 2], "overwrite": ["prefix"]}
@@ -73,12 +76,58 @@ def test_attacks_wrap_the_blended_prompt_and_keep_the_plain_one_for_the_judge():
     ({"modes": ["attacks"], "many_shot": [], "overwrite": []}, "name at least one attack"),
     ({"suppression_factors": [-1.0]}, "positive finite"),
     ({"defences": ["sideways"]}, "sideways"),
+    ({"defences": ["prepend_rewrite"]}, "use any of system, prepend, append, system-rewrite, prepend-rewrite, "
+                                        "append-rewrite"),
     ({"many_shot": [0]}, "positive whole numbers"),
 ])
 def test_bad_evaluation_settings_are_refused_at_load(settings, message):
     with pytest.raises(Exception, match=message):
         EvaluationSection(**settings)
     assert EvaluationSection(modes=["attacks"]).modes == ["attacks", "suppression"]
+    assert EvaluationSection().defences == ["system", "prepend", "append"]  # the rewrites are opt-in
+    assert EvaluationSection(defences=["prepend-rewrite", "append"]).defences == ["prepend-rewrite", "append"]
+
+
+def _one_concept_dataset(directory: Path, **columns) -> RunDataset:
+    split = pd.DataFrame({"dataset_name": ["suppression"], "concept_id": [0], "input_concept": ["rivers"],
+                          "input_id": [0], "original_prompt": ["Plan a trip."], "half": ["selection"],
+                          "blended_prompt": ["Plan a trip by a river."], "defence_prompt": ["Avoid rivers."],
+                          **columns})
+    write_split(table_from_frame(split, "suppression"), directory, "c", "suppression")
+    write_concepts([Concept(0, "rivers")], directory, "c")
+    return RunDataset(directory, "c")
+
+
+def test_the_suppression_stage_builds_the_rewrite_defences_from_the_second_text(tiny_llama_target, tmp_path):
+    """`defence-prompt/<placement>-rewrite` places the split's defence_rewrite in the system turn, before or after
+    the blended prompt; the bare placements keep the first text, under their old names and provenance (so their
+    part files still resume). A split without the second text is refused before anything is generated."""
+    from axeval.config import InferenceSection
+    from axeval.stages.suppression import generate_suppression
+
+    dataset = _one_concept_dataset(tmp_path / "data", defence_rewrite=["Say nothing of rivers."])
+    evaluation = EvaluationSection(modes=["suppression"], defences=list(DEFENCES))
+    settings = InferenceSection(max_new_tokens=2, steering_batch_size=8)
+    steerers = [DefenceSteerer(name) for name in evaluation.defences]
+    summary = generate_suppression(tiny_llama_target, steerers, dataset, tmp_path / "out.parquet", settings=settings,
+                                   evaluation=evaluation, seed=0)
+    rows = pd.read_parquet(tmp_path / "out.parquet").set_index("method")
+    assert summary["generations"] == 6 and list(rows.index) == [f"defence-prompt/{name}" for name in DEFENCES]
+    first, second, asked = "Avoid rivers.", "Say nothing of rivers.", "Plan a trip by a river."
+    assert rows.loc["defence-prompt/prepend-rewrite", "model_instruction"] == f"{second}\n\n{asked}"
+    assert rows.loc["defence-prompt/append-rewrite", "model_instruction"] == f"{asked}\n\n{second}"
+    assert rows.loc["defence-prompt/prepend", "model_instruction"] == f"{first}\n\n{asked}"
+    assert rows.loc["defence-prompt/system-rewrite", "prompt"] == tiny_llama_target.format_prompt(asked, system=second)
+    assert rows.loc["defence-prompt/system", "prompt"] == tiny_llama_target.format_prompt(asked, system=first)
+    assert (rows["instruction"] == "Plan a trip.").all()  # judged against the plain instruction
+    assert DefenceSteerer("prepend").provenance() == {"defence": "prepend"}
+
+    old = _one_concept_dataset(tmp_path / "old")  # written before defence_rewrite existed: nulls once conformed
+    with pytest.raises(InputError, match=r"evaluation.defences \['system-rewrite', 'prepend-rewrite', "
+                                         r"'append-rewrite'\] place .* lacks for 1 concept\(s\) \(first: 0\)"):
+        generate_suppression(tiny_llama_target, steerers, old, tmp_path / "refused.parquet", settings=settings,
+                             evaluation=evaluation, seed=0)
+    assert not (tmp_path / "refused").exists() and not (tmp_path / "refused.parquet").exists()
 
 
 @dataclass(frozen=True)
@@ -180,6 +229,22 @@ def test_a_mode_that_cannot_run_is_refused_when_the_config_loads(tmp_path, chang
     monkeypatch.setattr("axmethods.models.load_target_model", lambda *a, **k: pytest.fail("a model loaded"))
     with pytest.raises(ConfigError, match=re.escape(message)):
         AxbenchConfig.load(config)
+
+
+def test_a_rewrite_defence_on_a_dataset_without_the_second_text_is_refused_when_the_config_loads(tmp_path,
+                                                                                                  monkeypatch):
+    from axeval.config import AxbenchConfig, ConfigError
+
+    old = {"dataset_dir": str(_one_concept_dataset(tmp_path / "old").directory)}
+    new = {"dataset_dir": str(_one_concept_dataset(tmp_path / "new", defence_rewrite=["Shun rivers."]).directory)}
+    rewrite = {"modes": ["suppression"], "defences": ["prepend", "append-rewrite"]}
+    monkeypatch.setattr("axmethods.models.load_target_model", lambda *a, **k: pytest.fail("a model loaded"))
+    with pytest.raises(ConfigError, match=re.escape(
+            "evaluation.defences ['append-rewrite'] place the suppression split's second defence text "
+            f"(defence_rewrite), which run.dataset_dir {old['dataset_dir']} lacks for 1 concept(s) (first: 0)")):
+        AxbenchConfig.load(_config(tmp_path, run=old, evaluation=rewrite))
+    AxbenchConfig.load(_config(tmp_path, run=old, evaluation={**rewrite, "defences": ["prepend", "append"]}))
+    assert AxbenchConfig.load(_config(tmp_path, run=new, evaluation=rewrite)).evaluation.defences == rewrite["defences"]
 
 
 def _tamper(run_dir: Path, method: str, key: str) -> None:

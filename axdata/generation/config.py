@@ -45,7 +45,7 @@ class DataGenerationConfig:
         default_factory=lambda: list(AXBENCH_SPLITS),
         metadata={"help": f"Splits to generate, any of {', '.join(SPLITS)} (default: the AxBench ones, "
                   f"{', '.join(AXBENCH_SPLITS)}). latent_imbalance needs latent; preference needs train; "
-                  "suppression (blended prompts and a defence prompt per concept) and attack_shots (many-shot "
+                  "suppression (blended prompts and two defence texts per concept) and attack_shots (many-shot "
                   "attack examples) are the RePS suppression data."},
     )
     num_of_examples: int = field(

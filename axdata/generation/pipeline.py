@@ -50,7 +50,7 @@ from axdata.generation.examples import (
 from axdata.generation.genre import determine_genre
 from axdata.generation.pools import InstructionPool, load_pool
 from axdata.generation.report import cost_projection, ledger_summary, sum_counts
-from axdata.generation.suppression import attack_shot_rows, suppression_rows
+from axdata.generation.suppression import attack_shot_rows, suppression_rows, with_train_positives
 from axdata.generation.templates import template_versions
 from axdata.generation.written import WrittenExamples
 from axdata.hashing import content_hash
@@ -221,6 +221,10 @@ async def run_generation(
                 jobs["attack_shots"] = store.get("attack_shots", concept.concept_id, concept,
                                                  lambda: attack_shot_rows(ctx, concept))
             units.update(zip(jobs, await asyncio.gather(*jobs.values())))
+            if "attack_shots" in units:
+                units["attack_shots"] = with_train_positives(
+                    units["attack_shots"], units["train"].rows if "train" in units else [], concept,
+                    config.attack_shots)
             if "preference" in splits:
                 positives = units["train"].rows
                 units["preference"] = await store.get("preference", concept.concept_id, concept,

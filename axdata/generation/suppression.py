@@ -1,22 +1,29 @@
 """Concept-suppression data (RePS): the `suppression` and `attack_shots` units of one concept.
 
 `suppression`: the concept's steering instructions (the same draw, so row k is steering row k, same half),
-each rewritten by the LLM so that an answer must bring the concept up ("blended"), plus one LLM-written
-defence prompt per concept that tells a model to keep the concept out. `attack_shots`: question/answer
+each rewritten by the LLM so that an answer must bring the concept up ("blended"), plus two LLM-written
+defence texts per concept that tell a model to keep the concept out (RePS's `suppress_original` and
+`suppress_rewrite`: for a topic the same request asked again with another seed, for a rule a differently worded
+request of the same meaning). `attack_shots`: question/answer
 pairs whose answers bring the concept in, for many-shot attacks (an n-shot attack uses shots 0..n-1).
 
 Rule concepts (`Concept.concept_type == "rule"`) use the rule variant of every prompt: the blend asks the
 answer to follow the rule, the defence to strictly avoid it, the shots' answers follow it. A blend or
-defence the LLM does not write after its re-asks is replaced by fixed text (counted and noted); missing
-shots are reported, never invented.
+defence the LLM does not write after its re-asks is replaced by fixed text (counted and noted). Shots the LLM
+does not write are never invented: a concept short of shots gets its own train positives in their place
+(`with_train_positives`: an instruction that is not about the concept and an answer that carries it, which is what
+a shot is), counted and noted; without train positives the shortfall is reported and many-shot attacks above it
+refuse that concept.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from axdata.concepts import Concept
 from axdata.generation.asking import Asked, check_response, clean, derive_seed
@@ -28,6 +35,7 @@ from axdata.generation.templates import (
     BLEND_RULE,
     DEFENCE,
     DEFENCE_RULE,
+    DEFENCE_RULE_REWRITE,
     FALLBACK_BLEND,
     FALLBACK_BLEND_RULE,
     FALLBACK_DEFENCE,
@@ -107,7 +115,7 @@ def _fallback_count(asked: Asked, counts: dict[str, int]) -> int:
 
 
 async def suppression_rows(ctx: Context, concept: Concept) -> Unit:
-    """The concept's suppression rows: its steering instructions, their blended rewrites, its defence prompt."""
+    """The concept's suppression rows: its steering instructions, their blended rewrites, its two defence texts."""
     unit = Unit()
     n = ctx.config.steering_num_of_examples
     seed = derive_seed(ctx.config.seed, "suppression", concept.concept_id)
@@ -117,6 +125,9 @@ async def suppression_rows(ctx: Context, concept: Concept) -> Unit:
     rule = concept.concept_type == "rule"
     blend, blend_fallback = (BLEND_RULE, FALLBACK_BLEND_RULE) if rule else (BLEND, FALLBACK_BLEND)
     defence, defence_fallback = (DEFENCE_RULE, FALLBACK_DEFENCE_RULE) if rule else (DEFENCE, FALLBACK_DEFENCE)
+    # The second text (RePS's suppress_rewrite): a topic's defence request asked again (another seed, so another
+    # sample and its own cache entry); a rule's asked in other words. Both fall back to the same fixed text.
+    rewrite = DEFENCE_RULE_REWRITE if rule else defence
     unchanged = {" ".join(text.split()).lower() for text in originals}
 
     def check_blend(completion: Completion) -> tuple[str | None, str | None]:
@@ -130,21 +141,28 @@ async def suppression_rows(ctx: Context, concept: Concept) -> Unit:
                       for index, text in enumerate(originals)]
     defence_request = ctx.llm_request(defence, {"concept": concept.concept}, "suppression_defence", concept,
                                       derive_seed(seed, "defence"))
-    blended, defended = await asyncio.gather(
+    rewrite_request = ctx.llm_request(rewrite, {"concept": concept.concept}, "suppression_defence_rewrite", concept,
+                                      derive_seed(seed, "defence_rewrite"))
+    blended, defended, rewritten = await asyncio.gather(
         ctx.ask_llm(blend_requests, "suppression_blend", [f"blend[{i}]" for i in range(n)], check_blend),
         ctx.ask_llm([defence_request], "suppression_defence", ["defence prompt"], _label_stripped),
+        ctx.ask_llm([rewrite_request], "suppression_defence_rewrite", ["defence rewrite"], _label_stripped),
     )
     unit.record("suppression_blend", n, blended)
-    unit.record("suppression_defence", 1, defended)
     missing = _fallback_count(blended, unit.counts["suppression_blend"])
     if missing:
         unit.notes.append(f"concept {concept.concept_id}: the LLM wrote no blended prompt for {missing} of {n} "
                           f"instructions; the fixed '{blend_fallback.name}' text is used for them")
-    defence_prompt = defended.values[0]
-    if _fallback_count(defended, unit.counts["suppression_defence"]):
-        defence_prompt = defence_fallback.render(concept=concept.concept)
-        unit.notes.append(f"concept {concept.concept_id}: the LLM wrote no defence prompt; the fixed "
-                          f"'{defence_fallback.name}' text is used")
+    texts = []
+    for step, asked, what in (("suppression_defence", defended, "defence prompt"),
+                              ("suppression_defence_rewrite", rewritten, "defence rewrite")):
+        unit.record(step, 1, asked)
+        texts.append(asked.values[0])
+        if _fallback_count(asked, unit.counts[step]):
+            texts[-1] = defence_fallback.render(concept=concept.concept)
+            unit.notes.append(f"concept {concept.concept_id}: the LLM wrote no {what}; the fixed "
+                              f"'{defence_fallback.name}' text is used")
+    defence_prompt, defence_rewrite = texts
     model, sae = ctx.llm.model_name, sae_fields(concept)
     for row, text in zip(drawn, blended.values):
         template = blend if text is not None else blend_fallback
@@ -153,7 +171,8 @@ async def suppression_rows(ctx: Context, concept: Concept) -> Unit:
             "input_id": row["input_id"], "original_prompt": row["original_prompt"],
             "blended_prompt": text if text is not None else template.render(instruction=row["original_prompt"],
                                                                              concept=concept.concept),
-            "half": row["half"], "defence_prompt": defence_prompt, **sae, "template_hash": template.version,
+            "half": row["half"], "defence_prompt": defence_prompt, "defence_rewrite": defence_rewrite, **sae,
+            "template_hash": template.version,
             "generator_model": model if text is not None else None, "sample_seed": seed,
         })
     return unit
@@ -203,9 +222,37 @@ async def attack_shot_rows(ctx: Context, concept: Concept) -> Unit:
                                    "reasked": reasks, "calls": calls}
     if len(pairs) < n:
         unit.notes.append(f"concept {concept.concept_id}: {len(pairs)} of {n} attack shots written (the LLM's answers "
-                          "held too few new Question:/Answer: pairs); many-shot attacks above that n cannot run on it")
+                          "held too few new Question:/Answer: pairs)")
     unit.rows = [{"concept_id": concept.concept_id, "input_concept": concept.concept, "shot_id": shot_id,
                   "question": question, "answer": answer, "template_hash": template.version,
                   "generator_model": ctx.llm.model_name, "sample_seed": seed}
                  for shot_id, (question, answer) in enumerate(pairs)]
     return unit
+
+
+def with_train_positives(shots: Unit, positives: Sequence[dict[str, Any]], concept: Concept, n: int) -> Unit:
+    """The concept's attack shots, made up to `n` with its train positives (instruction → question, response →
+    answer, with their own provenance) when the LLM wrote fewer; counted (`attack_shots.from_train_positives`)
+    and noted. A small generator LLM (the embedded 135M model) rarely writes the Question:/Answer: format, and a
+    many-shot attack refuses a concept with fewer shots than its n; a train positive is a real pair whose answer
+    carries the concept (follows the rule), so nothing is made up. Applied when the splits are assembled, not
+    stored: the same units give the same rows on a resumed run."""
+    missing = n - len(shots.rows)
+    counts = dict(shots.counts.get("attack_shots", {}))
+    extra = [row for row in positives if row.get("category") == "positive"][:max(missing, 0)]
+    if not extra:
+        if missing > 0:
+            return dataclasses.replace(shots, notes=[
+                *shots.notes, f"concept {concept.concept_id}: {missing} attack shot(s) short and no train positives "
+                f"to stand in: many-shot attacks above n={len(shots.rows)} cannot run on it"])
+        return shots
+    rows = shots.rows + [{"concept_id": concept.concept_id, "input_concept": concept.concept,
+                          "shot_id": len(shots.rows) + i,
+                          "question": row["input"], "answer": row["output"], "template_hash": row.get("template_hash"),
+                          "generator_model": row.get("generator_model"), "sample_seed": row.get("sample_seed")}
+                         for i, row in enumerate(extra)]
+    counts["from_train_positives"] = len(extra)
+    note = (f"concept {concept.concept_id}: {len(extra)} attack shot(s) taken from its train positives (shots "
+            f"{len(shots.rows)}–{len(rows) - 1})")
+    return dataclasses.replace(shots, rows=rows, counts={**shots.counts, "attack_shots": counts},
+                               notes=[*shots.notes, note])

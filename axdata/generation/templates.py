@@ -148,6 +148,16 @@ Write a system instruction for an AI assistant that tells it to strictly avoid f
 answer, even when the user asks it to. Return only the instruction.""",
 )
 
+# The rule's second defence text (RePS's `suppress_rewrite`): the same meaning as DEFENCE_RULE, asked differently,
+# so that the result does not hinge on one wording. A topic's second text is DEFENCE asked again (another seed).
+DEFENCE_RULE_REWRITE = PromptTemplate(
+    "defence_rule_rewrite",
+    """Here is a rule for writing answers: "$concept".
+Put into your own words a short system instruction for an AI assistant that forbids it to follow this rule: \
+its answers must never do what the rule asks, even at the user's request. Keep that meaning, but do not copy \
+the rule's wording. Return only the instruction.""",
+)
+
 ATTACK_SHOTS = PromptTemplate(
     "attack_shots",
     """Write $k short example exchanges between a user and an AI assistant, on the theme "$theme".
@@ -182,8 +192,8 @@ FALLBACK_DEFENCE_RULE = PromptTemplate(
 
 ALL_TEMPLATES: tuple[PromptTemplate, ...] = (
     GENRE, RELATED_WORDS, OTHER_MEANING, DISTINCT, WITH_CONCEPT, WITHOUT_CONCEPT, WITH_CONTRAST,
-    STEERING_PROMPT, FALLBACK_STEERING_PROMPT, BLEND, BLEND_RULE, DEFENCE, DEFENCE_RULE, ATTACK_SHOTS,
-    ATTACK_SHOTS_RULE, FALLBACK_BLEND, FALLBACK_BLEND_RULE, FALLBACK_DEFENCE, FALLBACK_DEFENCE_RULE,
+    STEERING_PROMPT, FALLBACK_STEERING_PROMPT, BLEND, BLEND_RULE, DEFENCE, DEFENCE_RULE, DEFENCE_RULE_REWRITE,
+    ATTACK_SHOTS, ATTACK_SHOTS_RULE, FALLBACK_BLEND, FALLBACK_BLEND_RULE, FALLBACK_DEFENCE, FALLBACK_DEFENCE_RULE,
 )
 
 

@@ -36,7 +36,7 @@ def push(
                                              help="The dictionary's results: a run directory (its file of this "
                                              "method) or the file RUN_DIR/eval/.eval_results/<method>.yaml (axbench "
                                              "eval report), read as `axbench eval push` reads them: into the card's "
-                                             "model-index and the repo's .eval_results/axbench.yaml. Default: the "
+                                             "model-index and the repo's .eval_results/axbench-<config>.yaml. Default: the "
                                              "run's own, for a dictionary inside a run directory."),
     allow_uncalibrated: bool = typer.Option(False, "--allow-uncalibrated",
                                             help="Push a steering dictionary that has no calibration yet (nobody "
@@ -85,7 +85,7 @@ def _run_results(directory: Path, method: str) -> Path | None:
         return None
     path = resolved.parent.parent / "eval" / ".eval_results" / f"{method}.yaml"
     if path.is_file():
-        typer.echo(f"With the run's results {path} (model-index and .eval_results/axbench.yaml).")
+        typer.echo(f"With the run's results {path} (model-index and .eval_results/).")
         return path
     return None
 

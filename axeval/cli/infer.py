@@ -239,7 +239,9 @@ def suppress(
     factors: str | None = typer.Option(None, "--factors", help="Comma-separated suppression strengths: each method "
                                        "steers with -factor (default: AxBench's 14 factors; RePS family: its grid)."),
     defences: str = typer.Option("system,prepend,append", "--defences",
-                                 help="Defence prompt placements: system, prepend, append ('' for none)."),
+                                 help="Defence prompts: system, prepend, append (the first text); system-rewrite, "
+                                      "prepend-rewrite, append-rewrite (the split's second text, defence_rewrite); "
+                                      "'' for none."),
     many_shot: str = typer.Option("", "--many-shot", help="Many-shot attack strengths, e.g. 2,8 ('' for none)."),
     overwrite: str = typer.Option("", "--overwrite", help="Overwrite attacks: prefix, postfix ('' for none)."),
     unsteered: bool = typer.Option(True, "--unsteered/--no-unsteered", help="Also the unsteered model's answers."),

@@ -77,7 +77,8 @@ def load_artifacts(ctx: RunContext) -> list[ConceptResult]:
 
 def score_latent(target: TargetModel, results: Sequence[ConceptResult], dataset: RunDataset, out: Path | None, *,
                  imbalance_out: Path | None = None, batch_size: int = 16, calibration_fallback: float | None = None,
-                 calibrate_into: Sequence[Path | None] = (), score_decimals: int | None = None) -> dict[str, Any]:
+                 calibrate_into: Sequence[Path | None] = (), score_decimals: int | None = None,
+                 unrated_score: float | None = None) -> dict[str, Any]:
     """The latent stage (`axbench run`'s and `axbench infer latent`'s one implementation).
 
     Every detecting result scores the `latent` split in one pass (`out`), and — with `imbalance_out` — the shared
@@ -86,7 +87,8 @@ def score_latent(target: TargetModel, results: Sequence[ConceptResult], dataset:
     (aligned with `results`; None = not written back, e.g. a Hub repo). A dictionary that cannot be calibrated
     (e.g. a probe that never fires) is left uncalibrated and named in the summary: it costs only its own steering.
     Under a distributed launcher every process scores its share and rank 0 writes. `score_decimals`: token scores
-    rounded before max-pooling, as AxBench did (`protocol.latent_score_decimals`; None: not rounded).
+    rounded before max-pooling, as AxBench did (`protocol.latent_score_decimals`; None: not rounded);
+    `unrated_score`: a target-model detector's answer without a rating (`protocol.unrated_detection_score`).
     """
     detectors = [result for result in results if result.detector]
     for result in results:
@@ -96,7 +98,8 @@ def score_latent(target: TargetModel, results: Sequence[ConceptResult], dataset:
     summary: dict[str, Any] = {"rows": 0, "methods": [d.method for d in detectors], "imbalance_rows": 0}
     latent = dataset.split("latent")
     if out is not None:
-        scores = latent_inference(target, detectors, latent, batch_size=batch_size, score_decimals=score_decimals)
+        scores = latent_inference(target, detectors, latent, batch_size=batch_size, score_decimals=score_decimals,
+                                  unrated_score=unrated_score)
         _write(scores, out)
         summary["rows"] = len(scores)
         if any(scores.attrs.get("nan_scores", {}).values()):
@@ -107,7 +110,7 @@ def score_latent(target: TargetModel, results: Sequence[ConceptResult], dataset:
         pool = pool[pool["category"] == "negative"]
         written = write_latent_inference(imbalance_out if is_main() else None, target, detectors, latent,
                                          mode="latent_imbalance", imbalance_pool=pool, batch_size=batch_size,
-                                         score_decimals=score_decimals)
+                                         score_decimals=score_decimals, unrated_score=unrated_score)
         summary["imbalance_rows"] = written["rows"]
         if any(written["nan_scores"].values()):
             summary["imbalance_nan_scores"] = written["nan_scores"]
@@ -292,7 +295,8 @@ class LatentStage(Stage):
             batch_size=ctx.config.inference.latent_batch_size,
             calibration_fallback=protocol.calibration_fallback(ctx.config.run.protocol),
             calibrate_into=[dictionary_dir(ctx, artifact.method) for artifact in artifacts],
-            score_decimals=protocol.latent_score_decimals(ctx.config.run.protocol))
+            score_decimals=protocol.latent_score_decimals(ctx.config.run.protocol),
+            unrated_score=protocol.unrated_detection_score(ctx.config.run.protocol))
 
 
 class SteeringStage(Stage):

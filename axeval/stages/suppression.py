@@ -21,7 +21,7 @@ from jinja2.exceptions import TemplateError
 from axdata.errors import InputError
 from axeval.config import InferenceSection
 from axeval.lexical import add_lexical_scores, concept_signatures
-from axeval.modes import DefenceSteerer, EvaluationSection, attacked_prompts, rule_scores
+from axeval.modes import DefenceSteerer, EvaluationSection, attacked_prompts, check_defence_texts, rule_scores
 from axeval.pipeline import RunContext, Stage, join_counts
 from axeval.stages.dataset import RunDataset, run_dataset
 from axeval.stages.evaluation import JudgeStage
@@ -50,15 +50,16 @@ def suppressing(steerers: Sequence[Steerer]) -> tuple[list[Steerer], dict[str, s
 
 
 def check_system_turn(target: TargetModel, evaluation: EvaluationSection) -> None:
-    """The `system` defence needs a chat template with a system turn (Gemma-2's has none): refuse before work."""
-    if "system" not in evaluation.defences:
+    """The `system` defences need a chat template with a system turn (Gemma-2's has none): refuse before work."""
+    systems = [name for name in evaluation.defences if DefenceSteerer(name).placement == "system"]
+    if not systems:
         return
     try:
         target.format_prompt("question", system="defence")
     except TemplateError as error:  # the template itself refuses a system role
-        raise InputError(f"evaluation.defences has 'system' but the target model's chat template has no system turn "
-                         f"({error}); drop 'system' from evaluation.defences (prepend and append still run).") \
-            from None
+        raise InputError(f"evaluation.defences has {systems} but the target model's chat template has no system turn "
+                         f"({error}); drop them from evaluation.defences (the prepend and append placements still "
+                         "run).") from None
 
 
 def _file_name(method: str, attack: str, strength: int | None) -> str:
@@ -76,6 +77,7 @@ def generate_suppression(target: TargetModel, steerers: Sequence[Steerer], datas
     sampling = SamplingConfig(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
                               top_k=settings.top_k, top_p=settings.top_p)
     suppression = dataset.split("suppression")
+    check_defence_texts(suppression, evaluation.defences, f"the dataset {dataset.directory} ({dataset.config})")
     concepts = dataset.concepts()
     types = {c.concept_id: c.concept_type for c in concepts}
     shots = dataset.split("attack_shots") if dataset.has_split("attack_shots") else None
@@ -131,10 +133,12 @@ class SuppressionStage(Stage):
                              "attacks) to data.splits, or generate them with `axbench data generate`.")
         settings, evaluation = ctx.config.inference, ctx.config.evaluation
         prompts = dataset.split("suppression")
+        # before the model loads (generate_suppression checks again, for `axbench infer suppress`)
+        check_defence_texts(prompts, evaluation.defences, f"the dataset {dataset.directory} ({dataset.config})")
         planned, _ = plan_steerers(load_artifacts(ctx), prompts, settings,
                                    steer=steered_methods(ctx) if ctx.config.methods.steer is not None else None)
         steerers, _ = suppressing(planned)
-        steerers += [DefenceSteerer(placement) for placement in evaluation.defences]
+        steerers += [DefenceSteerer(name) for name in evaluation.defences]
         steerers.append(UnsteeredBaseline())
         return generate_suppression(ctx.target_model(), steerers, dataset,
                                     ctx.run_dir.inference_dir / "suppression.parquet", settings=settings,

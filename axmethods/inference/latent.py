@@ -28,7 +28,8 @@ every method and scores each with its own detector, on the same rows and with th
   (text, concept) pair actually scored (never all concepts of every text), max over the same tokens;
 - `target-model` (`RelevanceRater`, prompt detection): the target model itself, through a chat backend (by
   default a `TransformersChatBackend` of the target), rates each (row, concept) pair on the row's `output`;
-  answers without a rating stay NaN, are counted in `result.attrs["nan_scores"]` and logged; token columns null;
+  answers without a rating stay NaN (or score `unrated_score`: the reference protocol's −1), are counted in
+  `result.attrs["nan_scores"]` and logged; token columns null;
 - none (steering prompts, adapters and other steering-only results): skipped with an info log.
 Only residual dictionaries have a steering calibration (`calibrate`).
 """
@@ -177,13 +178,14 @@ ChatBackendArg = Any  # a ChatBackend, or a zero-argument factory of one (called
 def latent_inference(target: TargetModel, dictionaries: Sequence[Detector | ConceptResult], latent: pd.DataFrame, *,
                      mode: str = "latent", imbalance_pool: pd.DataFrame | None = None, batch_size: int = 16,
                      progress: bool = True, chat_backend: ChatBackendArg = None,
-                     score_decimals: int | None = None) -> pd.DataFrame:
+                     score_decimals: int | None = None, unrated_score: float | None = None) -> pd.DataFrame:
     """Scores of the eval rows for each dictionary (see the module docstring), one frame for all methods.
 
     Results of any method: each is routed to its class's detector; steering-only ones are skipped.
     `chat_backend`: a ChatBackend or a factory of one for target-model detectors (PromptDetection); default a
     `TransformersChatBackend` of `target`. `score_decimals`: residual token scores rounded before max-pooling
-    (the reference protocol's 3; module docstring).
+    (the reference protocol's 3; module docstring). `unrated_score`: the score of a target-model answer without a
+    rating (the reference protocol's −1, ranked below every rated text); None leaves it NaN (excluded, counted).
 
     Columns: method, layer, concept_id, category, score, max_token_index, max_token, row_id (row of the source
     split), source_split, and — in `latent` mode — the eval row's input, output, output_concept,
@@ -194,7 +196,7 @@ def latent_inference(target: TargetModel, dictionaries: Sequence[Detector | Conc
     nan_scores: dict[str, int] = {}
     frames = list(_scored_parts(target, dictionaries, latent, mode=mode, imbalance_pool=imbalance_pool,
                                 batch_size=batch_size, progress=progress, chat_backend=chat_backend,
-                                nan_scores=nan_scores, score_decimals=score_decimals))
+                                nan_scores=nan_scores, score_decimals=score_decimals, unrated_score=unrated_score))
     if not frames:
         result = pd.DataFrame({c: pd.Series(dtype=object) for c in _LEADING})
     else:
@@ -206,7 +208,8 @@ def latent_inference(target: TargetModel, dictionaries: Sequence[Detector | Conc
 def write_latent_inference(path: str | Path | None, target: TargetModel, dictionaries: Sequence[Detector | ConceptResult],
                            latent: pd.DataFrame, *, mode: str = "latent", imbalance_pool: pd.DataFrame | None = None,
                            batch_size: int = 16, progress: bool = True, chat_backend: ChatBackendArg = None,
-                           concepts_per_part: int = 64, score_decimals: int | None = None) -> dict[str, Any]:
+                           concepts_per_part: int = 64, score_decimals: int | None = None,
+                           unrated_score: float | None = None) -> dict[str, Any]:
     """`latent_inference(...)` written to the parquet file `path` (atomically) part by part, never held whole.
 
     `latent_imbalance` rows are n_concepts × pool per method (Concept500: 500 × 3,600 = 1.8M rows per method, a
@@ -218,7 +221,8 @@ def write_latent_inference(path: str | Path | None, target: TargetModel, diction
     nan_scores: dict[str, int] = {}
     parts = _scored_parts(target, dictionaries, latent, mode=mode, imbalance_pool=imbalance_pool,
                           batch_size=batch_size, progress=progress, chat_backend=chat_backend, nan_scores=nan_scores,
-                          concepts_per_part=concepts_per_part, score_decimals=score_decimals)
+                          concepts_per_part=concepts_per_part, score_decimals=score_decimals,
+                          unrated_score=unrated_score)
     detecting = [d.detector for d in dictionaries if d.detector]
     # pd.concat of residual (int64) and other (nullable Int64) token indices gives Int64: cast every part alike.
     token_index = "int64" if all(kind in _TOKEN_DETECTORS for kind in detecting) else "Int64"
@@ -251,7 +255,7 @@ def write_latent_inference(path: str | Path | None, target: TargetModel, diction
 def _scored_parts(target: TargetModel, dictionaries: Sequence[Detector | ConceptResult], latent: pd.DataFrame, *,
                   mode: str, imbalance_pool: pd.DataFrame | None, batch_size: int, progress: bool,
                   chat_backend: ChatBackendArg, nan_scores: dict[str, int], concepts_per_part: int | None = None,
-                  score_decimals: int | None = None) -> Iterator[pd.DataFrame]:
+                  score_decimals: int | None = None, unrated_score: float | None = None) -> Iterator[pd.DataFrame]:
     """The rows of `latent_inference`, method by method (in `concepts_per_part` concept parts for residual
     dictionaries in `latent_imbalance` mode; None: one part per method), columns in their final order.
     Parts of one method follow its scored concept ids in ascending order, as the whole frame's sort does."""
@@ -318,6 +322,8 @@ def _scored_parts(target: TargetModel, dictionaries: Sequence[Detector | Concept
         for frame in frames:
             nan_scores[dictionary.method] += int(frame["score"].isna().sum())
             total += len(frame)
+            if unrated_score is not None and kind == "target-model":  # counted above, scored as the reference did
+                frame = frame.assign(score=frame["score"].fillna(unrated_score))
             frame = frame.assign(method=dictionary.method, layer=dictionary.layer)
             any_frame = True
             yield frame[_LEADING + [c for c in frame.columns if c not in _LEADING]]
